@@ -1,0 +1,112 @@
+"""Every record that crosses a Kafka topic, defined once for producers and consumers.
+
+Records are JSON (UTF-8) with an explicit ``schema_version``; producers build them with the
+models here and consumers decode with :func:`decode_page`, which raises :class:`RecordError`
+(the reason a dead letter carries) instead of letting a malformed record crash an agent.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from crawlstream.errors import RecordError
+
+PAGE_SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode("utf-8")
+
+
+class PageRecord(_Record):
+    """One fetched HTML page, as produced by the crawl stage (topic ``<prefix>.pages.raw``)."""
+
+    schema_version: Literal[1] = PAGE_SCHEMA_VERSION
+    url: str = Field(min_length=1, description="URL as requested")
+    canonical_url: str = Field(min_length=1, description="record key; see crawlstream.urls")
+    final_url: str = Field(min_length=1, description="URL after redirects")
+    status: int = Field(ge=100, le=599)
+    content_type: str = ""
+    encoding: str = ""
+    title: str = ""
+    body: str = Field(default="", description="decoded HTML, capped at crawl.max_body_bytes")
+    body_truncated: bool = False
+    body_bytes: int = Field(default=0, ge=0, description="size of the full response body")
+    fetched_at: datetime
+    fetch_latency_s: float = Field(default=0.0, ge=0)
+    depth: int = Field(default=0, ge=0)
+    referrer: str | None = None
+    job_id: str = ""
+    run_id: str = ""
+
+
+class DeadLetter(_Record):
+    """A record a stage could not handle, with its reason and origin (topic ``<prefix>.deadletter``)."""
+
+    schema_version: Literal[1] = 1
+    stage: str = Field(description="crawl | streams | sink")
+    reason: str = Field(description="short machine-readable reason, e.g. invalid_json")
+    error: str = Field(description="human-readable detail")
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
+    key_b64: str | None = None
+    value_b64: str | None = None
+    failed_at: datetime = Field(default_factory=utcnow)
+
+    @classmethod
+    def for_message(
+        cls,
+        *,
+        stage: str,
+        error: RecordError,
+        topic: str | None,
+        partition: int | None,
+        offset: int | None,
+        key: bytes | None,
+        value: bytes | None,
+    ) -> DeadLetter:
+        return cls(
+            stage=stage,
+            reason=error.reason,
+            error=error.detail,
+            source_topic=topic,
+            source_partition=partition,
+            source_offset=offset,
+            key_b64=_b64(key),
+            value_b64=_b64(value),
+        )
+
+    def original_value(self) -> bytes | None:
+        return None if self.value_b64 is None else base64.b64decode(self.value_b64)
+
+
+def _b64(raw: bytes | None) -> str | None:
+    return None if raw is None else base64.b64encode(raw).decode("ascii")
+
+
+def decode_page(raw: bytes | None) -> PageRecord:
+    """Decode a page record from Kafka bytes, or raise RecordError with a short reason."""
+    if raw is None:
+        raise RecordError("null_value", "message has no value")
+    try:
+        return PageRecord.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            raise RecordError("invalid_json", str(first["msg"])) from None
+        fields = ", ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise RecordError("invalid_record", fields) from None

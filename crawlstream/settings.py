@@ -1,0 +1,172 @@
+"""Typed settings for every crawlstream process, read once from the environment.
+
+Sources, lowest priority first: defaults here, ``<state_dir>/stack.env`` (written by
+``crawlstream stack up`` with the embedded stack's endpoints and generated secrets), ``.env``
+in the working directory, then real environment variables. Variables use the prefix
+``CRAWLSTREAM_`` and ``__`` between sections, e.g. ``CRAWLSTREAM_KAFKA__BOOTSTRAP_SERVERS``.
+
+Components receive a :class:`Settings` through a factory (``from_settings``/``from_crawler``);
+nothing reads a global. Bad configuration raises :class:`ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from crawlstream.errors import ConfigError
+
+ENV_PREFIX = "CRAWLSTREAM_"
+DEFAULT_STATE_DIR = Path(".crawlstream")
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:19092"
+    topic_prefix: str = Field(default="crawlstream", pattern=r"^[A-Za-z0-9._-]+$")
+    partitions: int = Field(default=3, ge=1, le=1024, description="partitions of pipeline topics")
+    replication_factor: int = Field(default=1, ge=1)
+    # Extra librdkafka settings (security.protocol, sasl.*, ...) for managed clusters.
+    client_config: dict[str, str] = Field(default_factory=dict)
+    max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024 * 1024)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _hosts_have_ports(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {server.strip()!r}")
+        return value
+
+    def librdkafka(self, **overrides: Any) -> dict[str, Any]:
+        """A confluent-kafka config dict: bootstrap servers, the extras, then ``overrides``."""
+        return {"bootstrap.servers": self.bootstrap_servers, **self.client_config, **overrides}
+
+
+class PostgresSettings(BaseModel):
+    # Role used by sink workers: DML only on crawlstream's tables.
+    url: SecretStr = SecretStr("postgresql://crawlstream_app@127.0.0.1:15432/crawlstream")
+    # Role that owns the schema and runs migrations; defaults to ``url``.
+    owner_url: SecretStr | None = None
+    # Replication role Debezium logs in as (REPLICATION + SELECT on published tables).
+    cdc_user: str = "crawlstream_cdc"
+    cdc_password: SecretStr = SecretStr("")
+    publication: str = "crawlstream_pages"
+    slot_name: str = "crawlstream_pages"
+
+    @field_validator("url", "owner_url")
+    @classmethod
+    def _is_postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgresql+psycopg2://", "postgres://")
+        ):
+            raise ValueError("expected a postgresql:// URL")
+        return value
+
+    def dsn(self, *, owner: bool = False) -> str:
+        """A libpq DSN (no SQLAlchemy driver suffix) for the app or the owner role."""
+        secret = self.owner_url if owner and self.owner_url is not None else self.url
+        raw = secret.get_secret_value()
+        return raw.replace("postgresql+psycopg2://", "postgresql://", 1)
+
+    def sqlalchemy_url(self, *, owner: bool = False) -> str:
+        return self.dsn(owner=owner).replace("postgresql://", "postgresql+psycopg2://", 1)
+
+
+class ConnectSettings(BaseModel):
+    url: str = "http://127.0.0.1:18083"
+    connector_name: str = "crawlstream-pages-cdc"
+    # Debezium names change topics <topic_prefix>.<schema>.<table>.
+    cdc_topic_prefix: str = Field(default="cdc", pattern=r"^[A-Za-z0-9._-]+$")
+
+
+class StackSettings(BaseModel):
+    """The embedded stack that ``crawlstream stack up`` supervises (not used in production)."""
+
+    state_dir: Path = DEFAULT_STATE_DIR
+    cache_dir: Path = Path.home() / ".cache" / "crawlstream"
+    kafka_port: int = Field(default=19092, ge=1, le=65535)
+    controller_port: int = Field(default=19093, ge=1, le=65535)
+    postgres_port: int = Field(default=15432, ge=1, le=65535)
+    connect_port: int = Field(default=18083, ge=1, le=65535)
+    java_home: Path | None = None
+    postgres_bin_dir: Path | None = None
+    start_timeout_s: float = Field(default=180.0, gt=0)
+
+
+class MetricsSettings(BaseModel):
+    host: str = "127.0.0.1"
+    crawler_port: int = Field(default=9410, ge=0, le=65535)
+    streams_port: int = Field(default=9411, ge=0, le=65535)
+    sink_port: int = Field(default=9412, ge=0, le=65535)
+
+
+class CrawlSettings(BaseModel):
+    user_agent: str = "crawlstream/0.1 (+https://github.com/crawlstream/crawlstream)"
+    max_pages: int = Field(default=0, ge=0, description="0 means no limit")
+    max_depth: int = Field(default=0, ge=0, description="0 means no limit")
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    concurrency: int = Field(default=16, ge=1)
+    concurrency_per_domain: int = Field(default=8, ge=1)
+    download_delay_s: float = Field(default=0.0, ge=0)
+    download_timeout_s: float = Field(default=30.0, gt=0)
+    obey_robots: bool = True
+    allow_private_addresses: bool = False
+    delivery_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class StreamsSettings(BaseModel):
+    app_id: str = "crawlstream-streams"
+    store: str = "memory://"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+
+
+class SinkSettings(BaseModel):
+    group_id: str = "crawlstream-sink-pages"
+    batch_size: int = Field(default=1000, ge=1)
+    batch_max_latency_s: float = Field(default=0.5, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=(DEFAULT_STATE_DIR / "stack.env", ".env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    connect: ConnectSettings = Field(default_factory=ConnectSettings)
+    stack: StackSettings = Field(default_factory=StackSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    crawl: CrawlSettings = Field(default_factory=CrawlSettings)
+    streams: StreamsSettings = Field(default_factory=StreamsSettings)
+    sink: SinkSettings = Field(default_factory=SinkSettings)
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    log_json: bool = False
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(part).upper() for part in loc)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings; on bad input raise ConfigError naming each bad field and its variable."""
+    env_files: list[Path] = []
+    state_dir = os.environ.get(f"{ENV_PREFIX}STACK__STATE_DIR")
+    env_files.append((Path(state_dir) if state_dir else DEFAULT_STATE_DIR) / "stack.env")
+    env_files.append(Path(".env"))
+    try:
+        return Settings(_env_file=tuple(env_files), **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])} ({_env_name(err['loc'])}): {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None

@@ -1,0 +1,90 @@
+"""The topic catalog: every topic crawlstream reads or writes, declared once.
+
+Topics are created explicitly by :func:`ensure_topics` (brokers run with auto-creation off);
+an existing topic whose partition count differs from the catalog is an error, because faust
+tables need their changelog partitions to match their source topic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from crawlstream.errors import StackError
+from crawlstream.settings import Settings
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    key: str
+    description: str
+    config: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TopicCatalog:
+    raw_pages: TopicSpec
+    unique_pages: TopicSpec
+    dead_letter: TopicSpec
+    cdc_pages: TopicSpec
+
+    def all(self) -> list[TopicSpec]:
+        return [self.raw_pages, self.unique_pages, self.dead_letter, self.cdc_pages]
+
+
+def catalog(settings: Settings) -> TopicCatalog:
+    prefix = settings.kafka.topic_prefix
+    parts = settings.kafka.partitions
+    big = {"max.message.bytes": str(settings.kafka.max_message_bytes), "compression.type": "producer"}
+    return TopicCatalog(
+        raw_pages=TopicSpec(
+            f"{prefix}.pages.raw", parts, "canonical URL",
+            "every HTML page the crawlers fetched (PageRecord JSON)", dict(big),
+        ),
+        unique_pages=TopicSpec(
+            f"{prefix}.pages.unique", parts, "canonical URL",
+            "first sighting of each canonical URL (PageRecord JSON)", dict(big),
+        ),
+        dead_letter=TopicSpec(
+            f"{prefix}.deadletter", 1, "original key",
+            "records a stage could not handle, with reason and origin (DeadLetter JSON)",
+            {**big, "retention.ms": str(30 * 24 * 3600 * 1000)},
+        ),
+        cdc_pages=TopicSpec(
+            f"{settings.connect.cdc_topic_prefix}.public.pages", 1, "pages primary key",
+            "Debezium change events of the pages table (envelope JSON, no schema)", dict(big),
+        ),
+    )
+
+
+def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, timeout_s: float = 30.0) -> list[str]:
+    """Create missing topics; verify partition counts of existing ones. Returns created names."""
+    specs = specs if specs is not None else catalog(settings).all()
+    admin = AdminClient(settings.kafka.librdkafka())
+    existing = admin.list_topics(timeout=timeout_s).topics
+    problems = [
+        f"topic {s.name} has {len(existing[s.name].partitions)} partitions, catalog says {s.partitions}"
+        for s in specs
+        if s.name in existing and len(existing[s.name].partitions) != s.partitions
+    ]
+    if problems:
+        raise StackError("; ".join(problems))
+    missing = [s for s in specs if s.name not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(s.name, s.partitions, settings.kafka.replication_factor, config=s.config) for s in missing],
+        operation_timeout=timeout_s,
+    )
+    created = []
+    for name, future in futures.items():
+        try:
+            future.result()
+            created.append(name)
+        except Exception as exc:  # a concurrent creator is fine
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise StackError(f"cannot create topic {name}: {exc}") from exc
+    return created
