@@ -52,6 +52,8 @@ class PostgresSettings(BaseModel):
     url: SecretStr = SecretStr("postgresql://crawlstream_app@127.0.0.1:15432/crawlstream")
     # Role that owns the schema and runs migrations; defaults to ``url``.
     owner_url: SecretStr | None = None
+    # Role name the migrations grant DML to (the user in ``url``).
+    app_role: str = "crawlstream_app"
     # Replication role Debezium logs in as (REPLICATION + SELECT on published tables).
     cdc_user: str = "crawlstream_cdc"
     cdc_password: SecretStr = SecretStr("")
