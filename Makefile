@@ -1,0 +1,54 @@
+# The commands a newcomer types. `make run` and `make test` set everything up themselves.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CS := $(VENV)/bin/crawlstream
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: help prereqs install up down status run test test-unit lint bench clean
+
+help: ## show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+prereqs: ## install missing system packages (Java 17+, Maven, PostgreSQL, python3.11-doc, Prometheus)
+	@deploy/scripts/install-prereqs.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: prereqs $(STAMP) ## create .venv and install crawlstream with its dev tools
+
+up: install ## start the embedded stack (Kafka, PostgreSQL, Kafka Connect + Debezium)
+	$(CS) stack up
+
+down: ## stop workers and the embedded stack
+	@if [ -x $(CS) ]; then $(CS) stack down; fi
+
+status: ## show the embedded stack's services
+	$(CS) stack status
+
+run: install ## the main job: stack up, workers, crawl the demo site, reconcile every stage
+	$(CS) demo
+
+test: install ## start the stack, run unit + integration + e2e tests, stop what was started
+	@was_up=0; $(CS) stack status --json >/dev/null 2>&1 && was_up=1; \
+	$(CS) stack up || exit 1; \
+	$(PY) -m pytest tests -p no:cacheprovider; rc=$$?; \
+	if [ $$was_up = 0 ]; then $(CS) stack down; fi; exit $$rc
+
+test-unit: install ## unit tests only (no services)
+	$(PY) -m pytest tests/unit
+
+lint: install ## ruff (lint + format check) and mypy --strict
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: install ## benchmarks (print figures and ratios against a same-run baseline)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean: down ## stop everything and delete local state (.crawlstream/)
+	rm -rf .crawlstream

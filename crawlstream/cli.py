@@ -1,0 +1,172 @@
+"""The ``crawlstream`` command: the composition root of the platform.
+
+It is the one place that wires stages together, and it does so by starting them as
+processes (``python -m streams``, ``python -m sinks``, ``python -m crawlers``) or, for the
+database migration, by a lazy import at call time, so the stages still never import each other.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from crawlstream.errors import CrawlstreamError
+from crawlstream.logs import setup_logging
+from crawlstream.settings import Settings, load_settings
+from crawlstream.stack.cli import stack_app
+from crawlstream.urls import host_of
+
+console = Console()
+app = typer.Typer(help="crawlstream: Scrapy -> Kafka -> faust -> PostgreSQL -> Debezium.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack", help="The embedded stack: Kafka, PostgreSQL, Kafka Connect + Debezium.")
+topics_app = typer.Typer(help="Topics of the catalog.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+workers_app = typer.Typer(help="The stream and sink worker processes.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+app.add_typer(db_app, name="db")
+app.add_typer(workers_app, name="workers")
+
+
+def _settings() -> Settings:
+    settings = load_settings()
+    setup_logging(settings.log_level, json_lines=settings.log_json)
+    return settings
+
+
+def migrate(settings: Settings) -> None:
+    """Apply the sink schema's migrations (the stack calls this before registering Debezium)."""
+    from sinks.migrate import upgrade  # the composition root may reach into a stage
+
+    upgrade(settings)
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every catalog topic that does not exist yet (and check partitions of the rest)."""
+    from crawlstream.topics import ensure_topics
+
+    created = ensure_topics(_settings())
+    console.print(f"created: {', '.join(created)}" if created else "all topics exist")
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """The topic catalog: names, partitions, keys, what each carries."""
+    from crawlstream.topics import catalog
+
+    table = Table("topic", "partitions", "key", "carries")
+    for spec in catalog(_settings()).all():
+        table.add_row(spec.name, str(spec.partitions), spec.key, spec.description)
+    console.print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply database migrations up to the newest (as the owner role)."""
+    migrate(_settings())
+    console.print("database schema is up to date")
+
+
+@workers_app.command("up")
+def workers_up() -> None:
+    """Start the faust dedup worker and the Postgres sink worker (idempotent)."""
+    from crawlstream.workers import start_workers
+
+    start_workers(_settings(), console)
+
+
+@workers_app.command("down")
+def workers_down() -> None:
+    """Stop the worker processes that `workers up` started."""
+    from crawlstream.workers import stop_workers
+
+    stop_workers(_settings(), console)
+
+
+def _run(
+    settings: Settings,
+    start_urls: list[str],
+    allow_private_hosts: list[str],
+    max_pages: int,
+    max_depth: int,
+    job_id: str,
+    json_out: bool,
+    timeout: float,
+) -> None:
+    from crawlstream.pipeline import CrawlArgs, run_pipeline
+    from crawlstream.report import render_endpoints, render_summary, summary_json
+    from crawlstream.stack.supervisor import up
+    from crawlstream.workers import start_workers
+
+    up(settings, migrate=migrate)
+    settings = load_settings()  # `up` wrote the stack's endpoints and secrets
+    start_workers(settings, console)
+    args = CrawlArgs(
+        start_urls=start_urls,
+        allow_private_hosts=allow_private_hosts,
+        max_pages=max_pages,
+        max_depth=max_depth,
+        job_id=job_id,
+        run_id=uuid.uuid4().hex,
+    )
+    console.print(f"crawling {', '.join(start_urls)} (run {args.run_id})")
+    summary = run_pipeline(settings, args, timeout_s=timeout, on_progress=lambda m: console.log(m))
+    if json_out:
+        print(json.dumps(summary_json(summary), default=str))
+    else:
+        render_summary(summary, console)
+        render_endpoints(settings, console)
+    if not summary.ok:
+        raise typer.Exit(2)
+
+
+@app.command("run")
+def run(
+    url: Annotated[str, typer.Argument(help="start URL; its host is allowed even if private")],
+    max_pages: Annotated[int, typer.Option(help="0 = no limit")] = 0,
+    max_depth: Annotated[int, typer.Option(help="0 = no limit")] = 0,
+    job_id: str = "adhoc",
+    json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the stages after the crawl")] = 300.0,
+) -> None:
+    """Crawl URL through the whole pipeline on the embedded stack and reconcile the counts."""
+    _run(_settings(), [url], [host_of(url)], max_pages, max_depth, job_id, json_out, timeout)
+
+
+@app.command("demo")
+def demo(
+    pages: Annotated[int, typer.Option(help="pages of the generated demo site")] = 300,
+    json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    timeout: float = 300.0,
+) -> None:
+    """The main job: generate the demo site, serve it on 127.0.0.1 and run the pipeline on it."""
+    from crawlstream.demosite import generate_demo_site, serve_directory
+
+    settings = _settings()
+    root = Path(settings.stack.state_dir) / "demo-site"
+    manifest = generate_demo_site(root, pages=pages)
+    server, base_url = serve_directory(root)
+    try:
+        console.print(f"demo site: {manifest.html_pages if hasattr(manifest, 'html_pages') else pages} pages at {base_url}")
+        _run(settings, [f"{base_url}/index.html"], [host_of(base_url)], 0, 0, "demo", json_out, timeout)
+    finally:
+        server.shutdown()
+
+
+def main() -> None:
+    try:
+        app()
+    except CrawlstreamError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

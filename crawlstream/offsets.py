@@ -1,0 +1,64 @@
+"""Reading Kafka offsets: partition end offsets and a consumer group's committed offsets.
+
+Used by the pipeline run to know when a stage has caught up and to count records per run
+(``end offset after - end offset before``: producers are idempotent and not transactional,
+so offsets are contiguous and a difference is a record count).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from confluent_kafka import Consumer, TopicPartition
+
+from crawlstream.errors import StackError
+from crawlstream.settings import Settings
+
+Offsets = dict[int, int]
+
+
+@contextmanager
+def _inspector(settings: Settings, group: str = "crawlstream-inspector") -> Iterator[Consumer]:
+    # A consumer that never subscribes: it reads metadata and offsets, it never joins the group.
+    consumer = Consumer(settings.kafka.librdkafka(**{"group.id": group, "enable.auto.commit": False}))
+    try:
+        yield consumer
+    finally:
+        consumer.close()
+
+
+def _partitions(consumer: Consumer, topic: str, timeout_s: float) -> list[int]:
+    meta = consumer.list_topics(topic, timeout=timeout_s)
+    info = meta.topics.get(topic)
+    if info is None or info.error is not None or not info.partitions:
+        raise StackError(f"topic {topic} does not exist (run `crawlstream topics create`)")
+    return sorted(info.partitions)
+
+
+def end_offsets(settings: Settings, topic: str, timeout_s: float = 10.0) -> Offsets:
+    """High watermark per partition."""
+    with _inspector(settings) as consumer:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1]
+            for p in _partitions(consumer, topic, timeout_s)
+        }
+
+
+def committed_offsets(settings: Settings, group: str, topic: str, timeout_s: float = 10.0) -> Offsets:
+    """Committed offset per partition for ``group`` (0 where the group never committed)."""
+    with _inspector(settings, group) as consumer:
+        parts = [TopicPartition(topic, p) for p in _partitions(consumer, topic, timeout_s)]
+        return {tp.partition: max(tp.offset, 0) for tp in consumer.committed(parts, timeout=timeout_s)}
+
+
+def total(offsets: Offsets) -> int:
+    return sum(offsets.values())
+
+
+def delta(after: Offsets, before: Offsets) -> int:
+    return sum(after[p] - before.get(p, 0) for p in after)
+
+
+def lag(end: Offsets, committed: Offsets) -> int:
+    return sum(max(end[p] - committed.get(p, 0), 0) for p in end)

@@ -1,0 +1,260 @@
+"""One pipeline run: crawl a site, wait until every stage has caught up, reconcile the counts.
+
+This is the main job behind ``make run`` (the demo site) and ``crawlstream run URL``. It
+drives no stage itself: the crawl runs in its own process (``python -m crawlers crawl``), the
+faust and sink workers are already running, Debezium runs in Kafka Connect. It only reads
+what each stage left behind: topic end offsets, consumer-group and Postgres-stored offsets,
+rows in ``pages``, and the change events on the CDC topic. Counts are per run, so runs of
+one pipeline must not overlap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+from confluent_kafka import Consumer, TopicPartition
+
+from crawlstream import offsets
+from crawlstream.errors import CrawlstreamError
+from crawlstream.settings import Settings
+from crawlstream.topics import catalog
+
+
+@dataclass
+class Check:
+    stage: str
+    what: str
+    expected: int
+    actual: int
+
+    @property
+    def ok(self) -> bool:
+        return self.expected == self.actual
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    crawl: dict[str, Any]
+    raw_records: int = 0
+    unique_new: int = 0
+    duplicates_dropped: int = 0
+    dead_letters: int = 0
+    rows_new: int = 0
+    rows_for_crawl: int = 0
+    cdc_creates: int = 0
+    caught_up_s: dict[str, float] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def failed_stages(self) -> list[str]:
+        return sorted({c.stage for c in self.checks if not c.ok})
+
+    def throughput(self, stage: str, records: int) -> float | None:
+        seconds = self.caught_up_s.get(stage)
+        return records / seconds if seconds else None
+
+
+@dataclass(frozen=True)
+class CrawlArgs:
+    start_urls: list[str]
+    allowed_domains: list[str] = field(default_factory=list)
+    allow_private_hosts: list[str] = field(default_factory=list)
+    max_pages: int = 0
+    max_depth: int = 0
+    job_id: str = "adhoc"
+    run_id: str = ""
+
+
+def run_crawl_process(args: CrawlArgs, report_path: Path, extra_env: dict[str, str] | None = None) -> int:
+    """Run ``python -m crawlers crawl`` in a fresh process (Twisted reactors are one per process)."""
+    argv = [sys.executable, "-m", "crawlers", "crawl", "--report", str(report_path),
+            "--job-id", args.job_id]
+    for url in args.start_urls:
+        argv += ["--start-url", url]
+    for domain in args.allowed_domains:
+        argv += ["--allowed-domain", domain]
+    for host in args.allow_private_hosts:
+        argv += ["--allow-private-host", host]
+    if args.run_id:
+        argv += ["--run-id", args.run_id]
+    if args.max_pages:
+        argv += ["--max-pages", str(args.max_pages)]
+    if args.max_depth:
+        argv += ["--max-depth", str(args.max_depth)]
+    return subprocess.call(argv, env={**os.environ, **(extra_env or {})})
+
+
+class PipelineProbe:
+    """Reads the state each stage leaves behind (offsets, rows, change events)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = catalog(settings)
+
+    def end(self, topic: str) -> offsets.Offsets:
+        return offsets.end_offsets(self.settings, topic)
+
+    def streams_committed(self) -> offsets.Offsets:
+        return offsets.committed_offsets(self.settings, self.settings.streams.app_id, self.topics.raw_pages.name)
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with psycopg2.connect(self.settings.postgres.dsn()) as conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            rows: list[tuple[Any, ...]] = cur.fetchall()
+        conn.close()
+        return rows
+
+    def db_now(self) -> Any:
+        return self._query("SELECT now()")[0][0]
+
+    def sink_stored(self) -> offsets.Offsets:
+        rows = self._query(
+            "SELECT partition, next_offset FROM sink_offsets WHERE consumer_group = %s AND topic = %s",
+            (self.settings.sink.group_id, self.topics.unique_pages.name),
+        )
+        return {int(p): int(o) for p, o in rows}
+
+    def rows_present(self, urls: list[str]) -> int:
+        return int(self._query("SELECT count(*) FROM pages WHERE url = ANY(%s)", (urls,))[0][0])
+
+    def rows_stored_before(self, urls: list[str], before: Any) -> int:
+        return int(
+            self._query("SELECT count(*) FROM pages WHERE url = ANY(%s) AND stored_at < %s", (urls, before))[0][0]
+        )
+
+    def read_range(self, topic: str, start: offsets.Offsets, end: offsets.Offsets,
+                   timeout_s: float = 30.0) -> list[tuple[bytes | None, bytes | None]]:
+        """(key, value) of every record in [start, end) per partition."""
+        wanted = {p: o for p, o in end.items() if o > start.get(p, 0)}
+        if not wanted:
+            return []
+        consumer = Consumer(self.settings.kafka.librdkafka(**{
+            "group.id": "crawlstream-inspector", "enable.auto.commit": False,
+            "fetch.max.bytes": self.settings.kafka.max_message_bytes * 4,
+            "max.partition.fetch.bytes": self.settings.kafka.max_message_bytes,
+        }))
+        consumer.assign([TopicPartition(topic, p, start.get(p, 0)) for p in wanted])
+        out: list[tuple[bytes | None, bytes | None]] = []
+        deadline = time.monotonic() + timeout_s
+        try:
+            while wanted and time.monotonic() < deadline:
+                msg = consumer.poll(0.5)
+                if msg is None or msg.error():
+                    continue
+                p, o = msg.partition(), msg.offset()
+                if p in wanted and o < wanted[p]:
+                    out.append((msg.key(), msg.value()))
+                if p in wanted and o + 1 >= wanted[p]:
+                    del wanted[p]
+        finally:
+            consumer.close()
+        return out
+
+
+def cdc_created_urls(events: list[tuple[bytes | None, bytes | None]]) -> list[str]:
+    """URLs of Debezium create (``c``) and snapshot-read (``r``) events; tombstones are skipped."""
+    urls = []
+    for _key, value in events:
+        if value is None:
+            continue
+        envelope = json.loads(value)
+        if envelope.get("op") in ("c", "r") and envelope.get("after"):
+            urls.append(str(envelope["after"]["url"]))
+    return urls
+
+
+def run_pipeline(
+    settings: Settings,
+    args: CrawlArgs,
+    *,
+    timeout_s: float = 180.0,
+    on_progress: Callable[[str], None] = lambda _msg: None,
+) -> RunSummary:
+    """Crawl, wait for every stage, and return the reconciled summary (see :class:`Check`)."""
+    probe = PipelineProbe(settings)
+    t = probe.topics
+    before = {spec.name: probe.end(spec.name) for spec in (t.raw_pages, t.unique_pages, t.dead_letter, t.cdc_pages)}
+    db_start = probe.db_now()
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="crawlstream-run-") as tmp:
+        report_path = Path(tmp) / "report.json"
+        code = run_crawl_process(args, report_path)
+        if not report_path.exists():
+            raise CrawlstreamError(f"the crawl process exited with {code} and wrote no report")
+        report: dict[str, Any] = json.loads(report_path.read_text())
+    crawl_s = time.monotonic() - started
+    summary = RunSummary(run_id=str(report.get("run_id", args.run_id)), crawl=report)
+    summary.caught_up_s["crawl"] = crawl_s
+    urls: list[str] = list(report.get("canonical_urls", []))
+    delivered = int(report.get("records_delivered", 0))
+
+    def stage_done(stage: str) -> None:
+        summary.caught_up_s.setdefault(stage, time.monotonic() - started)
+        on_progress(f"{stage} caught up after {summary.caught_up_s[stage]:.1f}s")
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        raw_end = probe.end(t.raw_pages.name)
+        unique_end = probe.end(t.unique_pages.name)
+        if offsets.delta(raw_end, before[t.raw_pages.name]) >= delivered:
+            stage_done("kafka")
+        streams_lag = offsets.lag(raw_end, probe.streams_committed())
+        if "kafka" in summary.caught_up_s and streams_lag == 0:
+            stage_done("streams")
+        sink_lag = offsets.lag(unique_end, probe.sink_stored())
+        if "streams" in summary.caught_up_s and sink_lag == 0:
+            stage_done("sink")
+        cdc_end = probe.end(t.cdc_pages.name)
+        if "sink" in summary.caught_up_s:
+            new_urls = [k.decode() for k, _ in probe.read_range(t.unique_pages.name, before[t.unique_pages.name],
+                                                              unique_end) if k is not None]
+            cdc_events = probe.read_range(t.cdc_pages.name, before[t.cdc_pages.name], cdc_end)
+            created = cdc_created_urls(cdc_events)
+            if set(new_urls) <= set(created):
+                stage_done("cdc")
+        if "cdc" in summary.caught_up_s or time.monotonic() > deadline:
+            break
+        on_progress(f"waiting: streams lag {streams_lag}, sink lag {sink_lag}")
+        time.sleep(0.5)  # polling interval of a deadline-bounded wait
+
+    raw_end = probe.end(t.raw_pages.name)
+    unique_end = probe.end(t.unique_pages.name)
+    summary.raw_records = offsets.delta(raw_end, before[t.raw_pages.name])
+    summary.unique_new = offsets.delta(unique_end, before[t.unique_pages.name])
+    summary.dead_letters = offsets.delta(probe.end(t.dead_letter.name), before[t.dead_letter.name])
+    summary.duplicates_dropped = summary.raw_records - summary.unique_new - summary.dead_letters
+    new_urls = [k.decode() for k, _ in probe.read_range(t.unique_pages.name, before[t.unique_pages.name],
+                                                       unique_end) if k is not None]
+    created = cdc_created_urls(probe.read_range(t.cdc_pages.name, before[t.cdc_pages.name],
+                                                probe.end(t.cdc_pages.name)))
+    summary.cdc_creates = len(created)
+    summary.rows_for_crawl = probe.rows_present(urls) if urls else 0
+    preexisting = probe.rows_stored_before(urls, db_start) if urls else 0
+    summary.rows_new = summary.rows_for_crawl - preexisting
+    distinct = int(report.get("distinct_canonical_urls", len(urls)))
+    summary.checks = [
+        Check("crawl", "page records delivered = HTML pages fetched", int(report.get("pages_fetched", 0)), delivered),
+        Check("crawl", "delivery failures", 0, int(report.get("delivery_failures", 0))),
+        Check("kafka", "raw topic records = records delivered", delivered, summary.raw_records),
+        Check("streams", "unique pages = distinct URLs not seen before", distinct - preexisting, summary.unique_new),
+        Check("sink", "rows in pages = distinct URLs crawled", distinct, summary.rows_for_crawl),
+        Check("sink", "new rows = unique pages", summary.unique_new, summary.rows_new),
+        Check("cdc", "create events = new rows", summary.rows_new, summary.cdc_creates),
+        Check("cdc", "every new URL has its create event", len(set(new_urls)), len(set(new_urls) & set(created))),
+    ]
+    return summary
