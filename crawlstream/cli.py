@@ -154,8 +154,12 @@ def demo(
     manifest = generate_demo_site(root, pages=pages)
     server, base_url = serve_directory(root)
     try:
-        console.print(f"demo site: {manifest.html_pages if hasattr(manifest, 'html_pages') else pages} pages at {base_url}")
-        _run(settings, [f"{base_url}/index.html"], [host_of(base_url)], 0, 0, "demo", json_out, timeout)
+        console.print(
+            f"demo site: {pages} pages at {base_url} (a full crawl fetches "
+            f"{manifest.expected_html_responses} HTML pages, "
+            f"{manifest.expected_distinct_canonical_urls} distinct URLs)"
+        )
+        _run(settings, [f"{base_url}index.html"], [host_of(base_url)], 0, 0, "demo", json_out, timeout)
     finally:
         server.shutdown()
 

@@ -156,6 +156,8 @@ class PipelineProbe:
                 if msg is None or msg.error():
                     continue
                 p, o = msg.partition(), msg.offset()
+                if p is None or o is None:
+                    continue
                 if p in wanted and o < wanted[p]:
                     out.append((msg.key(), msg.value()))
                 if p in wanted and o + 1 >= wanted[p]:

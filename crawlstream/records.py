@@ -32,7 +32,7 @@ class _Record(BaseModel):
 class PageRecord(_Record):
     """One fetched HTML page, as produced by the crawl stage (topic ``<prefix>.pages.raw``)."""
 
-    schema_version: Literal[1] = PAGE_SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     url: str = Field(min_length=1, description="URL as requested")
     canonical_url: str = Field(min_length=1, description="record key; see crawlstream.urls")
     final_url: str = Field(min_length=1, description="URL after redirects")

@@ -122,15 +122,26 @@ class CrawlSettings(BaseModel):
 
 
 class StreamsSettings(BaseModel):
-    app_id: str = "crawlstream-streams"
+    # Also the Kafka consumer group id and the prefix of faust's changelog topics.
+    app_id: str = Field(default="crawlstream-streams", pattern=r"^[A-Za-z0-9._-]+$")
     store: str = "memory://"
     web_port: int = Field(default=6066, ge=1, le=65535)
+    # faust's datadir is <data_dir>/<app_id> (table files; RocksDB data with rocksdb://).
+    data_dir: Path = DEFAULT_STATE_DIR / "streams"
+    # How often processed offsets are committed; drain checks compare these to end offsets.
+    commit_interval_s: float = Field(default=1.0, gt=0, le=60)
+    # A worker killed without leaving the group holds its partitions this long (faust's default
+    # is 60 s); heartbeats run on the consumer thread, so a busy event loop does not expire it.
+    session_timeout_s: float = Field(default=10.0, ge=6, le=90)
 
 
 class SinkSettings(BaseModel):
     group_id: str = "crawlstream-sink-pages"
     batch_size: int = Field(default=1000, ge=1)
     batch_max_latency_s: float = Field(default=0.5, gt=0)
+    # Backoff while PostgreSQL is unavailable: doubles from initial up to max between retries.
+    retry_backoff_initial_s: float = Field(default=0.5, gt=0)
+    retry_backoff_max_s: float = Field(default=30.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -165,7 +176,7 @@ def load_settings(**overrides: Any) -> Settings:
     env_files.append((Path(state_dir) if state_dir else DEFAULT_STATE_DIR) / "stack.env")
     env_files.append(Path(".env"))
     try:
-        return Settings(_env_file=tuple(env_files), **overrides)  # type: ignore[call-arg]
+        return Settings(_env_file=tuple(env_files), **overrides)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])} ({_env_name(err['loc'])}): {err['msg']}"

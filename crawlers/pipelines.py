@@ -1,0 +1,151 @@
+"""KafkaPagePipeline: the crawl stage's only writer, producing PageRecords to ``<prefix>.pages.raw``.
+
+Usable from any Scrapy project through ``ITEM_PIPELINES``. Settings used: ``kafka.*`` (bootstrap,
+client extras, ``max_message_bytes``), ``crawl.delivery_timeout_s``; Scrapy setting
+``CRAWLSTREAM_TOPIC`` overrides the catalog's raw-pages topic. Key = canonical URL (UTF-8),
+value = ``PageRecord.to_bytes()``.
+
+Nothing is dropped silently: a full local queue is back-pressure (poll and retry, forever; librdkafka's
+``message.timeout.ms`` fails stuck messages through the callback, which frees the queue), every
+failed delivery is logged with its key and counted, and whatever ``flush`` leaves undelivered at
+close is counted as failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaException, Producer
+from itemadapter import ItemAdapter
+from scrapy.crawler import Crawler
+
+from crawlers import metrics
+from crawlers.settings import crawlstream_settings
+from crawlstream.records import PageRecord
+from crawlstream.settings import Settings
+from crawlstream.topics import catalog
+
+log = logging.getLogger(__name__)
+
+STAT_DELIVERED = "crawlstream/delivered"
+STAT_FAILED = "crawlstream/delivery_failed"
+STAT_BACKPRESSURE = "crawlstream/producer_backpressure_waits"
+MAX_LEFTOVER_LOG_LINES = 50
+
+DeliveryCallback = Callable[[Any, Any], None]
+
+
+class ProducerLike(Protocol):
+    """The part of ``confluent_kafka.Producer`` the pipeline uses (fakes implement the same)."""
+
+    def produce(self, topic: str, value: bytes, key: bytes, *, on_delivery: DeliveryCallback) -> None: ...
+    def poll(self, timeout: float) -> int: ...
+    def flush(self, timeout: float) -> int: ...
+    def __len__(self) -> int: ...
+
+
+def producer_config(settings: Settings) -> dict[str, Any]:
+    return settings.kafka.librdkafka(
+        **{
+            "client.id": "crawlstream-crawler",
+            "enable.idempotence": True,  # retries cannot duplicate or reorder within a partition
+            "acks": "all",
+            "compression.type": "zstd",  # HTML compresses well; librdkafka 2.16 is built with zstd
+            "linger.ms": 20,
+            "message.max.bytes": settings.kafka.max_message_bytes,
+        }
+    )
+
+
+class KafkaPagePipeline:
+    def __init__(self, settings: Settings, topic: str, stats: Any) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.stats = stats
+        self.producer: ProducerLike | None = None
+        # In-flight messages: sequence number -> (key, produce time), so leftovers can be named.
+        self._in_flight: dict[int, tuple[bytes, float]] = {}
+        self._seq = 0
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> KafkaPagePipeline:
+        settings = crawlstream_settings(crawler.settings)
+        topic = crawler.settings.get("CRAWLSTREAM_TOPIC") or catalog(settings).raw_pages.name
+        return cls(settings, topic, crawler.stats)
+
+    def make_producer(self, config: dict[str, Any]) -> ProducerLike:
+        """Hook for tests and other transports: return anything with the Producer interface."""
+        producer: ProducerLike = Producer(config)
+        return producer
+
+    def open_spider(self) -> None:
+        # Created here, not in __init__, so nothing connects until a crawl really starts.
+        self.producer = self.make_producer(producer_config(self.settings))
+        log.info("producing page records to %s", self.topic)
+
+    def process_item(self, item: Any) -> Any:
+        record = (
+            item if isinstance(item, PageRecord) else PageRecord.model_validate(ItemAdapter(item).asdict())
+        )
+        self._produce(record.canonical_url.encode("utf-8"), record.to_bytes())
+        return item
+
+    def _produce(self, key: bytes, value: bytes) -> None:
+        assert self.producer is not None, "open_spider was not called"
+        self._seq += 1
+        seq = self._seq
+        self._in_flight[seq] = (key, time.monotonic())
+
+        def on_delivery(err: Any, _msg: Any) -> None:
+            self._on_delivery(seq, err)
+
+        while True:
+            try:
+                self.producer.produce(self.topic, value, key, on_delivery=on_delivery)
+                break
+            except BufferError:
+                # Local queue full: serve delivery callbacks to make room, then retry. Never drop.
+                self.stats.inc_value(STAT_BACKPRESSURE)
+                self.producer.poll(0.5)
+            except KafkaException as exc:  # e.g. MSG_SIZE_TOO_LARGE: this message can never go
+                self._on_delivery(seq, exc.args[0] if exc.args else exc)
+                break
+        self.producer.poll(0)
+        metrics.PRODUCER_QUEUE.set(len(self.producer))
+
+    def _on_delivery(self, seq: int, err: Any) -> None:
+        key, produced_at = self._in_flight.pop(seq, (b"?", time.monotonic()))
+        if err is None:
+            self.stats.inc_value(STAT_DELIVERED)
+            metrics.RECORDS_PRODUCED.inc()
+            metrics.PRODUCE_LATENCY.observe(time.monotonic() - produced_at)
+            return
+        self.stats.inc_value(STAT_FAILED)
+        metrics.DELIVERY_FAILURES.inc()
+        log.error("delivery failed for key %s: %s", key.decode("utf-8", errors="replace"), err)
+
+    def close_spider(self) -> None:
+        if self.producer is None:
+            return
+        remaining = self.producer.flush(self.settings.crawl.delivery_timeout_s)
+        metrics.PRODUCER_QUEUE.set(len(self.producer))
+        leftovers = list(self._in_flight.values())
+        self._in_flight.clear()
+        if not leftovers:
+            return
+        self.stats.inc_value(STAT_FAILED, len(leftovers))
+        metrics.DELIVERY_FAILURES.inc(len(leftovers))
+        for key, _ in leftovers[:MAX_LEFTOVER_LOG_LINES]:
+            log.error(
+                "undelivered after %.0fs flush: key %s",
+                self.settings.crawl.delivery_timeout_s,
+                key.decode("utf-8", errors="replace"),
+            )
+        log.error(
+            "%d page records undelivered at close (producer queue still held %d); counted as failed",
+            len(leftovers),
+            remaining,
+        )

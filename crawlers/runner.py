@@ -1,0 +1,121 @@
+"""Run one crawl in this process and report what it did (the crawl stage's entry point).
+
+``run_crawl`` runs :class:`~crawlers.spiders.site.SiteSpider` under Scrapy's ``CrawlerProcess``.
+Twisted's reactor cannot restart, so a process runs one crawl: call it from a fresh process
+(``python -m crawlers crawl``). Records go to ``<prefix>.pages.raw`` via the configured pipeline;
+the :class:`CrawlReport` gives the counts the pipeline run reconciles against later stages.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from scrapy import signals
+from scrapy.crawler import CrawlerProcess
+from scrapy.settings import Settings as ScrapySettings
+
+from crawlers.metrics import fetch_errors
+from crawlers.middlewares import STAT_REFUSED
+from crawlers.pipelines import STAT_DELIVERED, STAT_FAILED
+from crawlers.spiders.site import STAT_NON_HTML, STAT_PAGE_RECORDS, SiteSpider
+from crawlstream.settings import Settings
+
+
+@dataclass
+class CrawlSpec:
+    start_urls: list[str]
+    allowed_domains: list[str] = field(default_factory=list)  # empty: the start URLs' hosts
+    max_pages: int | None = None  # page records to yield; None: settings.crawl.max_pages (0 = no cap)
+    max_depth: int | None = None  # None: settings.crawl.max_depth (0 = no limit)
+    job_id: str = ""
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    allow_private_hosts: list[str] = field(default_factory=list)
+    metrics_port: int | None = None  # None or -1: no /metrics; 0: a free port
+    scrapy_settings: dict[str, Any] = field(default_factory=dict)  # extra overrides, highest priority
+
+
+@dataclass
+class CrawlReport:
+    pages_fetched: int  # HTML page records yielded
+    responses_total: int  # every response, robots.txt and non-2xx included
+    non_html: int
+    records_delivered: int
+    delivery_failures: int
+    fetch_errors: int
+    robots_denied: int
+    private_refused: int
+    distinct_canonical_urls: int
+    canonical_urls: list[str]
+    duration_s: float
+    finish_reason: str
+    job_id: str = ""
+    run_id: str = ""
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _CanonicalUrlCollector:
+    """Holds the canonical URLs of scraped records (signals keep only weak references)."""
+
+    def __init__(self) -> None:
+        self.urls: set[str] = set()
+
+    def item_scraped(self, item: Any, **_: Any) -> None:
+        self.urls.add(str(item.canonical_url if hasattr(item, "canonical_url") else item["canonical_url"]))
+
+
+def scrapy_settings_for(settings: Settings, spec: CrawlSpec) -> ScrapySettings:
+    scrapy_settings = ScrapySettings()
+    scrapy_settings.setmodule("crawlers.settings", priority="project")
+    overrides: dict[str, Any] = {
+        "CRAWLSTREAM_SETTINGS": settings,
+        "CRAWLSTREAM_METRICS_PORT": spec.metrics_port,
+        "LOG_LEVEL": settings.log_level,
+    }
+    if spec.max_depth is not None:
+        overrides["DEPTH_LIMIT"] = spec.max_depth
+    overrides.update(spec.scrapy_settings)
+    scrapy_settings.setdict(overrides, priority="cmdline")
+    return scrapy_settings
+
+
+def run_crawl(settings: Settings, spec: CrawlSpec) -> CrawlReport:
+    """Crawl ``spec`` to completion in this process (once per process) and return its report."""
+    process = CrawlerProcess(scrapy_settings_for(settings, spec))
+    crawler = process.create_crawler(SiteSpider)
+    collector = _CanonicalUrlCollector()
+    crawler.signals.connect(collector.item_scraped, signal=signals.item_scraped)
+    kwargs: dict[str, Any] = {
+        "start_urls": spec.start_urls,
+        "job_id": spec.job_id,
+        "run_id": spec.run_id,
+        "allow_private_hosts": spec.allow_private_hosts,
+    }
+    if spec.allowed_domains:
+        kwargs["allowed_domains"] = spec.allowed_domains
+    if spec.max_pages is not None:
+        kwargs["max_pages"] = spec.max_pages
+    started = time.monotonic()
+    process.crawl(crawler, **kwargs)
+    process.start()
+    stats: dict[str, Any] = crawler.stats.get_stats() if crawler.stats is not None else {}
+    return CrawlReport(
+        pages_fetched=int(stats.get(STAT_PAGE_RECORDS, 0)),
+        responses_total=int(stats.get("response_received_count", 0)),
+        non_html=int(stats.get(STAT_NON_HTML, 0)),
+        records_delivered=int(stats.get(STAT_DELIVERED, 0)),
+        delivery_failures=int(stats.get(STAT_FAILED, 0)),
+        fetch_errors=fetch_errors(stats),
+        robots_denied=int(stats.get("robotstxt/forbidden", 0)),
+        private_refused=int(stats.get(STAT_REFUSED, 0)),
+        distinct_canonical_urls=len(collector.urls),
+        canonical_urls=sorted(collector.urls),
+        duration_s=round(time.monotonic() - started, 3),
+        finish_reason=str(stats.get("finish_reason", "unknown")),
+        job_id=spec.job_id,
+        run_id=spec.run_id,
+    )

@@ -1,0 +1,1 @@
+"""Spiders of the crawl stage: one spider per module, class ``<Source>Spider``."""

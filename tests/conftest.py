@@ -1,0 +1,26 @@
+"""Shared fixtures. Integration and e2e tests run against the embedded stack that
+`crawlstream stack up` starts (the same supervisor users run); `make test` starts it first."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def stack_settings() -> Iterator[object]:
+    """Settings of the running embedded stack, with the schema migrated and the workers running."""
+    from crawlstream.cli import migrate
+    from crawlstream.settings import load_settings
+    from crawlstream.stack.supervisor import up
+    from crawlstream.workers import start_workers
+
+    settings = load_settings()
+    up(settings, migrate=migrate)
+    settings = load_settings()
+    start_workers(settings)
+    yield settings
