@@ -1,0 +1,32 @@
+"""``python -m streams worker -l info``: run the stream stage's faust worker.
+
+Reads settings once, serves our Prometheus metrics on ``metrics.host:metrics.streams_port``
+(port 0 picks a free one), then hands the command line to faust (``worker``, ``tables``, ...).
+Catalog topics must exist first (``crawlstream.topics.ensure_topics``); faust creates only its
+changelog topics.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from crawlstream.logs import setup_logging
+from crawlstream.metrics import serve_metrics
+from crawlstream.settings import load_settings
+from streams.app import create_app
+
+
+def main() -> None:
+    settings = load_settings()
+    setup_logging(settings.log_level, json_lines=settings.log_json)
+    app = create_app(settings)
+    # faust creates datadir itself but not its parents.
+    settings.streams.data_dir.mkdir(parents=True, exist_ok=True)
+    # Only a worker is long-running; `python -m streams tables` must not hold the metrics port.
+    if "worker" in sys.argv[1:]:
+        serve_metrics(settings.metrics.host, settings.metrics.streams_port)
+    app.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The faust app of the stream stage, built from :class:`~crawlstream.settings.Settings`.
+
+``new_app(settings)`` configures an app with no agents (unit tests register one agent on it);
+``create_app(settings)`` also registers every agent and is what ``python -m streams`` runs.
+Agent modules take the app as an argument and never import this module, so there is no cycle.
+
+Settings used: ``kafka.bootstrap_servers|partitions|replication_factor|max_message_bytes|
+client_config``, ``streams.app_id|store|web_port|data_dir|commit_interval_s|session_timeout_s``.
+The consumer group id is ``streams.app_id``; table changelogs are ``<app_id>-<table>-changelog``.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from crawlstream.errors import ConfigError
+from crawlstream.settings import Settings
+from streams import dedup
+
+# librdkafka extras have no mechanical aiokafka equivalent; refuse them rather than
+# silently connecting in plaintext to a cluster that expects TLS/SASL.
+_UNSUPPORTED_CLIENT_KEYS = ("security.", "sasl.", "ssl.")
+
+
+def broker_urls(bootstrap_servers: str) -> list[str]:
+    """``h1:p1,h2:p2`` -> ``["kafka://h1:p1", "kafka://h2:p2"]`` (faust's broker list)."""
+    return [f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server.strip()]
+
+
+def new_app(settings: Settings) -> faust.App:
+    """A configured faust app without agents."""
+    kafka, streams = settings.kafka, settings.streams
+    unsupported = sorted(k for k in kafka.client_config if k.startswith(_UNSUPPORTED_CLIENT_KEYS))
+    if unsupported:
+        raise ConfigError(
+            f"kafka.client_config (CRAWLSTREAM_KAFKA__CLIENT_CONFIG): {unsupported} are not supported "
+            "by the streams stage (aiokafka); only plaintext brokers for now"
+        )
+    return faust.App(
+        streams.app_id,
+        broker=broker_urls(kafka.bootstrap_servers),
+        store=streams.store,
+        datadir=str(streams.data_dir / streams.app_id),
+        # At-least-once: exactly_once has open upstream bugs; the sink is idempotent on URL.
+        processing_guarantee="at_least_once",
+        # Commit processed offsets promptly so "caught up" checks (committed == end offsets
+        # for group app_id) see progress within about a second.
+        broker_commit_interval=streams.commit_interval_s,
+        broker_commit_every=1000,
+        broker_session_timeout=streams.session_timeout_s,
+        consumer_auto_offset_reset="earliest",
+        # Pages can be ~1 MB+; the producer and per-partition fetches must fit the largest record.
+        producer_max_request_size=kafka.max_message_bytes,
+        consumer_max_fetch_size=kafka.max_message_bytes,
+        # Catalog topics are created by crawlstream.topics.ensure_topics; faust only declares
+        # its internal topics (table changelogs), with these defaults where a table sets none.
+        topic_partitions=kafka.partitions,
+        topic_replication_factor=kafka.replication_factor,
+        # No on_leader timers/tasks: skip the extra "__assignor-__leader" topic.
+        topic_disable_leader=True,
+        # The web server exposes table contents under /table: keep it on loopback.
+        web_bind="127.0.0.1",
+        web_host="127.0.0.1",
+        web_port=streams.web_port,
+    )
+
+
+def create_app(settings: Settings) -> faust.App:
+    """The app with every agent registered: what a worker runs."""
+    app = new_app(settings)
+    dedup.register(app, settings)
+    return app

@@ -1,0 +1,54 @@
+"""The faust app factory: settings map onto faust's configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from faust.types.enums import ProcessingGuarantee
+
+from crawlstream.errors import ConfigError
+from crawlstream.settings import KafkaSettings, Settings, StreamsSettings
+from streams.app import broker_urls, create_app, new_app
+
+
+def settings(**kafka: object) -> Settings:
+    return Settings(
+        _env_file=None,
+        kafka=KafkaSettings(
+            bootstrap_servers="h1:9092, h2:9093", partitions=6, replication_factor=3, **kafka
+        ),
+        streams=StreamsSettings(app_id="unit-app", web_port=7001, data_dir=Path("/tmp/state")),
+    )
+
+
+def test_broker_urls_use_faust_form() -> None:
+    assert broker_urls("h1:9092, h2:9093") == ["kafka://h1:9092", "kafka://h2:9093"]
+
+
+def test_app_configuration_follows_settings() -> None:
+    conf = new_app(settings(max_message_bytes=3 * 1024 * 1024)).conf
+    assert conf.id == "unit-app"
+    assert [str(url) for url in conf.broker] == ["kafka://h1:9092", "kafka://h2:9093"]
+    assert str(conf.store) == "memory:"
+    assert (conf.topic_partitions, conf.topic_replication_factor) == (6, 3)
+    assert conf.producer_max_request_size == conf.consumer_max_fetch_size == 3 * 1024 * 1024
+    assert ProcessingGuarantee(conf.processing_guarantee) is ProcessingGuarantee.AT_LEAST_ONCE
+    assert conf.broker_commit_interval == 1.0
+    assert conf.broker_session_timeout == 10.0
+    assert (conf.web_bind, conf.web_host, conf.web_port) == ("127.0.0.1", "127.0.0.1", 7001)
+    assert conf.datadir == Path("/tmp/state/unit-app")
+    assert conf.topic_disable_leader
+
+
+def test_create_app_registers_dedup_with_copartitioned_changelog() -> None:
+    app = create_app(settings())
+    assert [agent.name for agent in app.agents.values()] == ["dedup_pages"]
+    table = app.tables["seen_urls"]
+    assert table.changelog_topic.get_topic_name() == "unit-app-seen_urls-changelog"
+    assert table.partitions == table.changelog_topic.partitions == 6  # the raw topic's count
+
+
+def test_security_client_config_is_refused_naming_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"kafka\.client_config"):
+        new_app(settings(client_config={"security.protocol": "SASL_SSL"}))
