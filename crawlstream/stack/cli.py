@@ -1,0 +1,87 @@
+"""``crawlstream stack up | down | status``: the typer sub-app mounted by crawlstream/cli.py.
+
+Settings come from crawlstream.settings.load_settings(). The supervisor (and with it
+confluent-kafka) is imported inside each command, so mounting this app costs nothing.
+Errors derived from CrawlstreamError are printed in red and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from crawlstream.errors import CrawlstreamError
+from crawlstream.settings import Settings, load_settings
+
+stack_app = typer.Typer(
+    help="Run the embedded stack: Kafka (KRaft), PostgreSQL, Kafka Connect + Debezium.", no_args_is_help=True
+)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+@contextmanager
+def _errors_exit() -> Iterator[None]:
+    try:
+        yield
+    except CrawlstreamError as exc:
+        err_console.print(str(exc), highlight=False, markup=False, style="red")
+        raise typer.Exit(1) from None
+
+
+def run_up(migrate: Callable[[Settings], None] | None = None, timeout: float | None = None) -> Settings:
+    """``stack up`` for callers that supply the migration (crawlstream/cli.py wires the real one)."""
+    from crawlstream.stack.supervisor import up
+
+    with _errors_exit():
+        up(load_settings(), migrate, console=console, timeout_s=timeout)
+    return load_settings()  # re-read: stack.env now holds the endpoints and secrets
+
+
+@stack_app.command("up")
+def up_command(
+    timeout: Annotated[
+        float | None, typer.Option(help="seconds each service may take to become healthy")
+    ] = None,
+) -> None:
+    """Start Postgres, Kafka and Connect (idempotent) and register the CDC connector."""
+    run_up(None, timeout)
+
+
+@stack_app.command("down")
+def down_command() -> None:
+    """Stop workers, then Connect, Kafka and Postgres (only processes this stack started)."""
+    from crawlstream.stack.supervisor import down
+
+    with _errors_exit():
+        down(load_settings(), console=console)
+
+
+@stack_app.command("status")
+def status_command(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Endpoints, pids and health of each service. Never prints secrets."""
+    from crawlstream.stack.supervisor import status
+
+    with _errors_exit():
+        report = status(load_settings())
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    table = Table(title="crawlstream stack")
+    for column in ("service", "endpoint", "pid", "health", "detail"):
+        table.add_column(column)
+    for name, svc in report["services"].items():
+        health = "[green]healthy[/]" if svc["healthy"] else "[red]down[/]"
+        table.add_row(name, svc["endpoint"], str(svc["pid"] or "-"), health, svc["detail"])
+    console.print(table)
+    console.print(f"postgres url: {report['postgres_url']} (password in stack.env)", highlight=False)
+    if not all(svc["healthy"] for svc in report["services"].values()):
+        raise typer.Exit(1)

@@ -1,0 +1,154 @@
+"""Kafka Connect (standalone) of the embedded stack, running the Debezium PostgreSQL connector.
+
+Renders deploy/stack/connect-standalone.properties plus per-machine keys into
+``<state_dir>/connect/worker.properties``, runs ``ConnectStandalone`` with the CDC endpoint and
+password in the child's environment only (deploy/connect/pages-cdc.json reads them through
+``${env:CRAWLSTREAM_CDC_*}``), then PUTs that JSON, unchanged, to
+``/connectors/<connect.connector_name>/config`` and waits for connector and task to be RUNNING.
+Settings used: ``stack.connect_port``, ``connect.connector_name``, ``connect.cdc_topic_prefix``.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from crawlstream.errors import StackError
+from crawlstream.settings import Settings
+from crawlstream.stack.kafka import bootstrap_servers, java_command, render_properties
+from crawlstream.stack.maven import DEPLOY_DIR, JvmLayout
+from crawlstream.stack.postgres import DB_NAME
+
+BASE_PROPERTIES = DEPLOY_DIR / "stack" / "connect-standalone.properties"
+CONNECTOR_JSON = DEPLOY_DIR / "connect" / "pages-cdc.json"
+
+
+def connect_dir(settings: Settings) -> Path:
+    return settings.stack.state_dir.resolve() / "connect"
+
+
+def rest_url(settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.stack.connect_port}"
+
+
+def worker_overrides(settings: Settings, jvm: JvmLayout) -> dict[str, str]:
+    return {
+        "bootstrap.servers": bootstrap_servers(settings),
+        "listeners": rest_url(settings),
+        "offset.storage.file.filename": str(connect_dir(settings) / "offsets.dat"),
+        "plugin.path": str(jvm.plugins),
+    }
+
+
+def write_worker_properties(settings: Settings, jvm: JvmLayout) -> Path:
+    path = connect_dir(settings) / "worker.properties"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = render_properties(BASE_PROPERTIES.read_text(), worker_overrides(settings, jvm), BASE_PROPERTIES)
+    path.write_text(text)
+    return path
+
+
+def worker_command(jvm: JvmLayout, props: Path) -> list[str]:
+    return java_command(jvm, "org.apache.kafka.connect.cli.ConnectStandalone", str(props), heap="1g")
+
+
+def worker_env(settings: Settings, cdc_password: str) -> dict[str, str]:
+    """What the connector JSON's ${env:...} placeholders resolve to (the worker's env only)."""
+    return {
+        "CRAWLSTREAM_CDC_DB_HOST": "127.0.0.1",
+        "CRAWLSTREAM_CDC_DB_PORT": str(settings.stack.postgres_port),
+        "CRAWLSTREAM_CDC_DB_NAME": DB_NAME,
+        "CRAWLSTREAM_CDC_DB_USER": settings.postgres.cdc_user,
+        "CRAWLSTREAM_CDC_DB_PASSWORD": cdc_password,
+    }
+
+
+def connector_config(settings: Settings, path: Path = CONNECTOR_JSON) -> dict[str, str]:
+    """The connector JSON, checked against the settings it must agree with."""
+    config: dict[str, str] = json.loads(path.read_text())
+    expected = {
+        "topic.prefix": settings.connect.cdc_topic_prefix,
+        "publication.name": settings.postgres.publication,
+        "slot.name": settings.postgres.slot_name,
+    }
+    wrong = [
+        f"{key}={config.get(key)!r} but settings say {value!r}"
+        for key, value in expected.items()
+        if config.get(key) != value
+    ]
+    if wrong:
+        raise StackError(f"{path} disagrees with settings: {'; '.join(wrong)}")
+    return config
+
+
+def _request(method: str, url: str, body: dict[str, str] | None = None, timeout_s: float = 10) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    # Only ever called with rest_url(): http://127.0.0.1:<port>, never a user-supplied scheme.
+    req = urllib.request.Request(  # noqa: S310
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310
+        raw = resp.read()
+    return json.loads(raw) if raw else None
+
+
+def health(settings: Settings) -> str | None:
+    """None when the REST API answers, else the reason."""
+    try:
+        info = _request("GET", rest_url(settings) + "/", timeout_s=3)
+    except (OSError, ValueError) as exc:
+        return f"REST API not answering: {exc}"
+    return None if isinstance(info, dict) and "version" in info else f"unexpected REST answer {info!r}"
+
+
+def register(settings: Settings, config: dict[str, str]) -> bool:
+    """PUT the config unless Connect already holds exactly it; True when it was (re)submitted."""
+    url = f"{rest_url(settings)}/connectors/{settings.connect.connector_name}/config"
+    try:
+        current = _request("GET", url)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            raise StackError(f"connect: GET {url} failed: {exc.code} {exc.reason}") from exc
+        current = None
+    if isinstance(current, dict) and {k: v for k, v in current.items() if k != "name"} == config:
+        return False
+    try:
+        _request("PUT", url, config, timeout_s=60)
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace")[:2000]
+        raise StackError(f"connect: PUT {url} failed: {exc.code} {detail}") from exc
+    return True
+
+
+def connector_status(settings: Settings) -> dict[str, Any] | None:
+    """The REST status document, or None when the connector is not registered."""
+    url = f"{rest_url(settings)}/connectors/{settings.connect.connector_name}/status"
+    try:
+        status: dict[str, Any] = _request("GET", url, timeout_s=5)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+    return status
+
+
+def describe(status: dict[str, Any] | None) -> tuple[str, str | None]:
+    """(summary, failure trace) of a status document: 'RUNNING', 'UNASSIGNED, task 0 FAILED', ..."""
+    if status is None:
+        return "not registered", None
+    connector = status.get("connector", {})
+    tasks = status.get("tasks", [])
+    parts = [f"connector {connector.get('state', '?')}"]
+    parts += [f"task {t.get('id')} {t.get('state')}" for t in tasks] or ["no task yet"]
+    traces = [s["trace"] for s in (connector, *tasks) if s.get("state") == "FAILED" and s.get("trace")]
+    return ", ".join(parts), (traces[0] if traces else None)
+
+
+def running(status: dict[str, Any] | None) -> bool:
+    if status is None or status.get("connector", {}).get("state") != "RUNNING":
+        return False
+    tasks = status.get("tasks", [])
+    return bool(tasks) and all(t.get("state") == "RUNNING" for t in tasks)

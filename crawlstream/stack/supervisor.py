@@ -1,0 +1,354 @@
+"""The embedded stack supervisor: ``up``, ``down`` and ``status`` over Postgres, Kafka and Connect.
+
+Order of ``up``: prerequisites -> jars (Maven, once) -> Kafka launched -> Postgres started and
+roles bootstrapped -> Kafka healthy, topics ensured (crawlstream.topics) -> ``stack.env`` written
+-> ``migrate(settings)`` -> Connect started, connector registered and RUNNING. Each step is
+idempotent: a healthy service is left alone. ``down`` stops workers recorded in ``run/`` first,
+then Connect, Kafka, Postgres. Production never uses this module: point the settings at real
+services instead.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+from rich.console import Console
+
+from crawlstream.errors import CrawlstreamError, PrerequisiteError, StackError
+from crawlstream.settings import Settings
+from crawlstream.stack import connect, kafka, postgres
+from crawlstream.stack.maven import JvmLayout, find_java, find_maven, jars_current, jvm_dir, resolve_jars
+from crawlstream.stack.processes import ProcessManager, read_cmdline, service_error, wait_until
+from crawlstream.topics import ensure_topics
+
+SERVICES = ("postgres", "kafka", "connect")  # start order; ``down`` goes the other way
+Migrate = Callable[[Settings], None]
+
+
+def _step(console: Console, message: str) -> None:
+    console.print(f"[bold cyan]stack[/] {message}", highlight=False)
+
+
+def _require_free(service: str, port: int, setting: str) -> None:
+    if kafka.port_open(port):
+        raise StackError(
+            f"{service}: port {port} is already in use by a process this stack did not start; "
+            f"stop it or set CRAWLSTREAM_STACK__{setting}"
+        )
+
+
+def stack_env(settings: Settings, passwords: dict[str, str]) -> dict[str, str]:
+    return {
+        "CRAWLSTREAM_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers(settings),
+        "CRAWLSTREAM_POSTGRES__URL": postgres.url(settings, settings.postgres.app_role, passwords["app"]),
+        "CRAWLSTREAM_POSTGRES__OWNER_URL": postgres.url(settings, postgres.OWNER_ROLE, passwords["owner"]),
+        "CRAWLSTREAM_POSTGRES__CDC_PASSWORD": passwords["cdc"],
+        "CRAWLSTREAM_CONNECT__URL": connect.rest_url(settings),
+    }
+
+
+def write_stack_env(state_dir: Path, values: dict[str, str]) -> Path:
+    """``<state_dir>/stack.env`` (0600), read back by crawlstream.settings.load_settings()."""
+    path = state_dir / "stack.env"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("# Written by `crawlstream stack up`: endpoints and secrets of the embedded stack.\n")
+        fh.writelines(f"{key}='{value}'\n" for key, value in values.items())
+    path.chmod(0o600)  # also when the file existed with looser bits
+    return path
+
+
+def with_stack_endpoints(settings: Settings, values: dict[str, str]) -> Settings:
+    """``settings`` pointing at the embedded stack, as load_settings() will see it after ``up``."""
+    pg = settings.postgres.model_copy(
+        update={
+            "url": SecretStr(values["CRAWLSTREAM_POSTGRES__URL"]),
+            "owner_url": SecretStr(values["CRAWLSTREAM_POSTGRES__OWNER_URL"]),
+            "cdc_password": SecretStr(values["CRAWLSTREAM_POSTGRES__CDC_PASSWORD"]),
+        }
+    )
+    return settings.model_copy(
+        update={
+            "postgres": pg,
+            "kafka": settings.kafka.model_copy(
+                update={"bootstrap_servers": values["CRAWLSTREAM_KAFKA__BOOTSTRAP_SERVERS"]}
+            ),
+            "connect": settings.connect.model_copy(update={"url": values["CRAWLSTREAM_CONNECT__URL"]}),
+        }
+    )
+
+
+def up(
+    settings: Settings,
+    migrate: Migrate | None = None,
+    *,
+    console: Console | None = None,
+    timeout_s: float | None = None,
+) -> Settings:
+    """Start (or confirm) the whole stack; returns settings pointing at it, secrets included."""
+    console = console or Console()
+    timeout = timeout_s or settings.stack.start_timeout_s
+    state = settings.stack.state_dir.resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    pm = ProcessManager(state)
+
+    _step(console, "checking prerequisites (Java 17+, PostgreSQL server, Maven when jars are missing)")
+    java = find_java(settings)
+    layout = postgres.plan_layout(settings, postgres.find_bin_dir(settings))
+    connector = connect.connector_config(settings)
+    jvm = JvmLayout(java, jvm_dir(settings))
+    if not jars_current(jvm.root):
+        find_maven()
+        _step(
+            console,
+            f"resolving Kafka + Debezium jars into {jvm.root} with Maven "
+            "(first download may take a few minutes)",
+        )
+        resolve_jars(java, jvm.root, pm.log_path("maven"))
+
+    _launch_kafka(settings, jvm, pm, console)
+    passwords = _start_postgres(settings, layout, pm, console, timeout)
+    wait_until(
+        lambda: kafka.health(settings),
+        service="kafka",
+        log_path=pm.log_path("kafka"),
+        timeout_s=timeout,
+        alive=lambda: pm.running("kafka"),
+    )
+    values = stack_env(settings, passwords)
+    ready = with_stack_endpoints(settings, values)
+    created = ensure_topics(ready)
+    _step(
+        console,
+        f"kafka healthy at {values['CRAWLSTREAM_KAFKA__BOOTSTRAP_SERVERS']} ({len(created)} topics created)",
+    )
+    _step(console, f"wrote {write_stack_env(state, values)} (0600)")
+
+    if migrate is not None:
+        _step(console, "running migrations as crawlstream_owner")
+        try:
+            migrate(ready)
+        except CrawlstreamError:
+            raise
+        except Exception as exc:
+            raise StackError(f"migration failed: {type(exc).__name__}: {exc}") from exc
+
+    _start_connect(settings, jvm, pm, passwords["cdc"], console, timeout)
+    if postgres.publication_exists(layout, settings):
+        _register_connector(settings, connector, pm, console, timeout)
+    else:
+        _step(
+            console,
+            f"[yellow]connector not registered: publication {settings.postgres.publication} "
+            "does not exist yet; run the migrations, then `stack up` again[/]",
+        )
+    _step(console, "[green]up[/]: `crawlstream stack status` shows endpoints and health")
+    return ready
+
+
+def _launch_kafka(settings: Settings, jvm: JvmLayout, pm: ProcessManager, console: Console) -> None:
+    if (pid := pm.pid("kafka")) is not None:
+        _step(console, f"kafka already running (pid {pid})")
+        return
+    _require_free("kafka", settings.stack.kafka_port, "KAFKA_PORT")
+    _require_free("kafka controller", settings.stack.controller_port, "CONTROLLER_PORT")
+    props = kafka.write_server_properties(settings)
+    if not kafka.formatted(settings):
+        _step(console, "formatting Kafka KRaft storage (first start)")
+        kafka.format_storage(settings, jvm, props, pm.log_path("kafka"))
+    pid = pm.start("kafka", kafka.broker_command(jvm, props))
+    _step(console, f"kafka starting (pid {pid}, log {pm.log_path('kafka')})")
+
+
+def _start_postgres(
+    settings: Settings, layout: postgres.PgLayout, pm: ProcessManager, console: Console, timeout: float
+) -> dict[str, str]:
+    log = pm.log_path("postgres")
+    orphan = postgres.postmaster_pid(layout)
+    if pm.pid("postgres") is None and orphan and str(layout.data_dir) in " ".join(read_cmdline(orphan) or []):
+        pm.adopt("postgres", orphan)  # our cluster, but its pidfile was lost
+    if (pid := pm.pid("postgres")) is not None:
+        _step(console, f"postgres already running (pid {pid})")
+    else:
+        _require_free("postgres", settings.stack.postgres_port, "POSTGRES_PORT")
+        if not postgres.initialised(layout):
+            _step(console, f"initdb {layout.data_dir}")
+            postgres.initdb(layout, log)
+        postgres.write_config(layout, settings)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            # The postmaster inherits this file as stdout/stderr: no write access to logs/ needed.
+            proc = subprocess.run(
+                postgres.start_command(layout),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd="/",
+                check=False,
+                timeout=120,
+            )
+        if proc.returncode != 0:
+            raise service_error("postgres", f"pg_ctl start failed (exit {proc.returncode})", log)
+
+        def postmaster_up() -> str | None:
+            found = postgres.postmaster_pid(layout)
+            return None if found and read_cmdline(found) else "no postmaster.pid yet"
+
+        wait_until(postmaster_up, service="postgres", log_path=log, timeout_s=timeout)
+        pm.adopt("postgres", postgres.postmaster_pid(layout) or 0)
+        _step(console, f"postgres starting (pid {pm.pid('postgres')}, data {layout.data_dir})")
+    wait_until(
+        lambda: postgres.health(layout),
+        service="postgres",
+        log_path=log,
+        timeout_s=timeout,
+        alive=lambda: pm.running("postgres"),
+    )
+    passwords = postgres.load_or_create_secrets(settings.stack.state_dir.resolve())
+    postgres.psql(layout, postgres.bootstrap_sql(settings, passwords), redact=tuple(passwords.values()))
+    _step(
+        console, f"postgres healthy at 127.0.0.1:{layout.port}, roles and database '{postgres.DB_NAME}' ready"
+    )
+    return passwords
+
+
+def _start_connect(
+    settings: Settings,
+    jvm: JvmLayout,
+    pm: ProcessManager,
+    cdc_password: str,
+    console: Console,
+    timeout: float,
+) -> None:
+    if (pid := pm.pid("connect")) is not None:
+        _step(console, f"connect already running (pid {pid})")
+    else:
+        _require_free("connect", settings.stack.connect_port, "CONNECT_PORT")
+        props = connect.write_worker_properties(settings, jvm)
+        pid = pm.start(
+            "connect", connect.worker_command(jvm, props), env=connect.worker_env(settings, cdc_password)
+        )
+        _step(console, f"connect starting (pid {pid}, log {pm.log_path('connect')})")
+    wait_until(
+        lambda: connect.health(settings),
+        service="connect",
+        log_path=pm.log_path("connect"),
+        timeout_s=timeout,
+        alive=lambda: pm.running("connect"),
+    )
+
+
+def _register_connector(
+    settings: Settings, config: dict[str, str], pm: ProcessManager, console: Console, timeout: float
+) -> None:
+    name = settings.connect.connector_name
+    submitted = connect.register(settings, config)
+    _step(console, f"connector {name} {'submitted' if submitted else 'already configured'}")
+    log = pm.log_path("connect")
+
+    def connector_running() -> str | None:
+        status = connect.connector_status(settings)
+        summary, trace = connect.describe(status)
+        if trace is not None:
+            excerpt = "\n".join(trace.splitlines()[:15])
+            raise StackError(f"connector {name} FAILED ({summary}); log: {log}\n--- trace ---\n{excerpt}")
+        return None if connect.running(status) else summary
+
+    wait_until(
+        connector_running,
+        service=f"connector {name}",
+        log_path=log,
+        timeout_s=timeout,
+        alive=lambda: pm.running("connect"),
+    )
+    _step(console, f"connector {name} RUNNING")
+
+
+def down(settings: Settings, *, console: Console | None = None, timeout_s: float = 60.0) -> list[str]:
+    """Stop every process ``up`` (or a worker launcher) recorded in ``run/``: workers first,
+    then Connect, Kafka, Postgres. Returns the names stopped."""
+    console = console or Console()
+    state = settings.stack.state_dir.resolve()
+    pm = ProcessManager(state)
+    workers = [name for name in pm.names() if name not in SERVICES]
+    stopped = []
+    for name in [*workers, *reversed(SERVICES)]:
+        graceful = _postgres_fast_shutdown(settings) if name == "postgres" else None
+        if pm.stop(name, timeout_s=timeout_s, graceful=graceful):
+            stopped.append(name)
+            _step(console, f"stopped {name}")
+    if not stopped:
+        _step(console, "nothing was running")
+    return stopped
+
+
+def _postgres_fast_shutdown(settings: Settings) -> Callable[[int], None]:
+    def shutdown(pid: int) -> None:
+        try:
+            layout = postgres.plan_layout(settings, postgres.find_bin_dir(settings))
+            proc = subprocess.run(
+                postgres.stop_command(layout), capture_output=True, cwd="/", check=False, timeout=30
+            )
+            if proc.returncode == 0:
+                return
+        except PrerequisiteError:
+            pass
+        os.kill(pid, signal.SIGINT)  # what `pg_ctl stop -m fast` sends
+
+    return shutdown
+
+
+def status(settings: Settings) -> dict[str, Any]:
+    """Endpoints and per-service health; the Postgres URL carries no password."""
+    pm = ProcessManager(settings.stack.state_dir.resolve())
+    services: dict[str, dict[str, Any]] = {}
+
+    def record(name: str, endpoint: str, check: Callable[[], tuple[bool, str]]) -> None:
+        pid = pm.pid(name)
+        try:
+            healthy, detail = check()
+        except Exception as exc:  # a status command reports problems, it does not crash on them
+            healthy, detail = False, f"{type(exc).__name__}: {exc}"
+        services[name] = {
+            "endpoint": endpoint,
+            "pid": pid,
+            "healthy": healthy,
+            "detail": detail if pid is not None or healthy else f"not started by stack ({detail})",
+        }
+
+    def pg_check() -> tuple[bool, str]:
+        reason = postgres.health(postgres.plan_layout(settings, postgres.find_bin_dir(settings)))
+        return reason is None, reason or "accepting connections"
+
+    def kafka_check() -> tuple[bool, str]:
+        reason = kafka.health(settings)
+        return (False, reason) if reason else (True, f"{kafka.topic_count(settings)} topics")
+
+    def connect_check() -> tuple[bool, str]:
+        if reason := connect.health(settings):
+            return False, reason
+        summary, _ = connect.describe(connect.connector_status(settings))
+        return True, f"{settings.connect.connector_name}: {summary}"
+
+    record("postgres", f"127.0.0.1:{settings.stack.postgres_port}", pg_check)
+    record("kafka", kafka.bootstrap_servers(settings), kafka_check)
+    record("connect", connect.rest_url(settings), connect_check)
+
+    def worker_check(name: str) -> Callable[[], tuple[bool, str]]:
+        return lambda: (True, "process alive") if pm.running(name) else (False, "not running")
+
+    for name in pm.names():
+        if name not in SERVICES:
+            record(name, "-", worker_check(name))
+    return {
+        "kafka_bootstrap": kafka.bootstrap_servers(settings),
+        "postgres_url": postgres.url(settings, settings.postgres.app_role, None),
+        "connect_url": connect.rest_url(settings),
+        "services": services,
+    }

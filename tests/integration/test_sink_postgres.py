@@ -1,0 +1,406 @@
+"""The sink stage against the real embedded stack (PostgreSQL, and Kafka for the worker test).
+
+Settings come from load_settings() (the stack's stack.env, read from the repository root). Each
+test uses its own URL prefix, consumer group and topic prefix, and removes what it wrote; the
+migration cycle runs in a scratch schema with its own publication, so the pipeline's tables are
+never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from pydantic import SecretStr
+from sqlalchemy import create_engine
+
+from crawlstream.records import DeadLetter, PageRecord
+from crawlstream.settings import Settings, load_settings
+from crawlstream.topics import catalog, ensure_topics
+from sinks.base import RowsRejected, SinkBatch, SinkRecord
+from sinks.migrate import alembic_config, downgrade, upgrade
+from sinks.postgres import PostgresPageSink
+from sinks.tables import metadata
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(every_s)  # polling interval of a condition with a deadline
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def with_options(dsn: str, options: str) -> str:
+    return f"{dsn}{'&' if '?' in dsn else '?'}options={options}"
+
+
+def page(url: str, **fields: Any) -> PageRecord:
+    values: dict[str, Any] = {
+        "url": url,
+        "canonical_url": url,
+        "final_url": url,
+        "status": 200,
+        "fetched_at": datetime.now(UTC),
+        "body": f"<html>{url}</html>",
+        "title": "t",
+    }
+    values.update(fields)
+    return PageRecord(**values)
+
+
+@pytest.fixture
+def tag() -> str:
+    return f"sinktest-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def settings(tag: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.chdir(REPO)  # load_settings reads .crawlstream/stack.env relative to cwd
+    monkeypatch.setenv("CRAWLSTREAM_KAFKA__TOPIC_PREFIX", tag)
+    monkeypatch.setenv("CRAWLSTREAM_SINK__GROUP_ID", tag)
+    return load_settings()
+
+
+@pytest.fixture
+def owner(settings: Settings, tag: str) -> Iterator[Any]:
+    """An owner-role connection; afterwards deletes this test's rows (the app role cannot)."""
+    upgrade(settings)  # what `stack up` does; a no-op when already at head
+    conn = psycopg2.connect(settings.postgres.dsn(owner=True))
+    conn.autocommit = True
+    yield conn
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM pages WHERE url LIKE %s", (f"https://{tag}.invalid/%",))
+        cur.execute("DELETE FROM sink_offsets WHERE consumer_group = %s", (tag,))
+    conn.close()
+
+
+def count_pages(owner: Any, tag: str) -> int:
+    with owner.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pages WHERE url LIKE %s", (f"https://{tag}.invalid/%",))
+        return int(cur.fetchone()[0])
+
+
+def test_migration_cycle_grants_and_publication_in_a_scratch_schema(settings: Settings, tag: str) -> None:
+    schema = tag.replace("-", "_")
+    path = f"-csearch_path%3D{schema}"
+    scratch = settings.model_copy(
+        update={
+            "postgres": settings.postgres.model_copy(
+                update={
+                    "owner_url": SecretStr(with_options(settings.postgres.dsn(owner=True), path)),
+                    "publication": schema,
+                }
+            )
+        }
+    )
+    admin = psycopg2.connect(settings.postgres.dsn(owner=True))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE SCHEMA {schema}")
+    try:
+        upgrade(scratch)
+        upgrade(scratch)  # run twice: alembic sees head and does nothing
+
+        engine = create_engine(scratch.postgres.sqlalchemy_url(owner=True))
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        engine.dispose()
+        assert diff == [], "migrations and sinks/tables.py disagree"
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT tablename FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s",
+                (schema, schema),
+            )
+            assert cur.fetchall() == [("pages",)]
+            cur.execute(
+                "SELECT has_table_privilege(%s, %s, 'SELECT'), has_table_privilege(%s, %s, 'INSERT')",
+                (
+                    settings.postgres.cdc_user,
+                    f"{schema}.pages",
+                    settings.postgres.cdc_user,
+                    f"{schema}.pages",
+                ),
+            )
+            assert cur.fetchone() == (True, False)
+
+        app = psycopg2.connect(with_options(settings.postgres.dsn(), path))
+        try:
+            sink = PostgresPageSink(with_options(settings.postgres.dsn(), path))
+            url = f"https://{tag}.invalid/a"
+            assert sink.write(SinkBatch("g", [SinkRecord(page(url), "t", 0, 0)], {("t", 0): 1})) == 1
+            assert sink.stored_offsets("g", "t") == {0: 1}
+            sink.close()
+            for forbidden in ("CREATE TABLE evil (x int)", "DELETE FROM pages", "TRUNCATE sink_offsets"):
+                with app.cursor() as cur, pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                    cur.execute(forbidden)
+                app.rollback()
+        finally:
+            app.close()
+
+        downgrade(scratch)
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT to_regclass(%s), to_regclass(%s)", (f"{schema}.pages", f"{schema}.sink_offsets")
+            )
+            assert cur.fetchone() == (None, None)
+            cur.execute("SELECT count(*) FROM pg_publication WHERE pubname = %s", (schema,))
+            assert cur.fetchone() == (0,)
+        upgrade(scratch)  # and back up again after a downgrade
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP PUBLICATION IF EXISTS {schema}")
+            cur.execute(f"DROP SCHEMA {schema} CASCADE")
+        admin.close()
+
+
+def test_stack_database_is_at_head_with_pages_published(settings: Settings, owner: Any) -> None:
+    with owner.cursor() as cur:
+        cur.execute("SELECT version_num FROM alembic_version")
+        head = ScriptDirectory.from_config(alembic_config(settings)).get_current_head()
+        assert cur.fetchall() == [(head,)]
+        cur.execute(
+            "SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND tablename = 'pages'",
+            (settings.postgres.publication,),
+        )
+        assert cur.fetchone() == (1,)
+
+
+def test_batches_are_exactly_once_across_a_crash_before_commit(
+    settings: Settings, owner: Any, tag: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic, group = f"{tag}.pages.unique", tag
+    urls = [f"https://{tag}.invalid/{i}" for i in range(50)]
+    records = [SinkRecord(page(u), topic, i % 3, i // 3) for i, u in enumerate(urls)]
+    records.append(SinkRecord(page(urls[0], title="later duplicate"), topic, 0, 17))  # same URL twice
+    batch = SinkBatch(group, records, {(topic, 0): 18, (topic, 1): 17, (topic, 2): 16})
+    sink = PostgresPageSink.from_settings(settings)
+    sink.open()
+
+    def crash(*_args: Any) -> None:
+        raise KeyboardInterrupt("killed between the page insert and the commit")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sink, "_store_offsets", crash)
+        with pytest.raises(KeyboardInterrupt):
+            sink.write(batch)
+    assert count_pages(owner, tag) == 0
+    assert sink.stored_offsets(group, topic) == {}
+
+    assert sink.write(batch) == 50
+    assert count_pages(owner, tag) == 50
+    assert sink.stored_offsets(group, topic) == {0: 18, 1: 17, 2: 16}
+    with owner.cursor() as cur:
+        cur.execute("SELECT title, xmin::text FROM pages WHERE url = %s", (urls[0],))
+        title, xmin = cur.fetchone()
+    assert title == "t"  # the first record of the URL in the batch won
+
+    assert sink.write(batch) == 0  # a replay inserts nothing ...
+    with owner.cursor() as cur:
+        cur.execute("SELECT xmin::text FROM pages WHERE url = %s", (urls[0],))
+        assert cur.fetchone() == (xmin,)  # ... and touches no row, so Debezium sees no change
+    assert count_pages(owner, tag) == 50
+
+    older = SinkBatch(group, [], {(topic, 0): 5})
+    sink.write(older)
+    assert sink.stored_offsets(group, topic)[0] == 18  # a stale writer cannot move offsets back
+    sink.close()
+
+
+def test_rows_violating_constraints_are_named_and_nothing_is_stored(
+    settings: Settings, owner: Any, tag: str
+) -> None:
+    topic, group = f"{tag}.pages.unique", tag
+    good = SinkRecord(page(f"https://{tag}.invalid/good"), topic, 0, 0)
+    too_big = SinkRecord(page(f"https://{tag}.invalid/big", body_bytes=2**40), topic, 0, 1)  # > int4
+    nul = SinkRecord(page(f"https://{tag}.invalid/nul", body="a\x00b"), topic, 0, 2)  # text has no NUL
+    sink = PostgresPageSink.from_settings(settings)
+
+    with pytest.raises(RowsRejected) as caught:
+        sink.write(SinkBatch(group, [good, too_big, nul], {(topic, 0): 3}))
+
+    assert [r.offset for r, _ in caught.value.rejected] == [1, 2]
+    assert "out of range" in caught.value.rejected[0][1]
+    assert count_pages(owner, tag) == 0
+    assert sink.stored_offsets(group, topic) == {}
+    assert sink.write(SinkBatch(group, [good], {(topic, 0): 3})) == 1
+    sink.close()
+
+
+# --- the worker, with Kafka --------------------------------------------------------------
+
+
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "CRAWLSTREAM_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+        "CRAWLSTREAM_SINK__GROUP_ID": settings.sink.group_id,
+        "CRAWLSTREAM_SINK__BATCH_SIZE": "10",
+        "CRAWLSTREAM_METRICS__SINK_PORT": "0",
+        # A killed member keeps its partitions until its session times out (45 s by default);
+        # the broker's minimum keeps the restart quick.
+        "CRAWLSTREAM_KAFKA__CLIENT_CONFIG": json.dumps(
+            {**settings.kafka.client_config, "session.timeout.ms": "6000"}
+        ),
+    }
+    with log_path.open("ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "sinks"], cwd=REPO, env=env, stdout=log, stderr=log)
+
+
+def test_worker_survives_kill_9_mid_batch_with_exactly_once_rows(
+    settings: Settings, owner: Any, tag: str, tmp_path: Path
+) -> None:
+    topics = catalog(settings)
+    unique, dead = topics.unique_pages, topics.dead_letter
+    ensure_topics(settings, [unique, dead])
+    group = settings.sink.group_id
+    admin = AdminClient(settings.kafka.librdkafka())
+    log_path = tmp_path / "worker.log"
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        # 40 distinct URLs, 15 repeats of some of them, one malformed record.
+        urls = [f"https://{tag}.invalid/{i}" for i in range(40)]
+        producer = Producer(settings.kafka.librdkafka(**{"enable.idempotence": True}))
+        malformed_at: list[tuple[int, int]] = []
+        for url in urls + urls[:15]:
+            producer.produce(unique.name, key=url.encode(), value=page(url).to_bytes())
+        producer.produce(
+            unique.name,
+            key=b"broken",
+            value=b'{"url": "x"',
+            on_delivery=lambda err, msg: malformed_at.append((msg.partition(), msg.offset())),
+        )
+        assert producer.flush(30) == 0
+        assert len(malformed_at) == 1
+
+        # Hold this group's offset rows locked so the first worker blocks inside its first
+        # transaction (pages inserted, offsets not yet stored) and can be killed right there.
+        locker = psycopg2.connect(settings.postgres.dsn(owner=True))
+        with locker.cursor() as cur:
+            for partition in range(unique.partitions):
+                cur.execute(
+                    'INSERT INTO sink_offsets (consumer_group, topic, "partition", next_offset) '
+                    "VALUES (%s, %s, %s, 0)",
+                    (group, unique.name, partition),
+                )
+            locker.commit()
+            cur.execute("SELECT 1 FROM sink_offsets WHERE consumer_group = %s FOR UPDATE", (group,))
+            cur.execute("SELECT pg_current_xact_id()::text")
+            holder = cur.fetchone()[0]
+
+        def worker_blocked_on_lock() -> bool:
+            with owner.cursor() as cur:
+                cur.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' "
+                    "AND transactionid::text = %s AND NOT granted",
+                    (holder,),
+                )
+                return bool(cur.fetchone()[0])
+
+        workers.append(start_worker(settings, log_path))
+        wait_for(worker_blocked_on_lock, 60, "the first worker to block in its first transaction")
+        workers[0].send_signal(signal.SIGKILL)
+        workers[0].wait(10)
+        locker.rollback()
+        locker.close()
+        assert count_pages(owner, tag) == 0  # the killed batch never committed
+
+        workers.append(start_worker(settings, log_path))
+        end = {}
+        for partition in range(unique.partitions):
+            _low, high = admin_watermarks(settings, unique.name, partition)
+            end[partition] = high
+        sink = PostgresPageSink.from_settings(settings)
+        wait_for(
+            lambda: sink.stored_offsets(group, unique.name) == end,
+            90,
+            f"stored offsets to reach {end}",
+            every_s=0.2,
+        )
+        sink.close()
+
+        assert count_pages(owner, tag) == 40
+        letters = read_dead_letters(settings, dead.name, unique.name, malformed_at[0])
+        assert [(d.stage, d.reason) for d in letters] == [("sink", "invalid_json")]
+        assert letters[0].original_value() == b'{"url": "x"'
+        committed = committed_offsets(settings, unique.name, unique.partitions)
+        assert committed == end  # Kafka sees the same progress, for lag tools
+
+        workers[1].send_signal(signal.SIGTERM)
+        assert workers[1].wait(30) == 0, log_path.read_text()
+    finally:
+        for proc in workers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        admin.delete_topics([unique.name, dead.name], operation_timeout=30)
+
+
+def admin_watermarks(settings: Settings, topic: str, partition: int) -> tuple[int, int]:
+    probe = Consumer(settings.kafka.librdkafka(**{"group.id": f"{settings.sink.group_id}-probe"}))
+    try:
+        low, high = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        return int(low), int(high)
+    finally:
+        probe.close()
+
+
+def committed_offsets(settings: Settings, topic: str, partitions: int) -> dict[int, int]:
+    probe = Consumer(settings.kafka.librdkafka(**{"group.id": settings.sink.group_id}))
+    try:
+        got = probe.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return {tp.partition: tp.offset for tp in got}
+    finally:
+        probe.close()
+
+
+def read_dead_letters(
+    settings: Settings, dead_topic: str, source: str, at: tuple[int, int]
+) -> list[DeadLetter]:
+    reader = Consumer(
+        settings.kafka.librdkafka(
+            **{
+                "group.id": f"{settings.sink.group_id}-dlq",
+                "enable.auto.commit": False,
+            }
+        )
+    )
+    reader.assign([TopicPartition(dead_topic, 0, OFFSET_BEGINNING)])
+    found: list[DeadLetter] = []
+
+    def read_until_found() -> bool:
+        msg = reader.poll(0.5)
+        if msg is not None and msg.error() is None:
+            letter = DeadLetter.model_validate_json(msg.value())
+            if (letter.source_topic, letter.source_partition, letter.source_offset) == (source, *at):
+                found.append(letter)
+        return bool(found)
+
+    try:
+        wait_for(read_until_found, 30, "the malformed record in the dead-letter topic", every_s=0)
+    finally:
+        reader.close()
+    return found

@@ -1,0 +1,116 @@
+"""crawlstream.stack.processes: pidfiles, /proc verification, stop escalation, health waits."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from crawlstream.errors import StackError
+from crawlstream.stack.processes import ProcessManager, read_cmdline, tail, wait_until
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
+# Ignores SIGTERM, so only the SIGKILL escalation can stop it; prints once the handler is set.
+STUBBORN = [
+    sys.executable,
+    "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+    "time.sleep(120)",
+]
+
+
+@pytest.fixture
+def pm(tmp_path: Path) -> ProcessManager:
+    manager = ProcessManager(tmp_path)
+    yield manager
+    for name in manager.names():
+        manager.stop(name, timeout_s=1)
+
+
+def test_start_records_pid_and_cmdline_then_stop_removes_it(pm: ProcessManager) -> None:
+    pid = pm.start("worker", SLEEPER, env={"CRAWLSTREAM_TEST_MARK": "1"})
+    record = json.loads(pm.pidfile("worker").read_text())
+    assert record == {"pid": pid, "cmdline": SLEEPER}
+    assert pm.running("worker")
+    assert "CRAWLSTREAM_TEST_MARK=1" in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+    assert "CRAWLSTREAM_TEST_MARK" not in os.environ
+    assert pm.log_path("worker").read_text().startswith("--- ")
+
+    assert pm.stop("worker", timeout_s=10) is True
+    assert read_cmdline(pid) is None
+    assert not pm.pidfile("worker").exists()
+    assert pm.stop("worker") is False
+
+
+def test_start_refuses_a_second_copy(pm: ProcessManager) -> None:
+    pm.start("worker", SLEEPER)
+    with pytest.raises(StackError, match="already running"):
+        pm.start("worker", SLEEPER)
+
+
+def test_stop_escalates_to_sigkill_after_the_deadline(pm: ProcessManager) -> None:
+    pid = pm.start("stubborn", STUBBORN)
+    wait_until(
+        lambda: None if "ready" in pm.log_path("stubborn").read_text() else "no handler yet",
+        service="stubborn",
+        log_path=pm.log_path("stubborn"),
+        timeout_s=20,
+    )
+    assert pm.stop("stubborn", timeout_s=0.5) is True
+    assert read_cmdline(pid) is None
+
+
+def test_dead_pid_pidfile_is_cleaned(pm: ProcessManager) -> None:
+    pid = pm.start("worker", SLEEPER)
+    pm.stop("worker")
+    pm.pidfile("worker").write_text(json.dumps({"pid": pid, "cmdline": SLEEPER}))
+    assert pm.pid("worker") is None
+    assert not pm.pidfile("worker").exists()
+
+
+def test_reused_pid_is_never_signalled(pm: ProcessManager) -> None:
+    # Our own pid, recorded with another command line: exactly what a recycled pid looks like.
+    pm.run_dir.mkdir(parents=True)
+    pm.pidfile("kafka").write_text(json.dumps({"pid": os.getpid(), "cmdline": ["java", "kafka.Kafka"]}))
+    assert pm.stop("kafka") is False  # would have SIGTERMed pytest itself otherwise
+    assert not pm.pidfile("kafka").exists()
+
+
+def test_garbage_pidfile_is_removed(pm: ProcessManager) -> None:
+    pm.run_dir.mkdir(parents=True)
+    pm.pidfile("x").write_text("not json")
+    assert pm.pid("x") is None
+    assert pm.names() == []
+
+
+def test_tail_returns_last_lines(tmp_path: Path) -> None:
+    log = tmp_path / "svc.log"
+    log.write_text("".join(f"line {i}\n" for i in range(100)))
+    assert tail(log, 3) == "line 97\nline 98\nline 99"
+    assert tail(tmp_path / "missing.log") == ""
+
+
+def test_wait_until_error_names_service_log_and_tail(tmp_path: Path) -> None:
+    log = tmp_path / "kafka.log"
+    log.write_text("starting\nFATAL port in use\n")
+    with pytest.raises(StackError) as err:
+        wait_until(lambda: "still down", service="kafka", log_path=log, timeout_s=0.3)
+    message = str(err.value)
+    assert "kafka not healthy after" in message
+    assert str(log) in message
+    assert "FATAL port in use" in message
+
+
+def test_wait_until_fails_fast_when_the_process_died(tmp_path: Path) -> None:
+    with pytest.raises(StackError, match="exited during start-up"):
+        wait_until(
+            lambda: "down", service="connect", log_path=tmp_path / "c.log", timeout_s=600, alive=lambda: False
+        )
+
+
+def test_wait_until_returns_once_healthy(tmp_path: Path) -> None:
+    answers = iter(["starting", "starting", None])
+    wait_until(lambda: next(answers), service="x", log_path=tmp_path / "x.log", timeout_s=10)
