@@ -20,6 +20,7 @@ from rich.table import Table
 from crawlstream.errors import CrawlstreamError
 from crawlstream.logs import setup_logging
 from crawlstream.settings import Settings, load_settings
+from crawlstream.stack import cli as stack_cli
 from crawlstream.stack.cli import stack_app
 from crawlstream.urls import host_of
 
@@ -45,6 +46,9 @@ def migrate(settings: Settings) -> None:
     from sinks.migrate import upgrade  # the composition root may reach into a stage
 
     upgrade(settings)
+
+
+stack_cli.migrate_hook = migrate
 
 
 @topics_app.command("create")

@@ -118,6 +118,24 @@ class PipelineProbe:
         conn.close()
         return rows
 
+    def lags(self) -> tuple[int, int]:
+        """(streams lag on the raw topic, sink lag on the unique topic by its Postgres offsets)."""
+        streams = offsets.lag(self.end(self.topics.raw_pages.name), self.streams_committed())
+        sink = offsets.lag(self.end(self.topics.unique_pages.name), self.sink_stored())
+        return streams, sink
+
+    def wait_drained(self, timeout_s: float, on_progress: Callable[[str], None]) -> None:
+        """Wait until no stage has a backlog, so that a run's deltas count only that run."""
+        deadline = time.monotonic() + timeout_s
+        while (lags := self.lags()) != (0, 0):
+            if time.monotonic() > deadline:
+                raise CrawlstreamError(
+                    f"the pipeline has a backlog that does not drain (streams lag {lags[0]}, sink lag "
+                    f"{lags[1]}): check the workers with `crawlstream stack status` and their logs"
+                )
+            on_progress(f"draining earlier records first: streams lag {lags[0]}, sink lag {lags[1]}")
+            time.sleep(1.0)  # polling interval of a deadline-bounded wait
+
     def db_now(self) -> Any:
         return self._query("SELECT now()")[0][0]
 
@@ -189,6 +207,7 @@ def run_pipeline(
     """Crawl, wait for every stage, and return the reconciled summary (see :class:`Check`)."""
     probe = PipelineProbe(settings)
     t = probe.topics
+    probe.wait_drained(timeout_s, on_progress)
     before = {spec.name: probe.end(spec.name) for spec in (t.raw_pages, t.unique_pages, t.dead_letter, t.cdc_pages)}
     db_start = probe.db_now()
 
@@ -237,14 +256,18 @@ def run_pipeline(
     raw_end = probe.end(t.raw_pages.name)
     unique_end = probe.end(t.unique_pages.name)
     summary.raw_records = offsets.delta(raw_end, before[t.raw_pages.name])
-    summary.unique_new = offsets.delta(unique_end, before[t.unique_pages.name])
+    unique_total = offsets.delta(unique_end, before[t.unique_pages.name])
     summary.dead_letters = offsets.delta(probe.end(t.dead_letter.name), before[t.dead_letter.name])
-    summary.duplicates_dropped = summary.raw_records - summary.unique_new - summary.dead_letters
+    summary.duplicates_dropped = summary.raw_records - unique_total - summary.dead_letters
+    crawled = set(urls)
     new_urls = [k.decode() for k, _ in probe.read_range(t.unique_pages.name, before[t.unique_pages.name],
                                                        unique_end) if k is not None]
+    summary.unique_new = sum(1 for url in new_urls if url in crawled)
     created = cdc_created_urls(probe.read_range(t.cdc_pages.name, before[t.cdc_pages.name],
                                                 probe.end(t.cdc_pages.name)))
-    summary.cdc_creates = len(created)
+    # Only this run's URLs: other writers of `pages` (and the connector's first snapshot) may
+    # add change events to the same range of the CDC topic.
+    summary.cdc_creates = sum(1 for url in created if url in crawled)
     summary.rows_for_crawl = probe.rows_present(urls) if urls else 0
     preexisting = probe.rows_stored_before(urls, db_start) if urls else 0
     summary.rows_new = summary.rows_for_crawl - preexisting
@@ -257,6 +280,7 @@ def run_pipeline(
         Check("sink", "rows in pages = distinct URLs crawled", distinct, summary.rows_for_crawl),
         Check("sink", "new rows = unique pages", summary.unique_new, summary.rows_new),
         Check("cdc", "create events = new rows", summary.rows_new, summary.cdc_creates),
+        Check("streams", "unique records = this run's new URLs", unique_total, summary.unique_new),
         Check("cdc", "every new URL has its create event", len(set(new_urls)), len(set(new_urls) & set(created))),
     ]
     return summary

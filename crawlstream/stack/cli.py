@@ -23,6 +23,9 @@ stack_app = typer.Typer(
     help="Run the embedded stack: Kafka (KRaft), PostgreSQL, Kafka Connect + Debezium.", no_args_is_help=True
 )
 console = Console(soft_wrap=True)
+# The schema migration `stack up` applies before registering Debezium. The core cannot import
+# the sinks stage, so the composition root (crawlstream/cli.py) installs it here.
+migrate_hook: Callable[[Settings], None] | None = None
 err_console = Console(stderr=True, soft_wrap=True)
 
 
@@ -50,8 +53,8 @@ def up_command(
         float | None, typer.Option(help="seconds each service may take to become healthy")
     ] = None,
 ) -> None:
-    """Start Postgres, Kafka and Connect (idempotent) and register the CDC connector."""
-    run_up(None, timeout)
+    """Start Postgres, Kafka and Connect (idempotent), migrate the schema, register the CDC connector."""
+    run_up(migrate_hook, timeout)
 
 
 @stack_app.command("down")

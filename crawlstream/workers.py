@@ -1,0 +1,69 @@
+"""The long-running worker processes of the embedded deployment: the faust stream worker
+(``python -m streams worker``) and the Postgres sink worker (``python -m sinks``).
+
+They run as managed processes of the stack (pidfiles under ``<state_dir>/run``, logs under
+``<state_dir>/logs``), so ``crawlstream stack down`` stops them first. In production they are
+Deployments (deploy/k8s) or compose services instead; nothing here is needed there.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+
+from rich.console import Console
+
+from crawlstream.settings import Settings
+from crawlstream.stack.processes import ProcessManager, wait_until
+
+
+@dataclass(frozen=True)
+class Worker:
+    name: str
+    argv: list[str]
+    metrics_port: int
+
+
+def worker_specs(settings: Settings) -> list[Worker]:
+    python = sys.executable
+    return [
+        Worker("streams-worker", [python, "-m", "streams", "worker", "-l", "info"], settings.metrics.streams_port),
+        Worker("sink-worker", [python, "-m", "sinks"], settings.metrics.sink_port),
+    ]
+
+
+def _metrics_answer(host: str, port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2) as response:  # noqa: S310
+            return None if response.status == 200 else f"/metrics answered {response.status}"
+    except OSError as exc:
+        return f"/metrics not answering ({exc})"
+
+
+def start_workers(settings: Settings, console: Console | None = None, timeout_s: float = 60.0) -> None:
+    """Start each worker that is not running; wait until each serves /metrics (it is up)."""
+    console = console or Console(stderr=True)
+    pm = ProcessManager(settings.stack.state_dir)
+    for worker in worker_specs(settings):
+        if pm.running(worker.name):
+            continue
+        pm.start(worker.name, worker.argv)
+        console.print(f"started {worker.name} (log {pm.log_path(worker.name)})")
+        wait_until(
+            lambda w=worker: _metrics_answer(settings.metrics.host, w.metrics_port),  # type: ignore[misc]
+            service=worker.name,
+            log_path=pm.log_path(worker.name),
+            timeout_s=timeout_s,
+            alive=lambda w=worker: pm.running(w.name),  # type: ignore[misc]
+        )
+
+
+def stop_workers(settings: Settings, console: Console | None = None) -> None:
+    console = console or Console(stderr=True)
+    pm = ProcessManager(settings.stack.state_dir)
+    for worker in reversed(worker_specs(settings)):
+        started = time.monotonic()
+        if pm.stop(worker.name):
+            console.print(f"stopped {worker.name} in {time.monotonic() - started:.1f}s")

@@ -1,0 +1,274 @@
+"""PageSinkWorker: consumes ``<prefix>.pages.unique`` and writes batches to a PageSink exactly once.
+
+Reads catalog(settings).unique_pages as group ``settings.sink.group_id``; writes undecodable or
+rejected records to catalog(settings).dead_letter; batches by ``settings.sink.batch_size`` /
+``batch_max_latency_s``; retries with ``settings.sink.retry_backoff_*``.
+
+Exactly-once into the store: the sink commits each batch's rows together with the next offset
+per partition, and on every assignment the worker seeks to those stored offsets. After that
+commit the same offsets are committed to Kafka too, but only so that lag tools (kafka_exporter,
+``kafka-consumer-groups``) see progress: when the two disagree, the offsets in the store count.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
+from typing import Any, Literal, Protocol, TypeVar
+
+from confluent_kafka import Consumer as KafkaConsumer
+from confluent_kafka import KafkaException, Message, TopicPartition
+from confluent_kafka import Producer as KafkaProducer
+
+from crawlstream.errors import RecordError
+from crawlstream.records import DeadLetter, decode_page
+from crawlstream.settings import Settings
+from crawlstream.topics import catalog
+from sinks.base import PageSink, RowsRejected, SinkBatch, SinkError, SinkRecord, SinkUnavailable
+from sinks.deadletters import DeadLetterProducer, Producer, dead_letter
+from sinks.metrics import SinkMetrics
+from sinks.postgres import PostgresPageSink
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_S = 1.0  # how long one consume() waits when no batch is open; bounds stop latency
+Position = tuple[str, int, int]  # topic, partition, offset
+RebalanceCallback = Callable[[Any, list[TopicPartition]], None]
+T = TypeVar("T")
+
+
+class Consumer(Protocol):
+    """The part of confluent_kafka.Consumer the worker uses (tests pass a fake)."""
+
+    def subscribe(
+        self,
+        topics: list[str],
+        on_assign: RebalanceCallback | None = None,
+        on_revoke: RebalanceCallback | None = None,
+    ) -> None: ...
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]: ...
+    def assign(self, partitions: list[TopicPartition]) -> None: ...
+    def commit(
+        self, *, offsets: list[TopicPartition], asynchronous: Literal[False]
+    ) -> list[TopicPartition]: ...
+    def close(self) -> None: ...
+
+
+class PageSinkWorker:
+    def __init__(
+        self,
+        settings: Settings,
+        sink: PageSink,
+        consumer: Consumer,
+        producer: Producer,
+        metrics: SinkMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        topics = catalog(settings)
+        self.topic = topics.unique_pages.name
+        self.group = settings.sink.group_id
+        self._cfg = settings.sink
+        self._max_message_bytes = settings.kafka.max_message_bytes
+        self._sink = sink
+        self._consumer = consumer
+        self._dead_letters = DeadLetterProducer(producer, topics.dead_letter.name)
+        self.metrics = metrics if metrics is not None else SinkMetrics()
+        self._clock = clock
+        self._stop = threading.Event()
+        self._pending: list[Message] = []
+
+    @classmethod
+    def from_settings(cls, settings: Settings, metrics: SinkMetrics | None = None) -> PageSinkWorker:
+        max_bytes = settings.kafka.max_message_bytes
+        fetch_max = max(50 * 1024 * 1024, max_bytes)
+        consumer = KafkaConsumer(
+            settings.kafka.librdkafka(
+                **{
+                    "group.id": settings.sink.group_id,
+                    "client.id": "crawlstream-sink",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "max.partition.fetch.bytes": max_bytes,
+                    "fetch.max.bytes": fetch_max,
+                    "receive.message.max.bytes": fetch_max
+                    + 1024 * 1024,  # librdkafka: >= fetch.max.bytes + 512
+                }
+            )
+        )
+        producer = KafkaProducer(
+            settings.kafka.librdkafka(
+                **{
+                    "client.id": "crawlstream-sink-deadletters",
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "message.max.bytes": max_bytes,
+                    "compression.type": "lz4",
+                }
+            )
+        )
+        return cls(settings, PostgresPageSink.from_settings(settings), consumer, producer, metrics)
+
+    def request_stop(self) -> None:
+        """Finish the current batch, then return from run(); safe from a signal handler."""
+        self._stop.set()
+
+    def run(self, max_idle_s: float | None = None) -> None:
+        """Consume until request_stop() or, if given, max_idle_s without any message."""
+        self._retry_while_unavailable("open the sink", self._sink.open)
+        self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        log.info("sink worker consuming %s as group %s", self.topic, self.group)
+        idle_since = self._clock()
+        try:
+            while not self._stop.is_set():
+                batch = self._collect()
+                if batch:
+                    self._process(batch)
+                    idle_since = self._clock()
+                elif max_idle_s is not None and self._clock() - idle_since >= max_idle_s:
+                    log.info("no message for %.1fs; stopping", max_idle_s)
+                    break
+        finally:
+            self._consumer.close()
+            self._sink.close()
+        log.info("sink worker stopped")
+
+    def _collect(self) -> list[Message]:
+        """Up to batch_size messages, waiting at most batch_max_latency_s after the first one."""
+        self._pending = []
+        deadline: float | None = None
+        while len(self._pending) < self._cfg.batch_size and not self._stop.is_set():
+            timeout = IDLE_POLL_S if deadline is None else max(0.0, deadline - self._clock())
+            wanted = self._cfg.batch_size - len(self._pending)
+            got = self._consumer.consume(num_messages=wanted, timeout=timeout)
+            for msg in got:
+                error = msg.error()
+                if error is None:
+                    self._pending.append(msg)
+                elif error.fatal():
+                    raise SinkError(f"fatal Kafka consumer error: {error}")
+                else:
+                    log.warning("Kafka consumer error: %s", error)
+            if deadline is None and self._pending:
+                deadline = self._clock() + self._cfg.batch_max_latency_s
+            if (deadline is None and not got) or (deadline is not None and self._clock() >= deadline):
+                break
+        batch, self._pending = self._pending, []
+        return batch
+
+    def _process(self, messages: list[Message]) -> None:
+        started = time.perf_counter()
+        by_position: dict[Position, Message] = {}
+        next_offsets: dict[tuple[str, int], int] = {}
+        records: list[SinkRecord] = []
+        letters: list[tuple[bytes | None, DeadLetter]] = []
+        for msg in messages:
+            topic, partition, offset = position = _position(msg)
+            by_position[position] = msg
+            next_offsets[(topic, partition)] = max(next_offsets.get((topic, partition), 0), offset + 1)
+            try:
+                records.append(SinkRecord(decode_page(msg.value()), topic, partition, offset))
+            except RecordError as exc:
+                letters.append((msg.key(), self._letter(exc, msg)))
+        self._send_dead_letters(letters)
+        batch = SinkBatch(self.group, records, next_offsets)
+        while True:
+            try:
+                inserted = self._retry_while_unavailable("write a batch", partial(self._sink.write, batch))
+                break
+            except RowsRejected as exc:
+                rejected = {(r.topic, r.partition, r.offset) for r, _ in exc.rejected}
+                self._send_dead_letters(
+                    [
+                        (msg.key(), self._letter(RecordError("constraint_violation", why), msg))
+                        for r, why in exc.rejected
+                        if (msg := by_position[(r.topic, r.partition, r.offset)])
+                    ]
+                )
+                batch = replace(
+                    batch,
+                    records=[r for r in batch.records if (r.topic, r.partition, r.offset) not in rejected],
+                )
+        if inserted is None:
+            log.warning("stopping while the sink is unavailable: %d messages left unwritten", len(messages))
+            return
+        self.metrics.records_written.inc(len(batch.records))
+        self.metrics.rows_inserted.inc(inserted)
+        self.metrics.batches.inc()
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.last_commit.set_to_current_time()
+        self._commit_to_kafka(next_offsets)
+
+    def _letter(self, error: RecordError, msg: Message) -> DeadLetter:
+        topic, partition, offset = _position(msg)
+        return dead_letter(
+            error,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=msg.key(),
+            value=msg.value(),
+            max_bytes=self._max_message_bytes,
+        )
+
+    def _send_dead_letters(self, letters: list[tuple[bytes | None, DeadLetter]]) -> None:
+        self._dead_letters.send(letters)
+        for _key, letter in letters:
+            self.metrics.dead_letters.labels(reason=letter.reason).inc()
+
+    def _commit_to_kafka(self, next_offsets: dict[tuple[str, int], int]) -> None:
+        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(next_offsets.items())]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # Harmless: the store holds the offsets that count; lag tools catch up next batch.
+            log.warning("Kafka offset commit failed (stored offsets still apply): %s", exc)
+
+    def _retry_while_unavailable(self, what: str, action: Callable[[], T]) -> T | None:
+        """Run action; while the sink is unavailable retry with capped exponential backoff.
+        Returns None if a stop was requested while waiting."""
+        delay = self._cfg.retry_backoff_initial_s
+        attempt = 0
+        while True:
+            try:
+                return action()
+            except SinkUnavailable as exc:
+                attempt += 1
+                self.metrics.db_retries.inc()
+                log.warning("cannot %s (attempt %d, retrying in %.1fs): %s", what, attempt, delay, exc)
+                if self._stop.wait(delay):
+                    return None
+                delay = min(delay * 2, self._cfg.retry_backoff_max_s)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Seek each assigned partition to the offset stored with the rows (default when none)."""
+        stored: dict[str, dict[int, int]] = {}
+        for topic in {tp.topic for tp in partitions}:
+            read = partial(self._sink.stored_offsets, self.group, topic)
+            stored[topic] = self._retry_while_unavailable("read stored offsets", read) or {}
+        for tp in partitions:
+            if tp.partition in stored[tp.topic]:
+                tp.offset = stored[tp.topic][tp.partition]
+        consumer.assign(partitions)
+        log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions))
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Unwritten messages of revoked partitions are dropped: whoever gets the partition next
+        # re-reads them from the stored offset.
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        kept = [m for m in self._pending if (m.topic(), m.partition()) not in revoked]
+        if len(kept) != len(self._pending):
+            dropped = len(self._pending) - len(kept)
+            log.info("revoked %d partition(s); dropped %d unwritten messages", len(revoked), dropped)
+        self._pending = kept
+
+
+def _position(msg: Message) -> Position:
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    # Only error events lack a position, and those never reach a batch.
+    if topic is None or partition is None or offset is None:
+        raise SinkError(f"message without a position: {msg.error()}")
+    return topic, partition, offset

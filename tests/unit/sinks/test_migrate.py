@@ -1,0 +1,56 @@
+"""The alembic migrations rendered as SQL (offline mode: no database needed)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from alembic import command
+
+from crawlstream.settings import PostgresSettings, Settings
+from sinks.migrate import alembic_config
+
+
+def render(settings: Settings, revision: str) -> str:
+    config = alembic_config(settings)
+    out = io.StringIO()
+    config.output_buffer = out
+    if revision == "downgrade":
+        command.downgrade(config, "0001:base", sql=True)
+    else:
+        command.upgrade(config, revision, sql=True)
+    return out.getvalue()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        postgres=PostgresSettings(app_role="Writer", cdc_user="dbz", publication="pub_pages"),
+    )
+
+
+def test_upgrade_creates_tables_grants_and_publication_with_names_from_settings(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the config must not depend on the working directory
+
+    sql = render(settings, "head")
+
+    assert "CREATE TABLE pages" in sql
+    assert "PRIMARY KEY (url)" in sql
+    assert "CREATE TABLE sink_offsets" in sql
+    assert "PRIMARY KEY (consumer_group, topic, partition)" in sql
+    assert 'GRANT SELECT, INSERT, UPDATE ON pages, sink_offsets TO "Writer"' in sql
+    assert 'GRANT SELECT ON pages TO "dbz"' in sql
+    assert 'CREATE PUBLICATION "pub_pages" FOR TABLE pages' in sql
+    assert "INSERT INTO alembic_version" in sql
+
+
+def test_downgrade_drops_publication_and_tables(settings: Settings) -> None:
+    sql = render(settings, "downgrade")
+
+    assert 'DROP PUBLICATION IF EXISTS "pub_pages"' in sql
+    assert "DROP TABLE sink_offsets" in sql
+    assert "DROP TABLE pages" in sql
