@@ -25,8 +25,12 @@ from crawlstream.stack.cli import stack_app
 from crawlstream.urls import host_of
 
 console = Console()
-app = typer.Typer(help="crawlstream: Scrapy -> Kafka -> faust -> PostgreSQL -> Debezium.", no_args_is_help=True)
-app.add_typer(stack_app, name="stack", help="The embedded stack: Kafka, PostgreSQL, Kafka Connect + Debezium.")
+app = typer.Typer(
+    help="crawlstream: Scrapy -> Kafka -> faust -> PostgreSQL -> Debezium.", no_args_is_help=True
+)
+app.add_typer(
+    stack_app, name="stack", help="The embedded stack: Kafka, PostgreSQL, Kafka Connect + Debezium."
+)
 topics_app = typer.Typer(help="Topics of the catalog.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 workers_app = typer.Typer(help="The stream and sink worker processes.", no_args_is_help=True)

@@ -11,7 +11,6 @@ one pipeline must not overlap.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,8 @@ class RunSummary:
     rows_for_crawl: int = 0
     cdc_creates: int = 0
     caught_up_s: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    crawl_log: str = ""
     checks: list[Check] = field(default_factory=list)
 
     @property
@@ -79,10 +80,17 @@ class CrawlArgs:
     run_id: str = ""
 
 
-def run_crawl_process(args: CrawlArgs, report_path: Path, extra_env: dict[str, str] | None = None) -> int:
-    """Run ``python -m crawlers crawl`` in a fresh process (Twisted reactors are one per process)."""
-    argv = [sys.executable, "-m", "crawlers", "crawl", "--report", str(report_path),
-            "--job-id", args.job_id]
+def run_crawl_process(
+    args: CrawlArgs,
+    report_path: Path,
+    log_path: Path,
+    on_progress: Callable[[str], None] = lambda _msg: None,
+) -> int:
+    """Run ``python -m crawlers crawl`` in a fresh process (Twisted reactors are one per process).
+
+    Its log goes to ``log_path``; progress lines and errors are passed to ``on_progress``.
+    """
+    argv = [sys.executable, "-m", "crawlers", "crawl", "--report", str(report_path), "--job-id", args.job_id]
     for url in args.start_urls:
         argv += ["--start-url", url]
     for domain in args.allowed_domains:
@@ -95,7 +103,18 @@ def run_crawl_process(args: CrawlArgs, report_path: Path, extra_env: dict[str, s
         argv += ["--max-pages", str(args.max_pages)]
     if args.max_depth:
         argv += ["--max-depth", str(args.max_depth)]
-    return subprocess.call(argv, env={**os.environ, **(extra_env or {})})
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log, log_path.open("rb") as follow:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        while True:
+            code = proc.poll()
+            for raw in follow.readlines():
+                line = raw.decode("utf-8", "replace").rstrip()
+                if "progress:" in line or " ERROR" in line or "CRITICAL" in line:
+                    on_progress(line.split("] ", 1)[-1] if "] " in line else line)
+            if code is not None:
+                return code
+            time.sleep(0.5)  # the crawl's progress is read while it runs
 
 
 class PipelineProbe:
@@ -109,7 +128,9 @@ class PipelineProbe:
         return offsets.end_offsets(self.settings, topic)
 
     def streams_committed(self) -> offsets.Offsets:
-        return offsets.committed_offsets(self.settings, self.settings.streams.app_id, self.topics.raw_pages.name)
+        return offsets.committed_offsets(
+            self.settings, self.settings.streams.app_id, self.topics.raw_pages.name
+        )
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with psycopg2.connect(self.settings.postgres.dsn()) as conn, conn.cursor() as cur:
@@ -136,6 +157,13 @@ class PipelineProbe:
             on_progress(f"draining earlier records first: streams lag {lags[0]}, sink lag {lags[1]}")
             time.sleep(1.0)  # polling interval of a deadline-bounded wait
 
+    def connector_failure(self) -> str | None:
+        """The first line of the CDC connector's failure trace, or None while it runs."""
+        from crawlstream.stack.connect import connector_status, describe
+
+        state, trace = describe(connector_status(self.settings))
+        return None if trace is None else f"{state}: {trace.splitlines()[0]}"
+
     def db_now(self) -> Any:
         return self._query("SELECT now()")[0][0]
 
@@ -151,20 +179,28 @@ class PipelineProbe:
 
     def rows_stored_before(self, urls: list[str], before: Any) -> int:
         return int(
-            self._query("SELECT count(*) FROM pages WHERE url = ANY(%s) AND stored_at < %s", (urls, before))[0][0]
+            self._query("SELECT count(*) FROM pages WHERE url = ANY(%s) AND stored_at < %s", (urls, before))[
+                0
+            ][0]
         )
 
-    def read_range(self, topic: str, start: offsets.Offsets, end: offsets.Offsets,
-                   timeout_s: float = 30.0) -> list[tuple[bytes | None, bytes | None]]:
+    def read_range(
+        self, topic: str, start: offsets.Offsets, end: offsets.Offsets, timeout_s: float = 30.0
+    ) -> list[tuple[bytes | None, bytes | None]]:
         """(key, value) of every record in [start, end) per partition."""
         wanted = {p: o for p, o in end.items() if o > start.get(p, 0)}
         if not wanted:
             return []
-        consumer = Consumer(self.settings.kafka.librdkafka(**{
-            "group.id": "crawlstream-inspector", "enable.auto.commit": False,
-            "fetch.max.bytes": self.settings.kafka.max_message_bytes * 4,
-            "max.partition.fetch.bytes": self.settings.kafka.max_message_bytes,
-        }))
+        consumer = Consumer(
+            self.settings.kafka.librdkafka(
+                **{
+                    "group.id": "crawlstream-inspector",
+                    "enable.auto.commit": False,
+                    "fetch.max.bytes": self.settings.kafka.max_message_bytes * 4,
+                    "max.partition.fetch.bytes": self.settings.kafka.max_message_bytes,
+                }
+            )
+        )
         consumer.assign([TopicPartition(topic, p, start.get(p, 0)) for p in wanted])
         out: list[tuple[bytes | None, bytes | None]] = []
         deadline = time.monotonic() + timeout_s
@@ -208,18 +244,25 @@ def run_pipeline(
     probe = PipelineProbe(settings)
     t = probe.topics
     probe.wait_drained(timeout_s, on_progress)
-    before = {spec.name: probe.end(spec.name) for spec in (t.raw_pages, t.unique_pages, t.dead_letter, t.cdc_pages)}
+    before = {
+        spec.name: probe.end(spec.name) for spec in (t.raw_pages, t.unique_pages, t.dead_letter, t.cdc_pages)
+    }
     db_start = probe.db_now()
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="crawlstream-run-") as tmp:
         report_path = Path(tmp) / "report.json"
-        code = run_crawl_process(args, report_path)
+        crawl_log = Path(settings.stack.state_dir) / "logs" / f"crawl-{args.run_id or 'adhoc'}.log"
+        code = run_crawl_process(args, report_path, crawl_log, on_progress)
         if not report_path.exists():
-            raise CrawlstreamError(f"the crawl process exited with {code} and wrote no report")
+            raise CrawlstreamError(
+                f"the crawl process exited with {code} and wrote no report; see {crawl_log}"
+            )
         report: dict[str, Any] = json.loads(report_path.read_text())
     crawl_s = time.monotonic() - started
-    summary = RunSummary(run_id=str(report.get("run_id", args.run_id)), crawl=report)
+    summary = RunSummary(
+        run_id=str(report.get("run_id", args.run_id)), crawl=report, crawl_log=str(crawl_log)
+    )
     summary.caught_up_s["crawl"] = crawl_s
     urls: list[str] = list(report.get("canonical_urls", []))
     delivered = int(report.get("records_delivered", 0))
@@ -229,6 +272,24 @@ def run_pipeline(
         on_progress(f"{stage} caught up after {summary.caught_up_s[stage]:.1f}s")
 
     deadline = time.monotonic() + timeout_s
+    # Unique keys and CDC creates are read incrementally: [cursor, end) on each round.
+    cursors = {
+        t.unique_pages.name: dict(before[t.unique_pages.name]),
+        t.cdc_pages.name: dict(before[t.cdc_pages.name]),
+    }
+    new_urls: list[str] = []
+    created: list[str] = []
+
+    def read_new() -> None:
+        for topic, sink_list in ((t.unique_pages.name, new_urls), (t.cdc_pages.name, created)):
+            end = probe.end(topic)
+            records = probe.read_range(topic, cursors[topic], end)
+            if topic == t.unique_pages.name:
+                sink_list.extend(k.decode() for k, _ in records if k is not None)
+            else:
+                sink_list.extend(cdc_created_urls(records))
+            cursors[topic] = end
+
     while True:
         raw_end = probe.end(t.raw_pages.name)
         unique_end = probe.end(t.unique_pages.name)
@@ -240,19 +301,19 @@ def run_pipeline(
         sink_lag = offsets.lag(unique_end, probe.sink_stored())
         if "streams" in summary.caught_up_s and sink_lag == 0:
             stage_done("sink")
-        cdc_end = probe.end(t.cdc_pages.name)
         if "sink" in summary.caught_up_s:
-            new_urls = [k.decode() for k, _ in probe.read_range(t.unique_pages.name, before[t.unique_pages.name],
-                                                              unique_end) if k is not None]
-            cdc_events = probe.read_range(t.cdc_pages.name, before[t.cdc_pages.name], cdc_end)
-            created = cdc_created_urls(cdc_events)
+            read_new()
             if set(new_urls) <= set(created):
                 stage_done("cdc")
+            elif (failure := probe.connector_failure()) is not None:
+                summary.notes.append(f"the Debezium connector failed: {failure}")
+                break
         if "cdc" in summary.caught_up_s or time.monotonic() > deadline:
             break
         on_progress(f"waiting: streams lag {streams_lag}, sink lag {sink_lag}")
         time.sleep(0.5)  # polling interval of a deadline-bounded wait
 
+    read_new()
     raw_end = probe.end(t.raw_pages.name)
     unique_end = probe.end(t.unique_pages.name)
     summary.raw_records = offsets.delta(raw_end, before[t.raw_pages.name])
@@ -260,11 +321,7 @@ def run_pipeline(
     summary.dead_letters = offsets.delta(probe.end(t.dead_letter.name), before[t.dead_letter.name])
     summary.duplicates_dropped = summary.raw_records - unique_total - summary.dead_letters
     crawled = set(urls)
-    new_urls = [k.decode() for k, _ in probe.read_range(t.unique_pages.name, before[t.unique_pages.name],
-                                                       unique_end) if k is not None]
     summary.unique_new = sum(1 for url in new_urls if url in crawled)
-    created = cdc_created_urls(probe.read_range(t.cdc_pages.name, before[t.cdc_pages.name],
-                                                probe.end(t.cdc_pages.name)))
     # Only this run's URLs: other writers of `pages` (and the connector's first snapshot) may
     # add change events to the same range of the CDC topic.
     summary.cdc_creates = sum(1 for url in created if url in crawled)
@@ -273,14 +330,26 @@ def run_pipeline(
     summary.rows_new = summary.rows_for_crawl - preexisting
     distinct = int(report.get("distinct_canonical_urls", len(urls)))
     summary.checks = [
-        Check("crawl", "page records delivered = HTML pages fetched", int(report.get("pages_fetched", 0)), delivered),
+        Check(
+            "crawl",
+            "page records delivered = HTML pages fetched",
+            int(report.get("pages_fetched", 0)),
+            delivered,
+        ),
         Check("crawl", "delivery failures", 0, int(report.get("delivery_failures", 0))),
         Check("kafka", "raw topic records = records delivered", delivered, summary.raw_records),
-        Check("streams", "unique pages = distinct URLs not seen before", distinct - preexisting, summary.unique_new),
+        Check(
+            "streams",
+            "unique pages = distinct URLs not seen before",
+            distinct - preexisting,
+            summary.unique_new,
+        ),
         Check("sink", "rows in pages = distinct URLs crawled", distinct, summary.rows_for_crawl),
         Check("sink", "new rows = unique pages", summary.unique_new, summary.rows_new),
         Check("cdc", "create events = new rows", summary.rows_new, summary.cdc_creates),
         Check("streams", "unique records = this run's new URLs", unique_total, summary.unique_new),
-        Check("cdc", "every new URL has its create event", len(set(new_urls)), len(set(new_urls) & set(created))),
+        Check(
+            "cdc", "every new URL has its create event", len(set(new_urls)), len(set(new_urls) & set(created))
+        ),
     ]
     return summary

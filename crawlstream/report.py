@@ -27,33 +27,62 @@ def render_summary(summary: RunSummary, console: Console) -> None:
         return f"{seconds:.1f}s" if seconds is not None else "NOT REACHED"
 
     fetched = int(crawl.get("pages_fetched", 0))
-    stages.add_row("crawl (pages fetched)", f"{fetched:,}", _rate(summary.throughput("crawl", fetched)),
-                   caught("crawl"),
-                   f"{crawl.get('responses_total', 0)} responses, {crawl.get('non_html', 0)} non-HTML, "
-                   f"{crawl.get('robots_denied', 0)} robots denials, {crawl.get('fetch_errors', 0)} fetch errors")
-    stages.add_row("kafka (raw topic)", f"{summary.raw_records:,}",
-                   _rate(summary.throughput("kafka", summary.raw_records)), caught("kafka"),
-                   f"{crawl.get('delivery_failures', 0)} delivery failures")
-    stages.add_row("streams (unique)", f"{summary.unique_new:,}",
-                   _rate(summary.throughput("streams", summary.raw_records)), caught("streams"),
-                   f"{summary.duplicates_dropped} duplicates dropped, {summary.dead_letters} dead letters")
-    stages.add_row("sink (stored)", f"{summary.rows_new:,}",
-                   _rate(summary.throughput("sink", summary.unique_new)), caught("sink"),
-                   f"{summary.rows_for_crawl} of the crawl's URLs in pages")
-    stages.add_row("cdc (change events)", f"{summary.cdc_creates:,}",
-                   _rate(summary.throughput("cdc", summary.cdc_creates)), caught("cdc"), "Debezium create events")
+    stages.add_row(
+        "crawl (pages fetched)",
+        f"{fetched:,}",
+        _rate(summary.throughput("crawl", fetched)),
+        caught("crawl"),
+        f"{crawl.get('responses_total', 0)} responses, {crawl.get('non_html', 0)} non-HTML, "
+        f"{crawl.get('robots_denied', 0)} robots denials, {crawl.get('fetch_errors', 0)} fetch errors",
+    )
+    stages.add_row(
+        "kafka (raw topic)",
+        f"{summary.raw_records:,}",
+        _rate(summary.throughput("kafka", summary.raw_records)),
+        caught("kafka"),
+        f"{crawl.get('delivery_failures', 0)} delivery failures",
+    )
+    stages.add_row(
+        "streams (unique)",
+        f"{summary.unique_new:,}",
+        _rate(summary.throughput("streams", summary.raw_records)),
+        caught("streams"),
+        f"{summary.duplicates_dropped} duplicates dropped, {summary.dead_letters} dead letters",
+    )
+    stages.add_row(
+        "sink (stored)",
+        f"{summary.rows_new:,}",
+        _rate(summary.throughput("sink", summary.unique_new)),
+        caught("sink"),
+        f"{summary.rows_for_crawl} of the crawl's URLs in pages",
+    )
+    stages.add_row(
+        "cdc (change events)",
+        f"{summary.cdc_creates:,}",
+        _rate(summary.throughput("cdc", summary.cdc_creates)),
+        caught("cdc"),
+        "Debezium create events",
+    )
     console.print(stages)
 
     checks = Table(title="reconciliation", title_justify="left")
     for column in ("stage", "check", "expected", "actual", "ok"):
         checks.add_column(column)
     for c in summary.checks:
-        checks.add_row(c.stage, c.what, str(c.expected), str(c.actual), "[green]yes[/]" if c.ok else "[red]NO[/]")
+        checks.add_row(
+            c.stage, c.what, str(c.expected), str(c.actual), "[green]yes[/]" if c.ok else "[red]NO[/]"
+        )
     console.print(checks)
+    console.print(f"crawl log: {summary.crawl_log}")
+    for note in summary.notes:
+        console.print(f"[yellow]{note}[/]")
     if summary.ok:
         console.print("[green]All counts reconcile.[/]")
     else:
-        console.print(f"[red]Counts do not reconcile: lost or doubled records at {', '.join(summary.failed_stages())}[/]")
+        console.print(
+            "[red]Counts do not reconcile: lost or doubled records at "
+            f"{', '.join(summary.failed_stages())}[/]"
+        )
 
 
 def render_endpoints(settings: Settings, console: Console) -> None:

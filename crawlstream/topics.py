@@ -41,26 +41,41 @@ def catalog(settings: Settings) -> TopicCatalog:
     big = {"max.message.bytes": str(settings.kafka.max_message_bytes), "compression.type": "producer"}
     return TopicCatalog(
         raw_pages=TopicSpec(
-            f"{prefix}.pages.raw", parts, "canonical URL",
-            "every HTML page the crawlers fetched (PageRecord JSON)", dict(big),
+            f"{prefix}.pages.raw",
+            parts,
+            "canonical URL",
+            "every HTML page the crawlers fetched (PageRecord JSON)",
+            dict(big),
         ),
         unique_pages=TopicSpec(
-            f"{prefix}.pages.unique", parts, "canonical URL",
-            "first sighting of each canonical URL (PageRecord JSON)", dict(big),
+            f"{prefix}.pages.unique",
+            parts,
+            "canonical URL",
+            "first sighting of each canonical URL (PageRecord JSON)",
+            dict(big),
         ),
         dead_letter=TopicSpec(
-            f"{prefix}.deadletter", 1, "original key",
+            f"{prefix}.deadletter",
+            1,
+            "original key",
             "records a stage could not handle, with reason and origin (DeadLetter JSON)",
             {**big, "retention.ms": str(30 * 24 * 3600 * 1000)},
         ),
         cdc_pages=TopicSpec(
-            f"{settings.connect.cdc_topic_prefix}.public.pages", 1, "pages primary key",
-            "Debezium change events of the pages table (envelope JSON, no schema)", dict(big),
+            f"{settings.connect.cdc_topic_prefix}.public.pages",
+            1,
+            "pages primary key",
+            "Debezium change events of the pages table (envelope JSON, no schema)",
+            # A change event holds a whole row, JSON-escaped: 16 MiB, as the producer limit
+            # in deploy/connect/pages-cdc.json.
+            {**big, "max.message.bytes": str(16 * 1024 * 1024)},
         ),
     )
 
 
-def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, timeout_s: float = 30.0) -> list[str]:
+def ensure_topics(
+    settings: Settings, specs: list[TopicSpec] | None = None, timeout_s: float = 30.0
+) -> list[str]:
     """Create missing topics; verify partition counts of existing ones. Returns created names."""
     specs = specs if specs is not None else catalog(settings).all()
     admin = AdminClient(settings.kafka.librdkafka())

@@ -29,14 +29,16 @@ class Worker:
 def worker_specs(settings: Settings) -> list[Worker]:
     python = sys.executable
     return [
-        Worker("streams-worker", [python, "-m", "streams", "worker", "-l", "info"], settings.metrics.streams_port),
+        Worker(
+            "streams-worker", [python, "-m", "streams", "worker", "-l", "info"], settings.metrics.streams_port
+        ),
         Worker("sink-worker", [python, "-m", "sinks"], settings.metrics.sink_port),
     ]
 
 
 def _metrics_answer(host: str, port: int) -> str | None:
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2) as response:  # noqa: S310
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2) as response:
             return None if response.status == 200 else f"/metrics answered {response.status}"
     except OSError as exc:
         return f"/metrics not answering ({exc})"

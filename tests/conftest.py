@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def stack_settings() -> Iterator[object]:
+def stack_settings() -> object:
     """Settings of the running embedded stack, with the schema migrated and the workers running."""
     from crawlstream.cli import migrate
     from crawlstream.settings import load_settings
@@ -23,4 +22,4 @@ def stack_settings() -> Iterator[object]:
     up(settings, migrate=migrate)
     settings = load_settings()
     start_workers(settings)
-    yield settings
+    return settings

@@ -33,8 +33,15 @@ def test_malformed_raw_record_is_dead_lettered_and_later_records_flow(stack_sett
     raw, dlq = probe.topics.raw_pages.name, probe.topics.dead_letter.name
     dlq_before = probe.end(dlq)
     url = f"http://dead-letter-test.invalid/{uuid.uuid4().hex}"
-    good = PageRecord(url=url, canonical_url=url, final_url=url, status=200, fetched_at=datetime.now(UTC),
-                      content_type="text/html", title="after the poison record")
+    good = PageRecord(
+        url=url,
+        canonical_url=url,
+        final_url=url,
+        status=200,
+        fetched_at=datetime.now(UTC),
+        content_type="text/html",
+        title="after the poison record",
+    )
 
     offsets: dict[str, list[tuple[int, int]]] = {}
 
@@ -51,7 +58,9 @@ def test_malformed_raw_record_is_dead_lettered_and_later_records_flow(stack_sett
         events = probe.read_range(dlq, dlq_before, probe.end(dlq))
         return [DeadLetter.model_validate_json(v) for _k, v in events if v is not None]
 
-    letters = _wait_for(lambda: [d for d in dead_letters() if d.key_b64 == base64.b64encode(url.encode()).decode()])
+    letters = _wait_for(
+        lambda: [d for d in dead_letters() if d.key_b64 == base64.b64encode(url.encode()).decode()]
+    )
     letter = letters[0]
     assert letter.stage == "streams"
     assert letter.reason == "invalid_json"

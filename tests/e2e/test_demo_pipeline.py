@@ -30,7 +30,9 @@ def _crawl(settings: Settings, base_url: str) -> object:
     return run_pipeline(settings, args, timeout_s=180)
 
 
-def test_demo_site_counts_reconcile_and_a_recrawl_adds_nothing(stack_settings: Settings, tmp_path: Path) -> None:
+def test_demo_site_counts_reconcile_and_a_recrawl_adds_nothing(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
     manifest = generate_demo_site(tmp_path / "site", pages=300)
     server, served = serve_directory(tmp_path / "site")
     base_url = served.rstrip("/")
@@ -46,7 +48,10 @@ def test_demo_site_counts_reconcile_and_a_recrawl_adds_nothing(stack_settings: S
         # Records produced = pages fetched; unique = distinct URLs; rows = distinct URLs; one create each.
         assert first.raw_records == crawl["pages_fetched"]
         assert first.unique_new == manifest.expected_distinct_canonical_urls
-        assert first.duplicates_dropped == manifest.expected_html_responses - manifest.expected_distinct_canonical_urls
+        assert (
+            first.duplicates_dropped
+            == manifest.expected_html_responses - manifest.expected_distinct_canonical_urls
+        )
         assert first.duplicates_dropped > 0  # the site links some pages with tracking parameters
         assert first.rows_new == first.rows_for_crawl == manifest.expected_distinct_canonical_urls
         assert first.cdc_creates == manifest.expected_distinct_canonical_urls

@@ -230,6 +230,9 @@ def test_dedup_worker_forwards_once_dead_letters_and_survives_kill9(pipeline: Pi
     wait_for("the restarted worker to commit every raw record", pipeline.drained, restarted)
     unique = pipeline.read_all(pipeline.topics.unique_pages.name)
     assert sorted(unique) == sorted([(a.encode(), page_a), (b.encode(), page_b), (c.encode(), page_c)])
+    # At least A was a duplicate for the restarted worker (the unique topic above already proves A
+    # was not forwarded again). After kill -9, at-least-once may replay records whose processing
+    # was not yet committed, which can count more duplicates, never fewer.
     wait_for(
-        "the restarted worker's duplicate counter", lambda: restarted.metric(DUPLICATES) == 1.0, restarted
+        "the restarted worker's duplicate counter", lambda: restarted.metric(DUPLICATES) >= 1.0, restarted
     )
