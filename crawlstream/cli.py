@@ -19,6 +19,7 @@ from rich.table import Table
 
 from crawlstream.errors import CrawlstreamError
 from crawlstream.logs import setup_logging
+from crawlstream.pipeline import CrawlArgs
 from crawlstream.settings import Settings, load_settings
 from crawlstream.stack import cli as stack_cli
 from crawlstream.stack.cli import stack_app
@@ -53,6 +54,11 @@ def migrate(settings: Settings) -> None:
 
 
 stack_cli.migrate_hook = migrate
+
+EXTERNAL_HELP = (
+    "use the services and workers the settings point at (a production cluster): "
+    "start no embedded stack and no local workers"
+)
 
 
 @topics_app.command("create")
@@ -98,33 +104,18 @@ def workers_down() -> None:
     stop_workers(_settings(), console)
 
 
-def _run(
-    settings: Settings,
-    start_urls: list[str],
-    allow_private_hosts: list[str],
-    max_pages: int,
-    max_depth: int,
-    job_id: str,
-    json_out: bool,
-    timeout: float,
-) -> None:
-    from crawlstream.pipeline import CrawlArgs, run_pipeline
+def _run(settings: Settings, args: CrawlArgs, *, json_out: bool, timeout: float, external: bool) -> None:
+    from crawlstream.pipeline import run_pipeline
     from crawlstream.report import render_endpoints, render_summary, summary_json
-    from crawlstream.stack.supervisor import up
-    from crawlstream.workers import start_workers
 
-    up(settings, migrate=migrate)
-    settings = load_settings()  # `up` wrote the stack's endpoints and secrets
-    start_workers(settings, console)
-    args = CrawlArgs(
-        start_urls=start_urls,
-        allow_private_hosts=allow_private_hosts,
-        max_pages=max_pages,
-        max_depth=max_depth,
-        job_id=job_id,
-        run_id=uuid.uuid4().hex,
-    )
-    console.print(f"crawling {', '.join(start_urls)} (run {args.run_id})")
+    if not external:
+        from crawlstream.stack.supervisor import up
+        from crawlstream.workers import start_workers
+
+        up(settings, migrate=migrate, console=console)
+        settings = load_settings()  # `up` wrote the stack's endpoints and secrets
+        start_workers(settings, console)
+    console.print(f"crawling {', '.join(args.start_urls)} (run {args.run_id})")
     summary = run_pipeline(settings, args, timeout_s=timeout, on_progress=lambda m: console.log(m))
     if json_out:
         print(json.dumps(summary_json(summary), default=str))
@@ -143,9 +134,18 @@ def run(
     job_id: str = "adhoc",
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the stages after the crawl")] = 300.0,
+    external: Annotated[bool, typer.Option(help=EXTERNAL_HELP)] = False,
 ) -> None:
-    """Crawl URL through the whole pipeline on the embedded stack and reconcile the counts."""
-    _run(_settings(), [url], [host_of(url)], max_pages, max_depth, job_id, json_out, timeout)
+    """Crawl URL through the whole pipeline and reconcile the counts stage by stage."""
+    args = CrawlArgs(
+        start_urls=[url],
+        allow_private_hosts=[host_of(url)],
+        max_pages=max_pages,
+        max_depth=max_depth,
+        job_id=job_id,
+        run_id=uuid.uuid4().hex,
+    )
+    _run(_settings(), args, json_out=json_out, timeout=timeout, external=external)
 
 
 @app.command("demo")
@@ -153,6 +153,7 @@ def demo(
     pages: Annotated[int, typer.Option(help="pages of the generated demo site")] = 300,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     timeout: float = 300.0,
+    external: Annotated[bool, typer.Option(help=EXTERNAL_HELP)] = False,
 ) -> None:
     """The main job: generate the demo site, serve it on 127.0.0.1 and run the pipeline on it."""
     from crawlstream.demosite import generate_demo_site, serve_directory
@@ -167,7 +168,14 @@ def demo(
             f"{manifest.expected_html_responses} HTML pages, "
             f"{manifest.expected_distinct_canonical_urls} distinct URLs)"
         )
-        _run(settings, [f"{base_url}index.html"], [host_of(base_url)], 0, 0, "demo", json_out, timeout)
+        args = CrawlArgs(
+            start_urls=[f"{base_url}index.html"],
+            allow_private_hosts=[host_of(base_url)],
+            job_id="demo",
+            run_id=uuid.uuid4().hex,
+            expected_pages=manifest.expected_html_responses,
+        )
+        _run(settings, args, json_out=json_out, timeout=timeout, external=external)
     finally:
         server.shutdown()
 

@@ -78,6 +78,8 @@ class CrawlArgs:
     max_depth: int = 0
     job_id: str = "adhoc"
     run_id: str = ""
+    # When the site is known (the generated demo site), the HTML pages a full crawl must fetch.
+    expected_pages: int | None = None
 
 
 def run_crawl_process(
@@ -329,7 +331,16 @@ def run_pipeline(
     preexisting = probe.rows_stored_before(urls, db_start) if urls else 0
     summary.rows_new = summary.rows_for_crawl - preexisting
     distinct = int(report.get("distinct_canonical_urls", len(urls)))
-    summary.checks = [
+    if args.expected_pages is not None:
+        summary.checks.append(
+            Check(
+                "crawl",
+                "HTML pages fetched = pages the site serves",
+                args.expected_pages,
+                int(report.get("pages_fetched", 0)),
+            )
+        )
+    summary.checks += [
         Check(
             "crawl",
             "page records delivered = HTML pages fetched",

@@ -70,13 +70,16 @@ def down_command() -> None:
 def status_command(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """Endpoints, pids and health of each service. Never prints secrets."""
+    """Endpoints, pids and health of each service (exit 1 when one is down). Never prints secrets."""
     from crawlstream.stack.supervisor import status
 
     with _errors_exit():
         report = status(load_settings())
+    healthy = all(svc["healthy"] for svc in report["services"].values())
     if as_json:
         typer.echo(json.dumps(report, indent=2))
+        if not healthy:
+            raise typer.Exit(1)
         return
     table = Table(title="crawlstream stack")
     for column in ("service", "endpoint", "pid", "health", "detail"):
@@ -86,5 +89,5 @@ def status_command(
         table.add_row(name, svc["endpoint"], str(svc["pid"] or "-"), health, svc["detail"])
     console.print(table)
     console.print(f"postgres url: {report['postgres_url']} (password in stack.env)", highlight=False)
-    if not all(svc["healthy"] for svc in report["services"].values()):
+    if not healthy:
         raise typer.Exit(1)

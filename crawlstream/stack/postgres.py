@@ -174,7 +174,7 @@ def initdb(layout: PgLayout, log_path: Path) -> None:
         "--auth-host=scram-sha-256",
         "--no-instructions",
     ]
-    _run_logged(as_db_user(argv), log_path, "initdb")
+    run_logged(as_db_user(argv), log_path, "initdb")
     conf = layout.data_dir / "postgresql.conf"
     conf.write_text(conf.read_text() + "\ninclude = 'crawlstream.conf'\n")
 
@@ -213,7 +213,12 @@ def health(layout: PgLayout) -> str | None:
     return None if proc.returncode == 0 else (proc.stdout.strip() or f"pg_isready exit {proc.returncode}")
 
 
-def _run_logged(argv: list[str], log_path: Path, what: str) -> None:
+def run_logged(argv: list[str], log_path: Path, what: str, timeout_s: float = 300) -> None:
+    """Run a Postgres tool with its output appended to ``log_path``; fail naming ``what``.
+
+    A postmaster started this way inherits the log as stdout/stderr, so it needs no write
+    access of its own to the logs folder.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
         proc = subprocess.run(
@@ -223,7 +228,7 @@ def _run_logged(argv: list[str], log_path: Path, what: str) -> None:
             stderr=subprocess.STDOUT,
             cwd="/",
             check=False,
-            timeout=300,
+            timeout=timeout_s,
         )
     if proc.returncode != 0:
         raise service_error("postgres", f"{what} failed (exit {proc.returncode})", log_path)

@@ -24,7 +24,7 @@ from crawlstream.errors import CrawlstreamError, PrerequisiteError, StackError
 from crawlstream.settings import Settings
 from crawlstream.stack import connect, kafka, postgres
 from crawlstream.stack.maven import JvmLayout, find_java, find_maven, jars_current, jvm_dir, resolve_jars
-from crawlstream.stack.processes import ProcessManager, read_cmdline, service_error, wait_until
+from crawlstream.stack.processes import ProcessManager, read_cmdline, wait_until
 from crawlstream.topics import ensure_topics
 
 SERVICES = ("postgres", "kafka", "connect")  # start order; ``down`` goes the other way
@@ -181,20 +181,7 @@ def _start_postgres(
             _step(console, f"initdb {layout.data_dir}")
             postgres.initdb(layout, log)
         postgres.write_config(layout, settings)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as out:
-            # The postmaster inherits this file as stdout/stderr: no write access to logs/ needed.
-            proc = subprocess.run(
-                postgres.start_command(layout),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd="/",
-                check=False,
-                timeout=120,
-            )
-        if proc.returncode != 0:
-            raise service_error("postgres", f"pg_ctl start failed (exit {proc.returncode})", log)
+        postgres.run_logged(postgres.start_command(layout), log, "pg_ctl start", timeout_s=120)
 
         def postmaster_up() -> str | None:
             found = postgres.postmaster_pid(layout)
