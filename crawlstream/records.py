@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -49,6 +49,11 @@ class PageRecord(_Record):
     referrer: str | None = None
     job_id: str = ""
     run_id: str = ""
+    # "metadata": a non-HTML response, recorded without its body.
+    kind: Literal["html", "metadata"] = "html"
+    redirect_chain: list[str] = Field(default_factory=list, description="URLs before final_url, in order")
+    headers: dict[str, str] = Field(default_factory=dict, description="selected response headers")
+    canonical_link: str | None = Field(default=None, description='<link rel="canonical"> of the page')
 
 
 class DeadLetter(_Record):
@@ -110,3 +115,115 @@ def decode_page(raw: bytes | None) -> PageRecord:
             f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]
         )
         raise RecordError("invalid_record", fields) from None
+
+
+class Enrichment(_Record):
+    """What the stream stage extracts from an HTML page."""
+
+    text: str = Field(default="", description="main text, boilerplate removed")
+    title: str = ""
+    meta_description: str = ""
+    language: str | None = None
+    word_count: int = Field(default=0, ge=0)
+    outlinks: list[str] = Field(default_factory=list)
+    outlinks_count: int = Field(default=0, ge=0)
+    canonical_link: str | None = None
+    jsonld: list[dict[str, Any]] = Field(default_factory=list)
+    content_hash: str = Field(default="", description="hex digest of the normalised main text")
+    simhash: int = Field(default=0, ge=0, lt=2**64, description="64-bit SimHash of text shingles")
+
+
+class PageEvent(_Record):
+    """A new page or a new content version of a known page (topic ``<prefix>.pages.unique``).
+
+    Written by the stream stage, stored by the page sink. ``page`` is the crawled record as is.
+    """
+
+    schema_version: Literal[1] = 1
+    change: Literal["new", "changed"]
+    page: PageRecord
+    enrichment: Enrichment | None = None  # None for metadata-only records
+    duplicate_of: str | None = Field(default=None, description="first URL with the same content hash")
+    near_duplicate_of: str | None = Field(
+        default=None, description="an earlier URL within the SimHash distance"
+    )
+    near_distance: int | None = Field(default=None, ge=0, le=64)
+
+
+class PageTouch(_Record):
+    """A recrawl of a known URL whose content did not change (topic ``<prefix>.pages.touches``)."""
+
+    schema_version: Literal[1] = 1
+    canonical_url: str = Field(min_length=1)
+    fetched_at: datetime
+    status: int = Field(ge=100, le=599)
+    content_hash: str = ""
+    job_id: str = ""
+    run_id: str = ""
+
+
+class LinkRecord(_Record):
+    """A link discovered by a crawler (topic ``<prefix>.links``, key: canonical URL)."""
+
+    schema_version: Literal[1] = 1
+    url: str = Field(min_length=1)
+    canonical_url: str = Field(min_length=1)
+    host: str
+    source_url: str
+    depth: int = Field(ge=0)
+    job_id: str = ""
+    run_id: str = ""
+    discovered_at: datetime = Field(default_factory=utcnow)
+
+
+class CrawlRequest(_Record):
+    """A URL to fetch, for distributed crawlers (topic ``<prefix>.requests``, key: host)."""
+
+    schema_version: Literal[1] = 1
+    url: str = Field(min_length=1)
+    canonical_url: str = Field(min_length=1)
+    host: str
+    depth: int = Field(default=0, ge=0)
+    job_id: str = ""
+    run_id: str = ""
+    reason: Literal["seed", "link", "recrawl"] = "link"
+    not_before: datetime | None = None
+
+
+class RunEvent(_Record):
+    """A crawl run's start or end (topic ``<prefix>.runs``, key: run id)."""
+
+    schema_version: Literal[1] = 1
+    run_id: str = Field(min_length=1)
+    job_id: str = Field(min_length=1)
+    event: Literal["started", "finished"]
+    started_at: datetime
+    finished_at: datetime | None = None
+    pages: int = Field(default=0, ge=0)
+    errors: int = Field(default=0, ge=0)
+    delivery_failures: int = Field(default=0, ge=0)
+    outcome: Literal["running", "succeeded", "failed"] = "running"
+    detail: str = ""
+
+
+class DomainStats(_Record):
+    """One closed window of per-domain aggregates (topic ``<prefix>.stats``, key: domain)."""
+
+    schema_version: Literal[1] = 1
+    domain: str
+    window: Literal["tumbling_1m", "hopping_5m_1m"]
+    window_start: datetime
+    window_end: datetime
+    pages: int = Field(default=0, ge=0)
+    bytes: int = Field(default=0, ge=0)
+    status_2xx: int = Field(default=0, ge=0)
+    status_3xx: int = Field(default=0, ge=0)
+    status_4xx: int = Field(default=0, ge=0)
+    status_5xx: int = Field(default=0, ge=0)
+    duplicates: int = Field(default=0, ge=0)
+    near_duplicates: int = Field(default=0, ge=0)
+    new: int = Field(default=0, ge=0)
+    changed: int = Field(default=0, ge=0)
+    unchanged: int = Field(default=0, ge=0)
+    latency_mean_s: float = Field(default=0.0, ge=0)
+    latency_p95_s: float = Field(default=0.0, ge=0)

@@ -30,9 +30,24 @@ class TopicCatalog:
     unique_pages: TopicSpec
     dead_letter: TopicSpec
     cdc_pages: TopicSpec
+    page_touches: TopicSpec
+    links: TopicSpec
+    requests: TopicSpec
+    runs: TopicSpec
+    stats: TopicSpec
 
     def all(self) -> list[TopicSpec]:
-        return [self.raw_pages, self.unique_pages, self.dead_letter, self.cdc_pages]
+        return [
+            self.raw_pages,
+            self.unique_pages,
+            self.dead_letter,
+            self.cdc_pages,
+            self.page_touches,
+            self.links,
+            self.requests,
+            self.runs,
+            self.stats,
+        ]
 
 
 def catalog(settings: Settings) -> TopicCatalog:
@@ -69,6 +84,36 @@ def catalog(settings: Settings) -> TopicCatalog:
             # A change event holds a whole row, JSON-escaped: 16 MiB, as the producer limit
             # in deploy/connect/pages-cdc.json.
             {**big, "max.message.bytes": str(16 * 1024 * 1024)},
+        ),
+        page_touches=TopicSpec(
+            f"{prefix}.pages.touches",
+            parts,
+            "canonical URL",
+            "recrawls of known URLs whose content did not change (PageTouch JSON)",
+        ),
+        links=TopicSpec(
+            f"{prefix}.links",
+            parts,
+            "canonical URL",
+            "links the crawlers discovered, input of the frontier (LinkRecord JSON)",
+        ),
+        requests=TopicSpec(
+            f"{prefix}.requests",
+            parts,
+            "host",
+            "URLs to fetch for distributed crawlers; one host, one partition (CrawlRequest JSON)",
+        ),
+        runs=TopicSpec(
+            f"{prefix}.runs",
+            1,
+            "run id",
+            "crawl run started/finished events (RunEvent JSON)",
+        ),
+        stats=TopicSpec(
+            f"{prefix}.stats",
+            parts,
+            "domain",
+            "closed per-domain aggregation windows (DomainStats JSON)",
         ),
     )
 

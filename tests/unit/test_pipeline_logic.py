@@ -56,7 +56,17 @@ def test_catalog_declares_every_topic_once(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setenv("CRAWLSTREAM_STACK__STATE_DIR", str(tmp_path))
     topics = catalog(load_settings())
     names = [spec.name for spec in topics.all()]
-    assert names == ["acme.pages.raw", "acme.pages.unique", "acme.deadletter", "cdc.public.pages"]
+    assert names == [
+        "acme.pages.raw",
+        "acme.pages.unique",
+        "acme.deadletter",
+        "cdc.public.pages",
+        "acme.pages.touches",
+        "acme.links",
+        "acme.requests",
+        "acme.runs",
+        "acme.stats",
+    ]
     assert len(set(names)) == len(names)
     assert topics.raw_pages.partitions == topics.unique_pages.partitions == 6
     # Pages up to the body cap must fit, and a change event (a JSON-escaped row) even more so.
