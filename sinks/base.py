@@ -3,31 +3,33 @@
 Modelled on quix-streams' ``BatchingSink``: the worker hands a sink one :class:`SinkBatch` at a
 time, holding the decoded records *and* the Kafka offsets they came from; a sink stores both
 atomically, which is what makes delivery exactly-once across crashes and rebalances: after a
-restart the worker seeks every partition to :meth:`PageSink.stored_offsets`.
+restart the worker seeks every partition to :meth:`Sink.stored_offsets`, and a sink skips the
+records of a batch that lie before the offsets it already stored (a fence against zombies).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from crawlstream.errors import CrawlstreamError
-from crawlstream.records import PageRecord
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
-class SinkRecord:
-    """A decoded page and the Kafka position it was read from."""
+class SinkRecord(Generic[R]):
+    """A decoded record and the Kafka position it was read from."""
 
-    page: PageRecord
+    value: R
     topic: str
     partition: int
     offset: int
 
 
 @dataclass(frozen=True)
-class SinkBatch:
+class SinkBatch(Generic[R]):
     """Records to store plus, per (topic, partition), the next offset to read once stored.
 
     Offsets are explicit rather than derived from ``records`` because a batch may hold
@@ -35,7 +37,7 @@ class SinkBatch:
     """
 
     group: str
-    records: Sequence[SinkRecord]
+    records: Sequence[SinkRecord[R]]
     next_offsets: Mapping[tuple[str, int], int] = field(default_factory=dict)
 
 
@@ -50,20 +52,21 @@ class SinkUnavailable(SinkError):
 class RowsRejected(SinkError):
     """Some records violate a constraint; nothing was stored. ``rejected`` names them."""
 
-    def __init__(self, rejected: Sequence[tuple[SinkRecord, str]]) -> None:
+    def __init__(self, rejected: Sequence[tuple[SinkRecord[Any], str]]) -> None:
         super().__init__(f"{len(rejected)} record(s) rejected by the store")
         self.rejected = list(rejected)
 
 
-class PageSink(Protocol):
+class Sink(Protocol[R]):
     def open(self) -> None:
         """Connect; raise SinkUnavailable if the store cannot be reached."""
 
-    def write(self, batch: SinkBatch) -> int:
-        """Store the records and the offsets in one atomic step; return how many rows were new.
+    def write(self, batch: SinkBatch[R]) -> int:
+        """Store the records and the offsets in one atomic step; return how many rows changed.
 
-        Idempotent per page key: replaying a batch stores nothing new. Raises SinkUnavailable
-        (retry later) or RowsRejected (drop the named records, retry the rest).
+        Idempotent: records before the stored offsets are skipped, and a record equal to what
+        is stored changes nothing. Raises SinkUnavailable (retry later) or RowsRejected (drop
+        the named records, retry the rest).
         """
 
     def stored_offsets(self, group: str, topic: str) -> dict[int, int]:
@@ -72,39 +75,44 @@ class PageSink(Protocol):
     def close(self) -> None: ...
 
 
-class InMemoryPageSink:
-    """A PageSink in a dict, for tests of the worker. ``reject`` and ``fail_writes`` inject faults."""
+class InMemorySink(Generic[R]):
+    """A Sink in a dict, for tests of the worker: the last value per ``key`` wins, a value equal
+    to the stored one changes nothing. ``reject`` and ``fail_writes`` inject faults."""
 
-    def __init__(self, reject: Callable[[PageRecord], str | None] | None = None) -> None:
-        self.pages: dict[str, PageRecord] = {}
+    def __init__(self, key: Callable[[R], Hashable], reject: Callable[[R], str | None] | None = None) -> None:
+        self.rows: dict[Hashable, R] = {}
         self.offsets: dict[tuple[str, str, int], int] = {}
+        self.key = key
         self.reject = reject
         self.fail_writes = 0  # the next N writes raise SinkUnavailable
-        self.batches: list[SinkBatch] = []
+        self.batches: list[SinkBatch[R]] = []
         self.opened = self.closed = False
 
     def open(self) -> None:
         self.opened = True
 
-    def write(self, batch: SinkBatch) -> int:
+    def write(self, batch: SinkBatch[R]) -> int:
         if self.fail_writes > 0:
             self.fail_writes -= 1
             raise SinkUnavailable("injected outage")
         if self.reject is not None:
-            rejected = [(r, why) for r in batch.records if (why := self.reject(r.page)) is not None]
+            rejected = [(r, why) for r in batch.records if (why := self.reject(r.value)) is not None]
             if rejected:
                 raise RowsRejected(rejected)
         # All checks passed: from here on, apply everything (the "commit").
-        inserted = 0
+        changed = 0
         for record in batch.records:
-            if record.page.canonical_url not in self.pages:
-                self.pages[record.page.canonical_url] = record.page
-                inserted += 1
+            if record.offset < self.offsets.get((batch.group, record.topic, record.partition), 0):
+                continue  # already stored: the fence
+            key = self.key(record.value)
+            if self.rows.get(key) != record.value:
+                self.rows[key] = record.value
+                changed += 1
         for (topic, partition), offset in batch.next_offsets.items():
-            key = (batch.group, topic, partition)
-            self.offsets[key] = max(offset, self.offsets.get(key, 0))
+            position = (batch.group, topic, partition)
+            self.offsets[position] = max(offset, self.offsets.get(position, 0))
         self.batches.append(batch)
-        return inserted
+        return changed
 
     def stored_offsets(self, group: str, topic: str) -> dict[int, int]:
         return {p: o for (g, t, p), o in self.offsets.items() if g == group and t == topic}

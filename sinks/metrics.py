@@ -1,7 +1,8 @@
-"""Prometheus metrics of the sink worker, served on ``settings.metrics.sink_port``.
+"""Prometheus metrics of the sink workers, served on ``settings.metrics.sink_port``.
 
-Base units, ``_total`` counters, one bounded label (the dead-letter reason). A registry can be
-passed so tests read their own counters instead of the process-wide default registry.
+Base units, ``_total`` counters, bounded labels: ``family`` (pages, touches, stats, runs; see
+:mod:`sinks.families`) and the dead-letter ``reason``. A registry can be passed so tests read
+their own counters instead of the process-wide default registry.
 """
 
 from __future__ import annotations
@@ -13,32 +14,44 @@ BATCH_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
 
 class SinkMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        family = ["family"]
         self.records_written = Counter(
             "sink_records_written_total",
-            "Decoded page records written to the sink (replays and duplicates included)",
+            "Decoded records written to the sink (replays and unchanged records included)",
+            family,
             registry=registry,
         )
-        self.rows_inserted = Counter(
-            "sink_rows_inserted_total", "Rows that were new in the pages table", registry=registry
+        self.rows_changed = Counter(
+            "sink_rows_changed_total",
+            "Rows inserted or changed (pages: new or changed content, one outbox event each)",
+            family,
+            registry=registry,
         )
-        self.batches = Counter("sink_batches_total", "Batches committed to the sink", registry=registry)
+        self.batches = Counter(
+            "sink_batches_total", "Batches committed to the sink", family, registry=registry
+        )
         self.batch_seconds = Histogram(
             "sink_batch_seconds",
             "Time from decoding a batch to its commit, retries included",
+            family,
             buckets=BATCH_SECONDS_BUCKETS,
             registry=registry,
         )
         self.dead_letters = Counter(
             "sink_dead_letters_total",
             "Records sent to the dead-letter topic, by reason",
-            ["reason"],
+            ["family", "reason"],
             registry=registry,
         )
         self.db_retries = Counter(
             "sink_db_retries_total",
             "Batch writes retried because the database was unavailable",
+            family,
             registry=registry,
         )
         self.last_commit = Gauge(
-            "sink_last_commit_timestamp_seconds", "Unix time of the last committed batch", registry=registry
+            "sink_last_commit_timestamp_seconds",
+            "Unix time of the last committed batch",
+            family,
+            registry=registry,
         )

@@ -1,17 +1,18 @@
-"""PostgresPageSink: one transaction per batch into ``pages`` and ``sink_offsets``.
+"""PostgresSink: the transaction, offset fence and bad-row isolation every Postgres sink shares.
 
-Used by :mod:`sinks.worker`; connects with the app role (``settings.postgres.url``), which may
-only SELECT/INSERT/UPDATE the two tables. Pages are inserted with ``ON CONFLICT (url) DO
-NOTHING`` rather than DO UPDATE: a replayed batch then changes no row, so Debezium publishes
-no spurious update events downstream.
+A subclass implements :meth:`PostgresSink.apply` (write a batch's records with a cursor); this
+class wraps it in one transaction with the ``sink_offsets`` rows of the batch's partitions:
+they are locked first (``FOR UPDATE``), records before the stored offsets are skipped (a worker
+that lost its partitions cannot apply them twice), and the new offsets are stored last. Connects
+with the app role (``settings.postgres.url``): DML on the sink's tables only.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import psycopg2
 import psycopg2.extensions
@@ -19,38 +20,51 @@ import psycopg2.extras
 
 from crawlstream.settings import Settings
 from sinks.base import RowsRejected, SinkBatch, SinkError, SinkRecord, SinkUnavailable
-from sinks.tables import PAGE_COLUMNS, page_row
 
 log = logging.getLogger(__name__)
 
-# Built from our own column names, never from data.
-INSERT_PAGES = (
-    f"INSERT INTO pages ({', '.join(PAGE_COLUMNS)}) VALUES %s "  # noqa: S608
-    "ON CONFLICT (url) DO NOTHING RETURNING 1"
-)
-# GREATEST: a zombie worker that lost its partitions cannot move an offset backwards (the
-# rows it might replay are harmless anyway). To re-read a partition, edit the row by hand.
-UPSERT_OFFSETS = (
+R = TypeVar("R")
+Cursor = Any  # psycopg2's cursor is untyped
+
+# Missing offset rows are created first so that every partition of the batch has a row to lock.
+CREATE_OFFSETS = (
     'INSERT INTO sink_offsets (consumer_group, topic, "partition", next_offset) VALUES %s '
-    'ON CONFLICT (consumer_group, topic, "partition") DO UPDATE SET '
-    "next_offset = GREATEST(sink_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()"
+    "ON CONFLICT DO NOTHING"
+)
+LOCK_OFFSETS = (
+    'SELECT "partition", next_offset FROM sink_offsets WHERE consumer_group = %s AND topic = %s '
+    'AND "partition" = ANY(%s) ORDER BY "partition" FOR UPDATE'
+)
+# GREATEST: offsets never go backwards. To re-read a partition, edit the row by hand.
+STORE_OFFSET = (
+    "UPDATE sink_offsets SET next_offset = GREATEST(next_offset, %s), updated_at = now() "
+    'WHERE consumer_group = %s AND topic = %s AND "partition" = %s'
 )
 SELECT_OFFSETS = 'SELECT "partition", next_offset FROM sink_offsets WHERE consumer_group = %s AND topic = %s'
 # Bad data: constraint or type violations from the server, and NUL characters (text columns
 # cannot hold them), which psycopg2 refuses with ValueError before sending anything.
-_BAD_ROW_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError, ValueError)
-_UNAVAILABLE_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+BAD_ROW_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError, ValueError)
+UNAVAILABLE_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
 
-class PostgresPageSink:
+class PostgresSink(Generic[R]):
+    application_name = "crawlstream-sink"
+
     def __init__(self, dsn: str, *, connect_timeout_s: int = 10) -> None:
         self._dsn = dsn
         self._connect_timeout_s = connect_timeout_s
         self._conn: psycopg2.extensions.connection | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> PostgresPageSink:
+    def from_settings(cls, settings: Settings) -> PostgresSink[R]:
         return cls(settings.postgres.dsn())
+
+    def apply(self, cur: Cursor, records: Sequence[SinkRecord[R]]) -> int:
+        """Write ``records`` (in offset order per partition); return how many rows changed."""
+        raise NotImplementedError
+
+    def prepare(self, cur: Cursor) -> None:
+        """Once per connection, e.g. create temporary staging tables."""
 
     def open(self) -> None:
         self._connection()
@@ -60,16 +74,16 @@ class PostgresPageSink:
             self._conn.close()
             self._conn = None
 
-    def write(self, batch: SinkBatch) -> int:
-        records = first_per_url(batch.records)
+    def write(self, batch: SinkBatch[R]) -> int:
         try:
             with self._transaction() as cur:
-                inserted = self._insert_pages(cur, records)
+                todo = self._fence(cur, batch)
+                changed = self.apply(cur, todo) if todo else 0
                 self._store_offsets(cur, batch)
-            return inserted
-        except _BAD_ROW_ERRORS as exc:
-            log.warning("batch of %d rejected (%s); isolating bad rows", len(records), exc)
-            rejected = self._find_bad_rows(records)
+            return changed
+        except BAD_ROW_ERRORS as exc:
+            log.warning("batch of %d rejected (%s); isolating bad rows", len(batch.records), exc)
+            rejected = self._find_bad_rows(batch)
             if not rejected:
                 raise SinkError(f"batch rejected but no single row fails on its own: {exc}") from exc
             raise RowsRejected(rejected) from exc
@@ -79,28 +93,32 @@ class PostgresPageSink:
             cur.execute(SELECT_OFFSETS, (group, topic))
             return {int(p): int(o) for p, o in cur.fetchall()}
 
-    def _insert_pages(self, cur: psycopg2.extensions.cursor, records: Sequence[SinkRecord]) -> int:
-        if not records:
-            return 0
-        rows = [page_row(r.page) for r in records]
-        returned = psycopg2.extras.execute_values(cur, INSERT_PAGES, rows, page_size=len(rows), fetch=True)
-        return len(returned)
+    def _fence(self, cur: Cursor, batch: SinkBatch[R]) -> list[SinkRecord[R]]:
+        """Lock the batch's offset rows; keep only records at or after the stored offsets."""
+        positions = sorted(batch.next_offsets)
+        if not positions:
+            return list(batch.records)
+        psycopg2.extras.execute_values(cur, CREATE_OFFSETS, [(batch.group, t, p, 0) for t, p in positions])
+        stored: dict[tuple[str, int], int] = {}
+        for topic in sorted({t for t, _ in positions}):
+            cur.execute(LOCK_OFFSETS, (batch.group, topic, [p for t, p in positions if t == topic]))
+            stored.update({(topic, int(p)): int(o) for p, o in cur.fetchall()})
+        return [r for r in batch.records if r.offset >= stored.get((r.topic, r.partition), 0)]
 
-    def _store_offsets(self, cur: psycopg2.extensions.cursor, batch: SinkBatch) -> None:
-        rows = [(batch.group, t, p, o) for (t, p), o in sorted(batch.next_offsets.items())]
-        if rows:
-            psycopg2.extras.execute_values(cur, UPSERT_OFFSETS, rows, page_size=len(rows))
+    def _store_offsets(self, cur: Cursor, batch: SinkBatch[R]) -> None:
+        for (topic, partition), offset in sorted(batch.next_offsets.items()):
+            cur.execute(STORE_OFFSET, (offset, batch.group, topic, partition))
 
-    def _find_bad_rows(self, records: Sequence[SinkRecord]) -> list[tuple[SinkRecord, str]]:
+    def _find_bad_rows(self, batch: SinkBatch[R]) -> list[tuple[SinkRecord[Any], str]]:
         """Try each row under a savepoint in a transaction that is rolled back, collecting failures."""
-        rejected: list[tuple[SinkRecord, str]] = []
+        rejected: list[tuple[SinkRecord[Any], str]] = []
         with self._transaction(rollback=True) as cur:
-            for record in records:
+            for record in self._fence(cur, batch):
                 cur.execute("SAVEPOINT row_check")
                 try:
-                    self._insert_pages(cur, [record])
+                    self.apply(cur, [record])
                     cur.execute("RELEASE SAVEPOINT row_check")
-                except _BAD_ROW_ERRORS as exc:
+                except BAD_ROW_ERRORS as exc:
                     cur.execute("ROLLBACK TO SAVEPOINT row_check")
                     rejected.append((record, str(exc).strip()))
         return rejected
@@ -108,15 +126,19 @@ class PostgresPageSink:
     def _connection(self) -> psycopg2.extensions.connection:
         if self._conn is None or self._conn.closed:
             try:
-                self._conn = psycopg2.connect(
-                    self._dsn, connect_timeout=self._connect_timeout_s, application_name="crawlstream-sink"
+                conn = psycopg2.connect(
+                    self._dsn, connect_timeout=self._connect_timeout_s, application_name=self.application_name
                 )
+                with conn.cursor() as cur:
+                    self.prepare(cur)
+                conn.commit()
             except psycopg2.OperationalError as exc:
                 raise SinkUnavailable(f"cannot connect to PostgreSQL: {exc}".strip()) from exc
+            self._conn = conn
         return self._conn
 
     @contextmanager
-    def _transaction(self, *, rollback: bool = False) -> Iterator[Any]:
+    def _transaction(self, *, rollback: bool = False) -> Iterator[Cursor]:
         conn = self._connection()
         try:
             with conn.cursor() as cur:
@@ -125,24 +147,12 @@ class PostgresPageSink:
                 conn.rollback()
             else:
                 conn.commit()
-        except _UNAVAILABLE_ERRORS as exc:
+        except UNAVAILABLE_ERRORS as exc:
             # The connection is unusable or the commit's outcome unknown; either way retrying the
-            # whole batch on a fresh connection is safe because writes are idempotent.
+            # whole batch on a fresh connection is safe: the fence skips what was committed.
             self.close()
             raise SinkUnavailable(f"PostgreSQL unavailable: {exc}".strip()) from exc
         except BaseException:
             if not conn.closed:
                 conn.rollback()
             raise
-
-
-def first_per_url(records: Iterable[SinkRecord]) -> list[SinkRecord]:
-    """Keep the first record of each URL in a batch, as ``ON CONFLICT DO NOTHING`` does across
-    batches (and so the RETURNING count is the number of distinct new URLs)."""
-    seen: set[str] = set()
-    kept = []
-    for record in records:
-        if record.page.canonical_url not in seen:
-            seen.add(record.page.canonical_url)
-            kept.append(record)
-    return kept

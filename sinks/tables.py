@@ -1,88 +1,149 @@
-"""Table definitions of the sink stage (SQLAlchemy 2.0 Core) and how a PageRecord becomes a row.
+"""The sink stage's schema as SQLAlchemy 2.0 declarative models.
 
-``pages`` is keyed by the canonical URL (the Kafka record key) and is what Debezium publishes;
-``sink_offsets`` holds, per consumer group and partition, the next Kafka offset to read. The
-migrations in ``sinks/migrations`` are frozen copies of this schema; an integration test
-checks that they still agree.
+``pages`` holds the current version of each canonical URL (the Kafka record key) and is what
+Debezium publishes raw (``cdc.public.pages``); ``page_versions`` one row per content change;
+``outbox`` the domain events Debezium's EventRouter republishes (``outbox.event.page``);
+``domain_stats`` closed aggregation windows; ``crawl_runs`` job runs; ``sink_offsets`` the next
+Kafka offset per consumer group and partition. The migrations in ``sinks/migrations`` are frozen
+copies of these models; an integration test checks that they still agree. How records become
+rows is in :mod:`sinks.rows`.
 """
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    DateTime,
-    Float,
-    Integer,
-    MetaData,
-    PrimaryKeyConstraint,
-    SmallInteger,
-    Table,
-    Text,
-    func,
-)
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, MetaData, SmallInteger, Text, func
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from crawlstream.records import PageRecord
-
-metadata = MetaData()
-
-pages = Table(
-    "pages",
-    metadata,
-    Column("url", Text, primary_key=True, comment="canonical URL (the Kafka record key)"),
-    Column("final_url", Text, nullable=False),
-    Column("status", SmallInteger, nullable=False),
-    Column("content_type", Text, nullable=False),
-    Column("encoding", Text, nullable=False),
-    Column("title", Text, nullable=False),
-    Column("body", Text, nullable=False),
-    Column("body_truncated", Boolean, nullable=False),
-    Column("body_bytes", Integer, nullable=False),
-    Column("fetched_at", DateTime(timezone=True), nullable=False),
-    Column("fetch_latency_s", Float, nullable=False),
-    Column("depth", Integer, nullable=False),
-    Column("referrer", Text, nullable=True),
-    Column("job_id", Text, nullable=False),
-    Column("run_id", Text, nullable=False),
-    Column("first_seen", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Column("stored_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-)
-
-sink_offsets = Table(
-    "sink_offsets",
-    metadata,
-    Column("consumer_group", Text, nullable=False),
-    Column("topic", Text, nullable=False),
-    Column("partition", Integer, nullable=False),
-    Column("next_offset", BigInteger, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    PrimaryKeyConstraint("consumer_group", "topic", "partition"),
-)
-
-# Columns the sink writes; first_seen/stored_at come from the server's clock.
-PAGE_COLUMNS: tuple[str, ...] = tuple(c.name for c in pages.columns if c.server_default is None)
+Timestamp = DateTime(timezone=True)
 
 
-def page_row(page: PageRecord) -> tuple[Any, ...]:
-    """The values of one ``pages`` row, in :data:`PAGE_COLUMNS` order."""
-    values: dict[str, Any] = {
-        "url": page.canonical_url,
-        "final_url": page.final_url,
-        "status": page.status,
-        "content_type": page.content_type,
-        "encoding": page.encoding,
-        "title": page.title,
-        "body": page.body,
-        "body_truncated": page.body_truncated,
-        "body_bytes": page.body_bytes,
-        "fetched_at": page.fetched_at,
-        "fetch_latency_s": page.fetch_latency_s,
-        "depth": page.depth,
-        "referrer": page.referrer,
-        "job_id": page.job_id,
-        "run_id": page.run_id,
-    }
-    return tuple(values[name] for name in PAGE_COLUMNS)
+class Base(DeclarativeBase):
+    metadata = MetaData()
+
+
+def _now() -> Mapped[datetime]:
+    return mapped_column(Timestamp, server_default=func.now())
+
+
+class Page(Base):
+    __tablename__ = "pages"
+
+    url: Mapped[str] = mapped_column(Text, primary_key=True, comment="canonical URL (the Kafka record key)")
+    final_url: Mapped[str] = mapped_column(Text)
+    status: Mapped[int] = mapped_column(SmallInteger)
+    content_type: Mapped[str] = mapped_column(Text)
+    encoding: Mapped[str] = mapped_column(Text)
+    title: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    body_truncated: Mapped[bool]
+    body_bytes: Mapped[int] = mapped_column(Integer)
+    fetched_at: Mapped[datetime] = mapped_column(Timestamp)
+    fetch_latency_s: Mapped[float]
+    depth: Mapped[int] = mapped_column(Integer)
+    referrer: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[str] = mapped_column(Text)
+    first_seen: Mapped[datetime] = _now()
+    stored_at: Mapped[datetime] = _now()
+    # Added by migration 0002 (server defaults fill rows written before it).
+    kind: Mapped[str] = mapped_column(Text, server_default="html")
+    body_hash: Mapped[str] = mapped_column(Text, server_default="", comment="sha256 of body: change test")
+    content_hash: Mapped[str] = mapped_column(Text, server_default="", comment="hash of the main text")
+    simhash: Mapped[int | None] = mapped_column(BigInteger, comment="unsigned 64-bit stored as signed")
+    text: Mapped[str] = mapped_column(Text, server_default="")
+    language: Mapped[str | None] = mapped_column(Text)
+    word_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    canonical_link: Mapped[str | None] = mapped_column(Text)
+    duplicate_of: Mapped[str | None] = mapped_column(Text)
+    near_duplicate_of: Mapped[str | None] = mapped_column(Text)
+    near_distance: Mapped[int | None] = mapped_column(SmallInteger)
+    last_seen: Mapped[datetime] = _now()
+    last_changed: Mapped[datetime] = _now()
+    version: Mapped[int] = mapped_column(Integer, server_default="1")
+
+
+class PageVersion(Base):
+    __tablename__ = "page_versions"
+
+    url: Mapped[str] = mapped_column(Text, ForeignKey("pages.url", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[int] = mapped_column(SmallInteger)
+    title: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    body_hash: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(Text)
+    simhash: Mapped[int | None] = mapped_column(BigInteger)
+    fetched_at: Mapped[datetime] = mapped_column(Timestamp)
+    run_id: Mapped[str] = mapped_column(Text)
+    stored_at: Mapped[datetime] = _now()
+
+
+class Outbox(Base):
+    """Debezium outbox: rows are inserted and deleted in the same transaction (the WAL keeps them)."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    aggregatetype: Mapped[str] = mapped_column(Text)
+    aggregateid: Mapped[str] = mapped_column(Text)
+    type: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = _now()
+
+
+class DomainStatsRow(Base):
+    __tablename__ = "domain_stats"
+
+    domain: Mapped[str] = mapped_column(Text, primary_key=True)
+    window: Mapped[str] = mapped_column(Text, primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(Timestamp, primary_key=True)
+    window_end: Mapped[datetime] = mapped_column(Timestamp)
+    pages: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    status_2xx: Mapped[int] = mapped_column(Integer)
+    status_3xx: Mapped[int] = mapped_column(Integer)
+    status_4xx: Mapped[int] = mapped_column(Integer)
+    status_5xx: Mapped[int] = mapped_column(Integer)
+    duplicates: Mapped[int] = mapped_column(Integer)
+    near_duplicates: Mapped[int] = mapped_column(Integer)
+    new: Mapped[int] = mapped_column(Integer)
+    changed: Mapped[int] = mapped_column(Integer)
+    unchanged: Mapped[int] = mapped_column(Integer)
+    latency_mean_s: Mapped[float]
+    latency_p95_s: Mapped[float]
+    stored_at: Mapped[datetime] = _now()
+
+
+class CrawlRun(Base):
+    __tablename__ = "crawl_runs"
+
+    run_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    job_id: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(Timestamp)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    pages: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[int] = mapped_column(Integer)
+    delivery_failures: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = _now()
+
+
+class SinkOffset(Base):
+    __tablename__ = "sink_offsets"
+
+    consumer_group: Mapped[str] = mapped_column(Text, primary_key=True)
+    topic: Mapped[str] = mapped_column(Text, primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    next_offset: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = _now()
+
+
+metadata = Base.metadata
+pages = Page.__table__

@@ -1,7 +1,8 @@
-"""PageSinkWorker: consumes ``<prefix>.pages.unique`` and writes batches to a PageSink exactly once.
+"""SinkWorker: consumes one topic family (:mod:`sinks.families`) and writes batches to its Sink
+exactly once.
 
-Reads catalog(settings).unique_pages as group ``settings.sink.group_id``; writes undecodable or
-rejected records to catalog(settings).dead_letter; batches by ``settings.sink.batch_size`` /
+Reads the family's topic as the family's group (``settings.sink.group_id`` for pages); writes
+undecodable or rejected records to catalog(settings).dead_letter; batches by ``settings.sink.batch_size`` /
 ``batch_max_latency_s``; retries with ``settings.sink.retry_backoff_*``.
 
 Exactly-once into the store: the sink commits each batch's rows together with the next offset
@@ -18,20 +19,20 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import KafkaException, Message, TopicPartition
 from confluent_kafka import Producer as KafkaProducer
 
 from crawlstream.errors import RecordError
-from crawlstream.records import DeadLetter, decode_page
+from crawlstream.records import DeadLetter
 from crawlstream.settings import Settings
 from crawlstream.topics import catalog
-from sinks.base import PageSink, RowsRejected, SinkBatch, SinkError, SinkRecord, SinkUnavailable
+from sinks.base import RowsRejected, Sink, SinkBatch, SinkError, SinkRecord, SinkUnavailable
 from sinks.deadletters import DeadLetterProducer, Producer, dead_letter
+from sinks.families import Family
 from sinks.metrics import SinkMetrics
-from sinks.postgres import PostgresPageSink
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ IDLE_POLL_S = 1.0  # how long one consume() waits when no batch is open; bounds 
 Position = tuple[str, int, int]  # topic, partition, offset
 RebalanceCallback = Callable[[Any, list[TopicPartition]], None]
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Consumer(Protocol):
@@ -58,19 +60,21 @@ class Consumer(Protocol):
     def close(self) -> None: ...
 
 
-class PageSinkWorker:
+class SinkWorker(Generic[R]):
     def __init__(
         self,
         settings: Settings,
-        sink: PageSink,
+        family: Family[R],
+        sink: Sink[R],
         consumer: Consumer,
         producer: Producer,
         metrics: SinkMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         topics = catalog(settings)
-        self.topic = topics.unique_pages.name
-        self.group = settings.sink.group_id
+        self.family = family
+        self.topic = family.topic(settings)
+        self.group = family.group(settings)
         self._cfg = settings.sink
         self._max_message_bytes = settings.kafka.max_message_bytes
         self._sink = sink
@@ -82,14 +86,16 @@ class PageSinkWorker:
         self._pending: list[Message] = []
 
     @classmethod
-    def from_settings(cls, settings: Settings, metrics: SinkMetrics | None = None) -> PageSinkWorker:
+    def from_settings(
+        cls, settings: Settings, family: Family[R], metrics: SinkMetrics | None = None
+    ) -> SinkWorker[R]:
         max_bytes = settings.kafka.max_message_bytes
         fetch_max = max(50 * 1024 * 1024, max_bytes)
         consumer = KafkaConsumer(
             settings.kafka.librdkafka(
                 **{
-                    "group.id": settings.sink.group_id,
-                    "client.id": "crawlstream-sink",
+                    "group.id": family.group(settings),
+                    "client.id": f"crawlstream-sink-{family.name}",
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",
                     "max.partition.fetch.bytes": max_bytes,
@@ -110,7 +116,7 @@ class PageSinkWorker:
                 }
             )
         )
-        return cls(settings, PostgresPageSink.from_settings(settings), consumer, producer, metrics)
+        return cls(settings, family, family.make_sink(settings), consumer, producer, metrics)
 
     def request_stop(self) -> None:
         """Finish the current batch, then return from run(); safe from a signal handler."""
@@ -163,21 +169,21 @@ class PageSinkWorker:
         started = time.perf_counter()
         by_position: dict[Position, Message] = {}
         next_offsets: dict[tuple[str, int], int] = {}
-        records: list[SinkRecord] = []
+        records: list[SinkRecord[R]] = []
         letters: list[tuple[bytes | None, DeadLetter]] = []
         for msg in messages:
             topic, partition, offset = position = _position(msg)
             by_position[position] = msg
             next_offsets[(topic, partition)] = max(next_offsets.get((topic, partition), 0), offset + 1)
             try:
-                records.append(SinkRecord(decode_page(msg.value()), topic, partition, offset))
+                records.append(SinkRecord(self.family.decode(msg.value()), topic, partition, offset))
             except RecordError as exc:
                 letters.append((msg.key(), self._letter(exc, msg)))
         self._send_dead_letters(letters)
         batch = SinkBatch(self.group, records, next_offsets)
         while True:
             try:
-                inserted = self._retry_while_unavailable("write a batch", partial(self._sink.write, batch))
+                changed = self._retry_while_unavailable("write a batch", partial(self._sink.write, batch))
                 break
             except RowsRejected as exc:
                 rejected = {(r.topic, r.partition, r.offset) for r, _ in exc.rejected}
@@ -192,14 +198,15 @@ class PageSinkWorker:
                     batch,
                     records=[r for r in batch.records if (r.topic, r.partition, r.offset) not in rejected],
                 )
-        if inserted is None:
+        if changed is None:
             log.warning("stopping while the sink is unavailable: %d messages left unwritten", len(messages))
             return
-        self.metrics.records_written.inc(len(batch.records))
-        self.metrics.rows_inserted.inc(inserted)
-        self.metrics.batches.inc()
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        self.metrics.last_commit.set_to_current_time()
+        family = self.family.name
+        self.metrics.records_written.labels(family).inc(len(batch.records))
+        self.metrics.rows_changed.labels(family).inc(changed)
+        self.metrics.batches.labels(family).inc()
+        self.metrics.batch_seconds.labels(family).observe(time.perf_counter() - started)
+        self.metrics.last_commit.labels(family).set_to_current_time()
         self._commit_to_kafka(next_offsets)
 
     def _letter(self, error: RecordError, msg: Message) -> DeadLetter:
@@ -217,7 +224,7 @@ class PageSinkWorker:
     def _send_dead_letters(self, letters: list[tuple[bytes | None, DeadLetter]]) -> None:
         self._dead_letters.send(letters)
         for _key, letter in letters:
-            self.metrics.dead_letters.labels(reason=letter.reason).inc()
+            self.metrics.dead_letters.labels(family=self.family.name, reason=letter.reason).inc()
 
     def _commit_to_kafka(self, next_offsets: dict[tuple[str, int], int]) -> None:
         offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(next_offsets.items())]
@@ -237,7 +244,7 @@ class PageSinkWorker:
                 return action()
             except SinkUnavailable as exc:
                 attempt += 1
-                self.metrics.db_retries.inc()
+                self.metrics.db_retries.labels(self.family.name).inc()
                 log.warning("cannot %s (attempt %d, retrying in %.1fs): %s", what, attempt, delay, exc)
                 if self._stop.wait(delay):
                     return None

@@ -8,15 +8,8 @@ never dropped.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
-import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,82 +19,35 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from pydantic import SecretStr
 from sqlalchemy import create_engine
 
-from crawlstream.records import DeadLetter, PageRecord
-from crawlstream.settings import Settings, load_settings
+from crawlstream.settings import Settings
 from crawlstream.topics import catalog, ensure_topics
 from sinks.base import RowsRejected, SinkBatch, SinkRecord
 from sinks.migrate import alembic_config, downgrade, upgrade
-from sinks.postgres import PostgresPageSink
+from sinks.pages import PostgresPageSink
 from sinks.tables import metadata
+from tests.integration.sinks_support import (
+    admin_watermarks,
+    committed_offsets,
+    count_pages,
+    event,
+    owner,
+    page,
+    read_dead_letters,
+    settings,
+    start_worker,
+    tag,
+    wait_for,
+    with_options,
+)
+
+__all__ = ["owner", "settings", "tag"]  # fixtures
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(every_s)  # polling interval of a condition with a deadline
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
-def with_options(dsn: str, options: str) -> str:
-    return f"{dsn}{'&' if '?' in dsn else '?'}options={options}"
-
-
-def page(url: str, **fields: Any) -> PageRecord:
-    values: dict[str, Any] = {
-        "url": url,
-        "canonical_url": url,
-        "final_url": url,
-        "status": 200,
-        "fetched_at": datetime.now(UTC),
-        "body": f"<html>{url}</html>",
-        "title": "t",
-    }
-    values.update(fields)
-    return PageRecord(**values)
-
-
-@pytest.fixture
-def tag() -> str:
-    return f"sinktest-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def settings(tag: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.chdir(REPO)  # load_settings reads .crawlstream/stack.env relative to cwd
-    monkeypatch.setenv("CRAWLSTREAM_KAFKA__TOPIC_PREFIX", tag)
-    monkeypatch.setenv("CRAWLSTREAM_SINK__GROUP_ID", tag)
-    return load_settings()
-
-
-@pytest.fixture
-def owner(settings: Settings, tag: str) -> Iterator[Any]:
-    """An owner-role connection; afterwards deletes this test's rows (the app role cannot)."""
-    upgrade(settings)  # what `stack up` does; a no-op when already at head
-    conn = psycopg2.connect(settings.postgres.dsn(owner=True))
-    conn.autocommit = True
-    yield conn
-    with conn.cursor() as cur:
-        cur.execute("DELETE FROM pages WHERE url LIKE %s", (f"https://{tag}.invalid/%",))
-        cur.execute("DELETE FROM sink_offsets WHERE consumer_group = %s", (tag,))
-    conn.close()
-
-
-def count_pages(owner: Any, tag: str) -> int:
-    with owner.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pages WHERE url LIKE %s", (f"https://{tag}.invalid/%",))
-        return int(cur.fetchone()[0])
 
 
 def test_migration_cycle_grants_and_publication_in_a_scratch_schema(settings: Settings, tag: str) -> None:
@@ -135,7 +81,7 @@ def test_migration_cycle_grants_and_publication_in_a_scratch_schema(settings: Se
                 "SELECT tablename FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s",
                 (schema, schema),
             )
-            assert cur.fetchall() == [("pages",)]
+            assert sorted(cur.fetchall()) == [("outbox",), ("pages",)]
             cur.execute(
                 "SELECT has_table_privilege(%s, %s, 'SELECT'), has_table_privilege(%s, %s, 'INSERT')",
                 (
@@ -151,7 +97,7 @@ def test_migration_cycle_grants_and_publication_in_a_scratch_schema(settings: Se
         try:
             sink = PostgresPageSink(with_options(settings.postgres.dsn(), path))
             url = f"https://{tag}.invalid/a"
-            assert sink.write(SinkBatch("g", [SinkRecord(page(url), "t", 0, 0)], {("t", 0): 1})) == 1
+            assert sink.write(SinkBatch("g", [SinkRecord(event(url), "t", 0, 0)], {("t", 0): 1})) == 1
             assert sink.stored_offsets("g", "t") == {0: 1}
             sink.close()
             for forbidden in ("CREATE TABLE evil (x int)", "DELETE FROM pages", "TRUNCATE sink_offsets"):
@@ -164,9 +110,10 @@ def test_migration_cycle_grants_and_publication_in_a_scratch_schema(settings: Se
         downgrade(scratch)
         with admin.cursor() as cur:
             cur.execute(
-                "SELECT to_regclass(%s), to_regclass(%s)", (f"{schema}.pages", f"{schema}.sink_offsets")
+                "SELECT to_regclass(%s), to_regclass(%s), to_regclass(%s)",
+                (f"{schema}.pages", f"{schema}.sink_offsets", f"{schema}.outbox"),
             )
-            assert cur.fetchone() == (None, None)
+            assert cur.fetchone() == (None, None, None)
             cur.execute("SELECT count(*) FROM pg_publication WHERE pubname = %s", (schema,))
             assert cur.fetchone() == (0,)
         upgrade(scratch)  # and back up again after a downgrade
@@ -194,8 +141,8 @@ def test_batches_are_exactly_once_across_a_crash_before_commit(
 ) -> None:
     topic, group = f"{tag}.pages.unique", tag
     urls = [f"https://{tag}.invalid/{i}" for i in range(50)]
-    records = [SinkRecord(page(u), topic, i % 3, i // 3) for i, u in enumerate(urls)]
-    records.append(SinkRecord(page(urls[0], title="later duplicate"), topic, 0, 17))  # same URL twice
+    records = [SinkRecord(event(u), topic, i % 3, i // 3) for i, u in enumerate(urls)]
+    records.append(SinkRecord(event(urls[0], title="later duplicate"), topic, 0, 17))  # same URL twice
     batch = SinkBatch(group, records, {(topic, 0): 18, (topic, 1): 17, (topic, 2): 16})
     sink = PostgresPageSink.from_settings(settings)
     sink.open()
@@ -234,9 +181,9 @@ def test_rows_violating_constraints_are_named_and_nothing_is_stored(
     settings: Settings, owner: Any, tag: str
 ) -> None:
     topic, group = f"{tag}.pages.unique", tag
-    good = SinkRecord(page(f"https://{tag}.invalid/good"), topic, 0, 0)
-    too_big = SinkRecord(page(f"https://{tag}.invalid/big", body_bytes=2**40), topic, 0, 1)  # > int4
-    nul = SinkRecord(page(f"https://{tag}.invalid/nul", body="a\x00b"), topic, 0, 2)  # text has no NUL
+    good = SinkRecord(event(f"https://{tag}.invalid/good"), topic, 0, 0)
+    too_big = SinkRecord(event(f"https://{tag}.invalid/big", body_bytes=2**40), topic, 0, 1)  # > int4
+    nul = SinkRecord(event(f"https://{tag}.invalid/nul", body="a\x00b"), topic, 0, 2)  # text has no NUL
     sink = PostgresPageSink.from_settings(settings)
 
     with pytest.raises(RowsRejected) as caught:
@@ -251,23 +198,6 @@ def test_rows_violating_constraints_are_named_and_nothing_is_stored(
 
 
 # --- the worker, with Kafka --------------------------------------------------------------
-
-
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "CRAWLSTREAM_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
-        "CRAWLSTREAM_SINK__GROUP_ID": settings.sink.group_id,
-        "CRAWLSTREAM_SINK__BATCH_SIZE": "10",
-        "CRAWLSTREAM_METRICS__SINK_PORT": "0",
-        # A killed member keeps its partitions until its session times out (45 s by default);
-        # the broker's minimum keeps the restart quick.
-        "CRAWLSTREAM_KAFKA__CLIENT_CONFIG": json.dumps(
-            {**settings.kafka.client_config, "session.timeout.ms": "6000"}
-        ),
-    }
-    with log_path.open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "sinks"], cwd=REPO, env=env, stdout=log, stderr=log)
 
 
 def test_worker_survives_kill_9_mid_batch_with_exactly_once_rows(
@@ -357,50 +287,3 @@ def test_worker_survives_kill_9_mid_batch_with_exactly_once_rows(
                 proc.kill()
                 proc.wait(10)
         admin.delete_topics([unique.name, dead.name], operation_timeout=30)
-
-
-def admin_watermarks(settings: Settings, topic: str, partition: int) -> tuple[int, int]:
-    probe = Consumer(settings.kafka.librdkafka(**{"group.id": f"{settings.sink.group_id}-probe"}))
-    try:
-        low, high = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-        return int(low), int(high)
-    finally:
-        probe.close()
-
-
-def committed_offsets(settings: Settings, topic: str, partitions: int) -> dict[int, int]:
-    probe = Consumer(settings.kafka.librdkafka(**{"group.id": settings.sink.group_id}))
-    try:
-        got = probe.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        return {tp.partition: tp.offset for tp in got}
-    finally:
-        probe.close()
-
-
-def read_dead_letters(
-    settings: Settings, dead_topic: str, source: str, at: tuple[int, int]
-) -> list[DeadLetter]:
-    reader = Consumer(
-        settings.kafka.librdkafka(
-            **{
-                "group.id": f"{settings.sink.group_id}-dlq",
-                "enable.auto.commit": False,
-            }
-        )
-    )
-    reader.assign([TopicPartition(dead_topic, 0, OFFSET_BEGINNING)])
-    found: list[DeadLetter] = []
-
-    def read_until_found() -> bool:
-        msg = reader.poll(0.5)
-        if msg is not None and msg.error() is None:
-            letter = DeadLetter.model_validate_json(msg.value())
-            if (letter.source_topic, letter.source_partition, letter.source_offset) == (source, *at):
-                found.append(letter)
-        return bool(found)
-
-    try:
-        wait_for(read_until_found, 30, "the malformed record in the dead-letter topic", every_s=0)
-    finally:
-        reader.close()
-    return found

@@ -10,11 +10,12 @@ import pytest
 from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from crawlstream.records import PageRecord
+from crawlstream.records import PageEvent, PageRecord
 from crawlstream.settings import KafkaSettings, Settings, SinkSettings
-from sinks.base import InMemoryPageSink
+from sinks.base import InMemorySink
+from sinks.families import FAMILIES
 from sinks.metrics import SinkMetrics
-from sinks.worker import PageSinkWorker
+from sinks.worker import SinkWorker
 
 PREFIX = "t"
 UNIQUE = f"{PREFIX}.pages.unique"
@@ -33,6 +34,20 @@ def page(url: str, **fields: Any) -> PageRecord:
     }
     values.update(fields)
     return PageRecord(**values)
+
+
+class InMemoryPageSink(InMemorySink[PageEvent]):
+    """The in-memory sink keyed like ``pages``; ``reject`` looks at the crawled page."""
+
+    def __init__(self, reject: Callable[[PageRecord], str | None] | None = None) -> None:
+        super().__init__(
+            key=lambda e: e.page.canonical_url,
+            reject=None if reject is None else (lambda e: reject(e.page)),
+        )
+
+    @property
+    def pages(self) -> dict[str, PageRecord]:
+        return {str(url): event.page for url, event in self.rows.items()}
 
 
 class FakeClock:
@@ -178,8 +193,9 @@ class Rig:
         self.producer = FakeProducer()
         self.sink = InMemoryPageSink(reject=reject)
         self.registry = CollectorRegistry()
-        self.worker = PageSinkWorker(
+        self.worker = SinkWorker(
             self.settings,
+            FAMILIES["pages"],
             self.sink,
             self.consumer,
             self.producer,
@@ -188,6 +204,7 @@ class Rig:
         )
 
     def metric(self, name: str, **labels: str) -> float:
+        labels = {"family": "pages", **labels}
         value = self.registry.get_sample_value(name, labels)
         return 0.0 if value is None else value
 

@@ -17,7 +17,7 @@ def render(settings: Settings, revision: str) -> str:
     out = io.StringIO()
     config.output_buffer = out
     if revision == "downgrade":
-        command.downgrade(config, "0001:base", sql=True)
+        command.downgrade(config, "0002:base", sql=True)
     else:
         command.upgrade(config, revision, sql=True)
     return out.getvalue()
@@ -45,6 +45,11 @@ def test_upgrade_creates_tables_grants_and_publication_with_names_from_settings(
     assert 'GRANT SELECT, INSERT, UPDATE ON pages, sink_offsets TO "Writer"' in sql
     assert 'GRANT SELECT ON pages TO "dbz"' in sql
     assert 'CREATE PUBLICATION "pub_pages" FOR TABLE pages' in sql
+    assert "CREATE TABLE page_versions" in sql
+    assert "CREATE TABLE outbox" in sql
+    assert 'GRANT SELECT, INSERT, DELETE ON outbox TO "Writer"' in sql
+    assert 'GRANT SELECT ON outbox TO "dbz"' in sql
+    assert 'ALTER PUBLICATION "pub_pages" ADD TABLE outbox' in sql
     assert "INSERT INTO alembic_version" in sql
 
 
@@ -52,5 +57,7 @@ def test_downgrade_drops_publication_and_tables(settings: Settings) -> None:
     sql = render(settings, "downgrade")
 
     assert 'DROP PUBLICATION IF EXISTS "pub_pages"' in sql
+    assert 'ALTER PUBLICATION "pub_pages" DROP TABLE outbox' in sql
+    assert "DROP TABLE outbox" in sql
     assert "DROP TABLE sink_offsets" in sql
     assert "DROP TABLE pages" in sql

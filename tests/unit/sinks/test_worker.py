@@ -1,4 +1,4 @@
-"""PageSinkWorker with a fake consumer/producer and the in-memory sink (no services)."""
+"""SinkWorker (pages family) with a fake consumer/producer and the in-memory sink (no services)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_batches_by_size_then_latency_and_stores_next_offsets(rig: Any, make_pag
     assert rig.consumer.commits == [[(UNIQUE, 0, 3)], [(UNIQUE, 0, 6)], [(UNIQUE, 0, 7)]]
     assert rig.metric("sink_batches_total") == 3
     assert rig.metric("sink_records_written_total") == 7
-    assert rig.metric("sink_rows_inserted_total") == 7
+    assert rig.metric("sink_rows_changed_total") == 7
     assert rig.metric("sink_last_commit_timestamp_seconds") > 0
     assert rig.consumer.closed
     assert rig.sink.closed
@@ -66,7 +66,7 @@ def test_duplicate_urls_count_as_written_but_insert_once(rig: Any, make_page: Ma
 
     assert sorted(rig.sink.pages) == ["https://a.test/x", "https://a.test/y"]
     assert rig.metric("sink_records_written_total") == 4
-    assert rig.metric("sink_rows_inserted_total") == 2
+    assert rig.metric("sink_rows_changed_total") == 2
 
 
 def test_malformed_records_go_to_dead_letters_and_offsets_move_past_them(

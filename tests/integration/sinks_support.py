@@ -1,0 +1,161 @@
+"""Helpers and fixtures shared by the sink integration tests (tests/integration/test_sink_*.py,
+test_cdc_*.py): records, the per-test tag, settings, an owner connection that cleans up, a
+worker subprocess, offsets and dead letters read back from Kafka."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from crawlstream.records import DeadLetter, PageEvent, PageRecord
+from crawlstream.settings import Settings, load_settings
+from sinks.migrate import upgrade
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(every_s)  # polling interval of a condition with a deadline
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def with_options(dsn: str, options: str) -> str:
+    return f"{dsn}{'&' if '?' in dsn else '?'}options={options}"
+
+
+def page(url: str, **fields: Any) -> PageRecord:
+    values: dict[str, Any] = {
+        "url": url,
+        "canonical_url": url,
+        "final_url": url,
+        "status": 200,
+        "fetched_at": datetime.now(UTC),
+        "body": f"<html>{url}</html>",
+        "title": "t",
+    }
+    values.update(fields)
+    return PageRecord(**values)
+
+
+def event(url: str, **fields: Any) -> PageEvent:
+    return PageEvent(change="new", page=page(url, **fields))
+
+
+@pytest.fixture
+def tag() -> str:
+    return f"sinktest-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def settings(tag: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.chdir(REPO)  # load_settings reads .crawlstream/stack.env relative to cwd
+    monkeypatch.setenv("CRAWLSTREAM_KAFKA__TOPIC_PREFIX", tag)
+    monkeypatch.setenv("CRAWLSTREAM_SINK__GROUP_ID", tag)
+    return load_settings()
+
+
+@pytest.fixture
+def owner(settings: Settings, tag: str) -> Iterator[Any]:
+    """An owner-role connection; afterwards deletes this test's rows (the app role cannot)."""
+    upgrade(settings)  # what `stack up` does; a no-op when already at head
+    conn = psycopg2.connect(settings.postgres.dsn(owner=True))
+    conn.autocommit = True
+    yield conn
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM pages WHERE url LIKE %s", (f"https://{tag}.invalid/%",))  # + versions
+        cur.execute("DELETE FROM domain_stats WHERE domain LIKE %s", (f"{tag}%",))
+        cur.execute("DELETE FROM crawl_runs WHERE run_id LIKE %s", (f"{tag}%",))
+        cur.execute("DELETE FROM sink_offsets WHERE consumer_group = %s", (tag,))
+    conn.close()
+
+
+def count_pages(owner: Any, tag: str) -> int:
+    with owner.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pages WHERE url LIKE %s", (f"https://{tag}.invalid/%",))
+        return int(cur.fetchone()[0])
+
+
+def start_worker(settings: Settings, log_path: Path, *families: str, **env: str) -> subprocess.Popen[bytes]:
+    """``python -m sinks`` for this test's topics and group (``families``: default pages)."""
+    full_env = {
+        **os.environ,
+        "CRAWLSTREAM_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+        "CRAWLSTREAM_SINK__GROUP_ID": settings.sink.group_id,
+        "CRAWLSTREAM_SINK__BATCH_SIZE": "10",
+        "CRAWLSTREAM_METRICS__SINK_PORT": "0",
+        # A killed member keeps its partitions until its session times out (45 s by default);
+        # the broker's minimum keeps the restart quick.
+        "CRAWLSTREAM_KAFKA__CLIENT_CONFIG": json.dumps(
+            {**settings.kafka.client_config, "session.timeout.ms": "6000"}
+        ),
+        **env,
+    }
+    argv = [sys.executable, "-m", "sinks"]
+    for family in families or ("pages",):
+        argv += ["--family", family]
+    with log_path.open("ab") as log:
+        return subprocess.Popen(argv, cwd=REPO, env=full_env, stdout=log, stderr=log)
+
+
+def admin_watermarks(settings: Settings, topic: str, partition: int) -> tuple[int, int]:
+    probe = Consumer(settings.kafka.librdkafka(**{"group.id": f"{settings.sink.group_id}-probe"}))
+    try:
+        low, high = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        return int(low), int(high)
+    finally:
+        probe.close()
+
+
+def committed_offsets(settings: Settings, topic: str, partitions: int) -> dict[int, int]:
+    probe = Consumer(settings.kafka.librdkafka(**{"group.id": settings.sink.group_id}))
+    try:
+        got = probe.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return {tp.partition: tp.offset for tp in got}
+    finally:
+        probe.close()
+
+
+def read_dead_letters(
+    settings: Settings, dead_topic: str, source: str, at: tuple[int, int]
+) -> list[DeadLetter]:
+    reader = Consumer(
+        settings.kafka.librdkafka(
+            **{
+                "group.id": f"{settings.sink.group_id}-dlq",
+                "enable.auto.commit": False,
+            }
+        )
+    )
+    reader.assign([TopicPartition(dead_topic, 0, OFFSET_BEGINNING)])
+    found: list[DeadLetter] = []
+
+    def read_until_found() -> bool:
+        msg = reader.poll(0.5)
+        if msg is not None and msg.error() is None:
+            letter = DeadLetter.model_validate_json(msg.value())
+            if (letter.source_topic, letter.source_partition, letter.source_offset) == (source, *at):
+                found.append(letter)
+        return bool(found)
+
+    try:
+        wait_for(read_until_found, 30, "the malformed record in the dead-letter topic", every_s=0)
+    finally:
+        reader.close()
+    return found

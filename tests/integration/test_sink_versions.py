@@ -1,0 +1,136 @@
+"""Page versions, touches, stats windows and run events against the stack's PostgreSQL.
+
+What the page sink must do per event: a new URL inserts the row and version 1; a changed body
+updates the row and adds the next version; the same body again changes nothing (the row's xmin
+stays, so Debezium sees no event); a replayed batch (offsets already stored) is skipped whole.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from crawlstream.records import DomainStats, Enrichment, PageEvent, PageTouch, RunEvent
+from crawlstream.settings import Settings
+from sinks.base import SinkBatch, SinkRecord
+from sinks.pages import PostgresPageSink
+from sinks.touches import PostgresTouchSink
+from sinks.upserts import PostgresDomainStatsSink, PostgresRunSink
+from tests.integration.sinks_support import owner, page, settings, tag
+
+__all__ = ["owner", "settings", "tag"]  # fixtures
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+
+
+def query(owner: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    with owner.cursor() as cur:
+        cur.execute(sql, args)
+        return list(cur.fetchall())
+
+
+def batch(group: str, values: list[Any], topic: str = "t", start: int = 0) -> SinkBatch[Any]:
+    records = [SinkRecord(v, topic, 0, start + i) for i, v in enumerate(values)]
+    return SinkBatch(group, records, {(topic, 0): start + len(values)})
+
+
+def test_new_changed_unchanged_and_replayed_page_events(settings: Settings, owner: Any, tag: str) -> None:
+    a, b = f"https://{tag}.invalid/a", f"https://{tag}.invalid/b"
+    sink = PostgresPageSink.from_settings(settings)
+    enriched = Enrichment(text="hello", language="en", content_hash="h1", simhash=2**64 - 2)
+    first = [
+        PageEvent(change="new", page=page(a, body="<p>1</p>", fetched_at=T0), enrichment=enriched),
+        PageEvent(change="new", page=page(b, body="<p>b</p>", fetched_at=T0)),
+    ]
+    batch1 = batch(tag, first)
+    assert sink.write(batch1) == 2
+    (xmin_b,) = query(owner, "SELECT xmin::text FROM pages WHERE url = %s", b)[0]
+
+    later = T0 + timedelta(hours=1)
+    second = [
+        PageEvent(change="changed", page=page(a, body="<p>2</p>", fetched_at=later)),
+        PageEvent(change="new", page=page(b, body="<p>b</p>", fetched_at=later)),  # same body
+        PageEvent(change="changed", page=page(a, body="<p>3</p>", fetched_at=later)),  # twice in a batch
+    ]
+    assert sink.write(batch(tag, second, start=2)) == 2
+    assert sink.write(batch(tag, second, start=2)) == 0  # a replay: the fence skips it whole
+
+    rows = query(
+        owner,
+        "SELECT url, version, body, simhash, last_changed FROM pages WHERE url LIKE %s ORDER BY url",
+        f"https://{tag}.invalid/%",
+    )
+    assert [(u, v, body) for u, v, body, _s, _c in rows] == [(a, 3, "<p>3</p>"), (b, 1, "<p>b</p>")]
+    assert rows[1][4] == T0  # b never changed
+    versions = query(
+        owner,
+        "SELECT url, version, body FROM page_versions WHERE url LIKE %s ORDER BY url, version",
+        f"https://{tag}.invalid/%",
+    )
+    assert versions == [(a, 1, "<p>1</p>"), (a, 2, "<p>2</p>"), (a, 3, "<p>3</p>"), (b, 1, "<p>b</p>")]
+    assert query(owner, "SELECT xmin::text FROM pages WHERE url = %s", b) == [(xmin_b,)]  # no UPDATE
+    first_simhash = query(owner, "SELECT simhash FROM page_versions WHERE url = %s AND version = 1", a)
+    assert first_simhash == [(-2,)]  # 2**64 - 2 as a signed bigint
+    assert query(owner, "SELECT count(*) FROM outbox WHERE aggregateid LIKE %s", f"https://{tag}%") == [(0,)]
+    sink.close()
+
+
+def test_touches_move_last_seen_forward_only(settings: Settings, owner: Any, tag: str) -> None:
+    url = f"https://{tag}.invalid/t"
+    pages_sink = PostgresPageSink.from_settings(settings)
+    pages_sink.write(batch(tag, [PageEvent(change="new", page=page(url, fetched_at=T0))], topic="p"))
+    touches = PostgresTouchSink.from_settings(settings)
+
+    def touch(at: datetime, target: str = url) -> PageTouch:
+        return PageTouch(canonical_url=target, fetched_at=at, status=200)
+
+    later = T0 + timedelta(days=1)
+    values = [touch(later), touch(T0 + timedelta(hours=1)), touch(later, f"https://{tag}.invalid/unknown")]
+    assert touches.write(batch(tag, values)) == 1
+    assert touches.write(batch(tag, [touch(T0)], start=3)) == 0  # older than last_seen
+    assert query(owner, "SELECT last_seen, last_changed, version FROM pages WHERE url = %s", url) == [
+        (later, T0, 1)
+    ]
+    assert query(owner, "SELECT count(*) FROM page_versions WHERE url = %s", url) == [(1,)]
+    pages_sink.close()
+    touches.close()
+
+
+def test_stats_windows_and_runs_are_idempotent_upserts(settings: Settings, owner: Any, tag: str) -> None:
+    stats = PostgresDomainStatsSink.from_settings(settings)
+    window = DomainStats(
+        domain=f"{tag}.invalid",
+        window="tumbling_1m",
+        window_start=T0,
+        window_end=T0 + timedelta(minutes=1),
+        pages=3,
+        bytes=2**40,
+    )
+    assert stats.write(batch(tag, [window, window.model_copy(update={"pages": 4})])) == 1
+    assert stats.write(batch(tag, [window.model_copy(update={"pages": 4})], start=2)) == 0
+    assert query(owner, "SELECT pages, bytes FROM domain_stats WHERE domain = %s", f"{tag}.invalid") == [
+        (4, 2**40)
+    ]
+
+    runs = PostgresRunSink.from_settings(settings)
+    started = RunEvent(run_id=f"{tag}-r1", job_id="j", event="started", started_at=T0)
+    finished = started.model_copy(
+        update={
+            "event": "finished",
+            "finished_at": T0 + timedelta(minutes=5),
+            "pages": 9,
+            "outcome": "succeeded",
+        }
+    )
+    assert runs.write(batch(tag, [started], topic="r")) == 1
+    assert runs.write(batch(tag, [finished], topic="r", start=1)) == 1
+    assert runs.write(batch(tag, [started], topic="r", start=2)) == 0  # a late start never reopens a run
+    assert query(owner, "SELECT outcome, pages FROM crawl_runs WHERE run_id = %s", f"{tag}-r1") == [
+        ("succeeded", 9)
+    ]
+    stats.close()
+    runs.close()

@@ -1,0 +1,115 @@
+"""Rows from records, decoders of each family, COPY text, page rounds (no services)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+
+from crawlstream.errors import RecordError
+from crawlstream.records import Enrichment, PageEvent, PageRecord
+from sinks.base import SinkBatch, SinkRecord, SinkUnavailable
+from sinks.pages import PostgresPageSink, rounds
+from sinks.rows import (
+    PAGE_COLUMNS,
+    copy_text,
+    decode_page_event,
+    decode_stats,
+    page_row,
+    simhash_from_db,
+    simhash_to_db,
+)
+from sinks.tables import pages
+
+MakePage = Callable[..., PageRecord]
+
+
+def test_bare_page_record_is_read_as_a_new_page_without_enrichment(make_page: MakePage) -> None:
+    record = make_page("https://a.test/x")
+
+    decoded = decode_page_event(record.to_bytes())
+
+    assert decoded == PageEvent(change="new", page=record, enrichment=None)
+
+
+def test_page_event_is_read_as_is(make_page: MakePage) -> None:
+    event = PageEvent(change="changed", page=make_page("https://a.test/x"), enrichment=Enrichment(text="t"))
+
+    assert decode_page_event(event.to_bytes()) == event
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (None, "null_value"),
+        (b"{nope", "invalid_json"),
+        (b'{"change": "new", "page": {"url": "x"}}', "invalid_record"),
+        (b"[1, 2]", "invalid_record"),
+    ],
+)
+def test_bad_page_messages_raise_record_errors(raw: bytes | None, reason: str) -> None:
+    with pytest.raises(RecordError) as caught:
+        decode_page_event(raw)
+    assert caught.value.reason == reason
+
+
+def test_stats_decoder_names_the_bad_field() -> None:
+    with pytest.raises(RecordError, match="domain"):
+        decode_stats(json.dumps({"window": "tumbling_1m"}).encode())
+
+
+@pytest.mark.parametrize("value", [0, 1, 2**63 - 1, 2**63, 2**64 - 1])
+def test_simhash_round_trips_through_a_signed_bigint(value: int) -> None:
+    stored = simhash_to_db(value)
+    assert stored is not None
+    assert -(2**63) <= stored < 2**63
+    assert simhash_from_db(stored) == value
+
+
+def test_simhash_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="unsigned 64-bit"):
+        simhash_to_db(2**64)
+
+
+def test_page_row_maps_page_and_enrichment(make_page: MakePage) -> None:
+    record = make_page("https://a.test/x?utm_source=n", canonical_url="https://a.test/x", body="<p>b</p>")
+    enrichment = Enrichment(text="b", title="Better", language="en", word_count=1, simhash=2**64 - 1)
+    event = PageEvent(change="new", page=record, enrichment=enrichment, near_duplicate_of="https://a.test/y")
+
+    row = dict(zip(PAGE_COLUMNS, page_row(event), strict=True))
+
+    assert row["url"] == "https://a.test/x"  # the canonical URL is the key, not the requested one
+    assert row["title"] == "Better"
+    assert row["body_hash"] == hashlib.sha256(b"<p>b</p>").hexdigest()
+    assert row["simhash"] == -1
+    assert (row["language"], row["text"], row["near_duplicate_of"]) == ("en", "b", "https://a.test/y")
+    assert set(PAGE_COLUMNS) <= {c.name for c in pages.columns}
+
+
+def test_copy_text_escapes_and_marks_nulls() -> None:
+    when = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+    text = copy_text([("a\tb\nc\\d", None, True, 3, when)])
+    assert text == "a\\tb\\nc\\\\d\t\\N\tt\t3\t2026-11-25T10:00:00+00:00\n"
+
+
+def test_rounds_keep_each_url_once_per_round_in_kafka_order(make_page: MakePage) -> None:
+    def rec(url: str, offset: int) -> SinkRecord[PageEvent]:
+        return SinkRecord(PageEvent(change="new", page=make_page(url)), "t", 0, offset)
+
+    batch = [rec("https://a/1", 0), rec("https://a/2", 1), rec("https://a/1", 2), rec("https://a/1", 3)]
+
+    assert [[r.offset for r in r_] for r_ in rounds(batch)] == [[0, 1], [2], [3]]
+
+
+def test_unreachable_database_raises_sink_unavailable() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sink = PostgresPageSink(f"postgresql://nobody@127.0.0.1:{port}/none", connect_timeout_s=2)
+
+    with pytest.raises(SinkUnavailable, match="cannot connect"):
+        sink.write(SinkBatch("g", [], {("t", 0): 1}))
