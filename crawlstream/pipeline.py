@@ -142,8 +142,12 @@ class PipelineProbe:
         return rows
 
     def lags(self) -> tuple[int, int]:
-        """(streams lag on the raw topic, sink lag on the unique topic by its Postgres offsets)."""
+        """(streams lag on the raw and its repartition topics, sink lag on the unique topic by its
+        Postgres offsets)."""
         streams = offsets.lag(self.end(self.topics.raw_pages.name), self.streams_committed())
+        for spec in (self.topics.pages_by_content, self.topics.pages_by_band):
+            committed = offsets.committed_offsets(self.settings, self.settings.streams.app_id, spec.name)
+            streams += offsets.lag(self.end(spec.name), committed)
         sink = offsets.lag(self.end(self.topics.unique_pages.name), self.sink_stored())
         return streams, sink
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -133,6 +133,12 @@ class StreamsSettings(BaseModel):
     # A worker killed without leaving the group holds its partitions this long (faust's default
     # is 60 s); heartbeats run on the consumer thread, so a busy event loop does not expire it.
     session_timeout_s: float = Field(default=10.0, ge=6, le=90)
+    # Pages whose SimHashes differ in at most this many bits are near-duplicates (LSH banding
+    # finds every such pair for distances up to 15).
+    near_duplicate_distance: int = Field(default=3, ge=0, le=15)
+    # What <prefix>.pages.unique carries: "page_event" (PageEvent, the contract) or "page_record"
+    # (the bare crawled PageRecord) for sinks that predate PageEvent.
+    unique_format: Literal["page_event", "page_record"] = "page_record"
 
 
 class SinkSettings(BaseModel):

@@ -35,6 +35,9 @@ class TopicCatalog:
     requests: TopicSpec
     runs: TopicSpec
     stats: TopicSpec
+    # The stream stage's repartition topics (content hash, LSH band keys): internal to it.
+    pages_by_content: TopicSpec
+    pages_by_band: TopicSpec
 
     def all(self) -> list[TopicSpec]:
         return [
@@ -47,6 +50,8 @@ class TopicCatalog:
             self.requests,
             self.runs,
             self.stats,
+            self.pages_by_content,
+            self.pages_by_band,
         ]
 
 
@@ -114,6 +119,20 @@ def catalog(settings: Settings) -> TopicCatalog:
             parts,
             "domain",
             "closed per-domain aggregation windows (DomainStats JSON)",
+        ),
+        pages_by_content=TopicSpec(
+            f"{prefix}.streams.pages-by-content",
+            parts,
+            "content hash",
+            "new/changed pages routed to their content hash's partition (PageEvent JSON)",
+            dict(big),
+        ),
+        pages_by_band=TopicSpec(
+            f"{prefix}.streams.pages-by-band",
+            parts,
+            "LSH band key <index>:<hex>",
+            "pages routed band by band through the near-duplicate tables (PageEvent JSON)",
+            dict(big),
         ),
     )
 

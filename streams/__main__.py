@@ -2,8 +2,8 @@
 
 Reads settings once, serves our Prometheus metrics on ``metrics.host:metrics.streams_port``
 (port 0 picks a free one), then hands the command line to faust (``worker``, ``tables``, ...).
-Catalog topics must exist first (``crawlstream.topics.ensure_topics``); faust creates only its
-changelog topics.
+A worker creates missing catalog topics (``crawlstream.topics.ensure_topics``) first; faust
+creates only its changelog topics.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 from crawlstream.logs import setup_logging
 from crawlstream.metrics import serve_metrics
 from crawlstream.settings import load_settings
+from crawlstream.topics import ensure_topics
 from streams.app import create_app
 
 
@@ -24,6 +25,8 @@ def main() -> None:
     settings.streams.data_dir.mkdir(parents=True, exist_ok=True)
     # Only a worker is long-running; `python -m streams tables` must not hold the metrics port.
     if "worker" in sys.argv[1:]:
+        # The stage's repartition topics are catalog topics a stack created before them may lack.
+        ensure_topics(settings)
         serve_metrics(settings.metrics.host, settings.metrics.streams_port)
     app.main()
 

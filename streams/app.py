@@ -1,7 +1,8 @@
 """The faust app of the stream stage, built from :class:`~crawlstream.settings.Settings`.
 
 ``new_app(settings)`` configures an app with no agents (unit tests register one agent on it);
-``create_app(settings)`` also registers every agent and is what ``python -m streams`` runs.
+``create_app(settings)`` also registers every agent (raw -> changes -> content -> near ->
+unique; see each module) and is what ``python -m streams`` runs.
 Agent modules take the app as an argument and never import this module, so there is no cycle.
 
 Settings used: ``kafka.bootstrap_servers|partitions|replication_factor|max_message_bytes|
@@ -15,7 +16,9 @@ import faust
 
 from crawlstream.errors import ConfigError
 from crawlstream.settings import Settings
-from streams import dedup
+from streams import changes, content, near
+from streams.recrawl import RecrawlPolicy
+from streams.topology import declare_topics
 
 # librdkafka extras have no mechanical aiokafka equivalent; refuse them rather than
 # silently connecting in plaintext to a cluster that expects TLS/SASL.
@@ -68,5 +71,8 @@ def new_app(settings: Settings) -> faust.App:
 def create_app(settings: Settings) -> faust.App:
     """The app with every agent registered: what a worker runs."""
     app = new_app(settings)
-    dedup.register(app, settings)
+    topics = declare_topics(app, settings)
+    changes.register(app, settings, topics, RecrawlPolicy())
+    content.register(app, settings, topics)
+    near.register(app, settings, topics)
     return app

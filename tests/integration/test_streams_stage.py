@@ -27,15 +27,19 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from crawlstream import offsets
-from crawlstream.records import DeadLetter, PageRecord
+from crawlstream.records import DeadLetter, PageEvent, PageRecord, PageTouch
 from crawlstream.settings import Settings, load_settings
 from crawlstream.topics import TopicCatalog, catalog, ensure_topics
+from streams.enrich import enrich_html
+from streams.fingerprints import hamming
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE_S = 120.0
-DUPLICATES = 'streams_duplicates_total{kind="url"}'
+DOCS = Path("/usr/share/doc/python3.11/html/library")
+ORIGINALS = ["json", "csv", "pickle", "base64", "heapq", "bisect", "array", "enum", "abc", "glob"]
+SITE = "https://docs.example.org/"
 
 
 def wait_for(what: str, condition: Callable[[], bool], worker: Worker, timeout_s: float = DEADLINE_S) -> None:
@@ -105,19 +109,21 @@ class Pipeline:
         self.workers.append(worker)
         return worker
 
-    def produce(self, messages: list[tuple[bytes | None, bytes]]) -> None:
+    def produce(self, messages: list[tuple[bytes | None, bytes]], topic: str | None = None) -> None:
         producer = Producer(self.settings.kafka.librdkafka(**{"enable.idempotence": True}))
         for key, value in messages:
-            producer.produce(self.topics.raw_pages.name, key=key, value=value)
+            producer.produce(topic or self.topics.raw_pages.name, key=key, value=value)
         assert producer.flush(30) == 0
 
     def drained(self) -> bool:
-        """The worker's group committed every raw record (the check end-to-end code uses)."""
-        end = offsets.end_offsets(self.settings, self.topics.raw_pages.name)
-        committed = offsets.committed_offsets(
-            self.settings, self.settings.streams.app_id, self.topics.raw_pages.name
-        )
-        return offsets.lag(end, committed) == 0
+        """The worker group committed every record of raw and of the stage's repartition topics."""
+        t = self.topics
+        for topic in (t.raw_pages.name, t.pages_by_content.name, t.pages_by_band.name):
+            end = offsets.end_offsets(self.settings, topic)
+            committed = offsets.committed_offsets(self.settings, self.settings.streams.app_id, topic)
+            if offsets.lag(end, committed):
+                return False
+        return True
 
     def read_all(self, topic: str) -> list[tuple[bytes | None, bytes | None]]:
         """Every record of ``topic`` up to its current end offsets."""
@@ -153,12 +159,13 @@ def pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeli
         "CRAWLSTREAM_STREAMS__WEB_PORT": str(free_port()),
         "CRAWLSTREAM_STREAMS__DATA_DIR": str(tmp_path / "streams"),
         "CRAWLSTREAM_METRICS__STREAMS_PORT": "0",
+        "CRAWLSTREAM_STREAMS__UNIQUE_FORMAT": "page_event",
     }
     for name, value in isolated.items():
         monkeypatch.setenv(name, value)
     settings = load_settings()
     topics = catalog(settings)
-    ensure_topics(settings, [topics.raw_pages, topics.unique_pages, topics.dead_letter])
+    ensure_topics(settings)
     pipe = Pipeline(settings, topics, dict(os.environ), tmp_path, [])
     try:
         yield pipe
@@ -166,73 +173,109 @@ def pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeli
         for worker in pipe.workers:
             if worker.proc.poll() is None:
                 worker.kill9()
-        changelog = f"{settings.streams.app_id}-seen_urls-changelog"
+        app_id = settings.streams.app_id
+        changelogs = [f"{app_id}-{table}-changelog" for table in ("urls", "content_first", "near_bands")]
         AdminClient(settings.kafka.librdkafka()).delete_topics(
-            [topics.raw_pages.name, topics.unique_pages.name, topics.dead_letter.name, changelog]
+            [spec.name for spec in topics.all() if spec.name.startswith(settings.kafka.topic_prefix)]
+            + changelogs
         )
 
 
-def page_bytes(url: str) -> bytes:
-    return PageRecord(
-        url=url,
-        canonical_url=url,
-        final_url=url,
+def url(name: str) -> str:
+    return f"{SITE}{name}.html"
+
+
+def raw(name: str, body: str) -> tuple[bytes, bytes]:
+    record = PageRecord(
+        url=url(name),
+        canonical_url=url(name),
+        final_url=url(name),
         status=200,
         fetched_at=datetime.now(UTC),
-        body="<html>hi</html>",
-    ).to_bytes()
+        body=body,
+    )
+    return url(name).encode(), record.to_bytes()
 
 
-def test_dedup_worker_forwards_once_dead_letters_and_survives_kill9(pipeline: Pipeline) -> None:
-    a, b, c = (f"https://example.org/{name}" for name in "abc")
-    page_a, page_b, page_c = page_bytes(a), page_bytes(b), page_bytes(c)
+def crawl() -> dict[str, str]:
+    """10 docs pages, 2 exact copies under other URLs, 2 copies with one sentence edited."""
+    pages = {name: (DOCS / f"{name}.html").read_text(encoding="utf-8") for name in ORIGINALS}
+    pages["copy-json"], pages["copy-csv"] = pages["json"], pages["csv"]
+    for name in ("pickle", "base64"):
+        body = pages[name]
+        at = body.index("<p>", body.index('role="main"'))
+        pages[f"edited-{name}"] = body[: at + 3] + "A sentence that was edited. " + body[at + 3 :]
+        text = (enrich_html(pages[name], url(name)), enrich_html(pages[f"edited-{name}"], url(name)))
+        assert hamming(text[0].simhash, text[1].simhash) <= 3  # the fixture is a near copy
+        assert text[0].content_hash != text[1].content_hash
+    return pages
+
+
+def recrawl(pages: dict[str, str]) -> dict[str, str]:
+    """The same URLs; three pages gained a paragraph."""
+    changed = dict(pages)
+    for name in ("heapq", "bisect", "array"):
+        changed[name] = pages[name].replace("</h1>", "</h1><p>News: this page changed today.</p>", 1)
+    return changed
+
+
+def counts(pipeline: Pipeline) -> dict[str, int]:
+    """new/changed events, touches, exact and near duplicates on the stage's output topics."""
+    events = [
+        PageEvent.model_validate_json(v or b"")
+        for _, v in pipeline.read_all(pipeline.topics.unique_pages.name)
+    ]
+    touches = [
+        PageTouch.model_validate_json(v or b"")
+        for _, v in pipeline.read_all(pipeline.topics.page_touches.name)
+    ]
+    return {
+        "new": sum(e.change == "new" for e in events),
+        "changed": sum(e.change == "changed" for e in events),
+        "unchanged": len(touches),
+        "duplicate": sum(e.duplicate_of is not None for e in events),
+        "near_duplicate": sum(e.near_duplicate_of is not None for e in events),
+    }
+
+
+EXPECTED_CRAWL = {"new": 14, "changed": 0, "unchanged": 0, "duplicate": 2, "near_duplicate": 2}
+EXPECTED_BOTH = {"new": 14, "changed": 3, "unchanged": 11, "duplicate": 2, "near_duplicate": 2}
+
+
+def run_rounds(pipeline: Pipeline, workers: int, kill9_between: bool) -> dict[str, int]:
+    started = [pipeline.start_worker() for _ in range(workers)]
+    first = crawl()
+    pipeline.produce([raw(name, body) for name, body in first.items()])
+    wait_for("the stage to drain the crawl", pipeline.drained, started[0])
+    assert counts(pipeline) == EXPECTED_CRAWL
+    if kill9_between:
+        for worker in started:
+            worker.kill9()
+        started = [pipeline.start_worker() for _ in range(workers)]
+    pipeline.produce([raw(name, body) for name, body in recrawl(first).items()])
+    wait_for("the stage to drain the recrawl", pipeline.drained, started[0])
+    return counts(pipeline)
+
+
+def test_crawl_then_recrawl_counts_survive_kill9(pipeline: Pipeline) -> None:
+    assert run_rounds(pipeline, workers=1, kill9_between=True) == EXPECTED_BOTH
+
+
+def test_two_workers_count_as_one(pipeline: Pipeline) -> None:
+    assert run_rounds(pipeline, workers=2, kill9_between=False) == EXPECTED_BOTH
+
+
+def test_poison_on_each_input_topic_is_dead_lettered_and_the_stage_flows(pipeline: Pipeline) -> None:
     worker = pipeline.start_worker()
-    pipeline.produce(
-        [
-            (a.encode(), page_a),
-            (b.encode(), page_b),
-            (a.encode(), page_bytes(a)),  # same URL fetched again: a duplicate
-            (b"https://example.org/bad", b"{not json"),
-            (b"https://example.org/wrong-key", page_c),
-        ]
+    t = pipeline.topics
+    poison = {t.raw_pages.name: b"k", t.pages_by_content.name: b"00", t.pages_by_band.name: b"0:0000"}
+    for topic, key in poison.items():
+        pipeline.produce([(key, b"{not json")], topic=topic)
+    pipeline.produce([raw("json", (DOCS / "json.html").read_text(encoding="utf-8"))])
+    wait_for("the stage to drain", pipeline.drained, worker)
+    letters = [DeadLetter.model_validate_json(v or b"") for _, v in pipeline.read_all(t.dead_letter.name)]
+    assert sorted((letter.source_topic, letter.original_value()) for letter in letters) == sorted(
+        (topic, b"{not json") for topic in poison
     )
-    wait_for("the worker to commit every raw record", pipeline.drained, worker)
-
-    # Output partitions interleave arbitrarily: compare as sorted lists (exact bytes, no extras).
-    unique = pipeline.read_all(pipeline.topics.unique_pages.name)
-    assert sorted(unique) == sorted([(a.encode(), page_a), (b.encode(), page_b)])
-    letters = {}
-    for key, value in pipeline.read_all(pipeline.topics.dead_letter.name):
-        assert value is not None
-        letter = DeadLetter.model_validate_json(value)
-        letters[letter.reason] = (key, letter)
-    assert sorted(letters) == ["invalid_json", "key_mismatch"]
-    key, bad = letters["invalid_json"]
-    assert key == b"https://example.org/bad"
-    assert (bad.stage, bad.source_topic, bad.original_value()) == (
-        "streams",
-        pipeline.topics.raw_pages.name,
-        b"{not json",
-    )
-    assert bad.source_offset is not None
-    assert letters["key_mismatch"][1].original_value() == page_c
-    wait_for("the duplicate counter", lambda: worker.metric(DUPLICATES) == 1.0, worker)
-
-    # faust created the changelog, co-partitioned with the raw topic.
-    changelog = f"{pipeline.settings.streams.app_id}-seen_urls-changelog"
-    meta = AdminClient(pipeline.settings.kafka.librdkafka()).list_topics(changelog, timeout=10)
-    assert len(meta.topics[changelog].partitions) == pipeline.topics.raw_pages.partitions
-
-    # kill -9 and restart: the table comes back from the changelog, so A is still "seen".
-    worker.kill9()
-    restarted = pipeline.start_worker()
-    pipeline.produce([(a.encode(), page_bytes(a)), (c.encode(), page_c)])
-    wait_for("the restarted worker to commit every raw record", pipeline.drained, restarted)
-    unique = pipeline.read_all(pipeline.topics.unique_pages.name)
-    assert sorted(unique) == sorted([(a.encode(), page_a), (b.encode(), page_b), (c.encode(), page_c)])
-    # At least A was a duplicate for the restarted worker (the unique topic above already proves A
-    # was not forwarded again). After kill -9, at-least-once may replay records whose processing
-    # was not yet committed, which can count more duplicates, never fewer.
-    wait_for(
-        "the restarted worker's duplicate counter", lambda: restarted.metric(DUPLICATES) >= 1.0, restarted
-    )
+    assert all(letter.stage == "streams" and letter.source_offset == 0 for letter in letters)
+    assert counts(pipeline)["new"] == 1

@@ -41,12 +41,17 @@ def test_app_configuration_follows_settings() -> None:
     assert conf.topic_disable_leader
 
 
-def test_create_app_registers_dedup_with_copartitioned_changelog() -> None:
+def test_create_app_registers_the_chain_with_copartitioned_changelogs() -> None:
     app = create_app(settings())
-    assert [agent.name for agent in app.agents.values()] == ["dedup_pages"]
-    table = app.tables["seen_urls"]
-    assert table.changelog_topic.get_topic_name() == "unit-app-seen_urls-changelog"
-    assert table.partitions == table.changelog_topic.partitions == 6  # the raw topic's count
+    assert [agent.name for agent in app.agents.values()] == [
+        "detect_changes",
+        "dedup_content",
+        "find_near_duplicates",
+    ]
+    for name in ("urls", "content_first", "near_bands"):
+        table = app.tables[name]
+        assert table.changelog_topic.get_topic_name() == f"unit-app-{name}-changelog"
+        assert table.partitions == table.changelog_topic.partitions == 6  # the source topics' count
 
 
 def test_security_client_config_is_refused_naming_the_field() -> None:

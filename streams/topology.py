@@ -1,0 +1,75 @@
+"""The topics every agent of the stage shares, declared once on the faust app.
+
+All are catalog topics (:mod:`crawlstream.topics`), created by ``ensure_topics`` (``python -m
+streams worker`` calls it at start); keys and values are raw bytes, encoded by the agents with
+the records of :mod:`crawlstream.records`. Settings used: ``kafka.topic_prefix|partitions``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from pydantic import ValidationError
+
+from crawlstream.errors import RecordError
+from crawlstream.records import PageEvent
+from crawlstream.settings import Settings
+from crawlstream.topics import TopicSpec, catalog
+
+RAW: dict[str, Any] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
+
+
+@dataclass(frozen=True)
+class StageTopics:
+    raw: Any
+    unique: Any
+    touches: Any
+    dead_letter: Any
+    by_content: Any
+    by_band: Any
+    links: Any
+    requests: Any
+    stats: Any
+
+
+def declare_topics(app: faust.App, settings: Settings) -> StageTopics:
+    specs = catalog(settings)
+
+    def topic(spec: TopicSpec) -> Any:
+        return app.topic(spec.name, partitions=spec.partitions, **RAW)
+
+    return StageTopics(
+        raw=topic(specs.raw_pages),
+        unique=topic(specs.unique_pages),
+        touches=topic(specs.page_touches),
+        dead_letter=topic(specs.dead_letter),
+        by_content=topic(specs.pages_by_content),
+        by_band=topic(specs.pages_by_band),
+        links=topic(specs.links),
+        requests=topic(specs.requests),
+        stats=topic(specs.stats),
+    )
+
+
+def decode_event(raw: bytes | None) -> PageEvent:
+    """A PageEvent of the stage's repartition topics, or RecordError with a short reason."""
+    if raw is None:
+        raise RecordError("null_value", "message has no value")
+    try:
+        return PageEvent.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RecordError("invalid_event", str(exc.errors()[0]["msg"])[:500]) from None
+
+
+def unique_value(event: PageEvent, settings: Settings) -> bytes:
+    """What the unique topic carries for ``event`` (``streams.unique_format``)."""
+    if settings.streams.unique_format == "page_record":
+        return event.page.to_bytes()
+    return event.to_bytes()

@@ -1,0 +1,93 @@
+"""URL change detection: plain decisions and the agent through ``test_context``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from crawlstream.errors import RecordError
+from crawlstream.records import DeadLetter, PageEvent, PageTouch
+from streams.changes import Change, classify, decode_keyed_page, fingerprint
+from streams.recrawl import RecrawlPolicy
+from tests.unit.streams.harness import FETCHED, Harness, page, run, sample
+
+POLICY = RecrawlPolicy(initial_s=100.0, min_s=50.0, max_s=200.0, rate=0.5)
+A = "https://example.org/a"
+
+
+def test_classify_new_changed_unchanged_and_recrawl_interval() -> None:
+    new = classify(None, "h1", FETCHED, POLICY)
+    assert new.change is Change.NEW
+    assert new.entry == {"h": "h1", "f": FETCHED.isoformat(), "l": FETCHED.isoformat(), "i": 100.0}
+    later = FETCHED + timedelta(hours=1)
+    same = classify(new.entry, "h1", later, POLICY)
+    assert same.change is Change.UNCHANGED
+    assert same.entry == {"h": "h1", "f": FETCHED.isoformat(), "l": later.isoformat(), "i": 150.0}
+    changed = classify(same.entry, "h2", later, POLICY)
+    assert (changed.change, changed.entry["h"], changed.entry["i"]) == (Change.CHANGED, "h2", 75.0)
+
+
+def test_fingerprint_is_the_text_hash_or_the_response_for_metadata() -> None:
+    from streams.enrich import enrich_html
+
+    record = page(A, body="<p>Some words here</p>")
+    assert fingerprint(record, enrich_html(record.body, A)) == enrich_html(record.body, A).content_hash
+    meta = page(A, body="", kind="metadata", headers={"ETag": '"1"'})
+    assert fingerprint(meta, None).startswith("m:")
+    assert fingerprint(meta, None) != fingerprint(meta.model_copy(update={"headers": {"ETag": '"2"'}}), None)
+
+
+@pytest.mark.parametrize("key", [b"https://example.org/b", None])
+def test_decode_keyed_page_rejects_other_or_missing_key(key: bytes | None) -> None:
+    with pytest.raises(RecordError) as info:
+        decode_keyed_page(key, page(A).to_bytes())
+    assert info.value.reason == "key_mismatch"
+
+
+def test_agent_new_then_unchanged_then_changed() -> None:
+    before = sample("streams_changes_total", change="unchanged")
+
+    async def scenario(h: Harness, agent: Any) -> None:
+        await agent.put(page(A, body="<p>one two three</p>").to_bytes(), key=A.encode(), partition=1)
+        await agent.put(page(A, body="<p>One, two  three!</p>").to_bytes(), key=A.encode(), partition=1)
+        await agent.put(page(A, body="<p>one two four</p>").to_bytes(), key=A.encode(), partition=1)
+        await agent.put(page(A, body="", kind="metadata").to_bytes(), key=A.encode(), partition=1)
+
+    h = run(lambda h: h.changes.agent, scenario)
+    routed = h.on("by_content")
+    assert len(routed) == 2
+    events = [PageEvent.model_validate_json(value) for _, value in routed]
+    assert [e.change for e in events] == ["new", "changed"]
+    assert [key.decode() for key, _ in routed] == [e.enrichment.content_hash for e in events if e.enrichment]
+    [(key, touch)] = h.on("touches")
+    assert key == A.encode()
+    assert PageTouch.model_validate_json(touch).content_hash == events[0].enrichment.content_hash  # type: ignore[union-attr]
+    # A metadata record has no text: straight to the unique topic, as a change of the URL.
+    [(key, value)] = h.on("unique")
+    meta = PageEvent.model_validate_json(value)
+    assert (key, meta.change, meta.enrichment) == (A.encode(), "changed", None)
+    assert h.changes.urls[A]["f"] == FETCHED.isoformat()
+    assert h.changes.urls.changelog_topic.send_soon.call_args.kwargs["partition"] == 1
+    assert sample("streams_changes_total", change="unchanged") - before == 1
+
+
+def test_agent_dead_letters_poison_and_keeps_going() -> None:
+    async def scenario(h: Harness, agent: Any) -> None:
+        await agent.put(b"{oops", key=b"some-key", partition=2)
+        await agent.put(page(A).to_bytes(), key=b"wrong")
+        await agent.put(page(A).to_bytes(), key=A.encode())
+
+    h = run(lambda h: h.changes.agent, scenario)
+    letters = [(key, DeadLetter.model_validate_json(value)) for key, value in h.on("dead_letter")]
+    assert [letter.reason for _, letter in letters] == ["invalid_json", "key_mismatch"]
+    key, bad = letters[0]
+    assert key == b"some-key"
+    assert (bad.stage, bad.source_topic, bad.source_partition, bad.original_value()) == (
+        "streams",
+        "unit.pages.raw",
+        2,
+        b"{oops",
+    )
+    assert len(h.on("by_content")) == 1
