@@ -43,6 +43,17 @@ PRIVATE_REFUSED = Counter(
     "crawler_private_address_refused_total", "Requests refused because the host resolves to a private address"
 )
 PRODUCER_QUEUE = Gauge("crawler_producer_queue_messages", "Messages waiting in the producer's local queue")
+DEAD_LETTERS = Counter(
+    "crawler_dead_letters_total", "Failed fetches and deliveries sent to the dead-letter topic", ["reason"]
+)
+RETRIES = Counter("crawler_retries_total", "Requests Scrapy retried (errors, 429/5xx)")
+RETRY_AFTER_WAITS = Counter(
+    "crawler_retry_after_waits_total", "429/503 answers whose Retry-After was honoured"
+)
+CRAWL_DELAY_HOSTS = Counter(
+    "crawler_crawl_delay_hosts_total", "Hosts whose robots.txt Crawl-delay was applied"
+)
+REQUEST_QUEUE = Gauge("crawler_request_queue_requests", "Requests waiting in the Scrapy scheduler")
 
 
 def status_class(status: int) -> str:
@@ -55,6 +66,7 @@ class CrawlerMetricsExtension:
         self.metrics_port = metrics_port
         self.progress_interval_s = progress_interval_s
         self._robots_seen = 0
+        self._retries_seen = 0
         self._started = time.monotonic()
         self._loop: task.LoopingCall | None = None
 
@@ -97,6 +109,13 @@ class CrawlerMetricsExtension:
         if forbidden > self._robots_seen:
             ROBOTS_DENIED.inc(forbidden - self._robots_seen)
             self._robots_seen = forbidden
+        retries = int(stats.get_value("retry/count", 0))
+        if retries > self._retries_seen:
+            RETRIES.inc(retries - self._retries_seen)
+            self._retries_seen = retries
+        engine = self.crawler.engine
+        if engine is not None and engine._slot is not None:
+            REQUEST_QUEUE.set(len(engine._slot.scheduler))  # type: ignore[arg-type]
 
     def tick(self) -> None:
         self.sync_stats()

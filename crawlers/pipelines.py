@@ -1,4 +1,8 @@
-"""KafkaPagePipeline: the crawl stage's only writer, producing PageRecords to ``<prefix>.pages.raw``.
+"""KafkaPagePipeline: the crawl stage's writer, producing PageRecords to ``<prefix>.pages.raw``.
+
+DeadLetter items (fetch failures, yielded by the spiders' errbacks) go to ``<prefix>.deadletter``,
+and so does every page record whose delivery failed after librdkafka's retries (reason
+``delivery_failed``, the record as value), so a failed delivery is never only a log line.
 
 Usable from any Scrapy project through ``ITEM_PIPELINES``. Settings used: ``kafka.*`` (bootstrap,
 client extras, ``max_message_bytes``), ``crawl.delivery_timeout_s``; Scrapy setting
@@ -13,6 +17,7 @@ close is counted as failed.
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import Callable
@@ -24,7 +29,8 @@ from scrapy.crawler import Crawler
 
 from crawlers import metrics
 from crawlers.settings import crawlstream_settings
-from crawlstream.records import PageRecord
+from crawlstream.errors import RecordError
+from crawlstream.records import DeadLetter, PageRecord
 from crawlstream.settings import Settings
 from crawlstream.topics import catalog
 
@@ -33,6 +39,9 @@ log = logging.getLogger(__name__)
 STAT_DELIVERED = "crawlstream/delivered"
 STAT_FAILED = "crawlstream/delivery_failed"
 STAT_BACKPRESSURE = "crawlstream/producer_backpressure_waits"
+STAT_DEAD_LETTERS = "crawlstream/dead_letters"
+STAT_DEAD_LETTERS_FAILED = "crawlstream/dead_letters_undelivered"
+MAX_DEAD_LETTER_VALUE = 256 * 1024  # a dead letter carries at most this much of the record
 MAX_LEFTOVER_LOG_LINES = 50
 
 DeliveryCallback = Callable[[Any, Any], None]
@@ -61,13 +70,16 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 
 
 class KafkaPagePipeline:
-    def __init__(self, settings: Settings, topic: str, stats: Any) -> None:
+    def __init__(self, settings: Settings, topic: str, stats: Any, dead_letter_topic: str = "") -> None:
         self.settings = settings
         self.topic = topic
+        self.dead_letter_topic = dead_letter_topic or catalog(settings).dead_letter.name
         self.stats = stats
         self.producer: ProducerLike | None = None
-        # In-flight messages: sequence number -> (key, produce time), so leftovers can be named.
-        self._in_flight: dict[int, tuple[bytes, float]] = {}
+        # In-flight page records: sequence number -> (key, value, produce time), so leftovers can be
+        # named and dead-lettered. Dead letters themselves are tracked in _dead_in_flight.
+        self._in_flight: dict[int, tuple[bytes, bytes, float]] = {}
+        self._dead_in_flight: set[int] = set()
         self._seq = 0
 
     @classmethod
@@ -87,24 +99,37 @@ class KafkaPagePipeline:
         log.info("producing page records to %s", self.topic)
 
     def process_item(self, item: Any) -> Any:
+        if isinstance(item, DeadLetter):
+            self._dead_letter(item)
+            return item
         record = (
             item if isinstance(item, PageRecord) else PageRecord.model_validate(ItemAdapter(item).asdict())
         )
         self._produce(record.canonical_url.encode("utf-8"), record.to_bytes())
         return item
 
-    def _produce(self, key: bytes, value: bytes) -> None:
+    def _dead_letter(self, letter: DeadLetter) -> None:
+        self.stats.inc_value(STAT_DEAD_LETTERS)
+        metrics.DEAD_LETTERS.labels(letter.reason if letter.reason.startswith("http_") else "other").inc()
+        key = base64.b64decode(letter.key_b64) if letter.key_b64 else b""
+        self._produce(key, letter.to_bytes(), dead_letter=True)
+
+    def _produce(self, key: bytes, value: bytes, *, dead_letter: bool = False) -> None:
         assert self.producer is not None, "open_spider was not called"
         self._seq += 1
         seq = self._seq
-        self._in_flight[seq] = (key, time.monotonic())
+        topic = self.dead_letter_topic if dead_letter else self.topic
+        if dead_letter:
+            self._dead_in_flight.add(seq)
+        else:
+            self._in_flight[seq] = (key, value, time.monotonic())
 
         def on_delivery(err: Any, _msg: Any) -> None:
             self._on_delivery(seq, err)
 
         while True:
             try:
-                self.producer.produce(self.topic, value, key, on_delivery=on_delivery)
+                self.producer.produce(topic, value, key, on_delivery=on_delivery)
                 break
             except BufferError:
                 # Local queue full: serve delivery callbacks to make room, then retry. Never drop.
@@ -117,7 +142,13 @@ class KafkaPagePipeline:
         metrics.PRODUCER_QUEUE.set(len(self.producer))
 
     def _on_delivery(self, seq: int, err: Any) -> None:
-        key, produced_at = self._in_flight.pop(seq, (b"?", time.monotonic()))
+        if seq in self._dead_in_flight:
+            self._dead_in_flight.discard(seq)
+            if err is not None:
+                self.stats.inc_value(STAT_DEAD_LETTERS_FAILED)
+                log.error("dead letter undeliverable too: %s", err)
+            return
+        key, value, produced_at = self._in_flight.pop(seq, (b"?", b"", time.monotonic()))
         if err is None:
             self.stats.inc_value(STAT_DELIVERED)
             metrics.RECORDS_PRODUCED.inc()
@@ -126,19 +157,25 @@ class KafkaPagePipeline:
         self.stats.inc_value(STAT_FAILED)
         metrics.DELIVERY_FAILURES.inc()
         log.error("delivery failed for key %s: %s", key.decode("utf-8", errors="replace"), err)
+        self._dead_letter(_delivery_dead_letter(key, value, err))
 
     def close_spider(self) -> None:
         if self.producer is None:
             return
         remaining = self.producer.flush(self.settings.crawl.delivery_timeout_s)
+        if self._dead_in_flight:  # dead letters of deliveries that failed during the flush
+            remaining = self.producer.flush(self.settings.crawl.delivery_timeout_s)
         metrics.PRODUCER_QUEUE.set(len(self.producer))
+        if self._dead_in_flight:
+            self.stats.inc_value(STAT_DEAD_LETTERS_FAILED, len(self._dead_in_flight))
+            self._dead_in_flight.clear()
         leftovers = list(self._in_flight.values())
         self._in_flight.clear()
         if not leftovers:
             return
         self.stats.inc_value(STAT_FAILED, len(leftovers))
         metrics.DELIVERY_FAILURES.inc(len(leftovers))
-        for key, _ in leftovers[:MAX_LEFTOVER_LOG_LINES]:
+        for key, _value, _ in leftovers[:MAX_LEFTOVER_LOG_LINES]:
             log.error(
                 "undelivered after %.0fs flush: key %s",
                 self.settings.crawl.delivery_timeout_s,
@@ -149,3 +186,17 @@ class KafkaPagePipeline:
             len(leftovers),
             remaining,
         )
+
+
+def _delivery_dead_letter(key: bytes, value: bytes, err: Any) -> DeadLetter:
+    """The dead letter of a page record Kafka did not accept (value capped: it may be the cause)."""
+    code = err.name() if hasattr(err, "name") else str(err)
+    return DeadLetter.for_message(
+        stage="crawl",
+        error=RecordError("delivery_failed", f"{key.decode('utf-8', errors='replace')}: {err}"[:2000]),
+        topic=None,
+        partition=None,
+        offset=None,
+        key=key,
+        value=value[:MAX_DEAD_LETTER_VALUE] if code != "MSG_SIZE_TOO_LARGE" else value[:4096],
+    )

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from scrapy import signals
+from scrapy import Spider, signals
 from scrapy.crawler import CrawlerProcess
 from scrapy.settings import Settings as ScrapySettings
+from twisted.internet import task
 
 from crawlers.metrics import fetch_errors
 from crawlers.middlewares import STAT_REFUSED
-from crawlers.pipelines import STAT_DELIVERED, STAT_FAILED
-from crawlers.spiders.site import STAT_NON_HTML, STAT_PAGE_RECORDS, SiteSpider
+from crawlers.pipelines import STAT_DEAD_LETTERS, STAT_DELIVERED, STAT_FAILED
+from crawlers.spiders.common import STAT_METADATA_RECORDS, STAT_NON_HTML, STAT_PAGE_RECORDS
+from crawlers.spiders.site import SiteSpider
 from crawlstream.settings import Settings
 
 
@@ -35,6 +38,10 @@ class CrawlSpec:
     allow_private_hosts: list[str] = field(default_factory=list)
     metrics_port: int | None = None  # None or -1: no /metrics; 0: a free port
     scrapy_settings: dict[str, Any] = field(default_factory=dict)  # extra overrides, highest priority
+    allow: list[str] = field(default_factory=list)  # URL regexes to follow (empty: all)
+    source: str = "site"  # site | sitemap | feed | api: which spider (see SPIDERS)
+    spider_kwargs: dict[str, Any] = field(default_factory=dict)  # source-specific arguments
+    deny: list[str] = field(default_factory=list)  # URL regexes never followed
 
 
 @dataclass
@@ -53,6 +60,10 @@ class CrawlReport:
     finish_reason: str
     job_id: str = ""
     run_id: str = ""
+    # Non-HTML responses recorded as kind="metadata" records (also in records_delivered and
+    # canonical_urls; pages_fetched counts HTML records only).
+    metadata_records: int = 0
+    dead_letters: int = 0  # fetch failures and failed deliveries sent to the dead-letter topic
 
     def to_json_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,7 +76,46 @@ class _CanonicalUrlCollector:
         self.urls: set[str] = set()
 
     def item_scraped(self, item: Any, **_: Any) -> None:
-        self.urls.add(str(item.canonical_url if hasattr(item, "canonical_url") else item["canonical_url"]))
+        url = getattr(item, "canonical_url", None)
+        if url is None and isinstance(item, dict):
+            url = item.get("canonical_url")
+        if url is not None:  # dead letters are items too, without a canonical URL
+            self.urls.add(str(url))
+
+
+def spider_class(source: str) -> type[Spider]:
+    from crawlers.spiders.api import ApiSpider
+    from crawlers.spiders.feed import FeedSpider
+    from crawlers.spiders.sitemap import SitemapSpider
+
+    spiders: dict[str, type[Spider]] = {
+        "site": SiteSpider,
+        "sitemap": SitemapSpider,
+        "feed": FeedSpider,
+        "api": ApiSpider,
+    }
+    return spiders[source]
+
+
+class _ProgressReporter:
+    def __init__(self, stats: Any, callback: ProgressCallback, interval_s: float) -> None:
+        self.stats = stats
+        self.callback = callback
+        self.loop = task.LoopingCall(self.tick)
+        self.interval_s = interval_s
+
+    def tick(self) -> None:
+        self.callback(self.stats.get_stats())
+
+    def spider_opened(self, **_: Any) -> None:
+        self.loop.start(self.interval_s, now=True)
+
+    def spider_closed(self, **_: Any) -> None:
+        if self.loop.running:
+            self.loop.stop()
+
+
+ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 def scrapy_settings_for(settings: Settings, spec: CrawlSpec) -> ScrapySettings:
@@ -83,17 +133,33 @@ def scrapy_settings_for(settings: Settings, spec: CrawlSpec) -> ScrapySettings:
     return scrapy_settings
 
 
-def run_crawl(settings: Settings, spec: CrawlSpec) -> CrawlReport:
-    """Crawl ``spec`` to completion in this process (once per process) and return its report."""
+def run_crawl(
+    settings: Settings,
+    spec: CrawlSpec,
+    on_progress: ProgressCallback | None = None,
+    progress_interval_s: float = 0.5,
+) -> CrawlReport:
+    """Crawl ``spec`` to completion in this process (once per process) and return its report.
+
+    ``on_progress`` is called on the reactor thread with Scrapy's stats every ``progress_interval_s``.
+    """
     process = CrawlerProcess(scrapy_settings_for(settings, spec))
-    crawler = process.create_crawler(SiteSpider)
+    crawler = process.create_crawler(spider_class(spec.source))
     collector = _CanonicalUrlCollector()
     crawler.signals.connect(collector.item_scraped, signal=signals.item_scraped)
+    progress = None  # held here: signals keep only weak references
+    if on_progress is not None:
+        progress = _ProgressReporter(crawler.stats, on_progress, progress_interval_s)
+        crawler.signals.connect(progress.spider_opened, signal=signals.spider_opened)
+        crawler.signals.connect(progress.spider_closed, signal=signals.spider_closed)
     kwargs: dict[str, Any] = {
         "start_urls": spec.start_urls,
         "job_id": spec.job_id,
         "run_id": spec.run_id,
         "allow_private_hosts": spec.allow_private_hosts,
+        "allow": spec.allow,
+        "deny": spec.deny,
+        **spec.spider_kwargs,
     }
     if spec.allowed_domains:
         kwargs["allowed_domains"] = spec.allowed_domains
@@ -103,6 +169,8 @@ def run_crawl(settings: Settings, spec: CrawlSpec) -> CrawlReport:
     process.crawl(crawler, **kwargs)
     process.start()
     stats: dict[str, Any] = crawler.stats.get_stats() if crawler.stats is not None else {}
+    if progress is not None:
+        progress.callback(stats)
     return CrawlReport(
         pages_fetched=int(stats.get(STAT_PAGE_RECORDS, 0)),
         responses_total=int(stats.get("response_received_count", 0)),
@@ -118,4 +186,6 @@ def run_crawl(settings: Settings, spec: CrawlSpec) -> CrawlReport:
         finish_reason=str(stats.get("finish_reason", "unknown")),
         job_id=spec.job_id,
         run_id=spec.run_id,
+        metadata_records=int(stats.get(STAT_METADATA_RECORDS, 0)),
+        dead_letters=int(stats.get(STAT_DEAD_LETTERS, 0)),
     )

@@ -20,9 +20,24 @@ NEWSPIDER_MODULE = "crawlers.spiders"
 
 # The guard resolves every request's host (robots.txt and each redirect hop included)
 # before any network I/O: it sits ahead of robots.txt (100) and the redirect middleware (600).
-DOWNLOADER_MIDDLEWARES = {"crawlers.middlewares.PrivateAddressGuardMiddleware": 50}
+# Scrapy's robots.txt middleware and AutoThrottle are replaced by versions that honour
+# Crawl-delay (crawlers.politeness); Retry-After is read before the retry middleware (550) re-schedules.
+DOWNLOADER_MIDDLEWARES = {
+    "crawlers.middlewares.PrivateAddressGuardMiddleware": 50,
+    "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
+    "crawlers.politeness.CrawlDelayRobotsTxtMiddleware": 100,
+    "crawlers.politeness.RetryAfterMiddleware": 560,
+}
 ITEM_PIPELINES = {"crawlers.pipelines.KafkaPagePipeline": 300}
-EXTENSIONS = {"crawlers.metrics.CrawlerMetricsExtension": 500}
+EXTENSIONS = {
+    "crawlers.metrics.CrawlerMetricsExtension": 500,
+    "scrapy.extensions.throttle.AutoThrottle": None,
+    "crawlers.politeness.PoliteAutoThrottle": 0,
+}
+CRAWLSTREAM_MAX_CRAWL_DELAY_S = 60.0
+CRAWLSTREAM_MAX_RETRY_AFTER_S = 120.0
+# Non-HTML responses as kind="metadata" page records; jobs turn it on (crawlers.jobrun).
+CRAWLSTREAM_RECORD_NON_HTML = False
 
 ROBOTSTXT_OBEY = True
 ROBOTSTXT_PARSER = "scrapy.robotstxt.ProtegoRobotParser"

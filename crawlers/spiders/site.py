@@ -18,90 +18,37 @@ Decisions that shape the records:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 from scrapy import Request, Spider
 from scrapy.crawler import Crawler
-from scrapy.exceptions import CloseSpider
 from scrapy.http import Response, TextResponse
 from scrapy.linkextractors import LinkExtractor
 
-from crawlers.settings import crawl_overrides, crawlstream_settings
-from crawlstream.records import PageRecord
-from crawlstream.urls import canonical_url, host_of
+from crawlers.pages import cap_utf8, is_html, page_record
+from crawlers.spiders.common import (
+    STAT_METADATA_RECORDS,
+    STAT_NON_HTML,
+    STAT_PAGE_RECORDS,
+    RecordingMixin,
+    _split_arg,
+    prepare_crawler,
+)
+from crawlstream.records import DeadLetter, PageRecord
+from crawlstream.urls import host_of
 
-HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
-STAT_PAGE_RECORDS = "crawlstream/page_records"
-STAT_NON_HTML = "crawlstream/non_html"
-
-
-def _split_arg(value: str | list[str] | None) -> list[str]:
-    """Spider arguments arrive as strings from ``-a``; accept comma-separated lists too."""
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else value
-    return [item.strip() for item in items if item.strip()]
-
-
-def media_type(response: Response) -> str:
-    raw = response.headers.get(b"Content-Type") or b""
-    return raw.decode("latin-1").split(";", 1)[0].strip().lower()
-
-
-def is_html(response: Response) -> bool:
-    return (
-        200 <= response.status < 300
-        and isinstance(response, TextResponse)
-        and (media_type(response) in HTML_TYPES)
-    )
+__all__ = [
+    "STAT_METADATA_RECORDS",
+    "STAT_NON_HTML",
+    "STAT_PAGE_RECORDS",
+    "SiteSpider",
+    "cap_utf8",
+    "is_html",
+    "page_record",
+]
 
 
-def cap_utf8(text: str, max_bytes: int) -> tuple[str, bool]:
-    """Cap ``text`` at ``max_bytes`` of UTF-8, cutting at a character boundary."""
-    encoded = text.encode("utf-8")
-    if len(encoded) <= max_bytes:
-        return text, False
-    # The prefix is valid UTF-8 except possibly a split last character, which "ignore" drops.
-    return encoded[:max_bytes].decode("utf-8", errors="ignore"), True
-
-
-def page_record(
-    response: TextResponse,
-    *,
-    max_body_bytes: int,
-    job_id: str,
-    run_id: str,
-    fetched_at: datetime | None = None,
-) -> PageRecord:
-    """Build the PageRecord for one HTML response (see the module docstring for the key)."""
-    request = response.request
-    meta: dict[str, Any] = request.meta if request is not None else {}
-    redirects: list[str] = meta.get("redirect_urls") or []
-    referer = request.headers.get(b"Referer") if request is not None else None
-    body, truncated = cap_utf8(response.text, max_body_bytes)
-    title = " ".join((response.xpath("//title/text()").get() or "").split())
-    return PageRecord(
-        url=redirects[0] if redirects else response.url,
-        canonical_url=canonical_url(response.url),
-        final_url=response.url,
-        status=response.status,
-        content_type=media_type(response),
-        encoding=response.encoding,
-        title=title,
-        body=body,
-        body_truncated=truncated,
-        body_bytes=len(response.body),
-        fetched_at=fetched_at or datetime.now(UTC),
-        fetch_latency_s=float(meta.get("download_latency", 0.0)),
-        depth=int(meta.get("depth", 0)),
-        referrer=referer.decode("utf-8", errors="replace") if referer else None,
-        job_id=job_id,
-        run_id=run_id,
-    )
-
-
-class SiteSpider(Spider):
+class SiteSpider(RecordingMixin, Spider):
     name = "site"
 
     def __init__(
@@ -113,6 +60,8 @@ class SiteSpider(Spider):
         job_id: str = "",
         run_id: str = "",
         max_body_bytes: int = 1024 * 1024,
+        allow: str | list[str] | None = None,
+        deny: str | list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -120,54 +69,32 @@ class SiteSpider(Spider):
         if not self.start_urls:
             raise ValueError("SiteSpider needs start_url (or start_urls, comma-separated)")
         self.allowed_domains = _split_arg(allowed_domains) or sorted({host_of(u) for u in self.start_urls})
-        self.max_pages = int(max_pages) if max_pages not in (None, "") else 0
-        self.job_id = job_id
-        self.run_id = run_id
-        self.max_body_bytes = max_body_bytes
-        self.pages_yielded = 0
-        self.link_extractor = LinkExtractor()
+        self.setup_recording(job_id, run_id, max_pages, max_body_bytes)
+        self.link_extractor = LinkExtractor(allow=_split_arg(allow), deny=_split_arg(deny))
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> SiteSpider:
-        settings = crawlstream_settings(crawler.settings)
-        # Settings are not frozen yet: map the crawl section at "spider" priority (below -s/cmdline).
-        crawler.settings.setdict(crawl_overrides(settings.crawl), priority="spider")
-        if kwargs.get("max_depth") not in (None, ""):
-            crawler.settings.set("DEPTH_LIMIT", int(kwargs.pop("max_depth")), priority="spider")
-        hosts = _split_arg(kwargs.pop("allow_private_hosts", None))
-        if hosts:
-            known = crawler.settings.getlist("CRAWLSTREAM_ALLOW_PRIVATE_HOSTS")
-            crawler.settings.set("CRAWLSTREAM_ALLOW_PRIVATE_HOSTS", known + hosts, priority="spider")
-        kwargs.setdefault("max_pages", settings.crawl.max_pages)
-        kwargs.setdefault("max_body_bytes", settings.crawl.max_body_bytes)
+        prepare_crawler(crawler, kwargs)
         spider = super().from_crawler(crawler, *args, **kwargs)
         assert isinstance(spider, SiteSpider)
+        spider.record_non_html = crawler.settings.getbool("CRAWLSTREAM_RECORD_NON_HTML")
+        if spider.record_non_html:
+            # Follow links to images, PDFs, archives... too (Scrapy skips them by extension), so
+            # they are recorded as metadata; DOWNLOAD_MAXSIZE still caps what is downloaded.
+            spider.link_extractor = LinkExtractor(
+                allow=spider.link_extractor.allow_res, deny=spider.link_extractor.deny_res, deny_extensions=[]
+            )
         return spider
 
     async def start(self) -> AsyncIterator[Request]:
         # Unlike Scrapy's default, start requests go through the dupefilter, so a page linking
         # back to a start URL does not fetch it a second time.
         for url in self.start_urls:
-            yield Request(url, callback=self.parse)
+            yield Request(url, callback=self.parse, errback=self.fetch_failed)
 
-    def _limit_reached(self) -> bool:
-        return 0 < self.max_pages <= self.pages_yielded
-
-    def parse(self, response: Response, **kwargs: Any) -> Iterator[PageRecord | Request]:
-        stats = self.crawler.stats
-        assert stats is not None
-        if not is_html(response):
-            stats.inc_value(STAT_NON_HTML)
-            return
-        if self._limit_reached():
-            return  # a response already in flight when the cap was reached
+    def parse(self, response: Response, **kwargs: Any) -> Iterator[PageRecord | DeadLetter | Request]:
+        if not (yield from self.record(response)):
+            return  # not HTML, or the max_pages cap reached
         assert isinstance(response, TextResponse)
-        self.pages_yielded += 1
-        stats.inc_value(STAT_PAGE_RECORDS)
-        yield page_record(
-            response, max_body_bytes=self.max_body_bytes, job_id=self.job_id, run_id=self.run_id
-        )
-        if self._limit_reached():
-            raise CloseSpider("max_pages")
         for link in self.link_extractor.extract_links(response):
-            yield response.follow(link, callback=self.parse)
+            yield response.follow(link, callback=self.parse, errback=self.fetch_failed)

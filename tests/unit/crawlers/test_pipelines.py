@@ -11,6 +11,7 @@ from scrapy.utils.test import get_crawler
 from crawlers import metrics
 from crawlers.pipelines import (
     STAT_BACKPRESSURE,
+    STAT_DEAD_LETTERS,
     STAT_DELIVERED,
     STAT_FAILED,
     DeliveryCallback,
@@ -18,7 +19,7 @@ from crawlers.pipelines import (
     ProducerLike,
     producer_config,
 )
-from crawlstream.records import PageRecord, decode_page
+from crawlstream.records import DeadLetter, PageRecord, decode_page
 from crawlstream.settings import Settings
 
 
@@ -101,12 +102,20 @@ def test_key_and_value_and_delivery_counts() -> None:
     pipeline.process_item(_record(3).model_dump())  # a plain dict item from another spider
     pipeline.close_spider()
 
-    assert [(t, k) for t, k, _ in producer.sent] == [
+    assert [(t, k) for t, k, _ in producer.sent if t == "t.pages.raw"] == [
         ("t.pages.raw", f"http://example.com/{n}".encode()) for n in range(4)
     ]
     assert decode_page(producer.sent[2][2]).canonical_url == "http://example.com/2"
     assert stats.get_value(STAT_DELIVERED) == 3
     assert stats.get_value(STAT_FAILED) == 1
+    # The failed delivery went to the dead-letter topic, with the record as its value.
+    letters = [(k, v) for t, k, v in producer.sent if t == "crawlstream.deadletter"]
+    assert len(letters) == 1
+    assert letters[0][0] == b"http://example.com/1"
+    letter = DeadLetter.model_validate_json(letters[0][1])
+    assert (letter.stage, letter.reason) == ("crawl", "delivery_failed")
+    assert decode_page(letter.original_value()).canonical_url == "http://example.com/1"
+    assert stats.get_value(STAT_DEAD_LETTERS) == 1
     assert metrics.DELIVERY_FAILURES._value.get() == failures_before + 1
 
 

@@ -1,0 +1,186 @@
+"""``crawlstream scheduler``: starts crawl jobs on their cron schedules (UTC), one run per job at a time.
+
+Each due job is started as its own process, ``python -m crawlstream.cli jobs run NAME --run-id ID
+--no-progress`` (a Twisted reactor runs once per process), in a new session so it outlives a
+scheduler restart; that process writes the run's ``started``/``finished`` RunEvents to
+``<prefix>.runs``. Settings used: ``stack.state_dir`` (state, lock and run logs).
+
+Restart safety, the mechanism:
+
+- One scheduler per state directory: an exclusive ``flock`` on ``<state_dir>/scheduler/lock``.
+- ``<state_dir>/scheduler/state.json`` (replaced atomically, fsynced) holds per job the last
+  schedule time handled and the running process (pid + its kernel start time, so a recycled pid
+  is not mistaken for the run).
+- A due time is written as handled *before* the process is started (at most once: a crash in
+  between skips that run rather than doubling it), then the pid is written.
+- At start and on every tick, a job whose recorded process is still alive is not started again;
+  due times that pass meanwhile are skipped (logged), never queued. Missed due times while the
+  scheduler was down are coalesced into one run on restart.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Protocol
+
+from croniter import croniter
+
+from crawlers.jobs import JobSpec
+from crawlstream.errors import ConfigError
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class JobState:
+    last_due: str  # ISO time of the last schedule time handled (or first seen)
+    run_id: str | None = None
+    pid: int | None = None
+    pid_token: str | None = None  # the process's start time in /proc: pid + token name one process
+    started_at: str | None = None
+
+
+class Launcher(Protocol):
+    def launch(self, job: JobSpec, run_id: str) -> tuple[int, str]: ...
+    def alive(self, pid: int, token: str) -> bool: ...
+
+
+def process_token(pid: int) -> str | None:
+    """The kernel start time of ``pid`` (field 22 of /proc/pid/stat), None if it does not exist."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else fields[19]  # a zombie has finished
+
+
+class ProcessLauncher:
+    def __init__(self, jobs_file: Path, log_dir: Path) -> None:
+        self.jobs_file = jobs_file
+        self.log_dir = log_dir
+
+    def launch(self, job: JobSpec, run_id: str) -> tuple[int, str]:
+        import subprocess
+
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"job-{job.name}-{run_id}.log"
+        argv = [
+            sys.executable,
+            "-m",
+            "crawlstream.cli",
+            "jobs",
+            "run",
+            job.name,
+            "--jobs",
+            str(self.jobs_file),
+        ]
+        argv += ["--run-id", run_id, "--no-progress"]
+        with log_path.open("wb") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        _CHILDREN.add(proc.pid)
+        return proc.pid, process_token(proc.pid) or ""
+
+    def alive(self, pid: int, token: str) -> bool:
+        if pid in _CHILDREN:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)  # reap our own finished children
+            except ChildProcessError:
+                done = pid
+            if done == pid:
+                _CHILDREN.discard(pid)
+                return False
+        return process_token(pid) == token
+
+
+_CHILDREN: set[int] = set()
+
+
+class Scheduler:
+    def __init__(self, jobs: dict[str, JobSpec], state_dir: Path, launcher: Launcher, clock: Clock = utc_now):
+        self.jobs = {name: job for name, job in jobs.items() if job.schedule}
+        self.dir = state_dir / "scheduler"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state_path = self.dir / "state.json"
+        self.launcher = launcher
+        self.clock = clock
+        self._lock_file: IO[str] | None = None
+        self.state = self._load()
+
+    def acquire_lock(self) -> None:
+        self._lock_file = (self.dir / "lock").open("w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another scheduler holds {self.dir / 'lock'}") from None
+
+    def _load(self) -> dict[str, JobState]:
+        if not self.state_path.exists():
+            return {}
+        raw = json.loads(self.state_path.read_text(encoding="utf-8"))
+        return {name: JobState(**value) for name, value in raw.items()}
+
+    def _save(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as out:
+            json.dump({name: asdict(s) for name, s in self.state.items()}, out, indent=2)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.state_path)
+
+    def tick(self) -> list[str]:
+        """Start every due job that is not running; returns the run ids started."""
+        now = self.clock()
+        started = []
+        for name, job in self.jobs.items():
+            state = self.state.get(name)
+            if state is None:  # first sight: schedule from now on, no catch-up of the past
+                self.state[name] = JobState(last_due=now.isoformat())
+                self._save()
+                continue
+            running = state.pid is not None and self.launcher.alive(state.pid, state.pid_token or "")
+            if state.pid is not None and not running:
+                log.info("job %s run %s ended", name, state.run_id)
+                state.pid = state.pid_token = None
+                self._save()
+            assert job.schedule is not None
+            it = croniter(job.schedule, datetime.fromisoformat(state.last_due))
+            due: datetime | None = None
+            while (candidate := it.get_next(datetime)) <= now:
+                due = candidate  # coalesce every missed due time into the latest one
+            if due is None:
+                continue
+            state.last_due = due.isoformat()
+            if running:
+                log.warning("job %s due at %s skipped: run %s still running", name, due, state.run_id)
+                self._save()
+                continue
+            state.run_id, state.started_at = uuid.uuid4().hex, now.isoformat()
+            self._save()  # handled before launching: at most once across a crash
+            state.pid, state.pid_token = self.launcher.launch(job, state.run_id)
+            self._save()
+            log.info("job %s due at %s: started run %s (pid %d)", name, due, state.run_id, state.pid)
+            started.append(state.run_id)
+        return started
+
+    def run_forever(self, stop: threading.Event, poll_s: float = 1.0) -> None:
+        self.acquire_lock()
+        log.info("scheduler: %d scheduled job(s): %s", len(self.jobs), ", ".join(self.jobs) or "none")
+        while not stop.is_set():
+            self.tick()
+            stop.wait(poll_s)

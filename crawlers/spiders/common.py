@@ -1,0 +1,116 @@
+"""What every spider of the crawl stage shares: recording responses and dead-lettering failures.
+
+:class:`RecordingMixin` turns a response into a PageRecord (HTML) or a metadata record (non-HTML,
+when ``CRAWLSTREAM_RECORD_NON_HTML``), enforces ``max_pages`` (HTML records yielded, exactly) and
+is the errback that turns fetches failed after retries into DeadLetters. Records go to
+``<prefix>.pages.raw`` and dead letters to ``<prefix>.deadletter`` through
+:class:`crawlers.pipelines.KafkaPagePipeline`. :func:`prepare_crawler` maps the ``crawl.*``
+settings and the common spider arguments onto the crawler's Scrapy settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from typing import Any
+
+from scrapy.crawler import Crawler
+from scrapy.exceptions import CloseSpider, IgnoreRequest
+from scrapy.http import Response, TextResponse
+from scrapy.spidermiddlewares.httperror import HttpError
+from twisted.python.failure import Failure
+
+from crawlers.pages import fetch_dead_letter, is_html, metadata_record, page_record
+from crawlers.settings import crawl_overrides, crawlstream_settings
+from crawlstream.records import DeadLetter, PageRecord
+
+STAT_PAGE_RECORDS = "crawlstream/page_records"
+STAT_NON_HTML = "crawlstream/non_html"
+STAT_METADATA_RECORDS = "crawlstream/metadata_records"
+STAT_FETCH_DEAD_LETTERS = "crawlstream/fetch_dead_letters"
+# HTTP statuses that are answers, not failures: a 404 is a fact about the site, not a lost fetch.
+DEAD_LETTER_STATUSES = frozenset({408, 425, 429, *range(500, 600)})
+
+
+def _split_arg(value: str | list[str] | None) -> list[str]:
+    """Spider arguments arrive as strings from ``-a``; accept comma-separated lists too."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    return [item.strip() for item in items if item.strip()]
+
+
+def prepare_crawler(crawler: Crawler, kwargs: dict[str, Any]) -> None:
+    """Map ``crawl.*`` at "spider" priority (below -s/cmdline) and pop the common arguments."""
+    settings = crawlstream_settings(crawler.settings)
+    crawler.settings.setdict(crawl_overrides(settings.crawl), priority="spider")
+    if kwargs.get("max_depth") not in (None, ""):
+        crawler.settings.set("DEPTH_LIMIT", int(kwargs.pop("max_depth")), priority="spider")
+    hosts = _split_arg(kwargs.pop("allow_private_hosts", None))
+    if hosts:
+        known = crawler.settings.getlist("CRAWLSTREAM_ALLOW_PRIVATE_HOSTS")
+        crawler.settings.set("CRAWLSTREAM_ALLOW_PRIVATE_HOSTS", known + hosts, priority="spider")
+    kwargs.setdefault("max_pages", settings.crawl.max_pages)
+    kwargs.setdefault(
+        "max_body_bytes",
+        crawler.settings.getint("CRAWLSTREAM_MAX_BODY_BYTES") or settings.crawl.max_body_bytes,
+    )
+
+
+class RecordingMixin:
+    crawler: Crawler
+    logger: Any
+
+    def setup_recording(
+        self, job_id: str, run_id: str, max_pages: int | str | None, max_body_bytes: int
+    ) -> None:
+        self.job_id = job_id
+        self.run_id = run_id
+        self.max_pages = int(max_pages) if max_pages not in (None, "") else 0
+        self.max_body_bytes = int(max_body_bytes)
+        self.pages_yielded = 0
+        self.record_non_html = False  # set from CRAWLSTREAM_RECORD_NON_HTML in from_crawler
+
+    def _limit_reached(self) -> bool:
+        return 0 < self.max_pages <= self.pages_yielded
+
+    def record(self, response: Response) -> Generator[PageRecord, None, bool]:
+        """Yield the response's record; returns True for an HTML page whose links may be followed."""
+        stats = self.crawler.stats
+        assert stats is not None
+        if self._limit_reached():
+            return False  # a response already in flight when the cap was reached
+        if not is_html(response):
+            stats.inc_value(STAT_NON_HTML)
+            if self.record_non_html:
+                stats.inc_value(STAT_METADATA_RECORDS)
+                yield metadata_record(response, job_id=self.job_id, run_id=self.run_id)
+            return False
+        assert isinstance(response, TextResponse)
+        self.pages_yielded += 1
+        stats.inc_value(STAT_PAGE_RECORDS)
+        yield page_record(
+            response, max_body_bytes=self.max_body_bytes, job_id=self.job_id, run_id=self.run_id
+        )
+        if self._limit_reached():
+            raise CloseSpider("max_pages")
+        return True
+
+    def fetch_failed(self, failure: Failure) -> Iterator[DeadLetter]:
+        """Errback: a fetch that failed after retries becomes a dead letter (stage ``crawl``).
+
+        Requests refused on purpose (robots.txt, the private-address guard, offsite) and HTTP
+        answers such as 404 are not failures and are only counted by Scrapy.
+        """
+        error = failure.value
+        if isinstance(error, HttpError):
+            if error.response.status not in DEAD_LETTER_STATUSES:
+                return
+        elif isinstance(error, IgnoreRequest):
+            return
+        request = getattr(failure, "request", None)
+        url = request.url if request is not None else "<unknown>"
+        stats = self.crawler.stats
+        assert stats is not None
+        stats.inc_value(STAT_FETCH_DEAD_LETTERS)
+        self.logger.warning("fetch failed for %s: %s", url, failure.getErrorMessage())
+        yield fetch_dead_letter(failure, url, job_id=self.job_id, run_id=self.run_id)
