@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from crawlers.cli import jobs_app, scheduler_command
+from crawlstream.cdc import cdc_app
 from crawlstream.errors import CrawlstreamError
 from crawlstream.logs import setup_logging
 from crawlstream.pipeline import CrawlArgs
@@ -39,6 +40,7 @@ workers_app = typer.Typer(help="The stream and sink worker processes.", no_args_
 app.add_typer(topics_app, name="topics")
 app.add_typer(db_app, name="db")
 app.add_typer(workers_app, name="workers")
+app.add_typer(cdc_app, name="cdc")
 app.add_typer(jobs_app, name="jobs")
 app.command("scheduler")(scheduler_command)
 

@@ -84,6 +84,12 @@ class ConnectSettings(BaseModel):
     connector_name: str = "crawlstream-pages-cdc"
     # Debezium names change topics <topic_prefix>.<schema>.<table>.
     cdc_topic_prefix: str = Field(default="cdc", pattern=r"^[A-Za-z0-9._-]+$")
+    # The outbox connector (deploy/connect/outbox-cdc.json): Debezium's EventRouter routes
+    # outbox rows to outbox.event.<aggregatetype>, e.g. outbox.event.page; it has its own slot.
+    outbox_connector_name: str = "crawlstream-outbox-cdc"
+    outbox_slot_name: str = "crawlstream_outbox"
+    # `crawlstream cdc status` warns when a slot retains more WAL than this.
+    slot_lag_warn_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
 
 
 class StackSettings(BaseModel):

@@ -38,6 +38,8 @@ class TopicCatalog:
     # The stream stage's repartition topics (content hash, LSH band keys): internal to it.
     pages_by_content: TopicSpec
     pages_by_band: TopicSpec
+    # Debezium's outbox EventRouter writes here (deploy/connect/outbox-cdc.json).
+    page_events: TopicSpec
 
     def all(self) -> list[TopicSpec]:
         return [
@@ -52,6 +54,7 @@ class TopicCatalog:
             self.stats,
             self.pages_by_content,
             self.pages_by_band,
+            self.page_events,
         ]
 
 
@@ -133,6 +136,12 @@ def catalog(settings: Settings) -> TopicCatalog:
             "LSH band key <index>:<hex>",
             "pages routed band by band through the near-duplicate tables (PageEvent JSON)",
             dict(big),
+        ),
+        page_events=TopicSpec(
+            "outbox.event.page",
+            parts,
+            "canonical URL (outbox aggregateid)",
+            "page created/changed/gone events from the outbox table (payload JSON; type in header eventType)",
         ),
     )
 

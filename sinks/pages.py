@@ -6,7 +6,9 @@ temporary staging table (measured faster than a multi-row INSERT: bench/bench_si
 one statement upserts ``pages`` and, for each row that was inserted or whose body changed,
 adds a ``page_versions`` row and an ``outbox`` row (aggregate ``page``, type created / changed /
 gone) for Debezium's EventRouter. An unchanged page is left alone: no UPDATE, so no change event.
-Outbox rows are deleted again in the same transaction (the WAL keeps the insert).
+Outbox rows are deleted again in the same transaction (the WAL keeps the insert). The payload's
+``simhash`` is 16 hex digits: an unsigned 64-bit number fits neither a JSON double nor the
+signed 64-bit integer Debezium's payload expansion maps JSON numbers to.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ _UPDATES = ", ".join(f"{c} = EXCLUDED.{c}" for c in PAGE_COLUMNS if c != "url")
 _PAYLOAD = (
     "jsonb_build_object('url', s.url, 'version', up.version, 'status', s.status, 'title', s.title, "
     "'fetched_at', s.fetched_at, 'body_hash', s.body_hash, 'content_hash', s.content_hash, "
-    "'simhash', CASE WHEN s.simhash < 0 THEN s.simhash::numeric + 18446744073709551616 ELSE s.simhash END, "
+    "'simhash', lpad(to_hex(s.simhash), 16, '0'), "
     "'language', s.language, 'duplicate_of', s.duplicate_of, 'near_duplicate_of', s.near_duplicate_of, "
     "'job_id', s.job_id, 'run_id', s.run_id)"
 )
@@ -50,9 +52,10 @@ WITH up AS (
 ), events AS (
     INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload)
     SELECT gen_random_uuid(), 'page', s.url,
-        CASE WHEN up.created THEN 'created' WHEN s.status IN (404, 410) THEN 'gone' ELSE 'changed' END,
-        {_PAYLOAD}
-    FROM up JOIN page_stage s USING (url)
+        e.type, {_PAYLOAD} || jsonb_build_object('type', e.type)
+    FROM up JOIN page_stage s USING (url),
+        LATERAL (SELECT CASE WHEN up.created THEN 'created'
+                 WHEN s.status IN (404, 410) THEN 'gone' ELSE 'changed' END AS type) e
     RETURNING id
 )
 SELECT id FROM events

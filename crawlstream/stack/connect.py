@@ -5,7 +5,9 @@ Renders deploy/stack/connect-standalone.properties plus per-machine keys into
 password in the child's environment only (deploy/connect/pages-cdc.json reads them through
 ``${env:CRAWLSTREAM_CDC_*}``), then PUTs that JSON, unchanged, to
 ``/connectors/<connect.connector_name>/config`` and waits for connector and task to be RUNNING.
-Settings used: ``stack.connect_port``, ``connect.connector_name``, ``connect.cdc_topic_prefix``.
+The outbox connector (deploy/connect/outbox-cdc.json, ``connect.outbox_connector_name``) is
+registered the same way; its EventRouter writes ``outbox.event.page`` (catalog: page_events).
+Settings used: ``stack.connect_port``, ``connect.*``, ``postgres.publication``/``slot_name``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from crawlstream.stack.postgres import DB_NAME
 
 BASE_PROPERTIES = DEPLOY_DIR / "stack" / "connect-standalone.properties"
 CONNECTOR_JSON = DEPLOY_DIR / "connect" / "pages-cdc.json"
+OUTBOX_JSON = DEPLOY_DIR / "connect" / "outbox-cdc.json"
 
 
 def connect_dir(settings: Settings) -> Path:
@@ -66,10 +69,12 @@ def worker_env(settings: Settings, cdc_password: str) -> dict[str, str]:
     }
 
 
-def connector_config(settings: Settings, path: Path = CONNECTOR_JSON) -> dict[str, str]:
+def connector_config(
+    settings: Settings, path: Path = CONNECTOR_JSON, expected: dict[str, str] | None = None
+) -> dict[str, str]:
     """The connector JSON, checked against the settings it must agree with."""
     config: dict[str, str] = json.loads(path.read_text())
-    expected = {
+    expected = expected or {
         "topic.prefix": settings.connect.cdc_topic_prefix,
         "publication.name": settings.postgres.publication,
         "slot.name": settings.postgres.slot_name,
@@ -82,6 +87,23 @@ def connector_config(settings: Settings, path: Path = CONNECTOR_JSON) -> dict[st
     if wrong:
         raise StackError(f"{path} disagrees with settings: {'; '.join(wrong)}")
     return config
+
+
+def outbox_connector_config(settings: Settings, path: Path = OUTBOX_JSON) -> dict[str, str]:
+    expected = {
+        "publication.name": settings.postgres.publication,
+        "slot.name": settings.connect.outbox_slot_name,
+        "table.include.list": "public.outbox",
+    }
+    return connector_config(settings, path, expected)
+
+
+def connectors(settings: Settings) -> dict[str, dict[str, str]]:
+    """Every connector the stack registers: name -> checked config."""
+    return {
+        settings.connect.connector_name: connector_config(settings),
+        settings.connect.outbox_connector_name: outbox_connector_config(settings),
+    }
 
 
 def _request(method: str, url: str, body: dict[str, str] | None = None, timeout_s: float = 10) -> Any:
@@ -104,9 +126,9 @@ def health(settings: Settings) -> str | None:
     return None if isinstance(info, dict) and "version" in info else f"unexpected REST answer {info!r}"
 
 
-def register(settings: Settings, config: dict[str, str]) -> bool:
+def register(settings: Settings, config: dict[str, str], name: str | None = None) -> bool:
     """PUT the config unless Connect already holds exactly it; True when it was (re)submitted."""
-    url = f"{rest_url(settings)}/connectors/{settings.connect.connector_name}/config"
+    url = f"{rest_url(settings)}/connectors/{name or settings.connect.connector_name}/config"
     try:
         current = _request("GET", url)
     except urllib.error.HTTPError as exc:
@@ -123,9 +145,9 @@ def register(settings: Settings, config: dict[str, str]) -> bool:
     return True
 
 
-def connector_status(settings: Settings) -> dict[str, Any] | None:
+def connector_status(settings: Settings, name: str | None = None) -> dict[str, Any] | None:
     """The REST status document, or None when the connector is not registered."""
-    url = f"{rest_url(settings)}/connectors/{settings.connect.connector_name}/status"
+    url = f"{rest_url(settings)}/connectors/{name or settings.connect.connector_name}/status"
     try:
         status: dict[str, Any] = _request("GET", url, timeout_s=5)
     except urllib.error.HTTPError as exc:

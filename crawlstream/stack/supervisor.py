@@ -101,7 +101,7 @@ def up(
     _step(console, "checking prerequisites (Java 17+, PostgreSQL server, Maven when jars are missing)")
     java = find_java(settings)
     layout = postgres.plan_layout(settings, postgres.find_bin_dir(settings))
-    connector = connect.connector_config(settings)
+    connectors = connect.connectors(settings)
     jvm = JvmLayout(java, jvm_dir(settings))
     if not jars_current(jvm.root):
         find_maven()
@@ -141,7 +141,8 @@ def up(
 
     _start_connect(settings, jvm, pm, passwords["cdc"], console, timeout)
     if postgres.publication_exists(layout, settings):
-        _register_connector(settings, connector, pm, console, timeout)
+        for name, config in connectors.items():
+            _register_connector(settings, name, config, pm, console, timeout)
     else:
         _step(
             console,
@@ -232,15 +233,19 @@ def _start_connect(
 
 
 def _register_connector(
-    settings: Settings, config: dict[str, str], pm: ProcessManager, console: Console, timeout: float
+    settings: Settings,
+    name: str,
+    config: dict[str, str],
+    pm: ProcessManager,
+    console: Console,
+    timeout: float,
 ) -> None:
-    name = settings.connect.connector_name
-    submitted = connect.register(settings, config)
+    submitted = connect.register(settings, config, name)
     _step(console, f"connector {name} {'submitted' if submitted else 'already configured'}")
     log = pm.log_path("connect")
 
     def connector_running() -> str | None:
-        status = connect.connector_status(settings)
+        status = connect.connector_status(settings, name)
         summary, trace = connect.describe(status)
         if trace is not None:
             excerpt = "\n".join(trace.splitlines()[:15])
@@ -320,8 +325,11 @@ def status(settings: Settings) -> dict[str, Any]:
     def connect_check() -> tuple[bool, str]:
         if reason := connect.health(settings):
             return False, reason
-        summary, _ = connect.describe(connect.connector_status(settings))
-        return True, f"{settings.connect.connector_name}: {summary}"
+        summaries = [
+            f"{name}: {connect.describe(connect.connector_status(settings, name))[0]}"
+            for name in (settings.connect.connector_name, settings.connect.outbox_connector_name)
+        ]
+        return True, "; ".join(summaries)
 
     record("postgres", f"127.0.0.1:{settings.stack.postgres_port}", pg_check)
     record("kafka", kafka.bootstrap_servers(settings), kafka_check)

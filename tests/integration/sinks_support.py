@@ -159,3 +159,110 @@ def read_dead_letters(
     finally:
         reader.close()
     return found
+
+
+def page_stream(tag: str, n_urls: int, n_changed: int, n_replayed: int) -> list[tuple[str, bytes]]:
+    """(key, value) of a page stream: every URL new, the first ``n_changed`` changed once, the
+    next ``n_replayed`` sent again unchanged (alternating PageEvent and bare PageRecord)."""
+    urls = [f"https://{tag}.invalid/{i}" for i in range(n_urls)]
+    out: list[tuple[str, bytes]] = []
+    for i, url in enumerate(urls):
+        record = page(url, body=f"<p>{url} v1</p>")
+        out.append((url, record.to_bytes() if i % 2 else PageEvent(change="new", page=record).to_bytes()))
+    for url in urls[:n_changed]:
+        changed = PageEvent(change="changed", page=page(url, body=f"<p>{url} v2</p>"))
+        out.append((url, changed.to_bytes()))
+    for url in urls[n_changed : n_changed + n_replayed]:
+        out.append((url, event(url, body=f"<p>{url} v1</p>").to_bytes()))
+    return out
+
+
+def produce(settings: Settings, topic: str, messages: list[tuple[str, bytes]]) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer(settings.kafka.librdkafka(**{"enable.idempotence": True, "linger.ms": 5}))
+    for key, value in messages:
+        producer.produce(topic, key=key.encode(), value=value)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+def end_offsets(settings: Settings, topic: str, partitions: int) -> dict[int, int]:
+    return {p: admin_watermarks(settings, topic, p)[1] for p in range(partitions)}
+
+
+def versions_by_url(owner: Any, tag: str) -> dict[str, list[int]]:
+    with owner.cursor() as cur:
+        cur.execute(
+            "SELECT url, array_agg(version ORDER BY version) FROM page_versions "
+            "WHERE url LIKE %s GROUP BY url",
+            (f"https://{tag}.invalid/%",),
+        )
+        return {url: list(versions) for url, versions in cur.fetchall()}
+
+
+def assert_stream_stored_exactly(owner: Any, tag: str, n_urls: int, n_changed: int) -> None:
+    """Exactly one row per URL, versions 1..2 for changed URLs and 1 for the rest."""
+    assert count_pages(owner, tag) == n_urls
+    versions = versions_by_url(owner, tag)
+    assert len(versions) == n_urls
+    expected = {f"https://{tag}.invalid/{i}": [1, 2] if i < n_changed else [1] for i in range(n_urls)}
+    assert versions == expected
+    with owner.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pages WHERE url LIKE %s AND version = 2 AND body LIKE '%%v2</p>'",
+            (f"https://{tag}.invalid/%",),
+        )
+        assert cur.fetchone() == (n_changed,)
+
+
+def dead_letters_of(settings: Settings, dead_topic: str, source: str, count: int) -> list[DeadLetter]:
+    """The first ``count`` dead letters whose source is ``source`` (waits for them)."""
+    reader = Consumer(
+        settings.kafka.librdkafka(**{"group.id": f"dlq-{uuid.uuid4().hex}", "enable.auto.commit": False})
+    )
+    reader.assign([TopicPartition(dead_topic, 0, OFFSET_BEGINNING)])
+    found: list[DeadLetter] = []
+
+    def read_until_found() -> bool:
+        msg = reader.poll(0.5)
+        if msg is not None and msg.error() is None and msg.value() is not None:
+            letter = DeadLetter.model_validate_json(msg.value())
+            if letter.source_topic == source:
+                found.append(letter)
+        return len(found) >= count
+
+    try:
+        wait_for(read_until_found, 60, f"{count} dead letters from {source}", every_s=0)
+    finally:
+        reader.close()
+    return found
+
+
+class Tail:
+    """Reads a topic from its current end on: messages produced after construction."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.consumer = Consumer(
+            settings.kafka.librdkafka(**{"group.id": f"tail-{uuid.uuid4().hex}", "enable.auto.commit": False})
+        )
+        meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
+        ends = {
+            p: self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in meta.partitions
+        }
+        self.consumer.assign([TopicPartition(topic, p, o) for p, o in ends.items()])
+        self.messages: list[Any] = []
+
+    def until(self, done: Callable[[list[Any]], bool], timeout_s: float, what: str) -> list[Any]:
+        def poll() -> bool:
+            msg = self.consumer.poll(0.2)
+            if msg is not None and msg.error() is None:
+                self.messages.append(msg)
+            return done(self.messages)
+
+        wait_for(poll, timeout_s, what, every_s=0)
+        return self.messages
+
+    def close(self) -> None:
+        self.consumer.close()

@@ -1,0 +1,103 @@
+"""``crawlstream cdc status``: the Debezium connectors, their replication slots and WAL they hold.
+
+For each connector the stack registers (:func:`crawlstream.stack.connect.connectors`: the raw
+``pages`` connector and the outbox connector): its state from the Connect REST API
+(``connect.url``), its slot from ``pg_replication_slots`` (read with the app role,
+``postgres.url``): active or not, WAL retained (``pg_current_wal_lsn() - restart_lsn``) and
+lag (``- confirmed_flush_lsn``) in bytes. A slot retaining more than ``connect.slot_lag_warn_bytes``
+is a warning: a stopped connector's slot keeps WAL until the disk fills. Exits 1 when a
+connector is not RUNNING or its slot is missing, 0 otherwise (warnings included).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Annotated
+
+import psycopg2
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from crawlstream.settings import Settings, load_settings
+from crawlstream.stack import connect
+
+cdc_app = typer.Typer(help="Change data capture: Debezium connectors and replication slots.")
+console = Console()
+
+SLOTS = (
+    "SELECT slot_name, active, "
+    "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, "
+    "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
+    "FROM pg_replication_slots WHERE slot_name = ANY(%s)"
+)
+
+
+@dataclass(frozen=True)
+class ConnectorReport:
+    connector: str
+    state: str
+    slot: str
+    slot_active: bool | None
+    retained_bytes: int | None
+    lag_bytes: int | None
+    problems: list[str]
+    warnings: list[str]
+
+
+def assess(
+    name: str, state: str, running: bool, slot: str, row: tuple[bool, int, int] | None, warn_bytes: int
+) -> ConnectorReport:
+    problems, warnings = [], []
+    if not running:
+        problems.append(f"connector {name} is not running ({state})")
+    if row is None:
+        problems.append(f"replication slot {slot} does not exist")
+        return ConnectorReport(name, state, slot, None, None, None, problems, warnings)
+    active, retained, lag = row
+    if retained > warn_bytes:
+        warnings.append(
+            f"slot {slot} retains {retained} bytes of WAL (> {warn_bytes}, connect.slot_lag_warn_bytes)"
+        )
+    if not active:
+        warnings.append(f"slot {slot} has no consumer: WAL accumulates until its connector runs")
+    return ConnectorReport(name, state, slot, active, retained, lag, problems, warnings)
+
+
+def report(settings: Settings) -> list[ConnectorReport]:
+    configs = connect.connectors(settings)
+    slots = {name: config["slot.name"] for name, config in configs.items()}
+    with psycopg2.connect(settings.postgres.dsn(), connect_timeout=5) as conn, conn.cursor() as cur:
+        cur.execute(SLOTS, (list(slots.values()),))
+        rows = {str(r[0]): (bool(r[1]), int(r[2] or 0), int(r[3] or 0)) for r in cur.fetchall()}
+    conn.close()
+    out = []
+    for name, slot in slots.items():
+        status = connect.connector_status(settings, name)
+        summary, _trace = connect.describe(status)
+        running = connect.running(status)
+        out.append(assess(name, summary, running, slot, rows.get(slot), settings.connect.slot_lag_warn_bytes))
+    return out
+
+
+@cdc_app.command("status")
+def status(json_out: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+    """Connector states, slot names, slot lag and retained WAL in bytes, with warnings."""
+    reports = report(load_settings())
+    if json_out:
+        print(json.dumps([asdict(r) for r in reports], indent=2))
+    else:
+        table = Table("connector", "state", "slot", "active", "retained WAL (bytes)", "lag (bytes)")
+        for r in reports:
+            table.add_row(
+                r.connector, r.state, r.slot, str(r.slot_active), str(r.retained_bytes), str(r.lag_bytes)
+            )
+        console.print(table)
+        for r in reports:
+            for message in r.warnings:
+                console.print(f"[yellow]warning[/]: {message}")
+            for message in r.problems:
+                console.print(f"[red]problem[/]: {message}")
+    if any(r.problems for r in reports):
+        raise typer.Exit(1)

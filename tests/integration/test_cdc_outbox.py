@@ -1,0 +1,101 @@
+"""Debezium on the stack: outbox rows become page events; the raw ``pages`` stream stays.
+
+The page sink writes with this test's URLs; the outbox connector (EventRouter) must publish one
+event per page change on ``outbox.event.page`` (key: URL, header eventType, payload JSON with the
+version), and the pages connector the raw envelope on ``cdc.public.pages``. A recrawl with the
+same body produces neither. A later sentinel change proves nothing was published in between
+(Debezium publishes in commit order).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from crawlstream.records import Enrichment, PageEvent
+from crawlstream.settings import Settings
+from crawlstream.topics import catalog
+from sinks.base import SinkBatch, SinkRecord
+from sinks.pages import PostgresPageSink
+from tests.integration.sinks_support import Tail, owner, page, settings, tag
+
+__all__ = ["owner", "settings", "tag"]  # fixtures
+
+pytestmark = pytest.mark.integration
+
+
+def ours(tag: str, messages: list[Any]) -> list[Any]:
+    return [m for m in messages if m.key() is not None and f"{tag}.invalid".encode() in m.key()]
+
+
+def test_one_page_event_per_change_and_none_for_an_unchanged_recrawl(
+    settings: Settings, owner: Any, tag: str
+) -> None:
+    topics = catalog(settings)
+    events, raw = Tail(settings, topics.page_events.name), Tail(settings, topics.cdc_pages.name)
+    a, b, sentinel = (f"https://{tag}.invalid/{name}" for name in ("a", "b", "sentinel"))
+    sink = PostgresPageSink.from_settings(settings)
+    offset = 0
+
+    def write(*pages: PageEvent) -> None:
+        nonlocal offset
+        records = [SinkRecord(p, "t", 0, offset + i) for i, p in enumerate(pages)]
+        offset += len(pages)
+        sink.write(SinkBatch(tag, records, {("t", 0): offset}))
+
+    try:
+        write(
+            PageEvent(change="new", page=page(a, body="1")), PageEvent(change="new", page=page(b, body="b"))
+        )
+        big = Enrichment(text="2", simhash=2**64 - 2)  # over the signed 64-bit range
+        write(PageEvent(change="changed", page=page(a, body="2"), enrichment=big))
+        write(PageEvent(change="new", page=page(b, body="b")))  # recrawl, same body
+        write(PageEvent(change="changed", page=page(a, body="gone", status=404)))
+        write(PageEvent(change="new", page=page(sentinel)))
+
+        def has_sentinel(messages: list[Any]) -> bool:
+            return any(m.key() == sentinel.encode() for m in messages)
+
+        got = ours(tag, events.until(has_sentinel, 60, "the sentinel's page event"))
+        envelopes = ours(
+            tag,
+            raw.until(
+                lambda ms: any(sentinel.encode() in (m.value() or b"") for m in ms),
+                60,
+                "the sentinel's raw change event",
+            ),
+        )
+    finally:
+        sink.close()
+        events.close()
+        raw.close()
+
+    summary = [
+        (m.key().decode(), dict(m.headers() or [])["eventType"].decode(), json.loads(m.value())["version"])
+        for m in got
+    ]
+    assert summary == [
+        (a, "created", 1),
+        (b, "created", 1),
+        (a, "changed", 2),
+        (a, "gone", 3),
+        (sentinel, "created", 1),
+    ]
+    payload = json.loads(got[0].value())
+    assert payload["url"] == a
+    assert payload["type"] == "created"  # the payload is expanded JSON, not an escaped string
+    assert set(payload) >= {"fetched_at", "body_hash", "status", "run_id"}
+    assert json.loads(got[2].value())["simhash"] == "fffffffffffffffe"
+
+    changes = [json.loads(m.value()) for m in envelopes]
+    assert [(e["op"], e["after"]["url"], e["after"]["version"]) for e in changes] == [
+        ("c", a, 1),
+        ("c", b, 1),
+        ("u", a, 2),
+        ("u", a, 3),
+        ("c", sentinel, 1),
+    ]
+    assert changes[0]["source"]["table"] == "pages"
+    assert changes[0]["before"] is None
