@@ -1,4 +1,7 @@
-"""``python -m crawlers crawl``: one crawl in a fresh process, report written as JSON.
+"""``python -m crawlers crawl|requests``: one crawl in a fresh process, report written as JSON.
+
+``requests`` is distributed mode (:mod:`crawlers.spiders.distributed`): requests come from the
+requests topic as consumer group ``--group-id``; run several processes to share a crawl.
 
 Exit status: 0 when every record was delivered, 1 when any delivery failed, 2 on bad input.
 """
@@ -53,6 +56,15 @@ def _parser() -> argparse.ArgumentParser:
         help="extra Scrapy setting (JSON values are parsed)",
     )
     crawl.add_argument("--report", type=Path, required=True, help="where to write the report JSON")
+    dist = sub.add_parser("requests", help="distributed mode: fetch CrawlRequests from the requests topic")
+    dist.add_argument("--group-id", required=True, help="consumer group shared by the crawler processes")
+    dist.add_argument("--idle-exit-s", type=float, default=0.0, help="close after this long without requests")
+    dist.add_argument("--job-id", default="")
+    dist.add_argument("--run-id", default=None)
+    dist.add_argument("--allow-private-host", action="append", default=[], dest="allow_private_hosts")
+    dist.add_argument("--metrics-port", type=int, default=-1)
+    dist.add_argument("--set", action="append", type=_setting, default=[], dest="scrapy_settings")
+    dist.add_argument("--report", type=Path, required=True)
     return parser
 
 
@@ -63,16 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    distributed = args.command == "requests"
     spec = CrawlSpec(
-        start_urls=args.start_urls,
-        allowed_domains=args.allowed_domains,
-        max_pages=args.max_pages,
-        max_depth=args.max_depth,
+        start_urls=[] if distributed else args.start_urls,
+        allowed_domains=[] if distributed else args.allowed_domains,
+        max_pages=None if distributed else args.max_pages,
+        max_depth=None if distributed else args.max_depth,
         job_id=args.job_id,
         allow_private_hosts=args.allow_private_hosts,
         metrics_port=settings.metrics.crawler_port if args.metrics_port is None else args.metrics_port,
         scrapy_settings=dict(args.scrapy_settings),
     )
+    if distributed:
+        spec.source = "requests"
+        spec.spider_kwargs = {"group_id": args.group_id, "idle_exit_s": args.idle_exit_s}
     if args.run_id:
         spec.run_id = args.run_id
     report = run_crawl(settings, spec)

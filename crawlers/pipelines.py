@@ -1,5 +1,6 @@
 """KafkaPagePipeline: the crawl stage's writer, producing PageRecords to ``<prefix>.pages.raw``.
 
+LinkRecord items (the distributed spider's discovered links) go to ``<prefix>.links``.
 DeadLetter items (fetch failures, yielded by the spiders' errbacks) go to ``<prefix>.deadletter``,
 and so does every page record whose delivery failed after librdkafka's retries (reason
 ``delivery_failed``, the record as value), so a failed delivery is never only a log line.
@@ -30,7 +31,7 @@ from scrapy.crawler import Crawler
 from crawlers import metrics
 from crawlers.settings import crawlstream_settings
 from crawlstream.errors import RecordError
-from crawlstream.records import DeadLetter, PageRecord
+from crawlstream.records import DeadLetter, LinkRecord, PageRecord
 from crawlstream.settings import Settings
 from crawlstream.topics import catalog
 
@@ -41,6 +42,7 @@ STAT_FAILED = "crawlstream/delivery_failed"
 STAT_BACKPRESSURE = "crawlstream/producer_backpressure_waits"
 STAT_DEAD_LETTERS = "crawlstream/dead_letters"
 STAT_DEAD_LETTERS_FAILED = "crawlstream/dead_letters_undelivered"
+STAT_LINKS_PRODUCED = "crawlstream/links_produced"
 MAX_DEAD_LETTER_VALUE = 256 * 1024  # a dead letter carries at most this much of the record
 MAX_LEFTOVER_LOG_LINES = 50
 
@@ -74,12 +76,13 @@ class KafkaPagePipeline:
         self.settings = settings
         self.topic = topic
         self.dead_letter_topic = dead_letter_topic or catalog(settings).dead_letter.name
+        self.links_topic = catalog(settings).links.name
         self.stats = stats
         self.producer: ProducerLike | None = None
         # In-flight page records: sequence number -> (key, value, produce time), so leftovers can be
-        # named and dead-lettered. Dead letters themselves are tracked in _dead_in_flight.
+        # named and dead-lettered. Dead letters and links are tracked in _side_in_flight.
         self._in_flight: dict[int, tuple[bytes, bytes, float]] = {}
-        self._dead_in_flight: set[int] = set()
+        self._side_in_flight: set[int] = set()
         self._seq = 0
 
     @classmethod
@@ -102,6 +105,10 @@ class KafkaPagePipeline:
         if isinstance(item, DeadLetter):
             self._dead_letter(item)
             return item
+        if isinstance(item, LinkRecord):  # the distributed spider's discoveries
+            self.stats.inc_value(STAT_LINKS_PRODUCED)
+            self._produce(item.canonical_url.encode("utf-8"), item.to_bytes(), topic=self.links_topic)
+            return item
         record = (
             item if isinstance(item, PageRecord) else PageRecord.model_validate(ItemAdapter(item).asdict())
         )
@@ -114,13 +121,13 @@ class KafkaPagePipeline:
         key = base64.b64decode(letter.key_b64) if letter.key_b64 else b""
         self._produce(key, letter.to_bytes(), dead_letter=True)
 
-    def _produce(self, key: bytes, value: bytes, *, dead_letter: bool = False) -> None:
+    def _produce(self, key: bytes, value: bytes, *, dead_letter: bool = False, topic: str = "") -> None:
         assert self.producer is not None, "open_spider was not called"
         self._seq += 1
         seq = self._seq
-        topic = self.dead_letter_topic if dead_letter else self.topic
-        if dead_letter:
-            self._dead_in_flight.add(seq)
+        topic = topic or (self.dead_letter_topic if dead_letter else self.topic)
+        if dead_letter or topic == self.links_topic:  # not page records: not in the page counts
+            self._side_in_flight.add(seq)
         else:
             self._in_flight[seq] = (key, value, time.monotonic())
 
@@ -142,11 +149,11 @@ class KafkaPagePipeline:
         metrics.PRODUCER_QUEUE.set(len(self.producer))
 
     def _on_delivery(self, seq: int, err: Any) -> None:
-        if seq in self._dead_in_flight:
-            self._dead_in_flight.discard(seq)
+        if seq in self._side_in_flight:
+            self._side_in_flight.discard(seq)
             if err is not None:
                 self.stats.inc_value(STAT_DEAD_LETTERS_FAILED)
-                log.error("dead letter undeliverable too: %s", err)
+                log.error("dead letter or link record undeliverable: %s", err)
             return
         key, value, produced_at = self._in_flight.pop(seq, (b"?", b"", time.monotonic()))
         if err is None:
@@ -163,12 +170,12 @@ class KafkaPagePipeline:
         if self.producer is None:
             return
         remaining = self.producer.flush(self.settings.crawl.delivery_timeout_s)
-        if self._dead_in_flight:  # dead letters of deliveries that failed during the flush
+        if self._side_in_flight:  # dead letters of deliveries that failed during the flush
             remaining = self.producer.flush(self.settings.crawl.delivery_timeout_s)
         metrics.PRODUCER_QUEUE.set(len(self.producer))
-        if self._dead_in_flight:
-            self.stats.inc_value(STAT_DEAD_LETTERS_FAILED, len(self._dead_in_flight))
-            self._dead_in_flight.clear()
+        if self._side_in_flight:
+            self.stats.inc_value(STAT_DEAD_LETTERS_FAILED, len(self._side_in_flight))
+            self._side_in_flight.clear()
         leftovers = list(self._in_flight.values())
         self._in_flight.clear()
         if not leftovers:

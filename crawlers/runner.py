@@ -24,6 +24,7 @@ from crawlers.middlewares import STAT_REFUSED
 from crawlers.pipelines import STAT_DEAD_LETTERS, STAT_DELIVERED, STAT_FAILED
 from crawlers.spiders.common import STAT_METADATA_RECORDS, STAT_NON_HTML, STAT_PAGE_RECORDS
 from crawlers.spiders.site import SiteSpider
+from crawlstream.records import PageRecord
 from crawlstream.settings import Settings
 
 
@@ -76,15 +77,16 @@ class _CanonicalUrlCollector:
         self.urls: set[str] = set()
 
     def item_scraped(self, item: Any, **_: Any) -> None:
-        url = getattr(item, "canonical_url", None)
-        if url is None and isinstance(item, dict):
-            url = item.get("canonical_url")
-        if url is not None:  # dead letters are items too, without a canonical URL
-            self.urls.add(str(url))
+        # Page records only: dead letters and link records are items too.
+        if isinstance(item, PageRecord):
+            self.urls.add(item.canonical_url)
+        elif isinstance(item, dict) and "canonical_url" in item and "status" in item:
+            self.urls.add(str(item["canonical_url"]))
 
 
 def spider_class(source: str) -> type[Spider]:
     from crawlers.spiders.api import ApiSpider
+    from crawlers.spiders.distributed import DistributedSpider
     from crawlers.spiders.feed import FeedSpider
     from crawlers.spiders.sitemap import SitemapSpider
 
@@ -93,6 +95,7 @@ def spider_class(source: str) -> type[Spider]:
         "sitemap": SitemapSpider,
         "feed": FeedSpider,
         "api": ApiSpider,
+        "requests": DistributedSpider,
     }
     return spiders[source]
 

@@ -1,0 +1,162 @@
+"""DistributedSpider: takes its requests from ``<prefix>.requests`` as a Kafka consumer group.
+
+Frontera-style politeness by partitioning: CrawlRequests are keyed by host, so all requests of
+a host land in one partition, and a partition is consumed by one member of the group; several
+crawler processes with the same ``group_id`` share a crawl, and each host is fetched by one
+process at a time (during a rebalance a partition moves; Scrapy's per-host delay then holds per
+process). Pages go to ``<prefix>.pages.raw``, failures to ``<prefix>.deadletter``, and every link
+found in a page to ``<prefix>.links`` as a LinkRecord (keyed by canonical URL): the stream stage
+decides what is crawled next and writes it back to the requests topic.
+
+Offsets: a message's offset is stored once its request has been scheduled and committed by the
+consumer's auto-commit (at least once across a crash: a request whose page was not yet produced
+when the process died is fetched again by the next owner). CrawlRequests whose ``not_before`` is
+in the future are held back by the process until then. The spider stays open while messages
+arrive and closes after ``idle_exit_s`` without any (0: never).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import Consumer
+from pydantic import ValidationError
+from scrapy import Request, Spider, signals
+from scrapy.crawler import Crawler
+from scrapy.exceptions import DontCloseSpider
+from scrapy.http import Response, TextResponse
+from scrapy.linkextractors import LinkExtractor
+from twisted.internet import task
+
+from crawlers.settings import crawlstream_settings
+from crawlers.spiders.common import RecordingMixin, _split_arg, prepare_crawler
+from crawlstream.records import CrawlRequest, DeadLetter, LinkRecord, PageRecord
+from crawlstream.topics import catalog
+from crawlstream.urls import canonical_url, host_of
+
+STAT_REQUESTS_CONSUMED = "crawlstream/requests_consumed"
+STAT_LINKS = "crawlstream/links"
+POLL_INTERVAL_S = 0.1
+BATCH = 100
+
+
+class DistributedSpider(RecordingMixin, Spider):
+    name = "distributed"
+
+    def __init__(
+        self,
+        group_id: str = "crawlstream-crawlers",
+        idle_exit_s: float | str = 0,
+        max_pages: int | str | None = None,
+        job_id: str = "",
+        run_id: str = "",
+        max_body_bytes: int = 1024 * 1024,
+        allow: str | list[str] | None = None,
+        deny: str | list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("start_urls", None)
+        kwargs.pop("allowed_domains", None)  # the frontier decides what is in scope
+        super().__init__(**kwargs)
+        self.group_id = group_id
+        self.idle_exit_s = float(idle_exit_s or 0)
+        self.link_extractor = LinkExtractor(allow=_split_arg(allow), deny=_split_arg(deny))
+        self.setup_recording(job_id, run_id, max_pages, max_body_bytes)
+        self.consumer: Consumer | None = None
+        self.last_message = time.monotonic()
+        self.held: list[tuple[datetime, CrawlRequest]] = []
+        self.loop: task.LoopingCall | None = None
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> DistributedSpider:
+        kwargs.pop("max_depth", None)
+        prepare_crawler(crawler, kwargs)
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        assert isinstance(spider, DistributedSpider)
+        spider.record_non_html = crawler.settings.getbool("CRAWLSTREAM_RECORD_NON_HTML")
+        crawler.signals.connect(spider.on_idle, signal=signals.spider_idle)
+        crawler.signals.connect(spider.on_closed, signal=signals.spider_closed)
+        return spider
+
+    async def start(self) -> AsyncIterator[Request]:
+        settings = crawlstream_settings(self.crawler.settings)
+        self.topic = catalog(settings).requests.name
+        self.links_topic = catalog(settings).links.name
+        self.consumer = Consumer(
+            settings.kafka.librdkafka(
+                **{
+                    "group.id": self.group_id,
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.offset.store": False,
+                    "partition.assignment.strategy": "cooperative-sticky",
+                }
+            )
+        )
+        self.consumer.subscribe([self.topic])
+        self.logger.info("consuming %s as group %s", self.topic, self.group_id)
+        self.loop = task.LoopingCall(self.poll)
+        self.loop.start(POLL_INTERVAL_S)
+        return
+        yield  # an async generator that yields nothing: requests arrive through poll()
+
+    def poll(self) -> None:
+        assert self.consumer is not None
+        engine = self.crawler.engine
+        assert engine is not None
+        now = datetime.now(UTC)
+        due = [r for when, r in self.held if when <= now]
+        self.held = [(when, r) for when, r in self.held if when > now]
+        for message in self.consumer.consume(BATCH, timeout=0):
+            if message.error() is not None:
+                continue
+            self.last_message = time.monotonic()
+            try:
+                request = CrawlRequest.model_validate_json(message.value() or b"")
+            except ValidationError as exc:
+                self.logger.warning("invalid CrawlRequest at offset %d: %s", message.offset(), exc)
+            else:
+                if request.not_before is not None and request.not_before > now:
+                    self.held.append((request.not_before, request))
+                else:
+                    due.append(request)
+            self.crawler.stats.inc_value(STAT_REQUESTS_CONSUMED)
+            self.consumer.store_offsets(message)
+        for request in due:
+            engine.crawl(
+                Request(
+                    request.url,
+                    callback=self.parse,
+                    errback=self.fetch_failed,
+                    meta={"depth": request.depth, "crawl_request": request},
+                )
+            )
+
+    def on_idle(self) -> None:
+        if self.idle_exit_s <= 0 or self.held or time.monotonic() - self.last_message < self.idle_exit_s:
+            raise DontCloseSpider("waiting for requests")
+
+    def on_closed(self) -> None:
+        if self.loop is not None and self.loop.running:
+            self.loop.stop()
+        if self.consumer is not None:
+            self.consumer.close()  # commits stored offsets and leaves the group
+
+    def parse(self, response: Response, **kwargs: Any) -> Iterator[PageRecord | DeadLetter | LinkRecord]:
+        if not (yield from self.record(response)):
+            return
+        assert isinstance(response, TextResponse)
+        depth = int(response.meta.get("depth", 0)) + 1
+        for link in self.link_extractor.extract_links(response):
+            self.crawler.stats.inc_value(STAT_LINKS)
+            yield LinkRecord(
+                url=link.url,
+                canonical_url=canonical_url(link.url),
+                host=host_of(link.url),
+                source_url=response.url,
+                depth=depth,
+                job_id=self.job_id,
+                run_id=self.run_id,
+            )

@@ -1,0 +1,146 @@
+"""Distributed mode: two crawler processes in one consumer group share a crawl from the requests topic.
+
+Four small sites on 127.0.0.x loopback addresses, chosen so their host keys cover every
+partition (librdkafka's default partitioner: CRC32 of the key). Both processes join the group
+first; then every page of every site is requested once. Asserts that each URL is fetched once
+between the two processes, that each host is fetched by one process only, and that discovered
+links reach the links topic. Needs only the stack's Kafka.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+
+from crawlstream.records import CrawlRequest, LinkRecord, PageRecord
+from crawlstream.settings import load_settings
+from crawlstream.topics import catalog, ensure_topics
+from tests.integration.kafka_read import read_topic
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+PAGES = 6
+
+
+def _hosts(partitions: int, count: int = 4) -> list[str]:
+    chosen: dict[int, list[str]] = {}
+    for n in range(2, 250):
+        host = f"127.0.0.{n}"
+        chosen.setdefault(zlib.crc32(host.encode()) % partitions, []).append(host)
+    picks = [hosts[0] for hosts in chosen.values()][:partitions]
+    rest = [h for hosts in chosen.values() for h in hosts[1:]]
+    return (picks + rest)[:count]
+
+
+class _Logged(ThreadingHTTPServer):
+    log: list[tuple[str, str]]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Logged
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.server.log.append((self.server.server_address[0], self.path))
+        if not self.path.startswith("/p/"):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        n = int(self.path[3:])
+        link = f"<a href='/p/{(n + 1) % PAGES}'>next</a>"
+        raw = f"<html><head><title>p{n}</title></head><body>{link}</body></html>".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+
+@pytest.fixture
+def sites() -> Iterator[tuple[list[str], list[_Logged]]]:
+    settings = load_settings()
+    hosts = _hosts(settings.kafka.partitions)
+    servers = []
+    for host in hosts:
+        server = _Logged((host, 0), _Handler)
+        server.log = []
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    yield [f"{h}:{s.server_address[1]}" for h, s in zip(hosts, servers, strict=True)], servers
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_two_processes_share_a_crawl_one_host_each(
+    sites: tuple[list[str], list[_Logged]], tmp_path: Path
+) -> None:
+    netlocs, servers = sites
+    prefix = f"test-dist-{uuid.uuid4().hex[:8]}"
+    os.environ["CRAWLSTREAM_KAFKA__TOPIC_PREFIX"] = prefix
+    try:
+        settings = load_settings()
+    finally:
+        del os.environ["CRAWLSTREAM_KAFKA__TOPIC_PREFIX"]
+    topics = catalog(settings)
+    ensure_topics(settings, [topics.requests, topics.raw_pages, topics.dead_letter, topics.links])
+    group = f"{prefix}-crawlers"
+    env = {**os.environ, "CRAWLSTREAM_KAFKA__TOPIC_PREFIX": prefix}
+    procs = []
+    for n in range(2):
+        argv = [sys.executable, "-m", "crawlers", "requests", "--group-id", group, "--idle-exit-s", "15"]
+        argv += ["--run-id", f"proc{n}", "--report", str(tmp_path / f"r{n}.json")]
+        for netloc in netlocs:
+            argv += ["--allow-private-host", netloc.split(":")[0]]
+        log = (tmp_path / f"p{n}.log").open("w")
+        procs.append(subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+    admin = AdminClient(settings.kafka.librdkafka())
+    deadline = time.monotonic() + 60
+    while True:  # both members joined and every partition assigned
+        desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+        owned = [len(m.assignment.topic_partitions) for m in desc.members]
+        if len(owned) == 2 and sum(owned) == settings.kafka.partitions and min(owned) > 0:
+            break
+        assert time.monotonic() < deadline, f"group never had two members with partitions: {desc}"
+        time.sleep(0.5)  # poll interval
+    producer = Producer(settings.kafka.librdkafka())
+    urls = [f"http://{netloc}/p/{n}" for netloc in netlocs for n in range(PAGES)]
+    for url in urls:
+        host = url.split("/")[2].split(":")[0]
+        request = CrawlRequest(url=url, canonical_url=url, host=host, reason="seed")
+        producer.produce(topics.requests.name, request.to_bytes(), host.encode())
+    assert producer.flush(30) == 0
+    for n, proc in enumerate(procs):
+        code = proc.wait(timeout=120)
+        assert code == 0, (tmp_path / f"p{n}.log").read_text()[-3000:]
+
+    fetched = [(host, path) for server in servers for host, path in server.log if path.startswith("/p/")]
+    assert len(fetched) == len(urls) == len(set(fetched))  # each URL once between the two
+    pages = [PageRecord.model_validate_json(v) for _, v in read_topic(settings, topics.raw_pages.name)]
+    assert sorted(p.url for p in pages) == sorted(urls)
+    by_host: dict[str, set[str]] = {}
+    for page in pages:
+        by_host.setdefault(page.url.split("/")[2], set()).add(page.run_id)
+    assert all(len(runs) == 1 for runs in by_host.values()), by_host  # one process per host
+    assert {r for runs in by_host.values() for r in runs} == {"proc0", "proc1"}  # both did work
+    reports = [json.loads((tmp_path / f"r{n}.json").read_text()) for n in range(2)]
+    assert sum(r["pages_fetched"] for r in reports) == len(urls)
+    links = [LinkRecord.model_validate_json(v) for _, v in read_topic(settings, topics.links.name)]
+    assert len(links) == len(urls)  # one link per page
+    assert {link.host for link in links} == {n.split(":")[0] for n in netlocs}
