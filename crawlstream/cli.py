@@ -15,12 +15,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from crawlers.cli import jobs_app, scheduler_command
 from crawlstream.cdc import cdc_app
 from crawlstream.errors import CrawlstreamError
 from crawlstream.logs import setup_logging
+from crawlstream.ops.offsets_tool import offsets_app
+from crawlstream.ops.topics_tool import topics_app
 from crawlstream.pipeline import CrawlArgs
 from crawlstream.settings import Settings, load_settings
 from crawlstream.stack import cli as stack_cli
@@ -34,10 +35,10 @@ app = typer.Typer(
 app.add_typer(
     stack_app, name="stack", help="The embedded stack: Kafka, PostgreSQL, Kafka Connect + Debezium."
 )
-topics_app = typer.Typer(help="Topics of the catalog.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 workers_app = typer.Typer(help="The stream and sink worker processes.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
+app.add_typer(offsets_app, name="offsets")
 app.add_typer(db_app, name="db")
 app.add_typer(workers_app, name="workers")
 app.add_typer(cdc_app, name="cdc")
@@ -64,26 +65,6 @@ EXTERNAL_HELP = (
     "use the services and workers the settings point at (a production cluster): "
     "start no embedded stack and no local workers"
 )
-
-
-@topics_app.command("create")
-def topics_create() -> None:
-    """Create every catalog topic that does not exist yet (and check partitions of the rest)."""
-    from crawlstream.topics import ensure_topics
-
-    created = ensure_topics(_settings())
-    console.print(f"created: {', '.join(created)}" if created else "all topics exist")
-
-
-@topics_app.command("list")
-def topics_list() -> None:
-    """The topic catalog: names, partitions, keys, what each carries."""
-    from crawlstream.topics import catalog
-
-    table = Table("topic", "partitions", "key", "carries")
-    for spec in catalog(_settings()).all():
-        table.add_row(spec.name, str(spec.partitions), spec.key, spec.description)
-    console.print(table)
 
 
 @db_app.command("upgrade")
