@@ -11,6 +11,7 @@ replacement characters for undecodable bytes, so a bad encoding never raises.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +37,7 @@ SELECTED_HEADERS = (
     "Link",
 )
 MAX_HEADER_CHARS = 1024
+_CANONICAL = re.compile(rb"canonical", re.IGNORECASE)
 
 
 def media_type(response: Response) -> str:
@@ -71,6 +73,8 @@ def selected_headers(response: Response) -> dict[str, str]:
 
 
 def canonical_link(response: TextResponse) -> str | None:
+    if not _CANONICAL.search(response.body):
+        return None  # cheap test first: most pages have none
     href = response.xpath(
         "//head/link[contains(concat(' ', normalize-space(translate(@rel, 'CANONIL', 'canonil')), ' '),"
         " ' canonical ')]/@href"
