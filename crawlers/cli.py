@@ -85,7 +85,8 @@ def jobs_run(
     from crawlers.jobrun import outcome, run_job
 
     settings = load_settings()
-    setup_logging(settings.log_level, json_lines=settings.log_json)
+    if not progress:  # with the bar, Scrapy logs to its LOG_FILE only
+        setup_logging(settings.log_level, json_lines=settings.log_json)
     job = get_job(load_jobs(jobs), name)
     run_id = run_id or uuid.uuid4().hex
     extra: dict[str, Any] = {}

@@ -101,20 +101,21 @@ def spider_class(source: str) -> type[Spider]:
 
 
 class _ProgressReporter:
-    def __init__(self, stats: Any, callback: ProgressCallback, interval_s: float) -> None:
-        self.stats = stats
+    def __init__(self, crawler: Any, callback: ProgressCallback, interval_s: float) -> None:
+        self.crawler = crawler  # its stats exist only once the crawl starts
         self.callback = callback
-        self.loop = task.LoopingCall(self.tick)
+        self.loop: task.LoopingCall | None = None  # created on open: it would install a reactor
         self.interval_s = interval_s
 
     def tick(self) -> None:
-        self.callback(self.stats.get_stats())
+        self.callback(self.crawler.stats.get_stats())
 
     def spider_opened(self, **_: Any) -> None:
+        self.loop = task.LoopingCall(self.tick)
         self.loop.start(self.interval_s, now=True)
 
     def spider_closed(self, **_: Any) -> None:
-        if self.loop.running:
+        if self.loop is not None and self.loop.running:
             self.loop.stop()
 
 
@@ -152,7 +153,7 @@ def run_crawl(
     crawler.signals.connect(collector.item_scraped, signal=signals.item_scraped)
     progress = None  # held here: signals keep only weak references
     if on_progress is not None:
-        progress = _ProgressReporter(crawler.stats, on_progress, progress_interval_s)
+        progress = _ProgressReporter(crawler, on_progress, progress_interval_s)
         crawler.signals.connect(progress.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(progress.spider_closed, signal=signals.spider_closed)
     kwargs: dict[str, Any] = {

@@ -19,6 +19,7 @@ from rich.console import Console
 from crawlers.cli import jobs_app, scheduler_command
 from crawlstream.cdc import cdc_app
 from crawlstream.errors import CrawlstreamError
+from crawlstream.follow import follow_app
 from crawlstream.logs import setup_logging
 from crawlstream.ops.offsets_tool import offsets_app
 from crawlstream.ops.topics_tool import topics_app
@@ -42,6 +43,7 @@ app.add_typer(offsets_app, name="offsets")
 app.add_typer(db_app, name="db")
 app.add_typer(workers_app, name="workers")
 app.add_typer(cdc_app, name="cdc")
+app.add_typer(follow_app, name="follow")
 app.add_typer(jobs_app, name="jobs")
 app.command("scheduler")(scheduler_command)
 

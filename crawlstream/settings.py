@@ -156,6 +156,29 @@ class SinkSettings(BaseModel):
     retry_backoff_max_s: float = Field(default=30.0, gt=0)
 
 
+class FollowSettings(BaseModel):
+    """`crawlstream follow`: the reference consumer of the page events topic (outbox.event.page)."""
+
+    group_id: str = Field(default="crawlstream-follow", pattern=r"^[A-Za-z0-9._-]+$")
+    metrics_port: int = Field(default=9413, ge=0, le=65535)
+    # Change notifications are POSTed to each URL, signed with HMAC-SHA256 of the body under
+    # webhook_secret (header X-Crawlstream-Signature: sha256=<hex>).
+    webhook_urls: list[str] = Field(default_factory=list)
+    webhook_secret: SecretStr = SecretStr("")
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=5, ge=1)
+    webhook_backoff_initial_s: float = Field(default=0.5, gt=0)
+    webhook_backoff_max_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _http_urls(cls, value: list[str]) -> list[str]:
+        bad = [url for url in value if not url.startswith(("http://", "https://"))]
+        if bad:
+            raise ValueError(f"expected http(s) URLs, got {bad}")
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -173,6 +196,7 @@ class Settings(BaseSettings):
     crawl: CrawlSettings = Field(default_factory=CrawlSettings)
     streams: StreamsSettings = Field(default_factory=StreamsSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
+    follow: FollowSettings = Field(default_factory=FollowSettings)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     log_json: bool = False
 
