@@ -21,7 +21,9 @@ from crawlstream.cdc import cdc_app
 from crawlstream.errors import CrawlstreamError
 from crawlstream.follow import follow_app
 from crawlstream.logs import setup_logging
+from crawlstream.ops.exporter import exporter_command
 from crawlstream.ops.offsets_tool import offsets_app
+from crawlstream.ops.status import status_command
 from crawlstream.ops.topics_tool import topics_app
 from crawlstream.pipeline import CrawlArgs
 from crawlstream.settings import Settings, load_settings
@@ -40,6 +42,8 @@ db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_he
 workers_app = typer.Typer(help="The stream and sink worker processes.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(offsets_app, name="offsets")
+app.command("exporter")(exporter_command)
+app.command("status")(status_command)
 app.add_typer(db_app, name="db")
 app.add_typer(workers_app, name="workers")
 app.add_typer(cdc_app, name="cdc")

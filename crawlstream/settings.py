@@ -101,6 +101,8 @@ class StackSettings(BaseModel):
     controller_port: int = Field(default=19093, ge=1, le=65535)
     postgres_port: int = Field(default=15432, ge=1, le=65535)
     connect_port: int = Field(default=18083, ge=1, le=65535)
+    # `stack up --with-prometheus`: the Prometheus server scraping every process (deploy/prometheus).
+    prometheus_port: int = Field(default=19090, ge=1, le=65535)
     java_home: Path | None = None
     postgres_bin_dir: Path | None = None
     start_timeout_s: float = Field(default=180.0, gt=0)
@@ -111,6 +113,8 @@ class MetricsSettings(BaseModel):
     crawler_port: int = Field(default=9410, ge=0, le=65535)
     streams_port: int = Field(default=9411, ge=0, le=65535)
     sink_port: int = Field(default=9412, ge=0, le=65535)
+    # `crawlstream exporter`: consumer lag (kafka_exporter names), sink-stored lag, CDC slot lag.
+    exporter_port: int = Field(default=9414, ge=0, le=65535)
 
 
 class CrawlSettings(BaseModel):
