@@ -83,6 +83,8 @@ class KafkaPagePipeline:
         # named and dead-lettered. Dead letters and links are tracked in _side_in_flight.
         self._in_flight: dict[int, tuple[bytes, bytes, float]] = {}
         self._side_in_flight: set[int] = set()
+        self._pending_letters: list[DeadLetter] = []
+        self._draining = False
         self._seq = 0
 
     @classmethod
@@ -147,6 +149,12 @@ class KafkaPagePipeline:
                 break
         self.producer.poll(0)
         metrics.PRODUCER_QUEUE.set(len(self.producer))
+        if self._pending_letters and not self._draining:
+            self._draining = True
+            try:
+                self._drain_letters()
+            finally:
+                self._draining = False
 
     def _on_delivery(self, seq: int, err: Any) -> None:
         if seq in self._side_in_flight:
@@ -164,13 +172,23 @@ class KafkaPagePipeline:
         self.stats.inc_value(STAT_FAILED)
         metrics.DELIVERY_FAILURES.inc()
         log.error("delivery failed for key %s: %s", key.decode("utf-8", errors="replace"), err)
-        self._dead_letter(_delivery_dead_letter(key, value, err))
+        # Not produced here: librdkafka forbids produce() from inside a delivery callback.
+        self._pending_letters.append(_delivery_dead_letter(key, value, err))
+
+    def _drain_letters(self) -> None:
+        """Produce the dead letters of failed deliveries (called outside delivery callbacks)."""
+        while self._pending_letters:
+            self._dead_letter(self._pending_letters.pop(0))
 
     def close_spider(self) -> None:
         if self.producer is None:
             return
         remaining = self.producer.flush(self.settings.crawl.delivery_timeout_s)
-        if self._side_in_flight:  # dead letters of deliveries that failed during the flush
+        for _ in range(3):  # dead letters of deliveries that failed during the flush, then theirs
+            if not self._pending_letters:
+                break
+            self._draining = True
+            self._drain_letters()
             remaining = self.producer.flush(self.settings.crawl.delivery_timeout_s)
         metrics.PRODUCER_QUEUE.set(len(self.producer))
         if self._side_in_flight:

@@ -12,7 +12,9 @@ duplicate links, tracking parameters, ``<link rel=canonical>``, a paginated JSON
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -189,6 +191,9 @@ def make_handler(site: HostileSite) -> type[BaseHTTPRequestHandler]:
                 body = f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>{items}</channel>'
                 body += "</rss>"
                 self.send(200, body.encode(), "application/rss+xml")
+            elif path == "/noise":  # incompressible: a record of it stays big after compression
+                noise = base64.b64encode(os.urandom(30_000)).decode()
+                self.send(200, _html("Noise", [], body=f"<p>{noise}</p>"))
             elif path == "/api":
                 page = 2 if self.path.endswith("page=2") else 1
                 items = [{"url": f"/page/{n}"} for n in ((1, 2) if page == 1 else (3,))]
