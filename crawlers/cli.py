@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -141,12 +142,31 @@ def scheduler_command(
     import signal
     import threading
 
-    from crawlers.scheduler import ProcessLauncher, Scheduler
+    from crawlers.jobs import JobSpec
+    from crawlers.scheduler import JobState, ProcessLauncher, Scheduler
 
     settings = load_settings()
     setup_logging(settings.log_level, json_lines=settings.log_json)
     state_dir = Path(settings.stack.state_dir)
-    scheduler = Scheduler(load_jobs(jobs), state_dir, ProcessLauncher(jobs.resolve(), state_dir / "logs"))
+
+    def lost(job: JobSpec, state: JobState) -> None:
+        from crawlers.jobrun import produce_run_event
+        from crawlstream.records import RunEvent, utcnow
+
+        started = datetime.fromisoformat(state.started_at) if state.started_at else utcnow()
+        event = RunEvent(
+            run_id=state.run_id or "unknown",
+            job_id=job.name,
+            event="finished",
+            started_at=started,
+            finished_at=utcnow(),
+            outcome="failed",
+            detail="the run process ended without a report (killed?)",
+        )
+        produce_run_event(settings, event)
+
+    launcher = ProcessLauncher(jobs.resolve(), state_dir / "logs")
+    scheduler = Scheduler(load_jobs(jobs), state_dir, launcher, on_lost=lost)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -16,6 +16,8 @@ Restart safety, the mechanism:
 - At start and on every tick, a job whose recorded process is still alive is not started again;
   due times that pass meanwhile are skipped (logged), never queued. Missed due times while the
   scheduler was down are coalesced into one run on restart.
+- A run writes ``run-<id>.json`` when it ends; a run process gone without it (killed) gets a
+  ``finished``/``failed`` RunEvent from the scheduler (``on_lost``), so every run is closed.
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ class JobState:
 class Launcher(Protocol):
     def launch(self, job: JobSpec, run_id: str) -> tuple[int, str]: ...
     def alive(self, pid: int, token: str) -> bool: ...
+    def reported(self, run_id: str) -> bool: ...
+
+
+LostRun = Callable[[JobSpec, JobState], None]
 
 
 def process_token(pid: int) -> str | None:
@@ -90,11 +96,17 @@ class ProcessLauncher:
             "--jobs",
             str(self.jobs_file),
         ]
-        argv += ["--run-id", run_id, "--no-progress"]
+        argv += ["--run-id", run_id, "--no-progress", "--report", str(self.report_path(run_id))]
         with log_path.open("wb") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         _CHILDREN.add(proc.pid)
         return proc.pid, process_token(proc.pid) or ""
+
+    def report_path(self, run_id: str) -> Path:
+        return self.log_dir / f"run-{run_id}.json"
+
+    def reported(self, run_id: str) -> bool:
+        return self.report_path(run_id).exists()
 
     def alive(self, pid: int, token: str) -> bool:
         if pid in _CHILDREN:
@@ -112,7 +124,15 @@ _CHILDREN: set[int] = set()
 
 
 class Scheduler:
-    def __init__(self, jobs: dict[str, JobSpec], state_dir: Path, launcher: Launcher, clock: Clock = utc_now):
+    def __init__(
+        self,
+        jobs: dict[str, JobSpec],
+        state_dir: Path,
+        launcher: Launcher,
+        clock: Clock = utc_now,
+        on_lost: LostRun | None = None,
+    ):
+        self.on_lost = on_lost
         self.jobs = {name: job for name, job in jobs.items() if job.schedule}
         self.dir = state_dir / "scheduler"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -156,6 +176,10 @@ class Scheduler:
             running = state.pid is not None and self.launcher.alive(state.pid, state.pid_token or "")
             if state.pid is not None and not running:
                 log.info("job %s run %s ended", name, state.run_id)
+                if state.run_id and not self.launcher.reported(state.run_id):
+                    log.error("job %s run %s ended without a report (killed?)", name, state.run_id)
+                    if self.on_lost is not None:
+                        self.on_lost(job, state)
                 state.pid = state.pid_token = None
                 self._save()
             assert job.schedule is not None

@@ -28,6 +28,11 @@ class FakeLauncher:
     def alive(self, pid: int, token: str) -> bool:
         return pid in self.running and token == f"token-{pid}"
 
+    def reported(self, run_id: str) -> bool:
+        return run_id not in self.killed
+
+    killed: set[str] = set()
+
 
 class Clock:
     def __init__(self) -> None:
@@ -112,3 +117,26 @@ def test_process_token_names_a_live_process() -> None:
 
     assert process_token(os.getpid())
     assert process_token(2**22 + 12345) is None
+
+
+def test_a_killed_run_is_closed_by_the_scheduler(tmp_path: Path) -> None:
+    launcher = FakeLauncher()
+    launcher.killed = set()
+    lost: list[str | None] = []
+    scheduler = Scheduler(
+        _jobs(),
+        tmp_path,
+        launcher,
+        clock=launcher.clock,
+        on_lost=lambda job, state: lost.append(state.run_id),
+    )
+    scheduler.tick()
+    launcher.clock.now = T0 + timedelta(minutes=1)
+    (run_id,) = scheduler.tick()
+    launcher.running.clear()
+    launcher.killed.add(run_id)  # gone without its report
+    launcher.clock.now += timedelta(seconds=5)
+    scheduler.tick()
+    assert lost == [run_id]
+    scheduler.tick()
+    assert lost == [run_id]  # reported once
