@@ -8,11 +8,12 @@ process). Pages go to ``<prefix>.pages.raw``, failures to ``<prefix>.deadletter`
 found in a page to ``<prefix>.links`` as a LinkRecord (keyed by canonical URL): the stream stage
 decides what is crawled next and writes it back to the requests topic.
 
-Offsets: a message's offset is stored once its request has been scheduled and committed by the
-consumer's auto-commit (at least once across a crash: a request whose page was not yet produced
-when the process died is fetched again by the next owner). CrawlRequests whose ``not_before`` is
-in the future are held back by the process until then. The spider stays open while messages
-arrive and closes after ``idle_exit_s`` without any (0: never).
+Offsets (at least once): a message's offset becomes committable when its request is done (its
+response or failure handled, its records handed to the producer, or Scrapy dropped it as a
+duplicate); per partition the lowest unfinished offset is stored (:mod:`crawlers.inflight`) and
+auto-committed, and the consumer commits on close. A crash re-delivers the unfinished requests.
+CrawlRequests whose ``not_before`` is in the future are held back by the process until then.
+The spider stays open while messages arrive and closes after ``idle_exit_s`` without any (0: never).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from pydantic import ValidationError
 from scrapy import Request, Spider, signals
 from scrapy.crawler import Crawler
@@ -30,7 +31,9 @@ from scrapy.exceptions import DontCloseSpider
 from scrapy.http import Response, TextResponse
 from scrapy.linkextractors import LinkExtractor
 from twisted.internet import task
+from twisted.python.failure import Failure
 
+from crawlers.inflight import InFlightOffsets
 from crawlers.settings import crawlstream_settings
 from crawlers.spiders.common import RecordingMixin, _split_arg, prepare_crawler
 from crawlstream.records import CrawlRequest, DeadLetter, LinkRecord, PageRecord
@@ -67,7 +70,8 @@ class DistributedSpider(RecordingMixin, Spider):
         self.setup_recording(job_id, run_id, max_pages, max_body_bytes)
         self.consumer: Consumer | None = None
         self.last_message = time.monotonic()
-        self.held: list[tuple[datetime, CrawlRequest]] = []
+        self.held: list[tuple[datetime, tuple[CrawlRequest, tuple[str, int, int]]]] = []
+        self.offsets = InFlightOffsets()
         self.loop: task.LoopingCall | None = None
 
     @classmethod
@@ -79,6 +83,7 @@ class DistributedSpider(RecordingMixin, Spider):
         spider.record_non_html = crawler.settings.getbool("CRAWLSTREAM_RECORD_NON_HTML")
         crawler.signals.connect(spider.on_idle, signal=signals.spider_idle)
         crawler.signals.connect(spider.on_closed, signal=signals.spider_closed)
+        crawler.signals.connect(spider.request_done, signal=signals.request_dropped)
         return spider
 
     async def start(self) -> AsyncIterator[Request]:
@@ -113,26 +118,48 @@ class DistributedSpider(RecordingMixin, Spider):
             if message.error() is not None:
                 continue
             self.last_message = time.monotonic()
+            origin = (str(message.topic()), int(message.partition() or 0), int(message.offset() or 0))
+            self.offsets.consumed(*origin)
+            self.crawler.stats.inc_value(STAT_REQUESTS_CONSUMED)
             try:
                 request = CrawlRequest.model_validate_json(message.value() or b"")
             except ValidationError as exc:
                 self.logger.warning("invalid CrawlRequest at offset %d: %s", message.offset(), exc)
+                self.done(origin)
+                continue
+            if request.not_before is not None and request.not_before > now:
+                self.held.append((request.not_before, (request, origin)))
             else:
-                if request.not_before is not None and request.not_before > now:
-                    self.held.append((request.not_before, request))
-                else:
-                    due.append(request)
-            self.crawler.stats.inc_value(STAT_REQUESTS_CONSUMED)
-            self.consumer.store_offsets(message)
-        for request in due:
+                due.append((request, origin))
+        for request, origin in due:
             engine.crawl(
                 Request(
                     request.url,
                     callback=self.parse,
-                    errback=self.fetch_failed,
-                    meta={"depth": request.depth, "crawl_request": request},
+                    errback=self.failed,
+                    meta={"depth": request.depth, "kafka_origin": origin},
                 )
             )
+
+    def done(self, origin: tuple[str, int, int]) -> None:
+        position = self.offsets.done(*origin)
+        if self.consumer is not None and position > 0:
+            try:
+                self.consumer.store_offsets(offsets=[TopicPartition(origin[0], origin[1], position)])
+            except KafkaException as exc:  # the partition was revoked meanwhile
+                self.logger.debug("offset not stored: %s", exc)
+                self.offsets.revoke(origin[0], origin[1])
+
+    def request_done(self, request: Request, **_: Any) -> None:
+        origin = request.meta.get("kafka_origin")
+        if origin is not None:
+            self.done(origin)
+
+    def failed(self, failure: Failure) -> Iterator[DeadLetter]:
+        yield from self.fetch_failed(failure)
+        request = getattr(failure, "request", None)
+        if request is not None:
+            self.request_done(request)
 
     def on_idle(self) -> None:
         if self.idle_exit_s <= 0 or self.held or time.monotonic() - self.last_message < self.idle_exit_s:
@@ -145,6 +172,13 @@ class DistributedSpider(RecordingMixin, Spider):
             self.consumer.close()  # commits stored offsets and leaves the group
 
     def parse(self, response: Response, **kwargs: Any) -> Iterator[PageRecord | DeadLetter | LinkRecord]:
+        try:
+            yield from self._handle(response)
+        finally:  # the records were handed to the pipeline: the request is done
+            if response.request is not None:
+                self.request_done(response.request)
+
+    def _handle(self, response: Response) -> Iterator[PageRecord | DeadLetter | LinkRecord]:
         if not (yield from self.record(response)):
             return
         assert isinstance(response, TextResponse)

@@ -25,6 +25,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
+from crawlstream.offsets import committed_offsets, end_offsets
 from crawlstream.records import CrawlRequest, LinkRecord, PageRecord
 from crawlstream.settings import load_settings
 from crawlstream.topics import catalog, ensure_topics
@@ -141,6 +142,10 @@ def test_two_processes_share_a_crawl_one_host_each(
     assert {r for runs in by_host.values() for r in runs} == {"proc0", "proc1"}  # both did work
     reports = [json.loads((tmp_path / f"r{n}.json").read_text()) for n in range(2)]
     assert sum(r["pages_fetched"] for r in reports) == len(urls)
+    # Every request done: the group committed up to the end of the requests topic.
+    assert committed_offsets(settings, group, topics.requests.name) == end_offsets(
+        settings, topics.requests.name
+    )
     links = [LinkRecord.model_validate_json(v) for _, v in read_topic(settings, topics.links.name)]
     assert len(links) == len(urls)  # one link per page
     assert {link.host for link in links} == {n.split(":")[0] for n in netlocs}
