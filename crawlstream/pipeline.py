@@ -324,7 +324,10 @@ def run_pipeline(
     unique_end = probe.end(t.unique_pages.name)
     summary.raw_records = offsets.delta(raw_end, before[t.raw_pages.name])
     unique_total = offsets.delta(unique_end, before[t.unique_pages.name])
-    summary.dead_letters = offsets.delta(probe.end(t.dead_letter.name), before[t.dead_letter.name])
+    # Stream-stage dead letters: the crawl's own (failed fetches and deliveries) share the topic.
+    summary.dead_letters = offsets.delta(probe.end(t.dead_letter.name), before[t.dead_letter.name]) - int(
+        report.get("dead_letters", 0)
+    )
     summary.duplicates_dropped = summary.raw_records - unique_total - summary.dead_letters
     crawled = set(urls)
     summary.unique_new = sum(1 for url in new_urls if url in crawled)
