@@ -6,8 +6,8 @@ is missing). Each round crawls it twice, each crawl in a fresh process:
 
 - baseline: plain Scrapy (the same link following and concurrency, robots.txt obeyed, the
   response parsed for its title), items discarded;
-- crawler: ``python -m crawlers crawl`` producing every page record to Kafka (the running
-  stack's broker, a throwaway topic prefix), delivery confirmed before it exits.
+- crawler: ``python -m crawlers crawl`` producing every page record to Kafka (the embedded
+  stack's broker, started if needed; a throwaway topic prefix), delivery confirmed before it exits.
 
 Prints pages/s of both and their ratio per round, then the medians. Targets (issue 3): ratio
 >= 0.9 and >= 150 pages/s. About a minute:
@@ -161,10 +161,13 @@ def main() -> int:
         plain_crawl(args.plain)
         return 0
 
+    from crawlstream.cli import migrate
     from crawlstream.demosite import generate_demo_site
     from crawlstream.settings import load_settings
+    from crawlstream.stack.supervisor import up
     from crawlstream.topics import catalog, ensure_topics
 
+    up(load_settings(), migrate=migrate)  # the embedded stack's Kafka (idempotent, as `make up`)
     prefix = f"bench-crawl-{uuid.uuid4().hex[:8]}"
     os.environ["CRAWLSTREAM_KAFKA__TOPIC_PREFIX"] = prefix
     settings = load_settings()
