@@ -49,7 +49,8 @@ class ConnectorReport:
 def assess(
     name: str, state: str, running: bool, slot: str, row: tuple[bool, int, int] | None, warn_bytes: int
 ) -> ConnectorReport:
-    problems, warnings = [], []
+    problems: list[str] = []
+    warnings: list[str] = []
     if not running:
         problems.append(f"connector {name} is not running ({state})")
     if row is None:

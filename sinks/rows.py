@@ -9,8 +9,7 @@ by the sink, from the sha256 of the stored body, so both shapes agree on it.
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -67,36 +66,42 @@ def page_row(event: PageEvent) -> tuple[Any, ...]:
     )
 
 
-def _validate(model: type[M], obj: Any) -> M:
-    try:
-        return model.model_validate(obj)
-    except ValidationError as exc:
-        fields = ", ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]
-        )
-        raise RecordError("invalid_record", fields) from None
+def _invalid(exc: ValidationError) -> RecordError:
+    first = exc.errors()[0]
+    if first["type"] == "json_invalid":
+        return RecordError("invalid_json", str(first["msg"]))
+    fields = ", ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]
+    )
+    return RecordError("invalid_record", fields)
 
 
-def _json(raw: bytes | None) -> Any:
+def _validate(model: type[M], raw: bytes | None) -> M:
     if raw is None:
         raise RecordError("null_value", "message has no value")
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RecordError("invalid_json", str(exc)) from None
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
 
 
 def decode_page_event(raw: bytes | None) -> PageEvent:
     """A PageEvent, or a bare PageRecord (the stream stage's older output) wrapped as a new page."""
-    obj = _json(raw)
-    if isinstance(obj, dict) and "page" in obj and "change" in obj:
-        return _validate(PageEvent, obj)
-    return PageEvent(change="new", page=_validate(PageRecord, obj))
+    if raw is None:
+        raise RecordError("null_value", "message has no value")
+    try:
+        return PageEvent.model_validate_json(raw)
+    except ValidationError as exc:
+        # Neither ``change`` nor ``page``: a PageRecord rather than a broken PageEvent.
+        missing = {e["loc"][0] for e in exc.errors() if e["type"] == "missing" and e["loc"]}
+        if not {"change", "page"} <= missing:
+            raise _invalid(exc) from None
+    return PageEvent(change="new", page=_validate(PageRecord, raw))
 
 
-def decoder(model: type[M]) -> Any:
+def decoder(model: type[M]) -> Callable[[bytes | None], M]:
     def decode(raw: bytes | None) -> M:
-        return _validate(model, _json(raw))
+        return _validate(model, raw)
 
     decode.__name__ = f"decode_{model.__name__}"
     return decode
@@ -106,7 +111,12 @@ decode_touch = decoder(PageTouch)
 decode_stats = decoder(DomainStats)
 decode_run = decoder(RunEvent)
 
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+def _escape(value: str) -> str:
+    # Chained replace() is ~35x faster than str.translate() on page-sized strings.
+    if "\\" in value:
+        value = value.replace("\\", "\\\\")
+    return value.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
 
 
 def copy_text(rows: Iterable[Sequence[Any]]) -> str:
@@ -115,14 +125,17 @@ def copy_text(rows: Iterable[Sequence[Any]]) -> str:
     for row in rows:
         fields = []
         for value in row:
-            if value is None:
+            kind = type(value)
+            if kind is str:
+                fields.append(_escape(value))
+            elif value is None:
                 fields.append("\\N")
-            elif isinstance(value, bool):
+            elif kind is bool:
                 fields.append("t" if value else "f")
-            elif isinstance(value, str):
-                fields.append(value.translate(_COPY_ESCAPES))
             elif isinstance(value, datetime):
                 fields.append(value.isoformat())
+            elif isinstance(value, str):
+                fields.append(_escape(value))
             else:
                 fields.append(str(value))
         lines.append("\t".join(fields))

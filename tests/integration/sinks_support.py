@@ -252,6 +252,7 @@ class Tail:
             for p in meta.partitions
         }
         self.consumer.assign([TopicPartition(topic, p, o) for p, o in ends.items()])
+        self.start = ends
         self.messages: list[Any] = []
 
     def until(self, done: Callable[[list[Any]], bool], timeout_s: float, what: str) -> list[Any]:
@@ -263,6 +264,19 @@ class Tail:
 
         wait_for(poll, timeout_s, what, every_s=0)
         return self.messages
+
+    def drain(self, timeout_s: float = 30.0) -> list[Any]:
+        """Read on until every partition's current end: what was produced before now."""
+        ends = {}
+        for tp in self.consumer.assignment():
+            ends[tp.partition] = self.consumer.get_watermark_offsets(tp, timeout=10)[1]
+
+        def caught_up(messages: list[Any]) -> bool:
+            # position() is OFFSET_INVALID (< 0) until a partition yields a message.
+            seen = {tp.partition: tp.offset for tp in self.consumer.position(self.consumer.assignment())}
+            return all(max(seen.get(p, -1), self.start[p]) >= end for p, end in ends.items())
+
+        return self.until(caught_up, timeout_s, "the topic's current end")
 
     def close(self) -> None:
         self.consumer.close()

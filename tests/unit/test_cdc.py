@@ -18,6 +18,9 @@ def test_retained_wal_over_the_threshold_is_a_warning_naming_the_setting() -> No
 
 def test_stopped_connector_and_missing_slot_are_problems() -> None:
     r = assess("c", "connector FAILED", False, "s", None, warn_bytes=1000)
-    assert r.problems == ["connector c is not running (connector FAILED)", "replication slot s does not exist"]
+    assert r.problems == [
+        "connector c is not running (connector FAILED)",
+        "replication slot s does not exist",
+    ]
     inactive = assess("c", "connector RUNNING", True, "s", (False, 1, 1), warn_bytes=1000)
     assert inactive.warnings == ["slot s has no consumer: WAL accumulates until its connector runs"]

@@ -1,0 +1,213 @@
+"""Page sink throughput: rows/s of one PostgresPageSink next to a raw COPY of the same rows.
+
+Runs in a scratch schema of the running stack's PostgreSQL (migrated like the real one, with a
+scratch publication that no replication slot reads, so Debezium never sees these rows; dropped at
+the end). Each round writes ``--rows`` new pages (``--body-bytes`` of HTML each) in batches of
+``--batch`` and measures, on the same rows:
+
+- raw COPY: the rows COPYed into an empty (logged) table shaped like the staging table (the floor
+  any loader pays);
+- sink (COPY staging, the kept method): PostgresPageSink.write: COPY into the staging table, one
+  upsert statement into pages + page_versions + outbox, outbox cleanup, offsets; every row new;
+- sink (INSERT staging): the same, with a multi-row INSERT (execute_values) loading the staging
+  table instead of COPY: the alternative the issue asks to measure;
+- worker path: decoding the Kafka bytes (PageEvent JSON) plus the COPY sink.
+
+Prints rows/s per round, then medians and the ratio to raw COPY. Targets (issue 5): sink >= 30,000
+rows/s and >= 0.5x raw COPY. Usage: ``.venv/bin/python bench/bench_sink.py [--rounds 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import psycopg2  # noqa: E402
+import psycopg2.extras  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
+
+from crawlstream.records import PageEvent, PageRecord  # noqa: E402
+from crawlstream.settings import Settings, load_settings  # noqa: E402
+from sinks.base import SinkBatch, SinkRecord  # noqa: E402
+from sinks.migrate import upgrade  # noqa: E402
+from sinks.pages import COPY_STAGE, PostgresPageSink, _Reader  # noqa: E402
+from sinks.postgres import Cursor  # noqa: E402
+from sinks.rows import PAGE_COLUMNS, copy_text, decode_page_event, page_row  # noqa: E402
+
+
+class InsertStagedPageSink(PostgresPageSink):
+    def stage(self, cur: Cursor, rows: list[tuple[object, ...]]) -> None:
+        sql = f"INSERT INTO page_stage ({', '.join(PAGE_COLUMNS)}) VALUES %s"
+        psycopg2.extras.execute_values(cur, sql, rows, page_size=len(rows))
+
+
+def with_schema(dsn: str, schema: str) -> str:
+    return f"{dsn}{'&' if '?' in dsn else '?'}options=-csearch_path%3D{schema}"
+
+
+def scratch_settings(settings: Settings, schema: str) -> Settings:
+    pg = settings.postgres.model_copy(
+        update={
+            "url": SecretStr(with_schema(settings.postgres.dsn(), schema)),
+            "owner_url": SecretStr(with_schema(settings.postgres.dsn(owner=True), schema)),
+            "publication": schema,
+        }
+    )
+    return settings.model_copy(update={"postgres": pg})
+
+
+def messages(round_: int, rows: int, body_bytes: int) -> list[bytes]:
+    filler = ("<p>" + "lorem ipsum dolor sit amet " * (body_bytes // 27 + 1))[:body_bytes]
+    now = datetime.now(UTC)
+    out = []
+    for i in range(rows):
+        url = f"https://bench.invalid/{round_}/{i}"
+        record = PageRecord(
+            url=url,
+            canonical_url=url,
+            final_url=url,
+            status=200,
+            fetched_at=now,
+            title=f"page {i}",
+            body=f"<html>{i}{filler}</html>",
+            body_bytes=body_bytes,
+        )
+        out.append(PageEvent(change="new", page=record).to_bytes())
+    return out
+
+
+def batches(events: list[PageEvent], size: int, group: str) -> list[SinkBatch[PageEvent]]:
+    out = []
+    for start in range(0, len(events), size):
+        chunk = events[start : start + size]
+        records = [SinkRecord(e, "bench", 0, start + i) for i, e in enumerate(chunk)]
+        out.append(SinkBatch(group, records, {("bench", 0): start + len(chunk)}))
+    return out
+
+
+def timed_sink(sink: PostgresPageSink, events: list[PageEvent], size: int) -> float:
+    work = batches(events, size, f"bench-{uuid.uuid4().hex[:8]}")
+    started = time.perf_counter()
+    for batch in work:
+        sink.write(batch)
+    return len(events) / (time.perf_counter() - started)
+
+
+def timed_worker_path(sink: PostgresPageSink, raw: list[bytes], size: int) -> float:
+    group = f"bench-{uuid.uuid4().hex[:8]}"
+    started = time.perf_counter()
+    for start in range(0, len(raw), size):
+        records = [
+            SinkRecord(decode_page_event(m), "bench", 0, start + i)
+            for i, m in enumerate(raw[start : start + size])
+        ]
+        sink.write(SinkBatch(group, records, {("bench", 0): start + len(records)}))
+    return len(raw) / (time.perf_counter() - started)
+
+
+def timed_raw_copy(dsn: str, events: list[PageEvent], size: int) -> float:
+    rows = [page_row(e) for e in events]  # built outside the clock: COPY alone is the floor
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS raw_copy AS SELECT * FROM page_stage_shape WITH NO DATA")
+        cur.execute("TRUNCATE raw_copy")
+        conn.commit()
+        started = time.perf_counter()
+        for start in range(0, len(rows), size):
+            cur.copy_expert(
+                COPY_STAGE.replace("page_stage", "raw_copy"), _Reader(copy_text(rows[start : start + size]))
+            )
+            conn.commit()
+        elapsed = time.perf_counter() - started
+        cur.execute("DROP TABLE raw_copy")
+        conn.commit()
+    conn.close()
+    return len(rows) / elapsed
+
+
+def clear(owner_dsn: str) -> None:
+    conn = psycopg2.connect(owner_dsn)
+    with conn.cursor() as cur:
+        cur.execute("TRUNCATE pages, page_versions, outbox, sink_offsets")
+    conn.commit()
+    conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=20000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--body-bytes", type=int, default=2048)
+    args = parser.parse_args()
+    base = load_settings()
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(base.postgres.dsn(owner=True))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE SCHEMA {schema}")
+    settings = scratch_settings(base, schema)
+    results: dict[str, list[float]] = {
+        "raw COPY": [],
+        "sink (COPY staging)": [],
+        "sink (INSERT staging)": [],
+        "worker path (decode + sink)": [],
+    }
+    try:
+        upgrade(settings)
+        with admin.cursor() as cur:  # the raw COPY baseline's table shape, owned by the owner
+            cur.execute(
+                f"CREATE TABLE {schema}.page_stage_shape AS "
+                f"SELECT {', '.join(PAGE_COLUMNS)} FROM {schema}.pages WITH NO DATA"
+            )
+            cur.execute(f"GRANT SELECT ON {schema}.page_stage_shape TO {base.postgres.app_role}")
+            cur.execute(f"GRANT CREATE ON SCHEMA {schema} TO {base.postgres.app_role}")  # scratch only
+        owner_dsn = settings.postgres.dsn(owner=True)
+        print(f"{args.rows} rows of ~{args.body_bytes} B per round, batches of {args.batch}, schema {schema}")
+        for round_ in range(args.rounds):
+            raw = messages(round_, args.rows, args.body_bytes)
+            events = [decode_page_event(m) for m in raw]
+            figures = {"raw COPY": timed_raw_copy(settings.postgres.dsn(), events, args.batch)}
+            for name, sink_type in (
+                ("sink (COPY staging)", PostgresPageSink),
+                ("sink (INSERT staging)", InsertStagedPageSink),
+            ):
+                clear(owner_dsn)
+                sink = sink_type.from_settings(settings)
+                figures[name] = timed_sink(sink, events, args.batch)
+                sink.close()
+            clear(owner_dsn)
+            sink = PostgresPageSink.from_settings(settings)
+            figures["worker path (decode + sink)"] = timed_worker_path(sink, raw, args.batch)
+            sink.close()
+            clear(owner_dsn)
+            for name, value in figures.items():
+                results[name].append(value)
+            print(f"round {round_ + 1}: " + ", ".join(f"{k} {v:,.0f} rows/s" for k, v in figures.items()))
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP PUBLICATION IF EXISTS {schema}")
+            cur.execute(f"DROP SCHEMA {schema} CASCADE")
+        admin.close()
+    copy = statistics.median(results["raw COPY"])
+    print(f"\nmedians of {args.rounds} rounds (ratio to raw COPY of the same rows in the same run):")
+    for name, values in results.items():
+        median = statistics.median(values)
+        print(f"  {name:30} {median:>10,.0f} rows/s  {median / copy:5.2f}x")
+    kept = statistics.median(results["sink (COPY staging)"])
+    print(
+        f"targets: sink >= 30,000 rows/s: {'met' if kept >= 30000 else 'NOT met'}; "
+        f">= 0.5x raw COPY: {'met' if kept >= 0.5 * copy else 'NOT met'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
