@@ -2,8 +2,8 @@
 exactly once.
 
 Reads the family's topic as the family's group (``settings.sink.group_id`` for pages); writes
-undecodable or rejected records to catalog(settings).dead_letter; batches by ``settings.sink.batch_size`` /
-``batch_max_latency_s``; retries with ``settings.sink.retry_backoff_*``.
+undecodable or rejected records to catalog(settings).dead_letter; batches by
+``settings.sink.batch_size`` / ``batch_max_latency_s``; retries with ``settings.sink.retry_backoff_*``.
 
 Exactly-once into the store: the sink commits each batch's rows together with the next offset
 per partition, and on every assignment the worker seeks to those stored offsets. After that
