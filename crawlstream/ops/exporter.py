@@ -4,8 +4,9 @@ Served on ``metrics.host:metrics.exporter_port`` (9414). Every scrape reads, liv
 - Kafka (``settings.kafka``, admin API only, never joining a group), under the names of the
   widely used kafka_exporter so existing lag dashboards (e.g. Grafana 7589) work unchanged:
   ``kafka_brokers``, ``kafka_topic_partitions``, ``kafka_topic_partition_current_offset``,
-  ``kafka_topic_partition_oldest_offset``, ``kafka_consumergroup_current_offset(_sum)``,
-  ``kafka_consumergroup_lag(_sum)``, ``kafka_consumergroup_members``;
+  ``kafka_topic_partition_oldest_offset``, ``kafka_consumergroup_current_offset``,
+  ``kafka_consumergroup_lag``, ``kafka_consumergroup_members`` (kafka_exporter's ``*_sum`` gauges
+  are left out: ``promtool check metrics`` rejects ``_sum`` outside summaries; use ``sum by``);
 - Postgres (``settings.postgres.url``): the sinks' stored offsets and the lag they imply (the
   offsets that count for a sink: crawlstream/ops/sink_store.py), live rows per table, and the
   fetch-to-stored latency of recently stored page versions (crawlstream/ops/pg_probe.py);
@@ -50,9 +51,7 @@ SPECS: dict[str, tuple[str, list[str]]] = {
         "Committed offset of the group",
         ["consumergroup", "topic", "partition"],
     ),
-    "kafka_consumergroup_current_offset_sum": ("Sum of committed offsets", ["consumergroup", "topic"]),
     "kafka_consumergroup_lag": ("End offset minus committed offset", ["consumergroup", "topic", "partition"]),
-    "kafka_consumergroup_lag_sum": ("Lag summed over the topic's partitions", ["consumergroup", "topic"]),
     "kafka_consumergroup_members": ("Members of the group", ["consumergroup"]),
     "crawlstream_sink_stored_offset": (
         "Next offset the sink stored in Postgres",
@@ -135,27 +134,17 @@ class PipelineCollector(Collector):
 
     def _groups(self) -> Families:
         current = _gauge("kafka_consumergroup_current_offset")
-        current_sum = _gauge("kafka_consumergroup_current_offset_sum")
         lag = _gauge("kafka_consumergroup_lag")
-        lag_sum = _gauge("kafka_consumergroup_lag_sum")
         members = _gauge("kafka_consumergroup_members")
         for group in kadmin.list_groups(self.admin):
             if not self.groups.fullmatch(group):
                 continue
             members.add_metric([group], kadmin.describe_group(self.admin, group).members)
-            sums: dict[str, tuple[int, int]] = {}
             for (topic, p), offset in sorted(kadmin.group_offsets(self.admin, group).items()):
-                if (topic, p) not in self._high:
-                    continue
-                behind = max(self._high[(topic, p)] - offset, 0)
-                current.add_metric([group, topic, str(p)], offset)
-                lag.add_metric([group, topic, str(p)], behind)
-                total, total_lag = sums.get(topic, (0, 0))
-                sums[topic] = (total + offset, total_lag + behind)
-            for topic, (total, total_lag) in sorted(sums.items()):
-                current_sum.add_metric([group, topic], total)
-                lag_sum.add_metric([group, topic], total_lag)
-        yield from (current, current_sum, lag, lag_sum, members)
+                if (topic, p) in self._high:
+                    current.add_metric([group, topic, str(p)], offset)
+                    lag.add_metric([group, topic, str(p)], max(self._high[(topic, p)] - offset, 0))
+        yield from (current, lag, members)
 
     def _postgres(self) -> Families:
         stored = _gauge("crawlstream_sink_stored_offset")

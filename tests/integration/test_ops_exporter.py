@@ -75,16 +75,12 @@ def test_exporter_serves_lag_the_way_kafka_exporter_does(settings: Settings) -> 
     lag = metrics["kafka_consumergroup_lag"]
     key = (("consumergroup", f"{prefix}-kafka"), ("partition", "0"), ("topic", topic))
     assert lag[key] == 2
-    assert (
-        metrics["kafka_consumergroup_lag_sum"][(("consumergroup", f"{prefix}-kafka"), ("topic", topic))] == 5
-    )
+    assert sum(v for k, v in lag.items() if dict(k)["consumergroup"] == f"{prefix}-kafka") == 5
     assert metrics["kafka_consumergroup_members"][(("consumergroup", f"{prefix}-kafka"),)] == 0
     assert metrics["kafka_topic_partition_current_offset"][(("partition", "1"), ("topic", topic))] == 3
     assert metrics["kafka_topic_partition_oldest_offset"][(("partition", "1"), ("topic", topic))] == 0
     # Kafka's mirror says the sink caught up; the offsets stored with the rows say otherwise.
-    assert (
-        metrics["kafka_consumergroup_lag_sum"][(("consumergroup", f"{prefix}-sink"), ("topic", topic))] == 0
-    )
+    assert sum(v for k, v in lag.items() if dict(k)["consumergroup"] == f"{prefix}-sink") == 0
     sink_lag = {
         dict(labels)["partition"]: value
         for labels, value in metrics["crawlstream_sink_lag"].items()
