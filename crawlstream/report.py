@@ -97,6 +97,10 @@ def render_endpoints(settings: Settings, console: Console) -> None:
         f"  Kafka Connect   : {settings.connect.url}/connectors/{settings.connect.connector_name}/status\n"
         f"  Metrics         : crawler http://{m.host}:{m.crawler_port}/metrics (during a crawl), "
         f"streams http://{m.host}:{m.streams_port}/metrics, sink http://{m.host}:{m.sink_port}/metrics\n"
+        f"  Lag exporter    : `crawlstream exporter` serves http://{m.host}:{m.exporter_port}/metrics; "
+        f"`crawlstream stack up --with-prometheus` adds Prometheus at "
+        f"http://127.0.0.1:{settings.stack.prometheus_port} (catalog: docs/metrics.md)\n"
+        "  Pipeline view   : .venv/bin/crawlstream status --watch\n"
         "  Status          : .venv/bin/crawlstream stack status\n"
         "  Stop everything : make down"
     )

@@ -52,9 +52,17 @@ def up_command(
     timeout: Annotated[
         float | None, typer.Option(help="seconds each service may take to become healthy")
     ] = None,
+    with_prometheus: Annotated[
+        bool, typer.Option(help="also start the lag exporter and Prometheus with deploy/prometheus")
+    ] = False,
 ) -> None:
     """Start Postgres, Kafka and Connect (idempotent), migrate the schema, register the CDC connector."""
-    run_up(migrate_hook, timeout)
+    settings = run_up(migrate_hook, timeout)
+    if with_prometheus:
+        from crawlstream.ops.prom_server import start_prometheus
+
+        with _errors_exit():
+            start_prometheus(settings, console)
 
 
 @stack_app.command("down")

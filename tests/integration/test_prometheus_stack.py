@@ -1,0 +1,74 @@
+"""``stack up --with-prometheus``'s part: the exporter and Prometheus as managed processes running
+deploy/prometheus as is. Runs in a scratch state dir on free ports, so the shared stack's state
+is never touched; stops what it started through the same ProcessManager ``stack down`` uses."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from crawlstream.ops import prom_server
+from crawlstream.settings import Settings, load_settings
+from crawlstream.stack.processes import ProcessManager
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scraped_jobs(url: str) -> set[str]:
+    with urllib.request.urlopen(f"{url}/api/v1/targets", timeout=10) as response:
+        return {t["labels"]["job"] for t in json.loads(response.read())["data"]["activeTargets"]}
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("CRAWLSTREAM_STACK__STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("CRAWLSTREAM_STACK__PROMETHEUS_PORT", str(free_port()))
+    monkeypatch.setenv("CRAWLSTREAM_METRICS__EXPORTER_PORT", str(free_port()))
+    return load_settings()
+
+
+def test_prometheus_and_exporter_start_with_our_config(settings: Settings, tmp_path: Path) -> None:
+    assert settings.stack.state_dir == tmp_path / "state"
+    pm = ProcessManager(settings.stack.state_dir.resolve())
+    try:
+        url = prom_server.start_prometheus(settings, Console(file=None))
+        assert url == f"http://127.0.0.1:{settings.stack.prometheus_port}"
+        assert pm.running("prometheus")
+        assert pm.running("exporter")
+        expected = {f"crawlstream-{n}" for n in ("crawler", "streams", "sink", "follow", "exporter")}
+        deadline = time.monotonic() + 30
+        while (jobs := scraped_jobs(url)) != expected | {"prometheus"} and time.monotonic() < deadline:
+            time.sleep(0.2)  # file_sd targets are discovered asynchronously: poll with a deadline
+        assert jobs == expected | {"prometheus"}
+        with urllib.request.urlopen(f"{url}/api/v1/rules", timeout=10) as response:
+            assert len([r for g in json.loads(response.read())["data"]["groups"] for r in g["rules"]]) == 12
+        again = prom_server.start_prometheus(settings, Console(file=None))  # idempotent
+        assert again == url
+    finally:
+        for name in ("prometheus", "exporter"):
+            pm.stop(name)
+    assert not pm.running("prometheus")
+
+
+def test_without_the_binary_it_says_what_to_install(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(prom_server.shutil, "which", lambda _name: None)
+    assert prom_server.start_prometheus(settings, Console()) is None
+    assert "apt-get install prometheus" in capsys.readouterr().out
+    assert not ProcessManager(settings.stack.state_dir.resolve()).names()
