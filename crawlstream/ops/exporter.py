@@ -199,7 +199,7 @@ def exporter_command(
     from crawlstream.logs import setup_logging
 
     settings = load_settings()
-    setup_logging(settings.log_level, json_lines=settings.log_json)
+    setup_logging(settings.log_level, json_lines=settings.log_json, worker="exporter")
     registry = registry_for(settings, groups)
     if once:
         typer.echo(generate_latest(registry).decode(), nl=False)
