@@ -48,6 +48,8 @@ class RunSummary:
     raw_records: int = 0
     unique_new: int = 0
     duplicates_dropped: int = 0
+    # Recrawls of a known URL with unchanged content: PageTouch records on <prefix>.pages.touches.
+    touches: int = 0
     dead_letters: int = 0
     rows_new: int = 0
     rows_for_crawl: int = 0
@@ -251,7 +253,8 @@ def run_pipeline(
     t = probe.topics
     probe.wait_drained(timeout_s, on_progress)
     before = {
-        spec.name: probe.end(spec.name) for spec in (t.raw_pages, t.unique_pages, t.dead_letter, t.cdc_pages)
+        spec.name: probe.end(spec.name)
+        for spec in (t.raw_pages, t.unique_pages, t.page_touches, t.dead_letter, t.cdc_pages)
     }
     db_start = probe.db_now()
 
@@ -329,6 +332,7 @@ def run_pipeline(
         report.get("dead_letters", 0)
     )
     summary.duplicates_dropped = summary.raw_records - unique_total - summary.dead_letters
+    summary.touches = offsets.delta(probe.end(t.page_touches.name), before[t.page_touches.name])
     crawled = set(urls)
     summary.unique_new = sum(1 for url in new_urls if url in crawled)
     # Only this run's URLs: other writers of `pages` (and the connector's first snapshot) may
@@ -366,6 +370,12 @@ def run_pipeline(
         Check("sink", "new rows = unique pages", summary.unique_new, summary.rows_new),
         Check("cdc", "create events = new rows", summary.rows_new, summary.cdc_creates),
         Check("streams", "unique records = this run's new URLs", unique_total, summary.unique_new),
+        Check(
+            "streams",
+            "unchanged touches = raw records - unique records - dead letters",
+            summary.duplicates_dropped,
+            summary.touches,
+        ),
         Check(
             "cdc", "every new URL has its create event", len(set(new_urls)), len(set(new_urls) & set(created))
         ),

@@ -160,6 +160,8 @@ class PageTouch(_Record):
     content_hash: str = ""
     job_id: str = ""
     run_id: str = ""
+    body_bytes: int = Field(default=0, ge=0)
+    fetch_latency_s: float = Field(default=0.0, ge=0)
 
 
 class LinkRecord(_Record):

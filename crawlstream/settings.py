@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -134,7 +134,9 @@ class CrawlSettings(BaseModel):
 class StreamsSettings(BaseModel):
     # Also the Kafka consumer group id and the prefix of faust's changelog topics.
     app_id: str = Field(default="crawlstream-streams", pattern=r"^[A-Za-z0-9._-]+$")
-    store: str = "memory://"
+    # Table state on disk (faust's rocksdict store), restored from changelogs only for what it
+    # lacks; unit tests use "memory://".
+    store: str = "rocksdb://"
     web_port: int = Field(default=6066, ge=1, le=65535)
     # faust's datadir is <data_dir>/<app_id> (table files; RocksDB data with rocksdb://).
     data_dir: Path = DEFAULT_STATE_DIR / "streams"
@@ -146,9 +148,12 @@ class StreamsSettings(BaseModel):
     # Pages whose SimHashes differ in at most this many bits are near-duplicates (LSH banding
     # finds every such pair for distances up to 15).
     near_duplicate_distance: int = Field(default=3, ge=0, le=15)
-    # What <prefix>.pages.unique carries: "page_event" (PageEvent, the contract) or "page_record"
-    # (the bare crawled PageRecord) for sinks that predate PageEvent.
-    unique_format: Literal["page_event", "page_record"] = "page_record"
+    # Per-domain windowed stats and run progress (streams.stats); off: no stats agents at all.
+    stats_enabled: bool = True
+    # A per-domain stats window is emitted to <prefix>.stats this long after its end (wall clock),
+    # so events fetched just before the end still count; closes are checked at this interval.
+    stats_grace_s: float = Field(default=10.0, ge=1, le=3600)
+    stats_close_interval_s: float = Field(default=5.0, gt=0, le=60)
 
 
 class SinkSettings(BaseModel):

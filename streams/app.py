@@ -2,11 +2,13 @@
 
 ``new_app(settings)`` configures an app with no agents (unit tests register one agent on it);
 ``create_app(settings)`` also registers every agent (raw -> changes -> content -> near ->
-unique; see each module) and is what ``python -m streams`` runs.
+unique; unique + touches -> stats; links -> requests; see each module) and the web views
+(:mod:`streams.views`); it is what ``python -m streams`` runs.
 Agent modules take the app as an argument and never import this module, so there is no cycle.
 
 Settings used: ``kafka.bootstrap_servers|partitions|replication_factor|max_message_bytes|
-client_config``, ``streams.app_id|store|web_port|data_dir|commit_interval_s|session_timeout_s``.
+client_config``, ``streams.app_id|store|web_port|data_dir|commit_interval_s|session_timeout_s|
+stats_close_interval_s|stats_enabled``.
 The consumer group id is ``streams.app_id``; table changelogs are ``<app_id>-<table>-changelog``.
 """
 
@@ -16,7 +18,7 @@ import faust
 
 from crawlstream.errors import ConfigError
 from crawlstream.settings import Settings
-from streams import changes, content, near
+from streams import changes, content, frontier, near, stats, views
 from streams.recrawl import RecrawlPolicy
 from streams.topology import declare_topics
 
@@ -51,6 +53,8 @@ def new_app(settings: Settings) -> faust.App:
         broker_commit_interval=streams.commit_interval_s,
         broker_commit_every=1000,
         broker_session_timeout=streams.session_timeout_s,
+        # How often windowed tables check for windows to close (streams.stats).
+        table_cleanup_interval=streams.stats_close_interval_s,
         consumer_auto_offset_reset="earliest",
         # Pages can be ~1 MB+; the producer and per-partition fetches must fit the largest record.
         producer_max_request_size=kafka.max_message_bytes,
@@ -72,7 +76,10 @@ def create_app(settings: Settings) -> faust.App:
     """The app with every agent registered: what a worker runs."""
     app = new_app(settings)
     topics = declare_topics(app, settings)
-    changes.register(app, settings, topics, RecrawlPolicy())
+    detected = changes.register(app, settings, topics, RecrawlPolicy())
     content.register(app, settings, topics)
     near.register(app, settings, topics)
+    frontier.register(app, topics, detected.urls, settings.kafka.max_message_bytes)
+    if settings.streams.stats_enabled:
+        views.register(app, stats.register(app, settings, topics))
     return app

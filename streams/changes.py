@@ -31,7 +31,7 @@ from streams import metrics
 from streams.deadletters import send_dead_letter
 from streams.enrich import enrich_html
 from streams.recrawl import RecrawlPolicy, next_interval
-from streams.topology import StageTopics, unique_value
+from streams.topology import StageTopics
 
 AGENT = "detect_changes"
 
@@ -103,6 +103,8 @@ def touch_for(record: PageRecord, print_: str) -> PageTouch:
         content_hash=print_,
         job_id=record.job_id,
         run_id=record.run_id,
+        body_bytes=record.body_bytes,
+        fetch_latency_s=record.fetch_latency_s,
     )
 
 
@@ -153,7 +155,7 @@ def register(app: Any, settings: Settings, topics: StageTopics, policy: RecrawlP
                     out, key = topics.by_content, enrichment.content_hash.encode("ascii")
                     value = update.to_bytes()
                 else:
-                    out, key, value = topics.unique, event.key, unique_value(update, settings)
+                    out, key, value = topics.unique, event.key, update.to_bytes()
             # force=True sends now so the table records the URL only after the broker's ack.
             await (await out.send(key=key, value=value, force=True))
             urls[record.canonical_url] = result.entry

@@ -23,7 +23,7 @@ from streams import metrics
 from streams.deadletters import send_dead_letter
 from streams.fingerprints import band_count
 from streams.near import route_key
-from streams.topology import StageTopics, decode_event, unique_value
+from streams.topology import StageTopics, decode_event
 
 AGENT = "dedup_content"
 
@@ -71,8 +71,7 @@ def register(app: Any, settings: Settings, topics: StageTopics) -> ContentAgent:
                 out, key = topics.unique, page.page.canonical_url.encode("utf-8")
             else:
                 out, key = topics.by_band, route_key(page, 0, bands)
-            value = unique_value(page, settings) if out is topics.unique else page.to_bytes()
-            await (await out.send(key=key, value=value, force=True))
+            await (await out.send(key=key, value=page.to_bytes(), force=True))
             if first is None:
                 content_first[content] = page.page.canonical_url
                 metrics.TABLE_KEYS.labels("content_first").set(len(content_first))

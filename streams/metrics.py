@@ -20,6 +20,7 @@ DEAD_LETTERS = Counter(
     "streams_dead_letters_total", "Events sent to the dead-letter topic", ["agent", "reason"]
 )
 REQUESTS = Counter("streams_requests_total", "Crawl requests produced by the frontier", ["reason"])
+WINDOWS_CLOSED = Counter("streams_windows_closed_total", "Stats windows emitted on close", ["window"])
 PROCESSING = Histogram("streams_processing_seconds", "Time an agent spends on one event", ["agent"])
 ENRICHMENT = Histogram(
     "streams_enrichment_seconds",

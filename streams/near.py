@@ -23,7 +23,7 @@ from crawlstream.settings import Settings
 from streams import metrics
 from streams.deadletters import send_dead_letter
 from streams.fingerprints import band_count, band_keys, hamming
-from streams.topology import StageTopics, decode_event, unique_value
+from streams.topology import StageTopics, decode_event
 
 AGENT = "find_near_duplicates"
 BUCKET_LIMIT = 32
@@ -107,8 +107,7 @@ def register(app: Any, settings: Settings, topics: StageTopics) -> NearAgent:
                 out, key = topics.unique, page.page.canonical_url.encode("utf-8")
                 if page.near_duplicate_of is not None:
                     metrics.DUPLICATES.labels("near").inc()
-            value = unique_value(page, settings) if out is topics.unique else page.to_bytes()
-            await (await out.send(key=key, value=value, force=True))
+            await (await out.send(key=key, value=page.to_bytes(), force=True))
             assert page.enrichment is not None
             near_bands[band] = remember(bucket, page.page.canonical_url, page.enrichment.simhash)
             metrics.TABLE_KEYS.labels("near_bands").set(len(near_bands))

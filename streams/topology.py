@@ -66,10 +66,3 @@ def decode_event(raw: bytes | None) -> PageEvent:
         return PageEvent.model_validate_json(raw)
     except ValidationError as exc:
         raise RecordError("invalid_event", str(exc.errors()[0]["msg"])[:500]) from None
-
-
-def unique_value(event: PageEvent, settings: Settings) -> bytes:
-    """What the unique topic carries for ``event`` (``streams.unique_format``)."""
-    if settings.streams.unique_format == "page_record":
-        return event.page.to_bytes()
-    return event.to_bytes()

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 from crawlstream.demosite import generate_demo_site, serve_directory
-from crawlstream.pipeline import CrawlArgs, PipelineProbe, run_pipeline
+from crawlstream.pipeline import CrawlArgs, PipelineProbe, RunSummary, run_pipeline
 from crawlstream.settings import Settings
 from crawlstream.urls import host_of
 
 pytestmark = pytest.mark.e2e
 
 
-def _crawl(settings: Settings, base_url: str) -> object:
+def _crawl(settings: Settings, base_url: str) -> RunSummary:
     args = CrawlArgs(
         start_urls=[f"{base_url}/index.html"],
         allow_private_hosts=[host_of(base_url)],
@@ -30,7 +30,7 @@ def _crawl(settings: Settings, base_url: str) -> object:
     return run_pipeline(settings, args, timeout_s=180)
 
 
-def test_demo_site_counts_reconcile_and_a_recrawl_adds_nothing(
+def test_demo_site_counts_reconcile_and_a_recrawl_only_touches(
     stack_settings: Settings, tmp_path: Path
 ) -> None:
     manifest = generate_demo_site(tmp_path / "site", pages=300)
@@ -53,6 +53,8 @@ def test_demo_site_counts_reconcile_and_a_recrawl_adds_nothing(
             == manifest.expected_html_responses - manifest.expected_distinct_canonical_urls
         )
         assert first.duplicates_dropped > 0  # the site links some pages with tracking parameters
+        # Those tracking-parameter refetches are unchanged recrawls: one PageTouch each.
+        assert first.touches == first.duplicates_dropped
         assert first.rows_new == first.rows_for_crawl == manifest.expected_distinct_canonical_urls
         assert first.cdc_creates == manifest.expected_distinct_canonical_urls
 
@@ -60,6 +62,8 @@ def test_demo_site_counts_reconcile_and_a_recrawl_adds_nothing(
         assert second.ok, [c for c in second.checks if not c.ok]
         assert second.raw_records == manifest.expected_html_responses
         assert second.unique_new == 0
+        # Nothing changed: every fetch of the recrawl is a PageTouch, none a page event.
+        assert second.touches == manifest.expected_html_responses
         assert second.rows_new == 0
         assert second.rows_for_crawl == manifest.expected_distinct_canonical_urls
         assert second.cdc_creates == 0

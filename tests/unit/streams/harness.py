@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from crawlstream.records import PageRecord
 from crawlstream.settings import KafkaSettings, Settings, StreamsSettings
-from streams import changes, content, near
+from streams import changes, content, frontier, near
 from streams.app import new_app
 from streams.recrawl import RecrawlPolicy
 from streams.topology import declare_topics
@@ -39,19 +39,21 @@ class Harness:
         settings = Settings(
             _env_file=None,
             kafka=KafkaSettings(topic_prefix="unit", partitions=3),
-            streams=StreamsSettings(app_id="unit-streams", store="memory://", unique_format="page_event"),
+            streams=StreamsSettings(app_id="unit-streams", store="memory://"),
         )
         self.app = new_app(settings)
         self.topics = declare_topics(self.app, settings)
         self.changes = changes.register(self.app, settings, self.topics, RecrawlPolicy())
         self.content = content.register(self.app, settings, self.topics)
         self.near = near.register(self.app, settings, self.topics)
+        self.frontier = frontier.register(self.app, self.topics, self.changes.urls, 1 << 20)
         self.app.finalize()
         self.sent: list[tuple[str, bytes, bytes]] = []
         for name in ("unique", "touches", "by_content", "by_band", "dead_letter", "requests", "stats"):
             topic = getattr(self.topics, name)
             topic.send = AsyncMock(side_effect=self._sender(name))
-        for table in (self.changes.urls, self.content.content_first, self.near.near_bands):
+        tables = (self.changes.urls, self.content.content_first, self.near.near_bands, self.frontier.seen)
+        for table in tables:
             table.changelog_topic.send_soon = MagicMock()
 
     def _sender(self, name: str) -> Callable[..., Awaitable[asyncio.Future[None]]]:

@@ -30,7 +30,7 @@ def test_app_configuration_follows_settings() -> None:
     conf = new_app(settings(max_message_bytes=3 * 1024 * 1024)).conf
     assert conf.id == "unit-app"
     assert [str(url) for url in conf.broker] == ["kafka://h1:9092", "kafka://h2:9093"]
-    assert str(conf.store) == "memory:"
+    assert str(conf.store) == "rocksdb:"  # the default for workers
     assert (conf.topic_partitions, conf.topic_replication_factor) == (6, 3)
     assert conf.producer_max_request_size == conf.consumer_max_fetch_size == 3 * 1024 * 1024
     assert ProcessingGuarantee(conf.processing_guarantee) is ProcessingGuarantee.AT_LEAST_ONCE
@@ -39,6 +39,7 @@ def test_app_configuration_follows_settings() -> None:
     assert (conf.web_bind, conf.web_host, conf.web_port) == ("127.0.0.1", "127.0.0.1", 7001)
     assert conf.datadir == Path("/tmp/state/unit-app")
     assert conf.topic_disable_leader
+    assert conf.table_cleanup_interval == 5.0  # streams.stats_close_interval_s: windows close
 
 
 def test_create_app_registers_the_chain_with_copartitioned_changelogs() -> None:
@@ -47,8 +48,21 @@ def test_create_app_registers_the_chain_with_copartitioned_changelogs() -> None:
         "detect_changes",
         "dedup_content",
         "find_near_duplicates",
+        "plan_requests",
+        "sample_stats",
+        "aggregate_domains",
+        "track_runs",
     ]
-    for name in ("urls", "content_first", "near_bands"):
+    tables = (
+        "urls",
+        "content_first",
+        "near_bands",
+        "frontier_seen",
+        "domain_1m",
+        "domain_5m",
+        "run_progress",
+    )
+    for name in tables:
         table = app.tables[name]
         assert table.changelog_topic.get_topic_name() == f"unit-app-{name}-changelog"
         assert table.partitions == table.changelog_topic.partitions == 6  # the source topics' count
