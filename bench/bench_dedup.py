@@ -1,0 +1,195 @@
+"""URL-dedup throughput of one stream worker next to a plain confluent-kafka loop (same run).
+
+Needs the running stack (``crawlstream stack up``). Each run gets its own topic prefix and app id,
+produces ``EVENTS`` raw page records (metadata records: no body, so no enrichment; half of them
+recrawls of a URL already seen, which become touches), and measures events/s until the
+consumer group has committed them all:
+  faust     ``python -m streams worker`` (stats agents off), the ``detect_changes`` agent:
+            changelog-backed ``urls`` table, every output acknowledged before the table update;
+  baseline  a confluent-kafka consumer loop with the same decisions (``streams.changes``
+            functions), a dict for the table, one changelog record per update, outputs produced
+            asynchronously and offsets committed every 1,000 events.
+Prints medians of ``RUNS`` runs and the ratio (targets >= 20,000 events/s and >= 0.5x).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from crawlstream import offsets
+from crawlstream.records import PageRecord
+from crawlstream.settings import Settings, load_settings
+from crawlstream.topics import catalog, ensure_topics
+from streams.changes import Change, classify, decode_keyed_page, fingerprint, touch_for
+from streams.recrawl import RecrawlPolicy
+
+EVENTS = 10_000
+RUNS = 3
+REPO = Path(__file__).resolve().parents[1]
+
+
+def isolated(tag: str) -> dict[str, str]:
+    run = f"bench-dedup-{tag}-{uuid.uuid4().hex[:6]}"
+    return {
+        "CRAWLSTREAM_KAFKA__TOPIC_PREFIX": run,
+        "CRAWLSTREAM_STREAMS__APP_ID": run,
+        "CRAWLSTREAM_STREAMS__STATS_ENABLED": "false",
+        "CRAWLSTREAM_STREAMS__WEB_PORT": str(16100 + os.getpid() % 500),
+        "CRAWLSTREAM_METRICS__STREAMS_PORT": "0",
+    }
+
+
+def settings_for(env: dict[str, str]) -> Settings:
+    os.environ.update(env)
+    settings = load_settings()
+    ensure_topics(settings)
+    return settings
+
+
+def produce(settings: Settings) -> None:
+    producer = Producer(settings.kafka.librdkafka(**{"linger.ms": 20}))
+    now = datetime.now(UTC)
+    for i in range(EVENTS):
+        url = f"https://bench{i % 50}.example/page/{i % (EVENTS // 2)}"
+        record = PageRecord(
+            url=url, canonical_url=url, final_url=url, status=200, fetched_at=now, kind="metadata"
+        )
+        producer.produce(catalog(settings).raw_pages.name, key=url.encode(), value=record.to_bytes())
+        producer.poll(0)
+    producer.flush(60)
+
+
+def drained(settings: Settings, group: str) -> bool:
+    raw = catalog(settings).raw_pages.name
+    return (
+        offsets.lag(offsets.end_offsets(settings, raw), offsets.committed_offsets(settings, group, raw)) == 0
+    )
+
+
+def cleanup(settings: Settings) -> None:
+    admin = AdminClient(settings.kafka.librdkafka())
+    ours = (settings.kafka.topic_prefix + ".", settings.streams.app_id + "-")
+    admin.delete_topics([t for t in admin.list_topics(timeout=10).topics if t.startswith(ours)])
+
+
+def faust_rate() -> float:
+    env = isolated("faust")
+    settings = settings_for(env)
+    with tempfile.TemporaryDirectory() as tmp:
+        env["CRAWLSTREAM_STREAMS__DATA_DIR"] = tmp
+        log = Path(tmp) / "worker.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "streams", "worker", "-l", "info"],
+                cwd=REPO,
+                env={**os.environ, **env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            deadline = time.monotonic() + 120
+            while b"[^Worker]: Ready" not in log.read_bytes():  # faust's line once partitions are assigned
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"worker did not start:\n{log.read_text()[-2000:]}")
+                time.sleep(0.2)  # poll interval
+            started = time.perf_counter()
+            produce(settings)
+            while not drained(settings, settings.streams.app_id):
+                if time.monotonic() > deadline + 300:
+                    raise SystemExit("worker did not drain the bench records")
+                time.sleep(0.05)  # poll interval
+            return EVENTS / (time.perf_counter() - started)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            cleanup(settings)
+
+
+def plain_rate() -> float:
+    env = isolated("plain")
+    settings = settings_for(env)
+    topics = catalog(settings)
+    changelog = f"{settings.streams.app_id}-urls-changelog"
+    admin = AdminClient(settings.kafka.librdkafka())  # kept alive until the futures resolve
+    created = admin.create_topics(
+        [NewTopic(changelog, num_partitions=settings.kafka.partitions, replication_factor=1)]
+    )
+    for future in created.values():
+        future.result(30)
+    group = settings.streams.app_id
+    consumer = Consumer(
+        settings.kafka.librdkafka(
+            **{"group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False}
+        )
+    )
+    producer = Producer(settings.kafka.librdkafka(**{"linger.ms": 5}))
+    table: dict[str, Any] = {}
+    policy = RecrawlPolicy()
+    try:
+        consumer.subscribe([topics.raw_pages.name])
+        started = time.perf_counter()
+        produce(settings)
+        done = 0
+        while done < EVENTS:
+            for msg in consumer.consume(500, timeout=0.5):
+                if msg.error():
+                    continue
+                record = decode_keyed_page(msg.key(), msg.value())
+                print_ = fingerprint(record, None)
+                result = classify(table.get(record.canonical_url), print_, record.fetched_at, policy)
+                if result.change is Change.UNCHANGED:
+                    producer.produce(
+                        topics.page_touches.name, key=msg.key(), value=touch_for(record, print_).to_bytes()
+                    )
+                else:
+                    producer.produce(topics.unique_pages.name, key=msg.key(), value=msg.value())
+                table[record.canonical_url] = result.entry
+                producer.produce(changelog, key=msg.key(), value=str(result.entry).encode())
+                producer.poll(0)
+                done += 1
+                if done % 1000 == 0:
+                    producer.flush(30)  # outputs acknowledged before their offsets are committed
+                    consumer.commit(asynchronous=False)
+        producer.flush(30)
+        if done % 1000:
+            consumer.commit(asynchronous=False)
+        return EVENTS / (time.perf_counter() - started)
+    finally:
+        consumer.close()
+        cleanup(settings)
+
+
+def main() -> int:
+    base_env = dict(os.environ)
+    plain = []
+    ours = []
+    for _ in range(RUNS):
+        plain.append(plain_rate())
+        os.environ.clear()
+        os.environ.update(base_env)
+        ours.append(faust_rate())
+        os.environ.clear()
+        os.environ.update(base_env)
+    faust_median, plain_median = statistics.median(ours), statistics.median(plain)
+    print(f"events: {EVENTS} per run (half recrawls), median of {RUNS} runs, one worker")
+    runs = f"faust {[round(r) for r in ours]}, plain {[round(r) for r in plain]}"
+    print(f"faust detect_changes: {faust_median:9.0f} events/s  (target >= 20,000)")
+    print(f"plain confluent loop: {plain_median:9.0f} events/s  (baseline; runs: {runs})")
+    print(f"ratio faust/plain: {faust_median / plain_median:.2f}  (target >= 0.5)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
