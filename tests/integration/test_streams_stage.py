@@ -97,11 +97,13 @@ class Pipeline:
 
     def start_worker(self) -> Worker:
         log = self.tmp / f"worker-{len(self.workers)}.log"
-        # Each worker serves its own web port (views route between them); the first keeps the
-        # fixture's, which tests read.
-        env = (
-            self.env if not self.workers else {**self.env, "CRAWLSTREAM_STREAMS__WEB_PORT": str(free_port())}
-        )
+        # Each running worker has its own web port (views route between them; the first keeps the
+        # fixture's, which tests read) and its own RocksDB directory (RocksDB locks it); a worker
+        # started after a kill -9 reuses the dead one's directory, as a restarted host would.
+        running = sum(w.proc.poll() is None for w in self.workers)
+        env = {**self.env, "CRAWLSTREAM_STREAMS__DATA_DIR": str(self.tmp / f"streams-{running}")}
+        if running:
+            env["CRAWLSTREAM_STREAMS__WEB_PORT"] = str(free_port())
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "streams", "worker", "-l", "info"],
