@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from typing import Any
 from urllib.parse import urljoin
 
@@ -48,16 +49,25 @@ def _join(base_dir: str, href: str) -> str | None:
         return None
 
 
+# A relative path with no scheme, query, dot segment or backslash: resolving it against a
+# directory is concatenation (RFC 3986 5.2: merge, and remove_dot_segments has nothing to do).
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9_][^:?\\\s]*")
+
+
 def _resolve(base: str, href: str) -> str | None:
     # Relative links resolve against the base's directory alone (except "?query" ones), so pages
     # of one directory share the cache: their navigation links are the same hrefs.
     if href.startswith("?"):
         return _join(base, href)
     path = base.split("?", 1)[0]
-    return _join(path[: path.rfind("/") + 1] if path.count("/") > 2 else path, href)
+    directory = path[: path.rfind("/") + 1] if path.count("/") > 2 else path
+    if directory.endswith("/") and "/." not in href and _PLAIN_PATH.fullmatch(href):
+        return directory + href
+    return _join(directory, href)
 
 
 def _absolute(base: str, href: str) -> str | None:
+    href = href.split("#", 1)[0]  # fragments name places in one page: resolve the page once
     if href.startswith(("http://", "https://")):
         url = href  # already absolute: the common case needs no urljoin
     elif not href or href.startswith(_NOT_LINKS):
