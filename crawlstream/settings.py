@@ -88,6 +88,10 @@ class ConnectSettings(BaseModel):
     # outbox rows to outbox.event.<aggregatetype>, e.g. outbox.event.page; it has its own slot.
     outbox_connector_name: str = "crawlstream-outbox-cdc"
     outbox_slot_name: str = "crawlstream_outbox"
+    outbox_topic_prefix: str = Field(default="outbox", pattern=r"^[A-Za-z0-9._-]+$")
+    # Both connectors emit heartbeats (heartbeat.interval.ms) to <this>.<topic.prefix>, e.g.
+    # __debezium-heartbeat.cdc; their heartbeat.action.query keeps idle slots confirming WAL.
+    heartbeat_topic_prefix: str = Field(default="__debezium-heartbeat", pattern=r"^[A-Za-z0-9._-]+$")
     # `crawlstream cdc status` warns when a slot retains more WAL than this.
     slot_lag_warn_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
 

@@ -40,6 +40,9 @@ class TopicCatalog:
     pages_by_band: TopicSpec
     # Debezium's outbox EventRouter writes here (deploy/connect/outbox-cdc.json).
     page_events: TopicSpec
+    # Debezium heartbeat records of the two connectors (topic.heartbeat.prefix.topic.prefix).
+    cdc_heartbeat: TopicSpec
+    outbox_heartbeat: TopicSpec
 
     def all(self) -> list[TopicSpec]:
         return [
@@ -55,6 +58,8 @@ class TopicCatalog:
             self.pages_by_content,
             self.pages_by_band,
             self.page_events,
+            self.cdc_heartbeat,
+            self.outbox_heartbeat,
         ]
 
 
@@ -143,6 +148,20 @@ def catalog(settings: Settings) -> TopicCatalog:
             "canonical URL (outbox aggregateid)",
             "page created/changed/gone events from the outbox table (payload JSON; type in header eventType)",
         ),
+        cdc_heartbeat=heartbeat_topic(settings, settings.connect.cdc_topic_prefix),
+        outbox_heartbeat=heartbeat_topic(settings, settings.connect.outbox_topic_prefix),
+    )
+
+
+def heartbeat_topic(settings: Settings, connector_topic_prefix: str) -> TopicSpec:
+    """Where a Debezium connector writes heartbeats: ``<topic.heartbeat.prefix>.<topic.prefix>``.
+    One small record per heartbeat.interval.ms, no consumer of ours: a day's retention is plenty."""
+    return TopicSpec(
+        f"{settings.connect.heartbeat_topic_prefix}.{connector_topic_prefix}",
+        1,
+        "Debezium server name",
+        "Debezium heartbeats (offset only, no row); they commit idle slots' LSNs. Not page data",
+        {"retention.ms": str(24 * 3600 * 1000), "segment.ms": str(3600 * 1000)},
     )
 
 

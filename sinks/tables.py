@@ -4,9 +4,10 @@
 Debezium publishes raw (``cdc.public.pages``); ``page_versions`` one row per content change;
 ``outbox`` the domain events Debezium's EventRouter republishes (``outbox.event.page``);
 ``domain_stats`` closed aggregation windows; ``crawl_runs`` job runs; ``sink_offsets`` the next
-Kafka offset per consumer group and partition. The migrations in ``sinks/migrations`` are frozen
-copies of these models; an integration test checks that they still agree. How records become
-rows is in :mod:`sinks.rows`.
+Kafka offset per consumer group and partition; ``cdc_heartbeat`` one row per Debezium slot,
+written by the connectors' heartbeat.action.query so idle slots still confirm WAL (migration 0003).
+The migrations in ``sinks/migrations`` are frozen copies of these models; an integration test
+checks that they still agree. How records become rows is in :mod:`sinks.rows`.
 """
 
 from __future__ import annotations
@@ -143,6 +144,16 @@ class SinkOffset(Base):
     partition: Mapped[int] = mapped_column(Integer, primary_key=True)
     next_offset: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = _now()
+
+
+class CdcHeartbeat(Base):
+    """Upserted by each connector's heartbeat.action.query (deploy/connect/*.json); published,
+    but in no table.include.list: Debezium filters its changes and still advances the slot."""
+
+    __tablename__ = "cdc_heartbeat"
+
+    slot_name: Mapped[str] = mapped_column(Text, primary_key=True, comment="the connector's replication slot")
+    beat_at: Mapped[datetime] = _now()
 
 
 metadata = Base.metadata

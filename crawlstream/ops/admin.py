@@ -22,6 +22,9 @@ from crawlstream.errors import StackError
 from crawlstream.settings import Settings
 
 TP = tuple[str, int]
+# The broker's own topics. Other names may start with "__" too, e.g. Debezium's heartbeat topics
+# (__debezium-heartbeat.<topic.prefix>), which the catalog declares.
+KAFKA_INTERNAL = frozenset({"__consumer_offsets", "__transaction_state", "__share_group_state"})
 
 
 @dataclass(frozen=True)
@@ -46,12 +49,12 @@ def _result(future: Any, what: str, timeout_s: float) -> Any:
 
 
 def topic_partitions(admin: AdminClient, timeout_s: float = 10.0) -> dict[str, list[int]]:
-    """Every topic (internal ones excluded) with its partition ids."""
+    """Every topic (the broker's internal ones excluded) with its partition ids."""
     meta = admin.list_topics(timeout=timeout_s)
     return {
         name: sorted(info.partitions)
         for name, info in meta.topics.items()
-        if not name.startswith("__") and info.error is None
+        if name not in KAFKA_INTERNAL and info.error is None
     }
 
 

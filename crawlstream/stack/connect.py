@@ -7,6 +7,9 @@ password in the child's environment only (deploy/connect/pages-cdc.json reads th
 ``/connectors/<connect.connector_name>/config`` and waits for connector and task to be RUNNING.
 The outbox connector (deploy/connect/outbox-cdc.json, ``connect.outbox_connector_name``) is
 registered the same way; its EventRouter writes ``outbox.event.page`` (catalog: page_events).
+Both configs carry Debezium heartbeats (``heartbeat.action.query`` upserts the slot's row of
+``cdc_heartbeat``; records go to ``__debezium-heartbeat.<topic.prefix>``, catalog: cdc_heartbeat,
+outbox_heartbeat), checked here against ``connect.heartbeat_topic_prefix`` and the slot name.
 Settings used: ``stack.connect_port``, ``connect.*``, ``postgres.publication``/``slot_name``.
 """
 
@@ -78,12 +81,16 @@ def connector_config(
         "topic.prefix": settings.connect.cdc_topic_prefix,
         "publication.name": settings.postgres.publication,
         "slot.name": settings.postgres.slot_name,
+        "topic.heartbeat.prefix": settings.connect.heartbeat_topic_prefix,
     }
     wrong = [
         f"{key}={config.get(key)!r} but settings say {value!r}"
         for key, value in expected.items()
         if config.get(key) != value
     ]
+    slot = config.get("slot.name", "")
+    if f"'{slot}'" not in config.get("heartbeat.action.query", ""):
+        wrong.append(f"heartbeat.action.query must upsert the row of its slot '{slot}' in cdc_heartbeat")
     if wrong:
         raise StackError(f"{path} disagrees with settings: {'; '.join(wrong)}")
     return config
@@ -91,9 +98,11 @@ def connector_config(
 
 def outbox_connector_config(settings: Settings, path: Path = OUTBOX_JSON) -> dict[str, str]:
     expected = {
+        "topic.prefix": settings.connect.outbox_topic_prefix,
         "publication.name": settings.postgres.publication,
         "slot.name": settings.connect.outbox_slot_name,
         "table.include.list": "public.outbox",
+        "topic.heartbeat.prefix": settings.connect.heartbeat_topic_prefix,
     }
     return connector_config(settings, path, expected)
 

@@ -81,7 +81,7 @@ def test_migration_cycle_grants_and_publication_in_a_scratch_schema(settings: Se
                 "SELECT tablename FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s",
                 (schema, schema),
             )
-            assert sorted(cur.fetchall()) == [("outbox",), ("pages",)]
+            assert sorted(cur.fetchall()) == [("cdc_heartbeat",), ("outbox",), ("pages",)]
             cur.execute(
                 "SELECT has_table_privilege(%s, %s, 'SELECT'), has_table_privilege(%s, %s, 'INSERT')",
                 (
@@ -92,6 +92,15 @@ def test_migration_cycle_grants_and_publication_in_a_scratch_schema(settings: Se
                 ),
             )
             assert cur.fetchone() == (True, False)
+            # The CDC role writes the heartbeat table (upsert) and no other table.
+            cur.execute(
+                "SELECT c.relname, p.privilege FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "CROSS JOIN unnest(ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE']) AS p(privilege) "
+                "WHERE n.nspname = %s AND c.relkind = 'r' AND has_table_privilege(%s, c.oid, p.privilege) "
+                "ORDER BY 1, 2",
+                (schema, settings.postgres.cdc_user),
+            )
+            assert cur.fetchall() == [("cdc_heartbeat", "INSERT"), ("cdc_heartbeat", "UPDATE")]
 
         app = psycopg2.connect(with_options(settings.postgres.dsn(), path))
         try:

@@ -29,13 +29,18 @@ pytestmark = pytest.mark.integration
 
 
 def minimal_migration(settings: Settings) -> None:
-    """Stand-in for sinks.migrations.upgrade: the pages table, its publication and the CDC grant."""
+    """Stand-in for sinks.migrations.upgrade: the pages table, its publication and the CDC grant,
+    and the heartbeat table the connectors' heartbeat.action.query writes (migration 0003)."""
     with psycopg2.connect(settings.postgres.dsn(owner=True)) as conn, conn.cursor() as cur:
         cur.execute("CREATE TABLE IF NOT EXISTS pages (url text PRIMARY KEY, title text)")
+        cur.execute(
+            "CREATE TABLE IF NOT EXISTS cdc_heartbeat (slot_name text PRIMARY KEY, beat_at timestamptz)"
+        )
         cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (settings.postgres.publication,))
         if cur.fetchone() is None:
-            cur.execute(f"CREATE PUBLICATION {settings.postgres.publication} FOR TABLE pages")
+            cur.execute(f"CREATE PUBLICATION {settings.postgres.publication} FOR TABLE pages, cdc_heartbeat")
         cur.execute(f"GRANT SELECT ON pages TO {settings.postgres.cdc_user}")
+        cur.execute(f"GRANT SELECT, INSERT, UPDATE ON cdc_heartbeat TO {settings.postgres.cdc_user}")
     conn.close()
 
 

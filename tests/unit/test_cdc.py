@@ -24,3 +24,20 @@ def test_stopped_connector_and_missing_slot_are_problems() -> None:
     ]
     inactive = assess("c", "connector RUNNING", True, "s", (False, 1, 1), warn_bytes=1000)
     assert inactive.warnings == ["slot s has no consumer: WAL accumulates until its connector runs"]
+
+
+def test_a_stale_or_missing_heartbeat_is_a_warning() -> None:
+    fresh = assess("c", "RUNNING", True, "s", (True, 1, 1), 1000, heartbeat_age_s=5.0, heartbeat_warn_s=60.0)
+    assert (fresh.warnings, fresh.heartbeat_age_s) == ([], 5.0)
+    stale = assess(
+        "c", "RUNNING", True, "s", (True, 1, 1), 1000, heartbeat_age_s=300.0, heartbeat_warn_s=60.0
+    )
+    assert stale.warnings == [
+        "slot s: last heartbeat 300 s ago (> 60 s); check the connector's heartbeat.action.query, "
+        "or the slot retains WAL while its tables are idle"
+    ]
+    never = assess("c", "RUNNING", True, "s", (True, 1, 1), 1000, heartbeat_warn_s=60.0)
+    assert "last heartbeat never" in never.warnings[0]
+    # A stopped connector is already a problem: no second message about its heartbeat.
+    stopped = assess("c", "FAILED", False, "s", (True, 1, 1), 1000, heartbeat_warn_s=60.0)
+    assert stopped.warnings == []

@@ -69,6 +69,8 @@ def test_catalog_declares_every_topic_once(monkeypatch: pytest.MonkeyPatch, tmp_
         "acme.streams.pages-by-content",
         "acme.streams.pages-by-band",
         "outbox.event.page",
+        "__debezium-heartbeat.cdc",
+        "__debezium-heartbeat.outbox",
     ]
     assert len(set(names)) == len(names)
     assert topics.raw_pages.partitions == topics.unique_pages.partitions == 6

@@ -11,6 +11,7 @@ from crawlstream.errors import StackError
 from crawlstream.settings import Settings
 from crawlstream.stack import connect, kafka, postgres
 from crawlstream.stack.maven import DEPLOY_DIR, JvmLayout
+from crawlstream.topics import catalog
 
 
 def _props(text: str) -> dict[str, str]:
@@ -128,6 +129,30 @@ def test_connector_json_disagreeing_with_settings_is_refused(tmp_path: Path) -> 
     config = json.loads(connect.CONNECTOR_JSON.read_text())
     other.write_text(json.dumps({**config, "topic.prefix": "changes"}))
     with pytest.raises(StackError, match=r"topic\.prefix='changes' but settings say 'cdc'"):
+        connect.connector_config(Settings(), other)
+
+
+def test_both_connectors_heartbeat_into_their_own_row_and_catalog_topics(settings: Settings) -> None:
+    topics = catalog(settings)
+    heartbeat_topics = {topics.cdc_heartbeat.name, topics.outbox_heartbeat.name}
+    assert heartbeat_topics == {"__debezium-heartbeat.cdc", "__debezium-heartbeat.outbox"}
+    for name, config in connect.connectors(settings).items():
+        assert int(config["heartbeat.interval.ms"]) > 0, name
+        query = config["heartbeat.action.query"]
+        assert query.startswith("INSERT INTO public.cdc_heartbeat ")
+        assert f"'{config['slot.name']}'" in query
+        # Debezium names heartbeat topics <topic.heartbeat.prefix>.<topic.prefix>.
+        assert f"{config['topic.heartbeat.prefix']}.{config['topic.prefix']}" in heartbeat_topics
+        # Heartbeat rows are filtered by the include list: they never reach a change topic.
+        assert "cdc_heartbeat" not in config["table.include.list"]
+
+
+def test_connector_json_heartbeat_for_another_slot_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "c.json"
+    config = json.loads(connect.CONNECTOR_JSON.read_text())
+    query = config["heartbeat.action.query"].replace("crawlstream_pages", "crawlstream_outbox")
+    other.write_text(json.dumps({**config, "heartbeat.action.query": query}))
+    with pytest.raises(StackError, match=r"heartbeat\.action\.query must upsert the row of its slot"):
         connect.connector_config(Settings(), other)
 
 
