@@ -23,6 +23,7 @@ from rich.table import Table
 
 from crawlers.jobs import get_job, load_jobs
 from crawlstream.logs import setup_logging
+from crawlstream.metrics import serve_metrics
 from crawlstream.settings import load_settings
 
 console = Console()
@@ -146,7 +147,8 @@ def scheduler_command(
     from crawlers.scheduler import JobState, ProcessLauncher, Scheduler
 
     settings = load_settings()
-    setup_logging(settings.log_level, json_lines=settings.log_json)
+    setup_logging(settings.log_level, json_lines=settings.log_json, worker="scheduler")
+    serve_metrics(settings.metrics.host, settings.metrics.scheduler_port)
     state_dir = Path(settings.stack.state_dir)
 
     def lost(job: JobSpec, state: JobState) -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from croniter import croniter
+from prometheus_client import Counter, Gauge
 
 from crawlers.jobs import JobSpec
 from crawlstream.errors import ConfigError
@@ -122,6 +123,15 @@ class ProcessLauncher:
 
 _CHILDREN: set[int] = set()
 
+SCHEDULED_JOBS = Gauge("scheduler_jobs", "jobs with a cron schedule")
+RUNS_STARTED = Counter("scheduler_runs_started", "runs the scheduler started", ["job"])
+RUNS_SKIPPED = Counter(
+    "scheduler_runs_skipped", "due times skipped because the job's previous run was still running", ["job"]
+)
+RUNS_LOST = Counter("scheduler_runs_lost", "runs whose process ended without writing a report", ["job"])
+RUNS_RUNNING = Gauge("scheduler_runs_running", "runs of scheduled jobs running now")
+LAST_TICK = Gauge("scheduler_last_tick_timestamp_seconds", "when the scheduler last checked the schedules")
+
 
 class Scheduler:
     def __init__(
@@ -178,6 +188,7 @@ class Scheduler:
                 log.info("job %s run %s ended", name, state.run_id)
                 if state.run_id and not self.launcher.reported(state.run_id):
                     log.error("job %s run %s ended without a report (killed?)", name, state.run_id)
+                    RUNS_LOST.labels(job=name).inc()
                     if self.on_lost is not None:
                         self.on_lost(job, state)
                 state.pid = state.pid_token = None
@@ -192,6 +203,7 @@ class Scheduler:
             state.last_due = due.isoformat()
             if running:
                 log.warning("job %s due at %s skipped: run %s still running", name, due, state.run_id)
+                RUNS_SKIPPED.labels(job=name).inc()
                 self._save()
                 continue
             state.run_id, state.started_at = uuid.uuid4().hex, now.isoformat()
@@ -199,12 +211,16 @@ class Scheduler:
             state.pid, state.pid_token = self.launcher.launch(job, state.run_id)
             self._save()
             log.info("job %s due at %s: started run %s (pid %d)", name, due, state.run_id, state.pid)
+            RUNS_STARTED.labels(job=name).inc()
             started.append(state.run_id)
+        RUNS_RUNNING.set(sum(1 for st in self.state.values() if st.pid is not None))
+        LAST_TICK.set(now.timestamp())
         return started
 
     def run_forever(self, stop: threading.Event, poll_s: float = 1.0) -> None:
         self.acquire_lock()
         log.info("scheduler: %d scheduled job(s): %s", len(self.jobs), ", ".join(self.jobs) or "none")
+        SCHEDULED_JOBS.set(len(self.jobs))
         while not stop.is_set():
             self.tick()
             stop.wait(poll_s)

@@ -117,6 +117,7 @@ class MetricsSettings(BaseModel):
     crawler_port: int = Field(default=9410, ge=0, le=65535)
     streams_port: int = Field(default=9411, ge=0, le=65535)
     sink_port: int = Field(default=9412, ge=0, le=65535)
+    scheduler_port: int = Field(default=9415, ge=0, le=65535)
     # `crawlstream exporter`: consumer lag (kafka_exporter names), sink-stored lag, CDC slot lag.
     exporter_port: int = Field(default=9414, ge=0, le=65535)
 

@@ -43,6 +43,7 @@ PROCESSES = [
     Process("stream worker", "python -m streams worker", "metrics.streams_port = 9411", "streams"),
     Process("sink worker", "python -m sinks", "metrics.sink_port = 9412", "sinks"),
     Process("follower", "crawlstream follow", "follow.metrics_port = 9413", "crawlstream.follow"),
+    Process("scheduler", "crawlstream scheduler", "metrics.scheduler_port = 9415", "crawlers.scheduler"),
 ]
 
 
@@ -58,7 +59,9 @@ def _modules(package: str) -> list[ModuleType]:
     root = importlib.import_module(package)
     found = [root]
     for info in pkgutil.walk_packages(getattr(root, "__path__", []), prefix=f"{package}."):
-        if ".migrations" not in info.name and not info.name.endswith("__main__"):
+        # A module that is a process of its own (crawlers.scheduler) is listed under that process.
+        owned_elsewhere = any(info.name == p.package for p in PROCESSES if p.package != package)
+        if ".migrations" not in info.name and not info.name.endswith("__main__") and not owned_elsewhere:
             found.append(importlib.import_module(info.name))
     return found
 
