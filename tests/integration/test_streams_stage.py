@@ -227,24 +227,26 @@ def recrawl(pages: dict[str, str]) -> dict[str, str]:
 def counts(pipeline: Pipeline) -> dict[str, int]:
     """new/changed events, touches, exact and near duplicates on the stage's output topics.
 
-    Processing is at-least-once: a rebalance (a killed worker leaving the group) can replay an
-    event, producing an identical output record. Outputs are counted as the idempotent sinks
-    store them: once per (URL, fetch time).
+    Processing is at-least-once: a rebalance (a worker killed or joining) can replay an event.
+    A replay either repeats its output or, once the table has recorded the fetch, comes out as a
+    touch of that same fetch. Outputs are counted as the idempotent sinks store them: once per
+    (URL, fetch time), and a touch of a fetch that has a page event is that event's replay.
     """
-    events = {
+    by_fetch = {
         (e.page.canonical_url, e.page.fetched_at): e
         for e in (
             PageEvent.model_validate_json(v or b"")
             for _, v in pipeline.read_all(pipeline.topics.unique_pages.name)
         )
-    }.values()
+    }
+    events = by_fetch.values()
     touches = {
         (t.canonical_url, t.fetched_at)
         for t in (
             PageTouch.model_validate_json(v or b"")
             for _, v in pipeline.read_all(pipeline.topics.page_touches.name)
         )
-    }
+    } - by_fetch.keys()
     return {
         "new": sum(e.change == "new" for e in events),
         "changed": sum(e.change == "changed" for e in events),
