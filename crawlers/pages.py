@@ -38,6 +38,10 @@ SELECTED_HEADERS = (
 )
 MAX_HEADER_CHARS = 1024
 _CANONICAL = re.compile(rb"canonical", re.IGNORECASE)
+_CANONICAL_XPATH = (
+    "//head/link[contains(concat(' ', normalize-space(translate(@rel, 'CANONIL', 'canonil')), ' '),"
+    " ' canonical ')]/@href"
+)
 
 
 def media_type(response: Response) -> str:
@@ -55,6 +59,8 @@ def is_html(response: Response) -> bool:
 
 def cap_utf8(text: str, max_bytes: int) -> tuple[str, bool]:
     """Cap ``text`` at ``max_bytes`` of UTF-8, cutting at a character boundary."""
+    if len(text) * 4 <= max_bytes:
+        return text, False  # no character takes more than 4 bytes in UTF-8: nothing to cut
     encoded = text.encode("utf-8")
     if len(encoded) <= max_bytes:
         return text, False
@@ -72,13 +78,25 @@ def selected_headers(response: Response) -> dict[str, str]:
     return out
 
 
+def _xpath_first(response: TextResponse, query: str) -> str | None:
+    """What ``response.xpath(query).get()`` returns for a query selecting strings.
+
+    Evaluated on the lxml root of the response's cached selector (the DOM is parsed once per
+    response and shared with link extraction), without wrapping every result in a parsel Selector.
+    """
+    found = response.selector.root.xpath(query, smart_strings=False)
+    return str(found[0]) if found else None
+
+
+def page_title(response: TextResponse) -> str:
+    """The first ``<title>`` text, whitespace collapsed ("" when there is none)."""
+    return " ".join((_xpath_first(response, "//title/text()") or "").split())
+
+
 def canonical_link(response: TextResponse) -> str | None:
     if not _CANONICAL.search(response.body):
         return None  # cheap test first: most pages have none
-    href = response.xpath(
-        "//head/link[contains(concat(' ', normalize-space(translate(@rel, 'CANONIL', 'canonil')), ' '),"
-        " ' canonical ')]/@href"
-    ).get()
+    href = _xpath_first(response, _CANONICAL_XPATH)
     if not href or not href.strip():
         return None
     return response.urljoin(href.strip())
@@ -117,7 +135,7 @@ def page_record(
 ) -> PageRecord:
     """The PageRecord of one HTML response; the key is the canonical form of the final URL."""
     body, truncated = cap_utf8(response.text, max_body_bytes)
-    title = " ".join((response.xpath("//title/text()").get() or "").split())
+    title = page_title(response)
     return PageRecord(
         **_common(response, job_id, run_id, fetched_at),
         encoding=response.encoding,

@@ -65,6 +65,8 @@ class CrawlReport:
     # canonical_urls; pages_fetched counts HTML records only).
     metadata_records: int = 0
     dead_letters: int = 0  # fetch failures and failed deliveries sent to the dead-letter topic
+    # CPU seconds of this process (every thread, librdkafka's included) over duration_s.
+    cpu_s: float = 0.0
 
     def to_json_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,7 +171,7 @@ def run_crawl(
         kwargs["allowed_domains"] = spec.allowed_domains
     if spec.max_pages is not None:
         kwargs["max_pages"] = spec.max_pages
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     process.crawl(crawler, **kwargs)
     process.start()
     stats: dict[str, Any] = crawler.stats.get_stats() if crawler.stats is not None else {}
@@ -192,4 +194,5 @@ def run_crawl(
         run_id=spec.run_id,
         metadata_records=int(stats.get(STAT_METADATA_RECORDS, 0)),
         dead_letters=int(stats.get(STAT_DEAD_LETTERS, 0)),
+        cpu_s=round(time.process_time() - cpu_started, 3),
     )

@@ -33,7 +33,10 @@ EXTENSIONS = {
     "crawlers.metrics.CrawlerMetricsExtension": 500,
     "scrapy.extensions.throttle.AutoThrottle": None,
     "crawlers.politeness.PoliteAutoThrottle": 0,
+    "crawlers.gctune.GcTuning": 0,
 }
+# Generation-0 threshold of Python's GC during a crawl (crawlers.gctune; 0: Python's default).
+CRAWLSTREAM_GC_GEN0_THRESHOLD = 10_000
 CRAWLSTREAM_MAX_CRAWL_DELAY_S = 60.0
 CRAWLSTREAM_MAX_RETRY_AFTER_S = 120.0
 # Non-HTML responses as kind="metadata" page records; jobs turn it on (crawlers.jobrun).
