@@ -301,13 +301,14 @@ def run_pipeline(
 
     while True:
         raw_end = probe.end(t.raw_pages.name)
-        unique_end = probe.end(t.unique_pages.name)
         if offsets.delta(raw_end, before[t.raw_pages.name]) >= delivered:
             stage_done("kafka")
-        streams_lag = offsets.lag(raw_end, probe.streams_committed())
+        # The stream stage has hops (raw -> by content -> by band -> unique); each sends its
+        # output, acknowledged, before committing its input, so lags read in that order are 0
+        # only once every hop is done with this run's records.
+        streams_lag, sink_lag = probe.lags()
         if "kafka" in summary.caught_up_s and streams_lag == 0:
             stage_done("streams")
-        sink_lag = offsets.lag(unique_end, probe.sink_stored())
         if "streams" in summary.caught_up_s and sink_lag == 0:
             stage_done("sink")
         if "sink" in summary.caught_up_s:
