@@ -24,6 +24,7 @@ from crawlers.middlewares import STAT_REFUSED
 from crawlers.pipelines import STAT_DEAD_LETTERS, STAT_DELIVERED, STAT_FAILED
 from crawlers.spiders.common import STAT_METADATA_RECORDS, STAT_NON_HTML, STAT_PAGE_RECORDS
 from crawlers.spiders.site import SiteSpider
+from crawlstream.logs import bind_log_context
 from crawlstream.records import PageRecord
 from crawlstream.settings import Settings
 
@@ -149,6 +150,7 @@ def run_crawl(
 
     ``on_progress`` is called on the reactor thread with Scrapy's stats every ``progress_interval_s``.
     """
+    bind_log_context(job_id=spec.job_id or None, run_id=spec.run_id or None)
     process = CrawlerProcess(scrapy_settings_for(settings, spec))
     crawler = process.create_crawler(spider_class(spec.source))
     collector = _CanonicalUrlCollector()

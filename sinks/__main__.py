@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--family", action="append", choices=sorted(FAMILIES), help="repeatable")
     args = parser.parse_args(argv)
     settings = load_settings()
-    setup_logging(settings.log_level, json_lines=settings.log_json)
+    setup_logging(settings.log_level, json_lines=settings.log_json, worker=f"sink-worker:{os.getpid()}")
     serve_metrics(settings.metrics.host, settings.metrics.sink_port)
     metrics = SinkMetrics()
     workers: list[SinkWorker[Any]] = [

@@ -8,6 +8,7 @@ creates only its changelog topics.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from crawlstream.logs import setup_logging
@@ -19,7 +20,7 @@ from streams.app import create_app
 
 def main() -> None:
     settings = load_settings()
-    setup_logging(settings.log_level, json_lines=settings.log_json)
+    setup_logging(settings.log_level, json_lines=settings.log_json, worker=f"streams-worker:{os.getpid()}")
     app = create_app(settings)
     # faust creates datadir itself but not its parents.
     settings.streams.data_dir.mkdir(parents=True, exist_ok=True)
