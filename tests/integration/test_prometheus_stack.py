@@ -50,7 +50,9 @@ def test_prometheus_and_exporter_start_with_our_config(settings: Settings, tmp_p
         assert url == f"http://127.0.0.1:{settings.stack.prometheus_port}"
         assert pm.running("prometheus")
         assert pm.running("exporter")
-        expected = {f"crawlstream-{n}" for n in ("crawler", "streams", "sink", "follow", "exporter")}
+        expected = {
+            f"crawlstream-{n}" for n in ("crawler", "streams", "sink", "follow", "scheduler", "exporter")
+        }
         deadline = time.monotonic() + 30
         while (jobs := scraped_jobs(url)) != expected | {"prometheus"} and time.monotonic() < deadline:
             time.sleep(0.2)  # file_sd targets are discovered asynchronously: poll with a deadline
