@@ -217,18 +217,25 @@ def assert_stream_stored_exactly(owner: Any, tag: str, n_urls: int, n_changed: i
 
 
 def dead_letters_of(settings: Settings, dead_topic: str, source: str, count: int) -> list[DeadLetter]:
-    """The first ``count`` dead letters whose source is ``source`` (waits for them)."""
+    """The first ``count`` distinct dead letters whose source is ``source`` (waits for them).
+
+    Dead letters are at-least-once (a worker killed after producing one, before storing its
+    offsets, produces it again on replay): one per source record, by partition and offset.
+    """
     reader = Consumer(
         settings.kafka.librdkafka(**{"group.id": f"dlq-{uuid.uuid4().hex}", "enable.auto.commit": False})
     )
     reader.assign([TopicPartition(dead_topic, 0, OFFSET_BEGINNING)])
     found: list[DeadLetter] = []
+    seen: set[tuple[int | None, int | None]] = set()
 
     def read_until_found() -> bool:
         msg = reader.poll(0.5)
         if msg is not None and msg.error() is None and msg.value() is not None:
             letter = DeadLetter.model_validate_json(msg.value())
-            if letter.source_topic == source:
+            origin = (letter.source_partition, letter.source_offset)
+            if letter.source_topic == source and origin not in seen:
+                seen.add(origin)
                 found.append(letter)
         return len(found) >= count
 
