@@ -15,10 +15,9 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from scrapy import Request, Spider
-from scrapy.crawler import Crawler
 from scrapy.http import Response
 
-from crawlers.spiders.common import RecordingMixin, _split_arg, prepare_crawler
+from crawlers.spiders.common import RecordingMixin, _split_arg
 from crawlstream.errors import RecordError
 from crawlstream.records import DeadLetter, PageRecord
 from crawlstream.urls import canonical_url
@@ -52,15 +51,6 @@ class ApiSpider(RecordingMixin, Spider):
         self.items_field, self.url_field, self.next_field = api_items_field, api_url_field, api_next_field
         self.api_pages = 0
         self.setup_recording(job_id, run_id, max_pages, max_body_bytes)
-
-    @classmethod
-    def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> ApiSpider:
-        kwargs.pop("max_depth", None)
-        prepare_crawler(crawler, kwargs)
-        spider = super().from_crawler(crawler, *args, **kwargs)
-        assert isinstance(spider, ApiSpider)
-        spider.record_non_html = crawler.settings.getbool("CRAWLSTREAM_RECORD_NON_HTML")
-        return spider
 
     async def start(self) -> AsyncIterator[Request]:
         for url in self.start_urls:

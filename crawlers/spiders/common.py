@@ -11,7 +11,7 @@ settings and the common spider arguments onto the crawler's Scrapy settings.
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator
-from typing import Any
+from typing import Any, cast
 
 from scrapy.crawler import Crawler
 from scrapy.exceptions import CloseSpider, IgnoreRequest
@@ -59,6 +59,18 @@ def prepare_crawler(crawler: Crawler, kwargs: dict[str, Any]) -> None:
 class RecordingMixin:
     crawler: Crawler
     logger: Any
+    # Flat sources (sitemaps, feeds, APIs, a requests topic) take no max_depth argument.
+    accepts_max_depth = False
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Any:
+        """Scrapy's factory: job settings at "spider" priority, then non-HTML recording."""
+        if not cls.accepts_max_depth:
+            kwargs.pop("max_depth", None)
+        prepare_crawler(crawler, kwargs)
+        spider = cast(Any, super()).from_crawler(crawler, *args, **kwargs)
+        spider.record_non_html = crawler.settings.getbool("CRAWLSTREAM_RECORD_NON_HTML")
+        return spider
 
     def setup_recording(
         self, job_id: str, run_id: str, max_pages: int | str | None, max_body_bytes: int

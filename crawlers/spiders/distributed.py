@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 
 from crawlers.inflight import InFlightOffsets
 from crawlers.settings import crawlstream_settings
-from crawlers.spiders.common import RecordingMixin, _split_arg, prepare_crawler
+from crawlers.spiders.common import RecordingMixin, _split_arg
 from crawlstream.records import CrawlRequest, DeadLetter, LinkRecord, PageRecord
 from crawlstream.topics import catalog
 from crawlstream.urls import canonical_url, host_of
@@ -76,11 +76,8 @@ class DistributedSpider(RecordingMixin, Spider):
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> DistributedSpider:
-        kwargs.pop("max_depth", None)
-        prepare_crawler(crawler, kwargs)
         spider = super().from_crawler(crawler, *args, **kwargs)
         assert isinstance(spider, DistributedSpider)
-        spider.record_non_html = crawler.settings.getbool("CRAWLSTREAM_RECORD_NON_HTML")
         crawler.signals.connect(spider.on_idle, signal=signals.spider_idle)
         crawler.signals.connect(spider.on_closed, signal=signals.spider_closed)
         crawler.signals.connect(spider.request_done, signal=signals.request_dropped)

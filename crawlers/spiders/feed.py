@@ -13,10 +13,9 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from scrapy import Request, Spider
-from scrapy.crawler import Crawler
 from scrapy.http import Response, TextResponse
 
-from crawlers.spiders.common import RecordingMixin, _split_arg, prepare_crawler
+from crawlers.spiders.common import RecordingMixin, _split_arg
 from crawlstream.records import DeadLetter, PageRecord
 from crawlstream.urls import host_of
 
@@ -54,15 +53,6 @@ class FeedSpider(RecordingMixin, Spider):
         self.deny = [re.compile(p) for p in _split_arg(deny)]
         self.setup_recording(job_id, run_id, max_pages, max_body_bytes)
         self.feed_hosts = {host_of(u) for u in self.start_urls}
-
-    @classmethod
-    def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> FeedSpider:
-        kwargs.pop("max_depth", None)
-        prepare_crawler(crawler, kwargs)
-        spider = super().from_crawler(crawler, *args, **kwargs)
-        assert isinstance(spider, FeedSpider)
-        spider.record_non_html = crawler.settings.getbool("CRAWLSTREAM_RECORD_NON_HTML")
-        return spider
 
     async def start(self) -> AsyncIterator[Request]:
         for url in self.start_urls:

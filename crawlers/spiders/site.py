@@ -32,7 +32,6 @@ from crawlers.spiders.common import (
     STAT_PAGE_RECORDS,
     RecordingMixin,
     _split_arg,
-    prepare_crawler,
 )
 from crawlstream.records import DeadLetter, PageRecord
 from crawlstream.urls import host_of
@@ -50,6 +49,7 @@ __all__ = [
 
 class SiteSpider(RecordingMixin, Spider):
     name = "site"
+    accepts_max_depth = True
 
     def __init__(
         self,
@@ -74,10 +74,8 @@ class SiteSpider(RecordingMixin, Spider):
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> SiteSpider:
-        prepare_crawler(crawler, kwargs)
         spider = super().from_crawler(crawler, *args, **kwargs)
         assert isinstance(spider, SiteSpider)
-        spider.record_non_html = crawler.settings.getbool("CRAWLSTREAM_RECORD_NON_HTML")
         if spider.record_non_html:
             # Follow links to images, PDFs, archives... too (Scrapy skips them by extension), so
             # they are recorded as metadata; DOWNLOAD_MAXSIZE still caps what is downloaded.

@@ -15,11 +15,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from scrapy import Request
-from scrapy.crawler import Crawler
 from scrapy.http import Response
 from scrapy.spiders import SitemapSpider as ScrapySitemapSpider
 
-from crawlers.spiders.common import RecordingMixin, _split_arg, prepare_crawler
+from crawlers.spiders.common import RecordingMixin, _split_arg
 from crawlstream.records import DeadLetter, PageRecord
 from crawlstream.urls import host_of
 
@@ -61,15 +60,6 @@ class SitemapSpider(RecordingMixin, ScrapySitemapSpider):
         interval = float(recrawl_interval_s or 0)
         self.not_before = datetime.now(UTC) - timedelta(seconds=interval) if interval > 0 else None
         self.setup_recording(job_id, run_id, max_pages, max_body_bytes)
-
-    @classmethod
-    def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> SitemapSpider:
-        kwargs.pop("max_depth", None)  # a sitemap is flat
-        prepare_crawler(crawler, kwargs)
-        spider = super().from_crawler(crawler, *args, **kwargs)
-        assert isinstance(spider, SitemapSpider)
-        spider.record_non_html = crawler.settings.getbool("CRAWLSTREAM_RECORD_NON_HTML")
-        return spider
 
     async def start(self) -> AsyncIterator[Any]:
         for url in self.sitemap_urls:
