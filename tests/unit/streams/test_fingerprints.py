@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from streams.enrich import enrich_html
@@ -15,7 +16,9 @@ from streams.fingerprints import (
     content_hash,
     hamming,
     normalise_text,
+    shingle_hashes,
     simhash64,
+    word_hashes,
 )
 
 DOCS = Path("/usr/share/doc/python3.11/html")
@@ -53,6 +56,33 @@ def test_simhash_of_an_edited_page_is_close_and_of_another_page_far() -> None:
     original = simhash64(" ".join(words))
     assert hamming(original, simhash64(" ".join(edited))) <= 3
     assert hamming(original, simhash64(other)) > 10
+
+
+def test_word_hashes_depend_on_the_word_only_and_differ_between_words() -> None:
+    hashes = word_hashes("abc de abc x de").tolist()
+    assert hashes[0] == hashes[2]
+    assert hashes[1] == hashes[4]
+    assert len(set(hashes)) == 3
+    # Every distinct word of a few documentation pages gets its own hash.
+    vocabulary = sorted(
+        {
+            word
+            for name in ("library/json.html", "library/csv.html", "tutorial/classes.html")
+            for word in normalise_text(doc_text(name)).split()
+        }
+    )
+    assert len(set(word_hashes(" ".join(vocabulary)).tolist())) == len(vocabulary) > 1000
+    assert word_hashes("naïve café").size == 2
+
+
+def test_shingle_hash_bits_are_balanced_and_shingles_follow_word_order() -> None:
+    hashes = shingle_hashes(normalise_text(doc_text("library/json.html")))
+    bits = np.unpackbits(hashes.view(np.uint8).reshape(-1, 8), axis=1)
+    assert hashes.size > 1000
+    assert np.all(np.abs(bits.mean(axis=0) - 0.5) < 0.05)  # each bit set in about half the shingles
+    assert shingle_hashes("a b c")[0] != shingle_hashes("c b a")[0]
+    assert shingle_hashes("a b c d").size == 2
+    assert shingle_hashes("a b").size == 1
 
 
 @pytest.mark.parametrize(("distance", "count"), [(0, 1), (1, 2), (3, 4), (4, 8), (7, 8), (15, 16)])
