@@ -5,10 +5,13 @@ scratch publication that no replication slot reads, so Debezium never sees these
 the end). Each round writes ``--rows`` new pages (``--body-bytes`` of HTML each) in batches of
 ``--batch`` and measures, on the same rows:
 
-- raw COPY: the rows COPYed into an empty (logged) table shaped like the staging table (the floor
-  any loader pays);
-- sink (COPY staging, the kept method): PostgresPageSink.write: COPY into the staging table, one
-  upsert statement into pages + page_versions + outbox, outbox cleanup, offsets; every row new;
+- raw COPY: the rows COPYed into an empty (logged) table shaped like the staging table, a commit
+  per batch (the floor any loader pays); same encoder as the sink (sinks.pages.CopyReader:
+  COPY text, encoded a chunk at a time while the server stores the previous one) and the same
+  TOAST compression (the sink's session setting), the rows built outside the clock;
+- sink (COPY staging, the kept method): PostgresPageSink.write: page_row, COPY into the staging
+  table, one upsert statement into pages + outbox (page_history only on changes: none here),
+  outbox cleanup, offsets; every row new;
 - sink (INSERT staging): the same, with a multi-row INSERT (execute_values) loading the staging
   table instead of COPY: the alternative the issue asks to measure;
 - worker path: decoding the Kafka bytes (PageEvent JSON) plus the COPY sink.
@@ -38,9 +41,9 @@ from crawlstream.records import PageEvent, PageRecord  # noqa: E402
 from crawlstream.settings import Settings, load_settings  # noqa: E402
 from sinks.base import SinkBatch, SinkRecord  # noqa: E402
 from sinks.migrate import upgrade  # noqa: E402
-from sinks.pages import COPY_STAGE, PostgresPageSink, _Reader  # noqa: E402
+from sinks.pages import COPY_STAGE, CopyReader, PostgresPageSink  # noqa: E402
 from sinks.postgres import Cursor  # noqa: E402
-from sinks.rows import PAGE_COLUMNS, copy_text, decode_page_event, page_row  # noqa: E402
+from sinks.rows import PAGE_COLUMNS, decode_page_event, page_row  # noqa: E402
 
 
 class InsertStagedPageSink(PostgresPageSink):
@@ -117,13 +120,14 @@ def timed_raw_copy(dsn: str, events: list[PageEvent], size: int) -> float:
     rows = [page_row(e) for e in events]  # built outside the clock: COPY alone is the floor
     conn = psycopg2.connect(dsn)
     with conn.cursor() as cur:
+        PostgresPageSink.set_compression(cur)  # compress bodies as the sink does
         cur.execute("CREATE TABLE IF NOT EXISTS raw_copy AS SELECT * FROM page_stage_shape WITH NO DATA")
         cur.execute("TRUNCATE raw_copy")
         conn.commit()
         started = time.perf_counter()
         for start in range(0, len(rows), size):
             cur.copy_expert(
-                COPY_STAGE.replace("page_stage", "raw_copy"), _Reader(copy_text(rows[start : start + size]))
+                COPY_STAGE.replace("page_stage", "raw_copy"), CopyReader(rows[start : start + size])
             )
             conn.commit()
         elapsed = time.perf_counter() - started
@@ -136,7 +140,7 @@ def timed_raw_copy(dsn: str, events: list[PageEvent], size: int) -> float:
 def clear(owner_dsn: str) -> None:
     conn = psycopg2.connect(owner_dsn)
     with conn.cursor() as cur:
-        cur.execute("TRUNCATE pages, page_versions, outbox, sink_offsets")
+        cur.execute("TRUNCATE pages, page_history, page_touches_pending, outbox, sink_offsets")
     conn.commit()
     conn.close()
 

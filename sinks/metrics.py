@@ -1,8 +1,8 @@
 """Prometheus metrics of the sink workers, served on ``settings.metrics.sink_port``.
 
 Base units, ``_total`` counters, bounded labels: ``family`` (pages, touches, stats, runs; see
-:mod:`sinks.families`) and the dead-letter ``reason``. A registry can be passed so tests read
-their own counters instead of the process-wide default registry.
+:mod:`sinks.families`), the dead-letter ``reason`` and the parked-touch ``action``. A registry can
+be passed so tests read their own counters instead of the process-wide default registry.
 """
 
 from __future__ import annotations
@@ -41,6 +41,13 @@ class SinkMetrics:
             "sink_dead_letters_total",
             "Records sent to the dead-letter topic, by reason",
             ["family", "reason"],
+            registry=registry,
+        )
+        self.touches_pending = Counter(
+            "sink_touches_pending_total",
+            "Touches of URLs without a pages row yet: parked in page_touches_pending (family "
+            "touches, action parked), folded into last_seen when the page row came (pages, folded)",
+            ["family", "action"],
             registry=registry,
         )
         self.db_retries = Counter(

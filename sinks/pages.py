@@ -1,19 +1,26 @@
-"""PostgresPageSink: page events into ``pages``, ``page_versions`` and ``outbox``, one transaction.
+"""PostgresPageSink: page events into ``pages`` and ``outbox`` (``page_history`` by trigger), one transaction.
 
 Reads what :mod:`sinks.worker` decodes from ``<prefix>.pages.unique`` (PageEvent, or a bare
 PageRecord during the switch-over; see :mod:`sinks.rows`). Per batch: the rows are COPYed into a
-temporary staging table (measured faster than a multi-row INSERT: bench/bench_sink.py), then
-one statement upserts ``pages`` and, for each row that was inserted or whose body changed,
-adds a ``page_versions`` row and an ``outbox`` row (aggregate ``page``, type created / changed /
-gone) for Debezium's EventRouter. An unchanged page is left alone: no UPDATE, so no change event.
-Outbox rows are deleted again in the same transaction (the WAL keeps the insert). The payload's
-``simhash`` is 16 hex digits: an unsigned 64-bit number fits neither a JSON double nor the
-signed 64-bit integer Debezium's payload expansion maps JSON numbers to.
+temporary staging table (measured faster than a multi-row INSERT: bench/bench_sink.py), encoded
+a chunk at a time while the server stores the previous chunk; then one statement upserts
+``pages`` and adds an ``outbox`` row (aggregate ``page``, type created / changed / gone) for
+Debezium's EventRouter for each row that was inserted or whose body changed. An unchanged page
+is left alone: no UPDATE, so no change event. Each body is written once: a new version lives in
+``pages`` only; when an update replaces it, the trigger of migration 0004 moves the old row to
+``page_history`` (the view ``page_versions`` shows both). Outbox rows are deleted again in the
+same transaction, by ``ctid`` (the WAL keeps the insert). The payload's ``simhash`` is 16 hex
+digits: an unsigned 64-bit number fits neither a JSON double nor the signed 64-bit integer
+Debezium's payload expansion maps JSON numbers to.
+
+The same statement folds parked touches (``page_touches_pending``, see :mod:`sinks.touches`) of
+the staged URLs into ``last_seen`` and deletes them; ``last_seen`` never moves backwards.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from crawlstream.records import PageEvent
 from sinks.base import SinkRecord
@@ -26,67 +33,79 @@ CREATE_STAGE = (  # built from our own column names, as every statement here
     f"{_COLS} FROM pages WITH NO DATA"
 )
 COPY_STAGE = f"COPY page_stage ({_COLS}) FROM STDIN"
+COPY_CHUNK_ROWS = 64  # rows encoded per read() of COPY: the server stores one while we encode the next
 _UPDATES = ", ".join(f"{c} = EXCLUDED.{c}" for c in PAGE_COLUMNS if c != "url")
+_STAGED = ", ".join(f"s.{c}" for c in PAGE_COLUMNS)
 _PAYLOAD = (  # compact: what a subscriber needs to decide whether to fetch the page
     "jsonb_build_object('url', up.url, 'version', up.version, 'status', up.status, "
     "'fetched_at', up.fetched_at, 'body_hash', up.body_hash, 'content_hash', up.content_hash, "
     "'simhash', lpad(to_hex(up.simhash), 16, '0'), 'run_id', up.run_id)"
 )
-_VERSION_COLUMNS = (
-    "url, version, status, title, body, text, body_hash, content_hash, simhash, fetched_at, run_id"
-)
-# pages.xmax = 0 only on rows this statement inserted; the WHERE skips unchanged bodies. The
-# versions and events come from RETURNING (the row as stored), so nothing joins the stage again.
+# Parked touches of the staged URLs are deleted and folded into last_seen. This statement takes
+# ROW EXCLUSIVE on page_touches_pending before its snapshot, which is what orders it against a
+# touch sink parking touches (sinks/touches.py). pages.xmax = 0 only on rows this statement
+# inserted; the WHERE skips unchanged bodies. The events come from RETURNING (the row as stored),
+# so nothing joins the stage again. Result: events written, their ctids, touches folded.
 UPSERT = f"""
-WITH up AS (
+WITH pending AS (
+    DELETE FROM page_touches_pending t USING page_stage s WHERE t.url = s.url RETURNING t.url, t.seen
+), up AS (
     INSERT INTO pages AS p ({_COLS}, last_seen, last_changed)
-    SELECT {_COLS}, fetched_at, fetched_at FROM page_stage
-    ON CONFLICT (url) DO UPDATE SET {_UPDATES}, last_seen = EXCLUDED.last_seen,
+    SELECT {_STAGED}, GREATEST(s.fetched_at, pending.seen), s.fetched_at
+    FROM page_stage s LEFT JOIN pending ON pending.url = s.url
+    ON CONFLICT (url) DO UPDATE SET {_UPDATES}, last_seen = GREATEST(p.last_seen, EXCLUDED.last_seen),
         last_changed = EXCLUDED.last_changed, version = p.version + 1, stored_at = now()
     WHERE p.body_hash IS DISTINCT FROM EXCLUDED.body_hash
-    RETURNING p.*, (p.xmax = 0) AS created
-), versions AS (
-    INSERT INTO page_versions ({_VERSION_COLUMNS}) SELECT {_VERSION_COLUMNS} FROM up
+    RETURNING p.url, p.version, p.status, p.fetched_at, p.body_hash, p.content_hash, p.simhash,
+        p.run_id, (p.xmax = 0) AS created
 ), events AS (
     INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload)
     SELECT gen_random_uuid(), 'page', up.url, e.type, {_PAYLOAD} || jsonb_build_object('type', e.type)
     FROM up, LATERAL (SELECT CASE WHEN up.created THEN 'created'
                       WHEN up.status IN (404, 410) THEN 'gone' ELSE 'changed' END AS type) e
-    RETURNING id
+    RETURNING ctid
 )
-SELECT id FROM events
+SELECT (SELECT count(*) FROM events), (SELECT array_agg(ctid) FROM events)::text,
+    (SELECT count(*) FROM pending)
 """  # noqa: S608 - built from our own column names, never from data
-CLEAR_OUTBOX = "DELETE FROM outbox WHERE id = ANY(%s::uuid[])"
+# Our own uncommitted rows: nobody else can move them, so their ctids hold until commit.
+CLEAR_OUTBOX = "DELETE FROM outbox WHERE ctid = ANY(%s::tid[])"
 
 
 class PostgresPageSink(PostgresSink[PageEvent]):
     application_name = "crawlstream-sink-pages"
 
     def prepare(self, cur: Cursor) -> None:
-        # lz4 compresses page bodies several times faster than the default pglz (PostgreSQL 14+,
-        # when built with lz4; otherwise the server default stays).
+        self.set_compression(cur)
+        cur.execute(CREATE_STAGE)
+
+    @staticmethod
+    def set_compression(cur: Cursor) -> None:
+        """lz4 compresses page bodies several times faster than the default pglz (PostgreSQL 14+,
+        when built with lz4; otherwise the server default stays)."""
         cur.execute(
             "SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)"
         )
         if cur.fetchone() is not None:
             cur.execute("SET default_toast_compression = lz4")
-        cur.execute(CREATE_STAGE)
 
     def apply(self, cur: Cursor, records: Sequence[SinkRecord[PageEvent]]) -> int:
         changed = 0
         for round_ in rounds(records):
             cur.execute("DELETE FROM page_stage")
+            # Rows first: a record that cannot become a row (ValueError) fails before the COPY.
             self.stage(cur, [page_row(r.value) for r in round_])
             cur.execute(UPSERT)
-            ids = [str(row[0]) for row in cur.fetchall()]
-            if ids:
-                cur.execute(CLEAR_OUTBOX, (ids,))
-            changed += len(ids)
+            events, ctids, folded = cur.fetchone()
+            if events:
+                cur.execute(CLEAR_OUTBOX, (ctids,))
+            changed += int(events)
+            self.count("touches_folded", int(folded))
         return changed
 
-    def stage(self, cur: Cursor, rows: list[tuple[object, ...]]) -> None:
+    def stage(self, cur: Cursor, rows: list[tuple[Any, ...]]) -> None:
         """Load the rows into ``page_stage`` (bench/bench_sink.py compares this with INSERT)."""
-        cur.copy_expert(COPY_STAGE, _Reader(copy_text(rows)))
+        cur.copy_expert(COPY_STAGE, CopyReader(rows))
 
 
 def rounds(records: Sequence[SinkRecord[PageEvent]]) -> list[list[SinkRecord[PageEvent]]]:
@@ -104,18 +123,25 @@ def rounds(records: Sequence[SinkRecord[PageEvent]]) -> list[list[SinkRecord[Pag
     return out
 
 
-class _Reader:
-    """A file-like object over a str for copy_expert (cheaper than io.StringIO for one read)."""
+class CopyReader:
+    """A file-like object for copy_expert over rows, in COPY's text format, ``chunk_rows`` rows per
+    read(): psycopg2 sends each chunk while the server parses and stores the previous one, so
+    encoding overlaps the server's work instead of preceding it (bench/bench_sink.py)."""
 
-    def __init__(self, text: str) -> None:
-        self._data = text.encode("utf-8")
-        self._pos = 0
+    def __init__(self, rows: Sequence[Sequence[Any]], chunk_rows: int = COPY_CHUNK_ROWS) -> None:
+        self._chunks = self._encode(rows, chunk_rows)
+
+    @staticmethod
+    def _encode(rows: Sequence[Sequence[Any]], chunk_rows: int) -> Iterator[bytes]:
+        for start in range(0, len(rows), chunk_rows):
+            # An exception here would abort the COPY as "error in .read() call" (not a bad row):
+            # lone surrogates go to the server as the invalid UTF-8 they are, which it rejects
+            # with a DataError, as it does NUL characters.
+            yield copy_text(rows[start : start + chunk_rows]).encode("utf-8", "surrogatepass")
 
     def read(self, size: int = -1) -> bytes:
-        end = len(self._data) if size < 0 else self._pos + size
-        chunk = self._data[self._pos : end]
-        self._pos += len(chunk)
-        return chunk
+        """The next chunk, whatever ``size`` (psycopg2 sends what it gets); b"" at the end."""
+        return next(self._chunks, b"")
 
     def readline(self, size: int = -1) -> bytes:
         return self.read(size)

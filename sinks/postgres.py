@@ -9,6 +9,7 @@ with the app role (``settings.postgres.url``): DML on the sink's tables only.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -54,6 +55,8 @@ class PostgresSink(Generic[R]):
         self._dsn = dsn
         self._connect_timeout_s = connect_timeout_s
         self._conn: psycopg2.extensions.connection | None = None
+        self._counting: collections.Counter[str] = collections.Counter()
+        self._committed: collections.Counter[str] = collections.Counter()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PostgresSink[R]:
@@ -62,6 +65,17 @@ class PostgresSink(Generic[R]):
     def apply(self, cur: Cursor, records: Sequence[SinkRecord[R]]) -> int:
         """Write ``records`` (in offset order per partition); return how many rows changed."""
         raise NotImplementedError
+
+    def count(self, event: str, n: int = 1) -> None:
+        """For apply(): count ``n`` events of the write in progress (see :meth:`take_counts`)."""
+        if n:
+            self._counting[event] += n
+
+    def take_counts(self) -> dict[str, int]:
+        """Events counted by committed writes since the last call (for the worker's metrics);
+        writes rolled back count nothing."""
+        counts, self._committed = dict(self._committed), collections.Counter()
+        return counts
 
     def prepare(self, cur: Cursor) -> None:
         """Once per connection, e.g. create temporary staging tables."""
@@ -75,11 +89,13 @@ class PostgresSink(Generic[R]):
             self._conn = None
 
     def write(self, batch: SinkBatch[R]) -> int:
+        self._counting = collections.Counter()
         try:
             with self._transaction() as cur:
                 todo = self._fence(cur, batch)
                 changed = self.apply(cur, todo) if todo else 0
                 self._store_offsets(cur, batch)
+            self._committed.update(self._counting)
             return changed
         except BAD_ROW_ERRORS as exc:
             log.warning("batch of %d rejected (%s); isolating bad rows", len(batch.records), exc)

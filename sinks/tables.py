@@ -1,7 +1,9 @@
 """The sink stage's schema as SQLAlchemy 2.0 declarative models.
 
 ``pages`` holds the current version of each canonical URL (the Kafka record key) and is what
-Debezium publishes raw (``cdc.public.pages``); ``page_versions`` one row per content change;
+Debezium publishes raw (``cdc.public.pages``); ``page_history`` the superseded versions (the view
+``page_versions`` adds the current ones: one row per content change, each body stored once);
+``page_touches_pending`` touches that arrived before their page row;
 ``outbox`` the domain events Debezium's EventRouter republishes (``outbox.event.page``);
 ``domain_stats`` closed aggregation windows; ``crawl_runs`` job runs; ``sink_offsets`` the next
 Kafka offset per consumer group and partition; ``cdc_heartbeat`` one row per Debezium slot,
@@ -68,8 +70,12 @@ class Page(Base):
     version: Mapped[int] = mapped_column(Integer, server_default="1")
 
 
-class PageVersion(Base):
-    __tablename__ = "page_versions"
+class PageHistory(Base):
+    """Superseded versions of a page, copied from ``pages`` by the trigger ``pages_archive_version``
+    when an update moves ``pages.version`` on (migration 0004). The view ``page_versions`` is this
+    table UNION ALL the current rows of ``pages``: one row per version, each body stored once."""
+
+    __tablename__ = "page_history"
 
     url: Mapped[str] = mapped_column(Text, ForeignKey("pages.url", ondelete="CASCADE"), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -83,6 +89,17 @@ class PageVersion(Base):
     fetched_at: Mapped[datetime] = mapped_column(Timestamp)
     run_id: Mapped[str] = mapped_column(Text)
     stored_at: Mapped[datetime] = _now()
+
+
+class PageTouchPending(Base):
+    """Touches of URLs that had no ``pages`` row yet: the latest time per URL, parked by the touch
+    sink and folded into ``pages.last_seen`` (and deleted) by the page sink (sinks/touches.py)."""
+
+    __tablename__ = "page_touches_pending"
+
+    url: Mapped[str] = mapped_column(Text, primary_key=True, comment="canonical URL without a pages row yet")
+    seen: Mapped[datetime] = mapped_column(Timestamp, comment="latest touch time")
+    parked_at: Mapped[datetime] = _now()
 
 
 class Outbox(Base):

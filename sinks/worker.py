@@ -207,6 +207,10 @@ class SinkWorker(Generic[R]):
         self.metrics.batches.labels(family).inc()
         self.metrics.batch_seconds.labels(family).observe(time.perf_counter() - started)
         self.metrics.last_commit.labels(family).set_to_current_time()
+        take_counts = getattr(self._sink, "take_counts", None)  # PostgresSink: events of its writes
+        for event, n in (take_counts() if take_counts is not None else {}).items():
+            if event.startswith("touches_"):
+                self.metrics.touches_pending.labels(family, event.removeprefix("touches_")).inc(n)
         self._commit_to_kafka(next_offsets)
 
     def _letter(self, error: RecordError, msg: Message) -> DeadLetter:

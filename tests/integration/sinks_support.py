@@ -79,7 +79,8 @@ def owner(settings: Settings, tag: str) -> Iterator[Any]:
     conn.autocommit = True
     yield conn
     with conn.cursor() as cur:
-        cur.execute("DELETE FROM pages WHERE url LIKE %s", (f"https://{tag}.invalid/%",))  # + versions
+        cur.execute("DELETE FROM pages WHERE url LIKE %s", (f"https://{tag}.invalid/%",))  # + history
+        cur.execute("DELETE FROM page_touches_pending WHERE url LIKE %s", (f"https://{tag}.invalid/%",))
         cur.execute("DELETE FROM domain_stats WHERE domain LIKE %s", (f"{tag}%",))
         cur.execute("DELETE FROM crawl_runs WHERE run_id LIKE %s", (f"{tag}%",))
         cur.execute("DELETE FROM sink_offsets WHERE consumer_group = %s", (tag,))

@@ -2,8 +2,9 @@
 
 The page sink writes with this test's URLs; the outbox connector (EventRouter) must publish one
 event per page change on ``outbox.event.page`` (key: URL, header eventType, payload JSON with the
-version), and the pages connector the raw envelope on ``cdc.public.pages``. A recrawl with the
-same body produces neither: once a later sentinel change has arrived, both topics are read to
+version), and the pages connector the raw envelope on ``cdc.public.pages``. A touch parked before
+its page produces neither (its time is in the page's insert). A recrawl with the same body
+produces neither: once a later sentinel change has arrived, both topics are read to
 their end and hold nothing else for these URLs. Order is checked per URL (the events topic has
 several partitions, keyed by URL).
 """
@@ -11,15 +12,17 @@ several partitions, keyed by URL).
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from crawlstream.records import Enrichment, PageEvent
+from crawlstream.records import Enrichment, PageEvent, PageTouch
 from crawlstream.settings import Settings
 from crawlstream.topics import catalog
 from sinks.base import SinkBatch, SinkRecord
 from sinks.pages import PostgresPageSink
+from sinks.touches import PostgresTouchSink
 from tests.integration.sinks_support import Tail, owner, page, settings, tag
 
 __all__ = ["owner", "settings", "tag"]  # fixtures
@@ -46,7 +49,12 @@ def test_one_page_event_per_change_and_none_for_an_unchanged_recrawl(
         offset += len(pages)
         sink.write(SinkBatch(tag, records, {("t", 0): offset}))
 
+    touches = PostgresTouchSink.from_settings(settings)
+    parked_at = datetime.now(UTC) + timedelta(minutes=5)  # later than the page's fetch
     try:
+        # A touch of b before b's page: parked, folded into b's insert; no event of its own.
+        touch = PageTouch(canonical_url=b, fetched_at=parked_at, status=200)
+        touches.write(SinkBatch(tag, [SinkRecord(touch, "touches", 0, 0)], {("touches", 0): 1}))
         write(
             PageEvent(change="new", page=page(a, body="1")), PageEvent(change="new", page=page(b, body="b"))
         )
@@ -72,6 +80,7 @@ def test_one_page_event_per_change_and_none_for_an_unchanged_recrawl(
         envelopes = ours(tag, raw.drain())
     finally:
         sink.close()
+        touches.close()
         events.close()
         raw.close()
 
@@ -102,4 +111,5 @@ def test_one_page_event_per_change_and_none_for_an_unchanged_recrawl(
         ("c", sentinel, 1),
     ]
     assert changes[0]["source"]["table"] == "pages"
+    assert datetime.fromisoformat(changes[1]["after"]["last_seen"]) == parked_at  # b's parked touch
     assert changes[0]["before"] is None

@@ -193,16 +193,19 @@ def test_rows_violating_constraints_are_named_and_nothing_is_stored(
     good = SinkRecord(event(f"https://{tag}.invalid/good"), topic, 0, 0)
     too_big = SinkRecord(event(f"https://{tag}.invalid/big", body_bytes=2**40), topic, 0, 1)  # > int4
     nul = SinkRecord(event(f"https://{tag}.invalid/nul", body="a\x00b"), topic, 0, 2)  # text has no NUL
+    # A lone surrogate (JSON "\ud800") is not UTF-8: a bad row, not an aborted COPY retried forever.
+    surrogate = SinkRecord(event(f"https://{tag}.invalid/sur", body="a\ud800b"), topic, 0, 3)
     sink = PostgresPageSink.from_settings(settings)
 
     with pytest.raises(RowsRejected) as caught:
-        sink.write(SinkBatch(group, [good, too_big, nul], {(topic, 0): 3}))
+        sink.write(SinkBatch(group, [good, too_big, nul, surrogate], {(topic, 0): 4}))
 
-    assert [r.offset for r, _ in caught.value.rejected] == [1, 2]
+    assert [r.offset for r, _ in caught.value.rejected] == [1, 2, 3]
     assert "out of range" in caught.value.rejected[0][1]
+    assert "invalid byte sequence" in caught.value.rejected[2][1]
     assert count_pages(owner, tag) == 0
     assert sink.stored_offsets(group, topic) == {}
-    assert sink.write(SinkBatch(group, [good], {(topic, 0): 3})) == 1
+    assert sink.write(SinkBatch(group, [good], {(topic, 0): 4})) == 1
     sink.close()
 
 

@@ -51,6 +51,13 @@ def test_upgrade_creates_tables_grants_and_publication_with_names_from_settings(
     assert 'GRANT SELECT ON outbox TO "dbz"' in sql
     assert 'ALTER PUBLICATION "pub_pages" ADD TABLE outbox' in sql
     assert "INSERT INTO alembic_version" in sql
+    # 0004: each body once; superseded versions archived by trigger; parked touches
+    assert "ALTER TABLE page_versions RENAME TO page_history" in sql
+    assert "CREATE VIEW page_versions AS SELECT" in sql
+    assert "WHEN (OLD.version IS DISTINCT FROM NEW.version) EXECUTE FUNCTION pages_archive_version()" in sql
+    assert "CREATE TABLE page_touches_pending" in sql
+    assert 'GRANT SELECT, INSERT, UPDATE, DELETE ON page_touches_pending TO "Writer"' in sql
+    assert 'GRANT SELECT ON page_versions TO "Writer"' in sql
 
 
 def test_downgrade_drops_publication_and_tables(settings: Settings) -> None:

@@ -235,3 +235,33 @@ def test_revoke_drops_unwritten_messages_of_revoked_partitions(rig: Any, make_pa
     assert calls == 2
     assert rig.sink.batches == []  # nothing written for a partition this worker no longer owns
     assert rig.sink.stored_offsets(GROUP, UNIQUE) == {}
+
+
+class CountingSink:
+    """A sink whose committed writes count parked-touch events, as PostgresSink.take_counts does."""
+
+    def __init__(self, inner: Any, per_write: dict[str, int]) -> None:
+        self.inner, self.per_write, self.owed = inner, per_write, dict[str, int]()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def write(self, batch: Any) -> int:
+        changed = int(self.inner.write(batch))
+        for event, n in self.per_write.items():
+            self.owed[event] = self.owed.get(event, 0) + n
+        return changed
+
+    def take_counts(self) -> dict[str, int]:
+        owed, self.owed = self.owed, {}
+        return owed
+
+
+def test_counts_of_committed_writes_become_the_touches_pending_metric(rig: Any, make_page: MakePage) -> None:
+    rig.worker._sink = CountingSink(rig.sink, {"touches_folded": 2})
+    fill(rig, make_page, 0, [f"https://a.test/{i}" for i in range(6)])  # two batches of 3
+
+    rig.worker.run(max_idle_s=1)
+
+    assert rig.metric("sink_touches_pending_total", action="folded") == 4
+    assert rig.metric("sink_batches_total") == 2
