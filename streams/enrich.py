@@ -31,18 +31,10 @@ BOILERPLATE = (
 )
 MAIN_CANDIDATES = ("main", "[role=main]", "article")
 _MAIN = ", ".join(MAIN_CANDIDATES)
-_ROLE_MAIN = "[role=main]"
-_JSONLD = 'script[type="application/ld+json"]'
-# Each extractor's selector by the tag it names; one query for all of them and the main candidates.
-_SCAN_BY_TAG = {
-    "a": "a[href]",
-    "base": "base[href]",
-    "title": "title",
-    "meta": "meta[content]",
-    "link": "link[rel][href]",
-    "script": _JSONLD,
-}
-_SCAN = ", ".join((*_SCAN_BY_TAG.values(), _MAIN))
+_JSONLD_TYPE = "application/ld+json"
+_JSONLD = f'script[type="{_JSONLD_TYPE}"]'
+# Every extractor's selector (each names one tag) and the main candidates: one query, one walk.
+_SCAN = f"a[href], base[href], title, meta[content], link[rel][href], {_JSONLD}, {_MAIN}"
 # Language identification looks at the start of the normalised main text: enough for a stable
 # answer (py3langid walks the sample byte by byte in Python, so its length is its cost).
 LANGUAGE_SAMPLE_CHARS = 500
@@ -65,31 +57,40 @@ def _join(base_dir: str, href: str) -> str | None:
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9_][^:?\\\s]*")
 
 
-def _resolve(base: str, href: str) -> str | None:
-    # Relative links resolve against the base's directory alone (except "?query" ones), so pages
-    # of one directory share the cache: their navigation links are the same hrefs.
-    if href.startswith("?"):
-        return _join(base, href)
+def _directory(base: str) -> str:
+    """What relative paths resolve against: the base URL up to its last ``/`` (query dropped)."""
     path = base.split("?", 1)[0]
-    directory = path[: path.rfind("/") + 1] if path.count("/") > 2 else path
-    if directory.endswith("/") and "/." not in href and _PLAIN_PATH.fullmatch(href):
-        return directory + href
-    return _join(directory, href)
+    return path[: path.rfind("/") + 1] if path.count("/") > 2 else path
 
 
-def _absolute(base: str, href: str) -> str | None:
-    href = href.split("#", 1)[0]  # fragments name places in one page: resolve the page once
-    if href.startswith(("http://", "https://")):
-        url = href  # already absolute: the common case needs no urljoin
-    elif not href or href.startswith(_NOT_LINKS):
+def _http(url: str | None) -> str | None:
+    if url is None or not url.startswith(("http://", "https://")):
         return None
-    else:
-        resolved = _resolve(base, href)
-        if resolved is None or not resolved.startswith(("http://", "https://")):
-            return None
-        url = resolved
     url = url.split("#", 1)[0]
     return url if len(url) > len("https://") else None
+
+
+@functools.lru_cache(maxsize=65536)
+def _absolute_in(directory: str, href: str) -> str | None:
+    """``href`` (fragment dropped, not a ``?query``) against ``directory``, if http(s).
+
+    Cached by directory: the pages of one directory repeat the same navigation hrefs.
+    """
+    if href.startswith(("http://", "https://")):
+        return _http(href)  # already absolute: the common case needs no urljoin
+    if not href or href.startswith(_NOT_LINKS):
+        return None
+    if directory.endswith("/") and "/." not in href and _PLAIN_PATH.fullmatch(href):
+        return _http(directory + href)
+    return _http(_join(directory, href))
+
+
+def _absolute(base: str, href: str, directory: str | None = None) -> str | None:
+    """``href`` resolved against ``base`` (whose :func:`_directory` may be given), if http(s)."""
+    href = href.split("#", 1)[0]  # fragments name places in one page: resolve the page once
+    if href.startswith("?"):  # a query replaces the base's own: the only href needing all of it
+        return _http(_join(base, href))
+    return _absolute_in(_directory(base) if directory is None else directory, href)
 
 
 def base_url_of(tree: LexborHTMLParser, page_url: str) -> str:
@@ -113,8 +114,9 @@ def _outlinks(anchors: list[dict[str, str | None]], base: str, limit: int = MAX_
             hrefs.setdefault((attrs.get("href") or "").strip(), None)
     # Resolve each distinct href once: pages repeat their navigation links.
     seen: dict[str, None] = {}
+    directory = _directory(base)
     for href in hrefs:
-        url = _absolute(base, href)
+        url = _absolute(base, href, directory)
         if url is not None:
             seen.setdefault(url, None)
             if len(seen) >= limit:
@@ -177,7 +179,7 @@ def main_text(tree: LexborHTMLParser) -> str:
 
     Mutates ``tree`` (removes boilerplate nodes): call after the other extractors.
     """
-    return _main_text(tree, [(node, node.css_matches(_ROLE_MAIN)) for node in tree.css(_MAIN)])
+    return _main_text(tree, [(node, node.attributes.get("role") == "main") for node in tree.css(_MAIN)])
 
 
 def _main_text(tree: LexborHTMLParser, candidates: list[tuple[LexborNode, bool]]) -> str:
@@ -215,30 +217,32 @@ class _Found:
 def _scan(tree: LexborHTMLParser) -> _Found:
     """Nodes for every extractor but the boilerplate removal, in document order, from one query.
 
-    A node is sorted by its tag: without a ``role`` attribute it can only have matched its tag's
-    selector; with one it may have matched ``[role=main]`` instead, so both are checked.
+    A node is sorted by its tag, then checked against the rest of that tag's selector (it may have
+    matched ``[role=main]`` only) the way Lexbor matches: ``type`` ignoring ASCII case, ``role``
+    exactly (``Node.css_matches`` would search the node's whole subtree).
     """
     found = _Found()
     for node in tree.css(_SCAN):
-        tag = node.tag or ""
+        tag = node.tag
         attrs = node.attributes
-        role = "role" in attrs
-        selector = _SCAN_BY_TAG.get(tag)
-        if selector is None or (role and not node.css_matches(selector)):
-            pass  # a main candidate only
-        elif tag == "a":
-            found.anchors.append(attrs)
+        if tag == "a":
+            if "href" in attrs:
+                found.anchors.append(attrs)
         elif tag == "base":
-            found.base = attrs if found.base is None else found.base
+            if "href" in attrs and found.base is None:
+                found.base = attrs
         elif tag == "title":
-            found.title = node if found.title is None else found.title
+            if found.title is None:
+                found.title = node
         elif tag == "meta":
-            found.metas.append(attrs)
+            if "content" in attrs:
+                found.metas.append(attrs)
         elif tag == "link":
-            found.links.append(attrs)
-        elif tag == "script":
+            if "rel" in attrs and "href" in attrs:
+                found.links.append(attrs)
+        elif tag == "script" and (attrs.get("type") or "").lower() == _JSONLD_TYPE:
             found.scripts.append(node)
-        role_main = role and node.css_matches(_ROLE_MAIN)
+        role_main = attrs.get("role") == "main"
         if role_main or tag in ("main", "article"):
             found.candidates.append((node, role_main))
     return found

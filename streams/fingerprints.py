@@ -17,8 +17,10 @@ uniform by the splitmix64 finaliser; a shingle mixes its words' hashes rotated b
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
+import sys
 import unicodedata
 
 import numpy as np
@@ -28,9 +30,36 @@ _WORD = re.compile(r"\w+")
 _BAND_COUNTS = (1, 2, 4, 8, 16)
 
 
+@functools.cache
+def _word_characters() -> np.ndarray:
+    """Whether each code point is a word character (``\\w`` of :mod:`re`), as a lookup table.
+
+    Built from the regular expression itself over every code point (once, about 0.1 s).
+    """
+    table = np.zeros(sys.maxunicode + 1, dtype=np.bool_)
+    every = "".join(map(chr, range(sys.maxunicode + 1)))
+    for run in _WORD.finditer(every):
+        table[run.start() : run.end()] = True
+    return table
+
+
 def normalise_text(text: str) -> str:
-    """NFKC, lower case, words only, single spaces: formatting and punctuation do not count."""
-    return " ".join(_WORD.findall(unicodedata.normalize("NFKC", text).lower()))
+    """NFKC, lower case, words only, single spaces: formatting and punctuation do not count.
+
+    The words are the runs of ``\\w`` (the same as ``" ".join(re.findall(r"\\w+", ...))``), found
+    with a code point table in numpy rather than by the regular expression engine: half the time.
+    """
+    if not unicodedata.is_normalized("NFKC", text):
+        text = unicodedata.normalize("NFKC", text)
+    points = np.frombuffer(text.lower().encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    word = _word_characters()[points]
+    # Keep the word characters and, as a single space, the first other character after each.
+    keep = word.copy()
+    keep[1:] |= word[:-1]
+    spaced = np.where(word, points, np.uint32(ord(" ")))[keep]
+    # Leading non-word characters are already gone (nothing precedes them); drop a trailing one.
+    words: str = spaced.tobytes().decode("utf-32-le", "surrogatepass")
+    return words.removesuffix(" ")
 
 
 def content_hash(normalised: str) -> str:

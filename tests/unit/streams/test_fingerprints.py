@@ -1,8 +1,12 @@
 """Fingerprints: normalised hash, SimHash on real text, Hamming distance and LSH banding."""
 
+# ruff: noqa: RUF001  (normalisation is tested on letters that look Latin)
+
 from __future__ import annotations
 
 import random
+import re
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +37,30 @@ def test_normalise_ignores_case_punctuation_and_spacing() -> None:
     assert content_hash(normalise_text("A  b.")) == content_hash(normalise_text("a b"))
     assert content_hash(normalise_text("a b")) != content_hash(normalise_text("a c"))
     assert content_hash("") == ""
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " !! ",
+        "naïve café—déjà vu ¶ x_y 3.14 İstanbul",
+        "ΑΣ.Β ΑΣ",
+        "日本語のテキスト、句読点。",
+        "a\u00a0b\u2003c\u0301d e\u0301",
+        "x\x00y\x85z",
+        "𝔘𝔫𝔦 emoji 😀 ok 𠀀x",
+        "  lead, trail.  ",
+    ],
+)
+def test_normalise_keeps_the_runs_of_word_characters(text: str) -> None:
+    expected = " ".join(re.findall(r"\w+", unicodedata.normalize("NFKC", text).lower()))
+    assert normalise_text(text) == expected
+
+
+def test_normalise_a_documentation_page_like_the_regular_expression() -> None:
+    text = doc_text("library/stdtypes.html")
+    assert normalise_text(text) == " ".join(re.findall(r"\w+", text.lower()))
 
 
 def test_hamming_counts_differing_bits() -> None:
