@@ -9,12 +9,16 @@ consumer group has committed them all:
   baseline  a confluent-kafka consumer loop with the same decisions (``streams.changes``
             functions), a dict for the table, one changelog record per update, outputs produced
             asynchronously and offsets committed every 1,000 events.
-Prints medians of ``RUNS`` runs and the ratio (targets >= 20,000 events/s and >= 0.5x).
+  noop      the same faust app with an agent that only iterates the raw events: the floor the
+            framework itself sets on this machine.
+Prints medians of ``--runs`` runs and the ratios (targets >= 20,000 events/s and >= 0.5x).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -27,6 +31,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from rich.console import Console
+from rich.table import Table
 
 from crawlstream import offsets
 from crawlstream.records import PageRecord
@@ -35,8 +41,9 @@ from crawlstream.topics import catalog, ensure_topics
 from streams.changes import Change, classify, decode_keyed_page, fingerprint, touch_for
 from streams.recrawl import RecrawlPolicy
 
-EVENTS = 10_000
+EVENTS = 50_000
 RUNS = 3
+PROFILE: str | None = None  # --profile FILE: py-spy the first faust run (speedscope JSON)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -84,15 +91,16 @@ def cleanup(settings: Settings) -> None:
     admin.delete_topics([t for t in admin.list_topics(timeout=10).topics if t.startswith(ours)])
 
 
-def faust_rate() -> float:
-    env = isolated("faust")
+def faust_rate(noop: bool = False) -> float:
+    env = isolated("noop" if noop else "faust")
     settings = settings_for(env)
     with tempfile.TemporaryDirectory() as tmp:
         env["CRAWLSTREAM_STREAMS__DATA_DIR"] = tmp
         log = Path(tmp) / "worker.log"
         with log.open("wb") as out:
+            entry = ["-m", "bench.bench_dedup", "--noop-worker"] if noop else ["-m", "streams"]
             proc = subprocess.Popen(
-                [sys.executable, "-m", "streams", "worker", "-l", "info"],
+                [sys.executable, *entry, "worker", "-l", "info"],
                 cwd=REPO,
                 env={**os.environ, **env},
                 stdout=out,
@@ -104,13 +112,26 @@ def faust_rate() -> float:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"worker did not start:\n{log.read_text()[-2000:]}")
                 time.sleep(0.2)  # poll interval
+            global PROFILE
+            spy = None
+            if PROFILE and not noop:
+                spy_cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(proc.pid)]
+                spy = subprocess.Popen(
+                    [*spy_cmd, "-o", PROFILE, "-f", "speedscope", "-r", "200"],
+                    stdout=subprocess.DEVNULL,
+                )
+                PROFILE = None
             started = time.perf_counter()
             produce(settings)
             while not drained(settings, settings.streams.app_id):
                 if time.monotonic() > deadline + 300:
                     raise SystemExit("worker did not drain the bench records")
                 time.sleep(0.05)  # poll interval
-            return EVENTS / (time.perf_counter() - started)
+            rate = EVENTS / (time.perf_counter() - started)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
+            return rate
         finally:
             proc.terminate()
             proc.wait(30)
@@ -172,24 +193,62 @@ def plain_rate() -> float:
 
 
 def main() -> int:
+    global EVENTS, RUNS, PROFILE
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=EVENTS)
+    parser.add_argument("--runs", type=int, default=RUNS)
+    parser.add_argument("--profile", help="write a py-spy profile of the first faust run here")
+    args = parser.parse_args()
+    EVENTS, RUNS, PROFILE = args.events, args.runs, args.profile
     base_env = dict(os.environ)
-    plain = []
-    ours = []
+    plain: list[float] = []
+    ours: list[float] = []
+    floor: list[float] = []
     for _ in range(RUNS):
-        plain.append(plain_rate())
-        os.environ.clear()
-        os.environ.update(base_env)
-        ours.append(faust_rate())
-        os.environ.clear()
-        os.environ.update(base_env)
-    faust_median, plain_median = statistics.median(ours), statistics.median(plain)
-    print(f"events: {EVENTS} per run (half recrawls), median of {RUNS} runs, one worker")
-    runs = f"faust {[round(r) for r in ours]}, plain {[round(r) for r in plain]}"
-    print(f"faust detect_changes: {faust_median:9.0f} events/s  (target >= 20,000)")
-    print(f"plain confluent loop: {plain_median:9.0f} events/s  (baseline; runs: {runs})")
-    print(f"ratio faust/plain: {faust_median / plain_median:.2f}  (target >= 0.5)")
+        for rates, measure in (
+            (plain, plain_rate),
+            (ours, faust_rate),
+            (floor, lambda: faust_rate(noop=True)),
+        ):
+            rates.append(measure())
+            os.environ.clear()
+            os.environ.update(base_env)
+    plain_median = statistics.median(plain)
+    table = Table(title=f"URL dedup, {EVENTS:,} events per run (half recrawls), one worker, median of {RUNS}")
+    for column in ("variant", "events/s", "ratio to plain", "runs", "target"):
+        table.add_column(column, justify="left" if column in ("variant", "runs") else "right")
+    for name, rates, target in (
+        ("faust detect_changes (RocksDB)", ours, ">= 20,000/s, >= 0.5x"),
+        ("faust no-op agent (framework floor)", floor, ""),
+        ("plain confluent-kafka loop", plain, "baseline"),
+    ):
+        median = statistics.median(rates)
+        runs = " ".join(str(round(r)) for r in rates)
+        table.add_row(name, f"{median:,.0f}", f"{median / plain_median:.2f}", runs, target)
+    Console(width=140).print(table)
     return 0
 
 
+def noop_worker() -> None:
+    """The framework floor: the stage's faust app with one agent that only acks each raw event."""
+    from streams.app import new_app
+    from streams.topology import declare_topics
+
+    settings = load_settings()
+    app = new_app(settings)
+    topics = declare_topics(app, settings)
+
+    async def noop(stream: Any) -> None:
+        async for _event in stream.events():
+            pass
+
+    app.agent(topics.raw, name="noop")(noop)
+    sys.argv = [sys.argv[0], *sys.argv[2:]]
+    app.main()
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    if sys.argv[1:2] == ["--noop-worker"]:
+        noop_worker()
+    else:
+        raise SystemExit(main())

@@ -1,12 +1,12 @@
 """RAM and disk per tracked URL in the ``urls`` table at 1 million URLs (target <= 150 B RAM/URL).
 
 Writes what :mod:`streams.changes` stores per URL (JSON key: canonical URL, JSON value: fingerprint,
-first/last seen, recrawl interval) for ``URLS`` URLs into a RocksDB database opened with faust's
-own RocksDBOptions (what ``rocksdb://`` workers use), and, as the baseline measured in the same
-run, into a Python dict (what ``memory://`` holds). Each store is filled in a fresh child process;
-RAM is the child's peak RSS growth over its empty start, disk the database directory after a flush
-and compaction. Prints the medians of ``RUNS`` runs per URL and the ratio.
-"""
+first/last seen, recrawl interval, source offset and change) for ``URLS`` URLs into a RocksDB
+database opened with faust's own RocksDBOptions (what ``rocksdb://`` workers use), and, as the
+baseline measured in the same run, into a Python dict (what ``memory://`` holds). Each store is
+filled in a fresh child process; RAM is the child's peak RSS growth over its empty start, disk the
+database directory after a flush and compaction. Prints the medians of ``RUNS`` runs per URL and the
+ratio. """
 
 from __future__ import annotations
 
@@ -28,7 +28,14 @@ def entries() -> Any:
     seen = datetime(2026, 11, 25, 10, 0, tzinfo=UTC).isoformat()
     for i in range(URLS):
         url = f"https://site{i % 5000}.example/section/{i // 5000}/page-{i}.html"
-        value = {"h": f"{i * 2654435761 % 2**128:032x}", "f": seen, "l": seen, "i": 86400.0}
+        value = {
+            "h": f"{i * 2654435761 % 2**128:032x}",
+            "f": seen,
+            "l": seen,
+            "i": 86400.0,
+            "o": 3 * i,
+            "c": "n",
+        }
         yield json.dumps(url).encode(), json.dumps(value).encode()
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -150,6 +150,11 @@ class StreamsSettings(BaseModel):
     # A worker killed without leaving the group holds its partitions this long (faust's default
     # is 60 s); heartbeats run on the consumer thread, so a busy event loop does not expire it.
     session_timeout_s: float = Field(default=10.0, ge=6, le=90)
+    # Outputs and changelog records wait this long to share a produce request (faust's
+    # producer_linger; 0 sends each at once: many tiny requests, measured in bench_dedup.py).
+    producer_linger_s: float = Field(default=0.005, ge=0, le=1)
+    # The worker's asyncio event loop: uvloop (libuv) or Python's own ("aio").
+    event_loop: Literal["uvloop", "aio"] = "uvloop"
     # Pages whose SimHashes differ in at most this many bits are near-duplicates (LSH banding
     # finds every such pair for distances up to 15).
     near_duplicate_distance: int = Field(default=3, ge=0, le=15)

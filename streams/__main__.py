@@ -29,6 +29,8 @@ def main() -> None:
         # The stage's repartition topics are catalog topics a stack created before them may lack.
         ensure_topics(settings)
         serve_metrics(settings.metrics.host, settings.metrics.streams_port)
+    if "worker" in sys.argv[1:] and not any(arg in ("-L", "--loop") for arg in sys.argv):
+        sys.argv[1:1] = ["--loop", settings.streams.event_loop]  # a global option: before the command
     app.main()
 
 

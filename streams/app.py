@@ -18,7 +18,7 @@ import faust
 
 from crawlstream.errors import ConfigError
 from crawlstream.settings import Settings
-from streams import changes, content, frontier, near, stats, views
+from streams import changes, content, frontier, near, outputs, stats, views
 from streams.recrawl import RecrawlPolicy
 from streams.topology import declare_topics
 
@@ -41,7 +41,7 @@ def new_app(settings: Settings) -> faust.App:
             f"kafka.client_config (CRAWLSTREAM_KAFKA__CLIENT_CONFIG): {unsupported} are not supported "
             "by the streams stage (aiokafka); only plaintext brokers for now"
         )
-    return faust.App(
+    app = faust.App(
         streams.app_id,
         broker=broker_urls(kafka.bootstrap_servers),
         store=streams.store,
@@ -53,6 +53,7 @@ def new_app(settings: Settings) -> faust.App:
         broker_commit_interval=streams.commit_interval_s,
         broker_commit_every=1000,
         broker_session_timeout=streams.session_timeout_s,
+        producer_linger=streams.producer_linger_s,
         # How often windowed tables check for windows to close (streams.stats).
         table_cleanup_interval=streams.stats_close_interval_s,
         consumer_auto_offset_reset="earliest",
@@ -70,6 +71,8 @@ def new_app(settings: Settings) -> faust.App:
         web_host="127.0.0.1",
         web_port=streams.web_port,
     )
+    outputs.attach(app, settings)  # the librdkafka producer of the stage's agents and tables
+    return app
 
 
 def create_app(settings: Settings) -> faust.App:

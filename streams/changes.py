@@ -8,11 +8,16 @@ Writes ``<prefix>.pages.touches``        (key: canonical URL, PageTouch) for unc
        without text (metadata records, empty pages): nothing to deduplicate on,
        ``<prefix>.deadletter``           (undecodable records, wrong keys).
 Table  ``urls``: canonical URL -> {h: fingerprint, f: first seen, l: last seen, i: recrawl
-       interval s}; changelog ``<app_id>-urls-changelog``, co-partitioned with the raw topic.
+       interval s, o: offset of the raw record that last updated the entry, c: its change
+       (n/c/u)}; changelog ``<app_id>-urls-changelog``, co-partitioned with the raw topic.
 
-At-least-once: the output is acknowledged by the broker BEFORE the table records the URL, so a
-crash can replay an event (downstream tables and the sink are idempotent on URL) but never
-record a fingerprint whose event was not sent.
+At-least-once (:mod:`streams.outputs`): an event is acknowledged when the broker has its output
+and its changelog record, so its offset is committed only then. The table is written at once, so
+after a crash it can hold the update of an event whose output was lost; that event is replayed
+(its offset was not committed) and finds its own offset, or a later one, in ``o``:
+:func:`replayed` re-sends its output instead of calling the page unchanged. Replays of pages are
+absorbed downstream (the content and near-duplicate tables ignore the page's own URL; the sink
+upserts by URL and adds no version for an unchanged body).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from crawlstream.errors import RecordError
 from crawlstream.records import Enrichment, PageEvent, PageRecord, PageTouch, decode_page
 from crawlstream.settings import Settings
 from streams import metrics
+from streams import outputs as streams_outputs
 from streams.deadletters import send_dead_letter
 from streams.enrich import enrich_html
 from streams.recrawl import RecrawlPolicy, next_interval
@@ -95,6 +101,30 @@ def classify(
     return Classified(Change.CHANGED if changed else Change.UNCHANGED, updated)
 
 
+_CODES = {Change.NEW: "n", Change.CHANGED: "c", Change.UNCHANGED: "u"}
+_CHANGES = {code: change for change, code in _CODES.items()}
+
+
+def stamped(entry: dict[str, Any], offset: int, change: Change) -> dict[str, Any]:
+    """The table entry with the offset and change of the event that wrote it (see replayed)."""
+    return {**entry, "o": offset, "c": _CODES[change]}
+
+
+def replayed(entry: dict[str, Any] | None, offset: int) -> Change | None:
+    """The change an event at ``offset`` already applied to ``entry``, or None if it did not.
+
+    Offsets grow along a partition and the table shares the raw topic's partitioning, so an
+    entry written at offset ``o`` holds the effect of every event of its URL up to ``o``. An event
+    at ``o`` itself is re-sent as what it was; an earlier one as CHANGED: its own classification
+    is gone, and a page event is the output that loses nothing downstream.
+    """
+    if entry is None or "o" not in entry or offset > int(entry["o"]):
+        return None
+    if offset == int(entry["o"]):
+        return _CHANGES.get(str(entry.get("c")), Change.CHANGED)
+    return Change.CHANGED
+
+
 def touch_for(record: PageRecord, print_: str) -> PageTouch:
     return PageTouch(
         canonical_url=record.canonical_url,
@@ -125,42 +155,58 @@ class ChangesAgent:
 
 def register(app: Any, settings: Settings, topics: StageTopics, policy: RecrawlPolicy) -> ChangesAgent:
     """Declare the ``urls`` table and the change-detection agent on ``app``."""
-    urls = app.Table(
+    outputs = streams_outputs.of(app)
+    touches, by_content = topics.touches.get_topic_name(), topics.by_content.get_topic_name()
+    unique = topics.unique.get_topic_name()
+    urls = streams_outputs.delivered_table(
+        app,
+        outputs,
         "urls",
         partitions=topics.raw.partitions,
         key_type=str,
-        help="canonical URL -> {h: fingerprint, f: first seen, l: last seen, i: recrawl interval s}",
+        help="canonical URL -> {h: fingerprint, f: first seen, l: last seen, i: recrawl interval s, "
+        "o: offset of the last update, c: its change}",
     )
+    metrics.watch_table(app, "urls", urls)
     max_bytes = settings.kafka.max_message_bytes
+    events, processing = metrics.EVENTS.labels(AGENT), metrics.PROCESSING.labels(AGENT)
+    event_lag = metrics.EVENT_LAG.labels(AGENT)
 
     async def detect_changes(stream: Any) -> None:
-        async for event in stream.events():
+        async for event in stream.noack().events():
             started = time.perf_counter()
-            metrics.EVENTS.labels(AGENT).inc()
-            try:
-                record = decode_keyed_page(event.key, event.value)
-            except RecordError as exc:
-                await send_dead_letter(topics.dead_letter, AGENT, event, exc, max_bytes)
-                continue
-            metrics.EVENT_LAG.labels(AGENT).observe(event_lag_seconds(record, datetime.now(UTC)))
-            enrichment = enrich(record)
-            print_ = fingerprint(record, enrichment)
-            result = classify(urls.get(record.canonical_url), print_, record.fetched_at, policy)
-            if result.change is Change.UNCHANGED:
-                out, key, value = topics.touches, event.key, touch_for(record, print_).to_bytes()
-                metrics.DUPLICATES.labels("url").inc()
-            else:
-                update = page_event(result.change, record, enrichment)
-                if enrichment is not None and enrichment.content_hash:
-                    out, key = topics.by_content, enrichment.content_hash.encode("ascii")
-                    value = update.to_bytes()
-                else:
-                    out, key, value = topics.unique, event.key, update.to_bytes()
-            # force=True sends now so the table records the URL only after the broker's ack.
-            await (await out.send(key=key, value=value, force=True))
-            urls[record.canonical_url] = result.entry
-            metrics.CHANGES.labels(result.change.value).inc()
-            metrics.TABLE_KEYS.labels("urls").set(len(urls))
-            metrics.PROCESSING.labels(AGENT).observe(time.perf_counter() - started)
+            events.inc()
+            with outputs.acking(AGENT, event):
+                try:
+                    record = decode_keyed_page(event.key, event.value)
+                except RecordError as exc:
+                    await send_dead_letter(topics.dead_letter, AGENT, event, exc, max_bytes)
+                    continue
+                detect(event, record)
+            processing.observe(time.perf_counter() - started)
+
+    def detect(event: Any, record: PageRecord) -> None:
+        event_lag.observe(event_lag_seconds(record, datetime.now(UTC)))
+        enrichment = enrich(record)
+        print_ = fingerprint(record, enrichment)
+        offset = event.message.offset
+        entry = urls.get(record.canonical_url)
+        change = replayed(entry, offset)
+        if change is None:
+            result = classify(entry, print_, record.fetched_at, policy)
+            change = result.change
+            urls[record.canonical_url] = stamped(result.entry, offset, change)
+            metrics.CHANGES.labels(change.value).inc()
+        else:
+            metrics.REPLAYS.labels(AGENT).inc()
+        if change is Change.UNCHANGED:
+            metrics.DUPLICATES.labels("url").inc()
+            outputs.send(touches, event.key, touch_for(record, print_).to_bytes())
+            return
+        value = page_event(change, record, enrichment).to_bytes()
+        if enrichment is not None and enrichment.content_hash:
+            outputs.send(by_content, enrichment.content_hash.encode("ascii"), value)
+        else:
+            outputs.send(unique, event.key, value)
 
     return ChangesAgent(app.agent(topics.raw, name=AGENT)(detect_changes), urls)

@@ -20,6 +20,7 @@ from crawlstream.errors import RecordError
 from crawlstream.records import PageEvent
 from crawlstream.settings import Settings
 from streams import metrics
+from streams import outputs as streams_outputs
 from streams.deadletters import send_dead_letter
 from streams.fingerprints import band_count
 from streams.near import route_key
@@ -42,39 +43,45 @@ class ContentAgent:
 
 
 def register(app: Any, settings: Settings, topics: StageTopics) -> ContentAgent:
-    content_first = app.Table(
+    outputs = streams_outputs.of(app)
+    content_first = streams_outputs.delivered_table(
+        app,
+        outputs,
         "content_first",
         partitions=topics.by_content.partitions,
         key_type=str,
         value_type=str,
         help="content hash -> canonical URL of its first copy",
     )
+    metrics.watch_table(app, "content_first", content_first)
     max_bytes = settings.kafka.max_message_bytes
     bands = band_count(settings.streams.near_duplicate_distance)
 
     async def dedup_content(stream: Any) -> None:
-        async for event in stream.events():
+        async for event in stream.noack().events():
             started = time.perf_counter()
             metrics.EVENTS.labels(AGENT).inc()
-            try:
-                page = decode_event(event.value)
-                if page.enrichment is None or event.key != page.enrichment.content_hash.encode("ascii"):
-                    raise RecordError("key_mismatch", f"key {event.key!r} is not the event's content hash")
-            except RecordError as exc:
-                await send_dead_letter(topics.dead_letter, AGENT, event, exc, max_bytes)
-                continue
-            content = page.enrichment.content_hash
-            first = content_first.get(content)
-            page = mark_duplicate(page, first)
-            if page.duplicate_of is not None:
-                metrics.DUPLICATES.labels("content").inc()
-                out, key = topics.unique, page.page.canonical_url.encode("utf-8")
-            else:
-                out, key = topics.by_band, route_key(page, 0, bands)
-            await (await out.send(key=key, value=page.to_bytes(), force=True))
-            if first is None:
-                content_first[content] = page.page.canonical_url
-                metrics.TABLE_KEYS.labels("content_first").set(len(content_first))
+            with outputs.acking(AGENT, event):
+                try:
+                    page = decode_event(event.value)
+                    if page.enrichment is None or event.key != page.enrichment.content_hash.encode("ascii"):
+                        raise RecordError(
+                            "key_mismatch", f"key {event.key!r} is not the event's content hash"
+                        )
+                except RecordError as exc:
+                    await send_dead_letter(topics.dead_letter, AGENT, event, exc, max_bytes)
+                    continue
+                content = page.enrichment.content_hash
+                first = content_first.get(content)
+                page = mark_duplicate(page, first)
+                if page.duplicate_of is not None:
+                    metrics.DUPLICATES.labels("content").inc()
+                    out, key = topics.unique, page.page.canonical_url.encode("utf-8")
+                else:
+                    out, key = topics.by_band, route_key(page, 0, bands)
+                outputs.send(out.get_topic_name(), key, page.to_bytes())
+                if first is None:
+                    content_first[content] = page.page.canonical_url
             metrics.PROCESSING.labels(AGENT).observe(time.perf_counter() - started)
 
     return ContentAgent(app.agent(topics.by_content, name=AGENT)(dedup_content), content_first)

@@ -7,6 +7,8 @@ its latencies are in milliseconds and these cover what the pipeline dashboards n
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("streams_events_total", "Events consumed by an agent", ["agent"])
@@ -35,3 +37,33 @@ EVENT_LAG = Histogram(
     # Pages can sit in Kafka for minutes while a worker is down or catching up.
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
 )
+DELIVERY_FAILURES = Counter(
+    "streams_delivery_failures_total",
+    "Agent outputs the broker did not acknowledge (the worker stops; the event is replayed)",
+    ["agent"],
+)
+REPLAYS = Counter(
+    "streams_replays_total",
+    "Events seen again after a restart whose table update was already stored (output re-sent)",
+    ["agent"],
+)
+
+
+def table_size(table: Any) -> int:
+    """Keys in a faust table on this worker: RocksDB's estimate per partition, else ``len``.
+
+    ``len()`` of a RocksDB-backed table iterates every key, so it is never called per event.
+    """
+    dbs = getattr(table.data, "_dbs", None)
+    if dbs is None:
+        return len(table)
+    return sum(int(db.property_int_value("rocksdb.estimate-num-keys") or 0) for db in list(dbs.values()))
+
+
+def watch_table(app: Any, name: str, table: Any, interval_s: float = 10.0) -> None:
+    """Set ``streams_table_keys{table=name}`` every ``interval_s`` on the worker's event loop."""
+
+    async def report_table_keys() -> None:
+        TABLE_KEYS.labels(name).set(table_size(table))
+
+    app.timer(interval_s, name=f"streams.metrics.table_keys.{name}")(report_table_keys)

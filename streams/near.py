@@ -21,6 +21,7 @@ from crawlstream.errors import RecordError
 from crawlstream.records import PageEvent
 from crawlstream.settings import Settings
 from streams import metrics
+from streams import outputs as streams_outputs
 from streams.deadletters import send_dead_letter
 from streams.fingerprints import band_count, band_keys, hamming
 from streams.topology import StageTopics, decode_event
@@ -76,41 +77,45 @@ class NearAgent:
 
 
 def register(app: Any, settings: Settings, topics: StageTopics) -> NearAgent:
-    near_bands = app.Table(
+    outputs = streams_outputs.of(app)
+    near_bands = streams_outputs.delivered_table(
+        app,
+        outputs,
         "near_bands",
         partitions=topics.by_band.partitions,
         key_type=str,
         help="LSH band key -> [[canonical URL, simhash], ...] of pages with that band",
     )
+    metrics.watch_table(app, "near_bands", near_bands)
     max_bytes = settings.kafka.max_message_bytes
     distance = settings.streams.near_duplicate_distance
     bands = band_count(distance)
 
     async def find_near_duplicates(stream: Any) -> None:
-        async for event in stream.events():
+        async for event in stream.noack().events():
             started = time.perf_counter()
             metrics.EVENTS.labels(AGENT).inc()
-            try:
-                index = band_index(event.key, bands)
-                page = decode_event(event.value)
-                if page.enrichment is None or route_key(page, index, bands) != event.key:
-                    raise RecordError("key_mismatch", f"key {event.key!r} is not a band of the event")
-            except RecordError as exc:
-                await send_dead_letter(topics.dead_letter, AGENT, event, exc, max_bytes)
-                continue
-            band = event.key.decode("ascii")
-            bucket = near_bands.get(band)
-            page = closest(page, bucket or [], distance)
-            if index + 1 < bands:
-                out, key = topics.by_band, route_key(page, index + 1, bands)
-            else:
-                out, key = topics.unique, page.page.canonical_url.encode("utf-8")
-                if page.near_duplicate_of is not None:
-                    metrics.DUPLICATES.labels("near").inc()
-            await (await out.send(key=key, value=page.to_bytes(), force=True))
-            assert page.enrichment is not None
-            near_bands[band] = remember(bucket, page.page.canonical_url, page.enrichment.simhash)
-            metrics.TABLE_KEYS.labels("near_bands").set(len(near_bands))
+            with outputs.acking(AGENT, event):
+                try:
+                    index = band_index(event.key, bands)
+                    page = decode_event(event.value)
+                    if page.enrichment is None or route_key(page, index, bands) != event.key:
+                        raise RecordError("key_mismatch", f"key {event.key!r} is not a band of the event")
+                except RecordError as exc:
+                    await send_dead_letter(topics.dead_letter, AGENT, event, exc, max_bytes)
+                    continue
+                band = event.key.decode("ascii")
+                bucket = near_bands.get(band)
+                page = closest(page, bucket or [], distance)
+                if index + 1 < bands:
+                    out, key = topics.by_band, route_key(page, index + 1, bands)
+                else:
+                    out, key = topics.unique, page.page.canonical_url.encode("utf-8")
+                    if page.near_duplicate_of is not None:
+                        metrics.DUPLICATES.labels("near").inc()
+                outputs.send(out.get_topic_name(), key, page.to_bytes())
+                assert page.enrichment is not None
+                near_bands[band] = remember(bucket, page.page.canonical_url, page.enrichment.simhash)
             metrics.PROCESSING.labels(AGENT).observe(time.perf_counter() - started)
 
     return NearAgent(app.agent(topics.by_band, name=AGENT)(find_near_duplicates), near_bands)

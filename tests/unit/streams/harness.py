@@ -1,7 +1,9 @@
 """A faust app with the whole stage registered and every output mocked (no broker, memory store).
 
-``.send`` of each stage topic records (topic, key, value) and returns an acknowledged future; the
-tables' changelog ``send_soon`` is mocked. Each test runs its own event loop and app.
+The stage's librdkafka producer (:class:`streams.outputs.Outputs`) is a :class:`FakeProducer`
+that records (topic, key, value) and reports each record delivered at once; ``.send`` of each
+stage topic (dead letters) records the same way; faust's own changelog ``send_soon`` is mocked.
+Each test runs its own event loop and app.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from crawlstream.records import PageRecord
 from crawlstream.settings import KafkaSettings, Settings, StreamsSettings
-from streams import changes, content, frontier, near
+from streams import changes, content, frontier, near, outputs
 from streams.app import new_app
 from streams.recrawl import RecrawlPolicy
 from streams.topology import declare_topics
@@ -34,6 +36,41 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+class FakeMessage:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self._topic, self._partition, self._offset = topic, partition, offset
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+
+class FakeProducer:
+    """confluent_kafka.Producer's produce/poll: records, then delivers at once."""
+
+    def __init__(self, names: dict[str, str], sent: list[tuple[str, bytes, bytes]]) -> None:
+        self.names, self.sent = names, sent
+        self.changelog: list[tuple[str, int, bytes, bytes | None]] = []
+
+    def produce(
+        self, topic: str, *, value: bytes | None, key: bytes, on_delivery: Any, partition: int = -1
+    ) -> None:
+        if topic in self.names:
+            assert value is not None
+            self.sent.append((self.names[topic], key, value))
+        else:
+            self.changelog.append((topic, partition, key, value))
+        on_delivery(None, FakeMessage(topic, max(partition, 0), len(self.changelog) + len(self.sent)))
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+
 class Harness:
     def __init__(self) -> None:
         settings = Settings(
@@ -49,6 +86,9 @@ class Harness:
         self.frontier = frontier.register(self.app, self.topics, self.changes.urls, 1 << 20)
         self.app.finalize()
         self.sent: list[tuple[str, bytes, bytes]] = []
+        names = {getattr(self.topics, n).get_topic_name(): n for n in self.topics.__dataclass_fields__}
+        self.producer = FakeProducer(names, self.sent)
+        outputs.of(self.app)._producer = self.producer  # type: ignore[assignment]
         for name in ("unique", "touches", "by_content", "by_band", "dead_letter", "requests", "stats"):
             topic = getattr(self.topics, name)
             topic.send = AsyncMock(side_effect=self._sender(name))

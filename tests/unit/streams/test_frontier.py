@@ -9,7 +9,7 @@ import pytest
 
 from crawlstream.errors import RecordError
 from crawlstream.records import CrawlRequest, DeadLetter, LinkRecord
-from streams.frontier import decide, decode_link
+from streams.frontier import decide, decode_link, requested
 from tests.unit.streams.harness import FETCHED, Harness, run
 
 A = "https://example.org/a"
@@ -72,3 +72,24 @@ def test_agent_requests_a_fetched_page_only_when_due() -> None:
     h = run(lambda h: h.frontier.agent, scenario)
     # FETCHED is in the past by far more than the initial interval: the link asks for a recrawl.
     assert [CrawlRequest.model_validate_json(v).reason for _, v in h.on("requests")] == ["recrawl"]
+
+
+def test_requested_reads_entries_with_and_without_offsets() -> None:
+    assert requested(None) == (None, -1)
+    assert requested("2026-11-25T10:00:00+00:00") == ("2026-11-25T10:00:00+00:00", -1)
+    assert requested({"t": "2026-11-25T10:00:00+00:00", "o": 12}) == ("2026-11-25T10:00:00+00:00", 12)
+
+
+def test_agent_requests_again_a_link_replayed_after_a_crash() -> None:
+    """The table remembers a request whose delivery a crash may have lost; the replayed link
+    (same offset) asks again, a later link of the same URL does not."""
+
+    async def scenario(h: Harness, agent: Any) -> None:
+        await agent.put(LINK.to_bytes(), key=A.encode(), partition=0)
+        agent.sent_offset = 0  # restart from the last committed offset
+        await agent.put(LINK.to_bytes(), key=A.encode(), partition=0)
+        await agent.put(LINK.to_bytes(), key=A.encode(), partition=0)
+
+    h = run(lambda h: h.frontier.agent, scenario)
+    assert [CrawlRequest.model_validate_json(v).reason for _, v in h.on("requests")] == ["link", "link"]
+    assert h.frontier.seen[A]["o"] == 0

@@ -1,0 +1,223 @@
+"""Agent outputs and table changelog records through librdkafka, acked when all are delivered.
+
+faust sends through aiokafka: every record costs a FutureMessage, a PendingMessage, a Python
+record-batch append and sender bookkeeping on the event loop (bench/bench_dedup.py measures a
+faust agent that forwards each event at about a quarter of the rate of one that does nothing).
+The stage's hot agents send instead through one confluent-kafka producer per worker
+(:class:`Outputs`): ``produce()`` hands the record to librdkafka's C threads, which batch,
+compress and retry. Their tables are :class:`DeliveredTable`, whose changelog records take the
+same path and keep faust's changelog format, partitioning (the event's partition) and
+persisted-offset bookkeeping.
+
+At-least-once: an agent processes each event of a ``noack`` stream inside
+``outputs.acking(event)``; the event is acked (its offset may be committed) only when every
+record produced for it, outputs and changelog records alike, is delivered. A failed delivery
+leaves the event unacked and stops the worker, so the event is replayed; the agents' tables make
+replays harmless (see :mod:`streams.changes`). Delivery callbacks run on the event loop, from
+``poll()`` after each produce and from a timer, so acks also arrive while the input is idle.
+The producer partitions with murmur2 (``partitioner=murmur2_random``), as faust and the Java
+clients do, so a key lands where a faust-sent copy of it would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import partial
+from typing import Any
+
+import faust
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from faust.types import TP
+
+from crawlstream.settings import Settings
+from streams import metrics
+
+log = logging.getLogger(__name__)
+POLL_INTERVAL_S = 0.02
+
+
+class _Pending:
+    """The deliveries an event still waits for; the event is acked when none is left."""
+
+    __slots__ = ("agent", "closed", "count", "event")
+
+    def __init__(self, agent: str, event: Any) -> None:
+        self.agent, self.event, self.count, self.closed = agent, event, 0, False
+
+    def delivered(self) -> None:
+        self.count -= 1
+        if self.closed and self.count == 0:
+            self.event.ack()
+
+
+_current: ContextVar[_Pending | None] = ContextVar("streams_outputs_pending", default=None)
+
+
+class Outputs:
+    """One librdkafka producer for a worker's agent outputs and DeliveredTable changelogs."""
+
+    def __init__(self, app: Any, settings: Settings) -> None:
+        self.app = app
+        self._config = settings.kafka.librdkafka(
+            **{
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": max(1, round(settings.streams.producer_linger_s * 1000)),
+                "compression.type": "zstd",
+                "message.max.bytes": settings.kafka.max_message_bytes,
+                "partitioner": "murmur2_random",
+            }
+        )
+        self._producer: Producer | None = None
+        self._crashing: set[asyncio.Future[None]] = set()
+        app.timer(POLL_INTERVAL_S, name="streams.outputs.poll")(self._poll)
+
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer(self._config)
+        return self._producer
+
+    async def _poll(self) -> None:
+        if self._producer is not None:
+            self._producer.poll(0)
+
+    @contextmanager
+    def acking(self, agent: str, event: Any) -> Iterator[None]:
+        """Collect what is produced for ``event`` in this block; ack it once all is delivered.
+
+        An exception leaves the event unacked (the worker stops and it is replayed).
+        """
+        pending = _Pending(agent, event)
+        token = _current.set(pending)
+        try:
+            yield
+        finally:
+            _current.reset(token)
+        pending.closed = True
+        if pending.count == 0:
+            event.ack()
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        on_delivered: Callable[[Message], None] | None = None,
+    ) -> None:
+        """Produce a record for the event of the enclosing :meth:`acking` block."""
+        pending = _current.get()
+        if pending is not None:
+            pending.count += 1
+        callback = partial(self._delivered, pending, on_delivered)
+        extra: dict[str, Any] = {} if partition is None else {"partition": partition}
+        producer = self.producer
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, on_delivery=callback, **extra)
+                break
+            except BufferError:  # librdkafka's queue is full: serve deliveries, then retry
+                producer.poll(0.05)
+        producer.poll(0)
+
+    def _delivered(
+        self,
+        pending: _Pending | None,
+        on_delivered: Callable[[Message], None] | None,
+        err: KafkaError | None,
+        msg: Message,
+    ) -> None:
+        if err is not None:
+            agent = pending.agent if pending is not None else "table"
+            metrics.DELIVERY_FAILURES.labels(agent).inc()
+            log.error(
+                "%s: record for %s not delivered (%s); stopping, its event will be replayed",
+                agent,
+                msg.topic(),
+                err,
+            )
+            crash = asyncio.ensure_future(self.app.crash(KafkaException(err)))
+            self._crashing.add(crash)
+            crash.add_done_callback(self._crashing.discard)
+            return
+        if on_delivered is not None:
+            on_delivered(msg)
+        if pending is not None:
+            pending.delivered()
+
+
+class DeliveredTable(faust.Table[Any, Any]):
+    """A faust Table whose changelog records go through :class:`Outputs` inside ``acking``.
+
+    Same changelog topic, serialisation and partition as faust's own send; the persisted offset
+    (what RocksDB restores from) is recorded on delivery, as faust does. Writes outside an
+    ``acking`` block (none in this stage) fall back to faust's producer.
+    """
+
+    outputs: Outputs
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """One store lookup (``Mapping.get`` makes two: ``in``, then ``[]``); no default factory."""
+        value = self.data.get(key)
+        return default if value is None else value
+
+    def _changelog_via_outputs(self, key: Any, value: Any, value_serializer: Any = None) -> int | None:
+        if _current.get() is None:
+            return None
+        partition = self.partition_for_key(key)
+        topic = self.changelog_topic
+        raw_key, _ = topic.prepare_key(key, self.key_serializer)
+        raw_value, _ = (
+            (None, None)
+            if value is None
+            else topic.prepare_value(value, value_serializer or self.value_serializer)
+        )
+        assert partition is not None  # tables do not use the partitioner: the event's partition
+        self.outputs.send(topic.get_topic_name(), raw_key, raw_value, partition, self._persisted)
+        return partition
+
+    def _persisted(self, msg: Message) -> None:
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        assert topic is not None and partition is not None and offset is not None  # a delivered record
+        self.data.set_persisted_offset(TP(topic, partition), offset)
+
+    def on_key_set(self, key: Any, value: Any) -> None:
+        partition = self._changelog_via_outputs(key, value)
+        if partition is None:
+            super().on_key_set(key, value)
+            return
+        self._maybe_set_key_ttl(key, partition)
+        self._sensor_on_set(self, key, value)
+
+    def on_key_del(self, key: Any) -> None:
+        partition = self._changelog_via_outputs(key, None)
+        if partition is None:
+            super().on_key_del(key)
+            return
+        self._maybe_del_key_ttl(key, partition)
+        self._sensor_on_del(self, key)
+
+
+def delivered_table(app: Any, outputs: Outputs, name: str, **kwargs: Any) -> Any:
+    """``app.Table(name, **kwargs)``, as a :class:`DeliveredTable` writing through ``outputs``."""
+    table = DeliveredTable(app, name=name, beacon=app.tables.beacon, **kwargs)
+    table.outputs = outputs
+    return app.tables.add(table)
+
+
+def attach(app: Any, settings: Settings) -> Outputs:
+    """Give ``app`` its :class:`Outputs` (:func:`streams.app.new_app` does, once per app)."""
+    outputs = Outputs(app, settings)
+    app.crawlstream_outputs = outputs
+    return outputs
+
+
+def of(app: Any) -> Outputs:
+    """The :class:`Outputs` of an app made by :func:`streams.app.new_app`."""
+    outputs: Outputs = app.crawlstream_outputs
+    return outputs
