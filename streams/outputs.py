@@ -14,7 +14,7 @@ At-least-once: an agent processes each event of a ``noack`` stream inside
 record produced for it, outputs and changelog records alike, is delivered. A failed delivery
 leaves the event unacked and stops the worker, so the event is replayed; the agents' tables make
 replays harmless (see :mod:`streams.changes`). Delivery callbacks run on the event loop, from
-``poll()`` after each produce and from a timer, so acks also arrive while the input is idle.
+``poll()`` every ``POLL_INTERVAL_S`` (a timer), so acks arrive while the input is idle too.
 The producer partitions with murmur2 (``partitioner=murmur2_random``), as faust and the Java
 clients do, so a key lands where a faust-sent copy of it would.
 """
@@ -74,6 +74,7 @@ class Outputs:
         )
         self._producer: Producer | None = None
         self._crashing: set[asyncio.Future[None]] = set()
+        self.tables: list[DeliveredTable] = []
         app.timer(POLL_INTERVAL_S, name="streams.outputs.poll")(self._poll)
 
     @property
@@ -85,6 +86,8 @@ class Outputs:
     async def _poll(self) -> None:
         if self._producer is not None:
             self._producer.poll(0)
+        for table in self.tables:
+            table.persist_offsets()
 
     @contextmanager
     def acking(self, agent: str, event: Any) -> Iterator[None]:
@@ -123,7 +126,6 @@ class Outputs:
                 break
             except BufferError:  # librdkafka's queue is full: serve deliveries, then retry
                 producer.poll(0.05)
-        producer.poll(0)
 
     def _delivered(
         self,
@@ -160,6 +162,7 @@ class DeliveredTable(faust.Table[Any, Any]):
     """
 
     outputs: Outputs
+    _delivered_offsets: dict[TP, int]
 
     def get(self, key: Any, default: Any = None) -> Any:
         """One store lookup (``Mapping.get`` makes two: ``in``, then ``[]``); no default factory."""
@@ -183,8 +186,19 @@ class DeliveredTable(faust.Table[Any, Any]):
 
     def _persisted(self, msg: Message) -> None:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-        assert topic is not None and partition is not None and offset is not None  # a delivered record
-        self.data.set_persisted_offset(TP(topic, partition), offset)
+        assert topic is not None
+        assert partition is not None
+        assert offset is not None
+        tp = TP(topic, partition)
+        if offset > self._delivered_offsets.get(tp, -1):
+            self._delivered_offsets[tp] = offset
+
+    def persist_offsets(self) -> None:
+        """Record the highest delivered changelog offsets in the store (one write per partition per
+        poll; a crash before it only makes the restore re-read a few records)."""
+        delivered, self._delivered_offsets = self._delivered_offsets, {}
+        for tp, offset in delivered.items():
+            self.data.set_persisted_offset(tp, offset)
 
     def on_key_set(self, key: Any, value: Any) -> None:
         partition = self._changelog_via_outputs(key, value)
@@ -207,6 +221,8 @@ def delivered_table(app: Any, outputs: Outputs, name: str, **kwargs: Any) -> Any
     """``app.Table(name, **kwargs)``, as a :class:`DeliveredTable` writing through ``outputs``."""
     table = DeliveredTable(app, name=name, beacon=app.tables.beacon, **kwargs)
     table.outputs = outputs
+    table._delivered_offsets = {}
+    outputs.tables.append(table)
     return app.tables.add(table)
 
 
