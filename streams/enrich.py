@@ -72,10 +72,11 @@ def _http(url: str | None) -> str | None:
 
 @functools.lru_cache(maxsize=65536)
 def _absolute_in(directory: str, href: str) -> str | None:
-    """``href`` (fragment dropped, not a ``?query``) against ``directory``, if http(s).
+    """``href`` (not a ``?query``) against ``directory``, fragment dropped, if http(s).
 
     Cached by directory: the pages of one directory repeat the same navigation hrefs.
     """
+    href = href.split("#", 1)[0]  # fragments name places in one page: resolve the page once
     if href.startswith(("http://", "https://")):
         return _http(href)  # already absolute: the common case needs no urljoin
     if not href or href.startswith(_NOT_LINKS):
@@ -87,9 +88,8 @@ def _absolute_in(directory: str, href: str) -> str | None:
 
 def _absolute(base: str, href: str, directory: str | None = None) -> str | None:
     """``href`` resolved against ``base`` (whose :func:`_directory` may be given), if http(s)."""
-    href = href.split("#", 1)[0]  # fragments name places in one page: resolve the page once
     if href.startswith("?"):  # a query replaces the base's own: the only href needing all of it
-        return _http(_join(base, href))
+        return _http(_join(base, href.split("#", 1)[0]))
     return _absolute_in(_directory(base) if directory is None else directory, href)
 
 
@@ -110,8 +110,9 @@ def outlinks(tree: LexborHTMLParser, base: str, limit: int = MAX_OUTLINKS) -> li
 def _outlinks(anchors: list[dict[str, str | None]], base: str, limit: int = MAX_OUTLINKS) -> list[str]:
     hrefs: dict[str, None] = {}
     for attrs in anchors:
-        if "nofollow" not in (attrs.get("rel") or "").lower():
-            hrefs.setdefault((attrs.get("href") or "").strip(), None)
+        rel, href = attrs.get("rel"), attrs.get("href")
+        if not (rel and "nofollow" in rel.lower()):
+            hrefs.setdefault(href.strip() if href else "", None)
     # Resolve each distinct href once: pages repeat their navigation links.
     seen: dict[str, None] = {}
     directory = _directory(base)
