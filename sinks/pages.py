@@ -39,7 +39,7 @@ _STAGED = ", ".join(f"s.{c}" for c in PAGE_COLUMNS)
 _PAYLOAD = (  # compact: what a subscriber needs to decide whether to fetch the page
     "jsonb_build_object('url', up.url, 'version', up.version, 'status', up.status, "
     "'fetched_at', up.fetched_at, 'body_hash', up.body_hash, 'content_hash', up.content_hash, "
-    "'simhash', lpad(to_hex(up.simhash), 16, '0'), 'run_id', up.run_id)"
+    "'simhash', lpad(to_hex(up.simhash), 16, '0'), 'run_id', up.run_id, 'type', e.type)"
 )
 # Parked touches of the staged URLs are deleted and folded into last_seen. This statement takes
 # ROW EXCLUSIVE on page_touches_pending before its snapshot, which is what orders it against a
@@ -60,7 +60,7 @@ WITH pending AS (
         p.run_id, (p.xmax = 0) AS created
 ), events AS (
     INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload)
-    SELECT gen_random_uuid(), 'page', up.url, e.type, {_PAYLOAD} || jsonb_build_object('type', e.type)
+    SELECT gen_random_uuid(), 'page', up.url, e.type, {_PAYLOAD}
     FROM up, LATERAL (SELECT CASE WHEN up.created THEN 'created'
                       WHEN up.status IN (404, 410) THEN 'gone' ELSE 'changed' END AS type) e
     RETURNING ctid
