@@ -84,6 +84,7 @@ def test_idle_slots_confirm_wal_written_by_unpublished_tables(
         what=f"slots {sorted(slots)} to confirm {written_bytes} bytes of unpublished WAL",
         every_s=1.0,
     )
+
     def beats_since_start() -> dict[str, datetime]:
         with owner.cursor() as cur:
             cur.execute(
