@@ -299,3 +299,65 @@ def test_worker_survives_kill_9_mid_batch_with_exactly_once_rows(
                 proc.kill()
                 proc.wait(10)
         admin.delete_topics([unique.name, dead.name], operation_timeout=30)
+
+
+def test_migration_0004_moves_current_versions_out_of_the_history_and_back(
+    settings: Settings, tag: str
+) -> None:
+    """Pages and versions written under 0003 (each body twice) keep every version through the
+    upgrade (current ones in pages, superseded ones in page_history, all in the view) and the
+    downgrade (all back in the page_versions table)."""
+    schema = tag.replace("-", "_")
+    path = f"-csearch_path%3D{schema}"
+    pg = settings.postgres
+    scratch = settings.model_copy(
+        update={
+            "postgres": pg.model_copy(
+                update={
+                    "url": SecretStr(with_options(pg.dsn(), path)),
+                    "owner_url": SecretStr(with_options(pg.dsn(owner=True), path)),
+                    "publication": schema,
+                }
+            )
+        }
+    )
+    admin = psycopg2.connect(pg.dsn(owner=True))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE SCHEMA {schema}")
+    versions = "SELECT url, version, body FROM page_versions ORDER BY 1, 2"
+    try:
+        upgrade(scratch, "0003")
+        with admin.cursor() as cur:
+            cur.execute(f"SET search_path = {schema}")
+            cur.execute(
+                "INSERT INTO pages (url, final_url, status, content_type, encoding, title, body, "
+                "body_truncated, body_bytes, fetched_at, fetch_latency_s, depth, job_id, run_id, version) "
+                "VALUES ('a', 'a', 200, '', '', '', 'a2', false, 2, now(), 0, 0, 'j', 'r', 2), "
+                "('b', 'b', 200, '', '', '', 'b1', false, 2, now(), 0, 0, 'j', 'r', 1)"
+            )
+            cur.execute(
+                "INSERT INTO page_versions (url, version, status, title, body, text, body_hash, "
+                "content_hash, fetched_at, run_id) SELECT url, v, 200, '', body, '', '', '', now(), 'r' "
+                "FROM (VALUES ('a', 1, 'a1'), ('a', 2, 'a2'), ('b', 1, 'b1')) AS t(url, v, body)"
+            )
+            everything = [("a", 1, "a1"), ("a", 2, "a2"), ("b", 1, "b1")]
+            upgrade(scratch)
+            cur.execute("SELECT url, version, body FROM page_history ORDER BY 1, 2")
+            assert cur.fetchall() == [("a", 1, "a1")]
+            cur.execute(versions)
+            assert cur.fetchall() == everything
+            cur.execute("UPDATE pages SET body = 'a3', version = 3 WHERE url = 'a'")  # the trigger
+            cur.execute("UPDATE pages SET last_seen = now() WHERE url = 'b'")  # no new version: no copy
+            cur.execute(versions)
+            assert cur.fetchall() == [*everything[:2], ("a", 3, "a3"), ("b", 1, "b1")]
+            downgrade(scratch, "0003")
+            cur.execute("SELECT relkind FROM pg_class WHERE oid = 'page_versions'::regclass")
+            assert cur.fetchone() == ("r",)  # a table again
+            cur.execute(versions)
+            assert cur.fetchall() == [*everything[:2], ("a", 3, "a3"), ("b", 1, "b1")]
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP PUBLICATION IF EXISTS {schema}")
+            cur.execute(f"DROP SCHEMA {schema} CASCADE")
+        admin.close()
