@@ -57,6 +57,12 @@ def _join(base_dir: str, href: str) -> str | None:
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9_][^:?\\\s]*")
 
 
+def clear_caches() -> None:
+    """Forget the resolved links (benchmarks start each run cold, as a new worker would)."""
+    _absolute_in.cache_clear()
+    _join.cache_clear()
+
+
 def _directory(base: str) -> str:
     """What relative paths resolve against: the base URL up to its last ``/`` (query dropped)."""
     path = base.split("?", 1)[0]
@@ -72,11 +78,10 @@ def _http(url: str | None) -> str | None:
 
 @functools.lru_cache(maxsize=65536)
 def _absolute_in(directory: str, href: str) -> str | None:
-    """``href`` (not a ``?query``) against ``directory``, fragment dropped, if http(s).
+    """``href`` (fragment dropped, not a ``?query``) against ``directory``, if http(s).
 
     Cached by directory: the pages of one directory repeat the same navigation hrefs.
     """
-    href = href.split("#", 1)[0]  # fragments name places in one page: resolve the page once
     if href.startswith(("http://", "https://")):
         return _http(href)  # already absolute: the common case needs no urljoin
     if not href or href.startswith(_NOT_LINKS):
@@ -88,8 +93,9 @@ def _absolute_in(directory: str, href: str) -> str | None:
 
 def _absolute(base: str, href: str, directory: str | None = None) -> str | None:
     """``href`` resolved against ``base`` (whose :func:`_directory` may be given), if http(s)."""
+    href = href.split("#", 1)[0]  # fragments name places in one page: resolve the page once
     if href.startswith("?"):  # a query replaces the base's own: the only href needing all of it
-        return _http(_join(base, href.split("#", 1)[0]))
+        return _http(_join(base, href))
     return _absolute_in(_directory(base) if directory is None else directory, href)
 
 
@@ -108,16 +114,16 @@ def outlinks(tree: LexborHTMLParser, base: str, limit: int = MAX_OUTLINKS) -> li
 
 
 def _outlinks(anchors: list[dict[str, str | None]], base: str, limit: int = MAX_OUTLINKS) -> list[str]:
+    # Each distinct href (fragment dropped) is resolved once: pages repeat their navigation links.
     hrefs: dict[str, None] = {}
     for attrs in anchors:
         rel, href = attrs.get("rel"), attrs.get("href")
         if not (rel and "nofollow" in rel.lower()):
-            hrefs.setdefault(href.strip() if href else "", None)
-    # Resolve each distinct href once: pages repeat their navigation links.
+            hrefs.setdefault(href.strip().split("#", 1)[0] if href else "", None)
     seen: dict[str, None] = {}
     directory = _directory(base)
     for href in hrefs:
-        url = _absolute(base, href, directory)
+        url = _http(_join(base, href)) if href.startswith("?") else _absolute_in(directory, href)
         if url is not None:
             seen.setdefault(url, None)
             if len(seen) >= limit:

@@ -202,3 +202,18 @@ def test_the_first_title_base_description_and_canonical_win() -> None:
         "Og",
         "https://one.example/d/c1",
     )
+
+
+def test_outlinks_resolve_queries_parents_protocol_relative_and_fragments() -> None:
+    html = """<a href="?q=1#f">q</a><a href="#top">t</a><a href="../up/x.html">u</a>
+    <a href="https://o.org/p#x">o</a><a href="//cdn.org/z">c</a><a href=" x.html ">s</a>
+    <a href="x.html#y">again</a><a href="../../../../root.html">r</a><a href="ftp://f.org/">f</a>"""
+    found = enrich_html(html, "https://example.org/d/e.html?k=v")
+    assert found.outlinks == [
+        "https://example.org/d/e.html?q=1",
+        "https://example.org/up/x.html",
+        "https://o.org/p",
+        "https://cdn.org/z",
+        "https://example.org/d/x.html",
+        "https://example.org/root.html",
+    ]
