@@ -1,8 +1,12 @@
 """Enrichment of an HTML page: what the stream stage adds to a crawled PageRecord.
 
-Plain functions, called by :mod:`streams.pages` for every ``kind == "html"`` record; unit-tested on
-real HTML. Parsing is selectolax (the Lexbor engine: C, an HTML5 parser); language identification
+Plain functions, called by :mod:`streams.changes` for every ``kind == "html"`` record; unit-tested
+on real HTML. Parsing is selectolax (the Lexbor engine: C, an HTML5 parser); language identification
 is py3langid, whose model ships inside the package (nothing is fetched at run time).
+
+Speed: every CSS query walks the whole tree, so :func:`enrich_html` makes two: one for all the
+extractors and the main candidates, one for the boilerplate. The public extractors below (one
+query each) give the same answers and are kept for direct use and tests.
 
 Main text: the first of ``<main>``, ``[role=main]``, ``<article>`` (else ``<body>``) with scripts,
 styles, navigation, headers, footers, asides, forms and hidden elements removed. Outlinks and
