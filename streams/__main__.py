@@ -1,7 +1,8 @@
 """``python -m streams worker -l info``: run the stream stage's faust worker.
 
-Reads settings once, serves our Prometheus metrics on ``metrics.host:metrics.streams_port``
-(port 0 picks a free one), then hands the command line to faust (``worker``, ``tables``, ...).
+Reads settings once, serves our Prometheus metrics on ``metrics.host:metrics.streams_port`` (port 0
+picks a free one) and faust's own (``faust_*``, in ms) on the faust web server's ``/metrics``, then
+hands the command line to faust (``worker``, ``tables``, ...).
 A worker creates missing catalog topics (``crawlstream.topics.ensure_topics``) first; faust
 creates only its changelog topics.
 """
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import os
 import sys
+
+from faust.sensors.prometheus import setup_prometheus_sensors
+from prometheus_client import CollectorRegistry
 
 from crawlstream.logs import setup_logging
 from crawlstream.metrics import serve_metrics
@@ -28,6 +32,10 @@ def main() -> None:
     if "worker" in sys.argv[1:]:
         # The stage's repartition topics are catalog topics a stack created before them may lack.
         ensure_topics(settings)
+        # faust's own sensor too (consumer offsets, commits, rebalances, sends), on its own registry
+        # served by the faust web server's /metrics (streams.web_port): its latencies are in ms, so
+        # its names break the conventions our port keeps (promtool-clean, seconds).
+        setup_prometheus_sensors(app, registry=CollectorRegistry(), name_prefix="faust")
         serve_metrics(settings.metrics.host, settings.metrics.streams_port)
     if "worker" in sys.argv[1:] and not any(arg in ("-L", "--loop") for arg in sys.argv):
         sys.argv[1:1] = ["--loop", settings.streams.event_loop]  # a global option: before the command

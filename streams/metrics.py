@@ -1,8 +1,9 @@
 """Prometheus metrics of the stream stage, served on ``metrics.streams_port`` by ``python -m streams``.
 
 Seconds and ``_total`` counters; labels are bounded (agent names, duplicate kinds, change kinds,
-dead-letter reasons, table names), never a URL. faust's own prometheus sensor is not installed:
-its latencies are in milliseconds and these cover what the pipeline dashboards need.
+dead-letter reasons, table names), never a URL. A worker also installs faust's own Prometheus
+sensor (``faust_*``: offsets per partition, commits, rebalances, sends; latencies in ms) on the
+faust web server's ``/metrics`` (``streams.web_port``), scraped as job crawlstream-streams-faust.
 """
 
 from __future__ import annotations

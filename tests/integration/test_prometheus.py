@@ -158,6 +158,7 @@ def test_prometheus_scrapes_a_crawl_and_evaluates_every_expression(
     tag = f"promtest-{uuid.uuid4().hex[:8]}"
     ports = {"crawler": free_port(), "follow": free_port(), "exporter": free_port()}
     ports |= {"streams": settings.metrics.streams_port, "sink": settings.metrics.sink_port}
+    ports["streams-faust"] = settings.streams.web_port
     logs = tmp_path / "logs"
     logs.mkdir()
     env = {
@@ -274,6 +275,9 @@ def test_prometheus_scrapes_a_crawl_and_evaluates_every_expression(
         "kafka_consumergroup_lag",
     ):
         assert core in present, f"{core} was not scraped during the crawl"
+    # faust's own sensor, from the stream worker's web server (its own job: ms-named metrics).
+    faust_query = 'faust_messages_received_total{job="crawlstream-streams-faust"} > 0'
+    wait_for(lambda: prom.query(faust_query)["data"]["result"] or None, 60, "faust's sensor to be scraped")
 
     def rules_evaluated() -> list[dict[str, Any]] | None:
         groups = json.loads(get(f"{prom.base}/api/v1/rules"))["data"]["groups"]
