@@ -6,7 +6,7 @@ database opened with faust's own RocksDBOptions (what ``rocksdb://`` workers use
 baseline measured in the same run, into a Python dict (what ``memory://`` holds). Each store is
 filled in a fresh child process; RAM is the child's peak RSS growth over its empty start, disk the
 database directory after a flush and compaction. Prints the medians of ``RUNS`` runs per URL and the
-ratio. """
+ratio."""
 
 from __future__ import annotations
 

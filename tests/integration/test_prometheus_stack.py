@@ -51,7 +51,8 @@ def test_prometheus_and_exporter_start_with_our_config(settings: Settings, tmp_p
         assert pm.running("prometheus")
         assert pm.running("exporter")
         expected = {
-            f"crawlstream-{n}" for n in ("crawler", "streams", "sink", "follow", "scheduler", "exporter")
+            f"crawlstream-{n}"
+            for n in ("crawler", "streams", "streams-faust", "sink", "follow", "scheduler", "exporter")
         }
         deadline = time.monotonic() + 30
         while (jobs := scraped_jobs(url)) != expected | {"prometheus"} and time.monotonic() < deadline:
