@@ -8,7 +8,10 @@ the end). Each round writes ``--rows`` new pages (``--body-bytes`` of HTML each)
 - raw COPY: the rows COPYed into an empty (logged) table shaped like the staging table, a commit
   per batch (the floor any loader pays); same encoder as the sink (sinks.pages.CopyReader:
   COPY text, encoded a chunk at a time while the server stores the previous one) and the same
-  TOAST compression (the sink's session setting), the rows built outside the clock;
+  TOAST compression (the sink's session setting), the rows built outside the clock. The ratios
+  are to this one;
+- raw COPY (pages shape, PK): the same into a table like ``pages`` (its defaults and primary
+  key), the floor of any loader that keeps one row per URL;
 - sink (COPY staging, the kept method): PostgresPageSink.write: page_row, COPY into the staging
   table, one upsert statement into pages + outbox (page_history only on changes: none here),
   outbox cleanup, offsets; every row new;
@@ -116,12 +119,15 @@ def timed_worker_path(sink: PostgresPageSink, raw: list[bytes], size: int) -> fl
     return len(raw) / (time.perf_counter() - started)
 
 
-def timed_raw_copy(dsn: str, events: list[PageEvent], size: int) -> float:
+def timed_raw_copy(dsn: str, events: list[PageEvent], size: int, *, like_pages: bool = False) -> float:
     rows = [page_row(e) for e in events]  # built outside the clock: COPY alone is the floor
     conn = psycopg2.connect(dsn)
     with conn.cursor() as cur:
         PostgresPageSink.set_compression(cur)  # compress bodies as the sink does
-        cur.execute("CREATE TABLE IF NOT EXISTS raw_copy AS SELECT * FROM page_stage_shape WITH NO DATA")
+        if like_pages:  # every column, default and index of pages (its primary key)
+            cur.execute("CREATE TABLE IF NOT EXISTS raw_copy (LIKE pages INCLUDING ALL)")
+        else:
+            cur.execute("CREATE TABLE IF NOT EXISTS raw_copy AS SELECT * FROM page_stage_shape WITH NO DATA")
         cur.execute("TRUNCATE raw_copy")
         conn.commit()
         started = time.perf_counter()
@@ -161,6 +167,7 @@ def main() -> None:
     settings = scratch_settings(base, schema)
     results: dict[str, list[float]] = {
         "raw COPY": [],
+        "raw COPY (pages shape, PK)": [],
         "sink (COPY staging)": [],
         "sink (INSERT staging)": [],
         "worker path (decode + sink)": [],
@@ -179,7 +186,12 @@ def main() -> None:
         for round_ in range(args.rounds):
             raw = messages(round_, args.rows, args.body_bytes)
             events = [decode_page_event(m) for m in raw]
-            figures = {"raw COPY": timed_raw_copy(settings.postgres.dsn(), events, args.batch)}
+            figures = {
+                "raw COPY": timed_raw_copy(settings.postgres.dsn(), events, args.batch),
+                "raw COPY (pages shape, PK)": timed_raw_copy(
+                    settings.postgres.dsn(), events, args.batch, like_pages=True
+                ),
+            }
             for name, sink_type in (
                 ("sink (COPY staging)", PostgresPageSink),
                 ("sink (INSERT staging)", InsertStagedPageSink),

@@ -6,8 +6,8 @@ temporary staging table (measured faster than a multi-row INSERT: bench/bench_si
 a chunk at a time while the server stores the previous chunk; then one statement upserts
 ``pages`` and adds an ``outbox`` row (aggregate ``page``, type created / changed / gone) for
 Debezium's EventRouter for each row that was inserted or whose body changed. An unchanged page
-is left alone: no UPDATE, so no change event. Each body is written once: a new version lives in
-``pages`` only; when an update replaces it, the trigger of migration 0004 moves the old row to
+is left alone: no UPDATE, so no change event. Each body is stored once: a new version lives in
+``pages`` only; when an update replaces it, a trigger (migrations 0004, 0005) copies the old row to
 ``page_history`` (the view ``page_versions`` shows both). Outbox rows are deleted again in the
 same transaction, by ``ctid`` (the WAL keeps the insert). The payload's ``simhash`` is 16 hex
 digits: an unsigned 64-bit number fits neither a JSON double nor the signed 64-bit integer

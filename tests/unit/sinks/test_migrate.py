@@ -55,6 +55,7 @@ def test_upgrade_creates_tables_grants_and_publication_with_names_from_settings(
     assert "ALTER TABLE page_versions RENAME TO page_history" in sql
     assert "CREATE VIEW page_versions AS SELECT" in sql
     assert "WHEN (OLD.version IS DISTINCT FROM NEW.version) EXECUTE FUNCTION pages_archive_version()" in sql
+    assert "CREATE TRIGGER pages_archive_version BEFORE UPDATE ON pages" in sql  # 0005
     assert "CREATE TABLE page_touches_pending" in sql
     assert 'GRANT SELECT, INSERT, UPDATE, DELETE ON page_touches_pending TO "Writer"' in sql
     assert 'GRANT SELECT ON page_versions TO "Writer"' in sql
