@@ -92,6 +92,7 @@ class PostgresPageSink(PostgresSink[PageEvent]):
     def apply(self, cur: Cursor, records: Sequence[SinkRecord[PageEvent]]) -> int:
         changed = 0
         for round_ in rounds(records):
+            # Not empty when bad-row isolation applied an earlier record in this transaction.
             cur.execute("DELETE FROM page_stage")
             # Rows first: a record that cannot become a row (ValueError) fails before the COPY.
             self.stage(cur, [page_row(r.value) for r in round_])

@@ -37,9 +37,10 @@ LOCK_OFFSETS = (
     'AND "partition" = ANY(%s) ORDER BY "partition" FOR UPDATE'
 )
 # GREATEST: offsets never go backwards. To re-read a partition, edit the row by hand.
-STORE_OFFSET = (
-    "UPDATE sink_offsets SET next_offset = GREATEST(next_offset, %s), updated_at = now() "
-    'WHERE consumer_group = %s AND topic = %s AND "partition" = %s'
+STORE_OFFSETS = (
+    "UPDATE sink_offsets AS o SET next_offset = GREATEST(o.next_offset, v.next_offset), updated_at = now() "
+    'FROM (VALUES %s) AS v(consumer_group, topic, "partition", next_offset) '
+    'WHERE o.consumer_group = v.consumer_group AND o.topic = v.topic AND o."partition" = v."partition"'
 )
 SELECT_OFFSETS = 'SELECT "partition", next_offset FROM sink_offsets WHERE consumer_group = %s AND topic = %s'
 # Bad data: constraint or type violations from the server, and NUL characters (text columns
@@ -122,8 +123,11 @@ class PostgresSink(Generic[R]):
         return [r for r in batch.records if r.offset >= stored.get((r.topic, r.partition), 0)]
 
     def _store_offsets(self, cur: Cursor, batch: SinkBatch[R]) -> None:
-        for (topic, partition), offset in sorted(batch.next_offsets.items()):
-            cur.execute(STORE_OFFSET, (offset, batch.group, topic, partition))
+        """One statement for all partitions (their rows are locked by :meth:`_fence`)."""
+        rows = [(batch.group, t, p, o) for (t, p), o in sorted(batch.next_offsets.items())]
+        if rows:
+            template = "(%s, %s, %s::integer, %s::bigint)"
+            psycopg2.extras.execute_values(cur, STORE_OFFSETS, rows, template=template, page_size=len(rows))
 
     def _find_bad_rows(self, batch: SinkBatch[R]) -> list[tuple[SinkRecord[Any], str]]:
         """Try each row under a savepoint in a transaction that is rolled back, collecting failures."""
