@@ -2,10 +2,10 @@
 
 Reads ``<prefix>.pages.unique`` (PageEvent; bare PageRecords accepted), ``.pages.touches``,
 ``.stats`` and ``.runs`` (see :mod:`crawlstream.topics` and :mod:`sinks.families`); writes
-``pages``, ``page_versions``, ``outbox``, ``domain_stats``, ``crawl_runs`` and ``sink_offsets``, each
-batch with its offsets in one transaction, and sends undecodable or rejected records to
-``<prefix>.deadletter``. Debezium publishes ``pages`` raw and routes ``outbox`` rows to
-``outbox.event.page``.
+``pages`` (superseded versions to ``page_history``), ``page_touches_pending``, ``outbox``,
+``domain_stats``, ``crawl_runs`` and ``sink_offsets``, each batch with its offsets in one
+transaction, and sends undecodable or rejected records to ``<prefix>.deadletter``. Debezium
+publishes ``pages`` raw and routes ``outbox`` rows to ``outbox.event.page``.
 
 Modules: :mod:`sinks.base` (the contract and an in-memory sink), :mod:`sinks.tables` (schema),
 :mod:`sinks.rows` (records to rows, decoders), :mod:`sinks.postgres` (what every Postgres sink

@@ -17,7 +17,7 @@ import pytest
 
 from crawlstream.records import DomainStats, Enrichment, PageEvent, PageTouch, RunEvent
 from crawlstream.settings import Settings
-from sinks.base import SinkBatch, SinkRecord
+from sinks.base import RowsRejected, SinkBatch, SinkRecord
 from sinks.pages import PostgresPageSink
 from sinks.postgres import PostgresSink
 from sinks.touches import PostgresTouchSink
@@ -268,3 +268,25 @@ def test_a_page_racing_the_parking_of_its_touch_waits_for_it_and_folds_it(
     assert written == [1]
     pages_sink.close()
     touches.close()
+
+
+def test_a_rejected_batch_neither_folds_nor_counts_a_parked_touch(
+    settings: Settings, owner: Any, tag: str
+) -> None:
+    url = f"https://{tag}.invalid/kept"
+    touches, pages_sink = PostgresTouchSink.from_settings(settings), PostgresPageSink.from_settings(settings)
+    seen = T0 + timedelta(hours=1)
+    touches.write(batch(tag, [PageTouch(canonical_url=url, fetched_at=seen, status=200)]))
+    good = PageEvent(change="new", page=page(url, fetched_at=T0))
+    bad = PageEvent(change="new", page=page(f"https://{tag}.invalid/big", body_bytes=2**40))  # > int4
+
+    with pytest.raises(RowsRejected):
+        pages_sink.write(batch(tag, [good, bad], topic="p"))
+
+    assert pages_sink.take_counts() == {}  # the isolation pass folded it, then rolled back
+    assert query(owner, "SELECT seen FROM page_touches_pending WHERE url = %s", url) == [(seen,)]
+    assert pages_sink.write(batch(tag, [good], topic="p")) == 1
+    assert pages_sink.take_counts() == {"touches_folded": 1}
+    assert query(owner, "SELECT last_seen FROM pages WHERE url = %s", url) == [(seen,)]
+    touches.close()
+    pages_sink.close()
