@@ -11,13 +11,17 @@ Tables ``domain_1m`` (tumbling 60 s) and ``domain_5m`` (hopping 300 s by 60 s), 
 Writes ``<prefix>.stats`` (key: domain, DomainStats) when a window closes: faust closes it
        ``streams.stats_grace_s`` after its end (wall clock), checked every
        ``streams.stats_close_interval_s``; ``<prefix>.deadletter`` for undecodable inputs.
-A late event reopens a closed window and re-emits it; the stats sink upserts on
-(domain, window, window_start), so the last emission of a window is the stored one.
+A late event reopens a closed window and re-emits it with the window's earlier totals (see
+:class:`EveryWindowTable`); the stats sink upserts on (domain, window, window_start), so the last
+emission of a window is the stored one.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,9 +40,21 @@ AGENT = "sample_stats"
 
 
 class EveryWindowTable:
-    """Mixin: faust 0.15 skips closing a window whose start is <= the last closed start of ANY
-    key or partition (``Table.last_closed_window``), losing every domain's window but the first;
-    pinning it to -inf closes each (domain, window) once."""
+    """Mixin for the windowed stats tables, over two faust 0.15 behaviours.
+
+    faust skips closing a window whose start is <= the last closed start of ANY key or partition
+    (``Table.last_closed_window``), losing every domain's window but the first; pinning it to
+    -inf closes each (domain, window) once.
+
+    faust also drops a window's accumulator when it closes it, so an event arriving later for
+    that window (a backlog processed across a cleanup, a late fetch) reopened it empty, and its
+    re-emission, the one the stats sink keeps, counted that event alone. A closed window's
+    accumulator is kept (in memory) for ``reopen_s`` after its close, and a reopened window
+    starts from it: the re-emission carries the whole window. Later than that, or on another
+    worker after a rebalance, a reopened window starts from its late events.
+    """
+
+    reopen_s: float = 300.0
 
     @property
     def last_closed_window(self) -> float:
@@ -47,6 +63,30 @@ class EveryWindowTable:
     @last_closed_window.setter
     def last_closed_window(self, _value: float) -> None:
         pass
+
+    def _closed_windows(self) -> OrderedDict[Any, tuple[Any, float]]:
+        """Window key -> (its accumulator when it closed, when it closed), oldest close first."""
+        closed: OrderedDict[Any, tuple[Any, float]] | None = self.__dict__.get("_closed")
+        if closed is None:
+            closed = self.__dict__["_closed"] = OrderedDict()
+        return closed
+
+    async def on_window_close(self, key: Any, value: Any) -> None:
+        closed, now = self._closed_windows(), time.monotonic()
+        closed[key] = (value, now)
+        closed.move_to_end(key)
+        while closed and now - next(iter(closed.values()))[1] > self.reopen_s:
+            closed.popitem(last=False)
+        await super().on_window_close(key, value)  # type: ignore[misc]
+
+    def _apply_window_op(self, op: Callable[[Any, Any], Any], key: Any, value: Any, timestamp: float) -> None:
+        closed = self._closed_windows()
+        for window_range in self._window_ranges(timestamp):  # type: ignore[attr-defined]
+            window_key = (key, window_range)
+            kept = closed.pop(window_key, None)
+            reopened = kept is not None and window_key not in self.data  # type: ignore[attr-defined]
+            current = kept[0] if reopened else self._get_key(window_key)  # type: ignore[attr-defined,index]
+            self._set_key(window_key, op(current, value))  # type: ignore[attr-defined]
 
 
 def decode_sample(topic: str, touches_topic: str, raw: bytes | None) -> dict[str, Any]:
