@@ -8,22 +8,32 @@ offsets (the worker commits a link once its request is delivered), never on time
 
 Recrawl intervals are the stage's defaults (StormCrawler AdaptiveScheduler semantics,
 :mod:`streams.recrawl`): a new page is due after one day, a changed one sooner (x0.8), an
-unchanged one later (x1.2). Fetch times are hours away from those edges.
+unchanged one later (x1.2). Fetch times are hours away from those edges. The last test closes
+the loop with a distributed crawler (``python -m crawlers requests``) on a loopback site.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from crawlstream import offsets
 from crawlstream.records import CrawlRequest, DeadLetter, LinkRecord, PageRecord
 from crawlstream.settings import Settings
-from tests.integration.test_streams_stage import Pipeline, Worker, pipeline, wait_for  # noqa: F401
+from crawlstream.urls import canonical_url, host_of
+from tests.integration.test_streams_stage import REPO, Pipeline, Worker, pipeline, wait_for  # noqa: F401
+from tests.integration.test_streams_stats import ready
 
 pytestmark = pytest.mark.integration
 
@@ -198,3 +208,107 @@ def test_poison_links_are_dead_lettered_with_origin_and_the_frontier_goes_on(pip
     found = requests_on_topic(pipeline)
     assert sorted(r.canonical_url for _, _, r in found) == sorted([good, *urls])
     assert worker.metric('streams_dead_letters_total{agent="plan_requests",reason="invalid_link"}') == 2.0
+
+
+PAGES = 6
+
+
+class _Site(ThreadingHTTPServer):
+    log: list[str]
+
+
+class _Page(BaseHTTPRequestHandler):
+    """``/p/n`` links to the next two pages and back to ``/p/0``: every page is linked 2-3 times."""
+
+    server: _Site
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.server.log.append(self.path)
+        if not self.path.startswith("/p/"):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        n = int(self.path[3:])
+        links = "".join(f"<a href='/p/{m % PAGES}'>page {m % PAGES}</a> " for m in (n + 1, n + 2, 0))
+        body = f"<html><head><title>p{n}</title></head><body><p>{words(n)}</p>{links}</body></html>"
+        raw = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+
+def words(n: int) -> str:
+    return " ".join(f"w{n}x{k}" for k in range(30))
+
+
+@pytest.fixture
+def site() -> Iterator[_Site]:
+    server = _Site(("127.0.0.1", 0), _Page)
+    server.log = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_frontier_and_a_distributed_crawler_crawl_each_page_once(
+    pipeline: Pipeline,  # noqa: F811
+    site: _Site,
+) -> None:
+    """The loop of issue 4: crawler links -> frontier -> requests -> crawler, from one seed link."""
+    worker = pipeline.start_worker()
+    wait_for("the worker ready", lambda: pipeline.group_members() == 1 and ready(worker), worker)
+    group = f"{pipeline.settings.streams.app_id}-crawlers"
+    argv = [sys.executable, "-m", "crawlers", "requests", "--group-id", group, "--idle-exit-s", "20"]
+    argv += [
+        "--run-id",
+        "it-loop",
+        "--allow-private-host",
+        "127.0.0.1",
+        "--report",
+        str(pipeline.tmp / "r.json"),
+    ]
+    log = pipeline.tmp / "crawler.log"
+    with log.open("wb") as out:
+        crawler = subprocess.Popen(argv, cwd=REPO, env=pipeline.env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        admin = AdminClient(pipeline.settings.kafka.librdkafka())
+
+        def crawler_joined() -> bool:
+            desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+            return (
+                sum(len(m.assignment.topic_partitions) for m in desc.members)
+                == pipeline.settings.kafka.partitions
+            )
+
+        wait_for("the crawler to own the requests topic", crawler_joined, worker)
+        root = f"http://127.0.0.1:{site.server_address[1]}/p/0"
+        seed = LinkRecord(
+            url=root, canonical_url=canonical_url(root), host=host_of(root), source_url=root, depth=0
+        )
+        pipeline.produce([(seed.canonical_url.encode(), seed.to_bytes())], topic=pipeline.topics.links.name)
+        crawler.wait(timeout=300)
+        assert crawler.returncode == 0, log.read_text(errors="replace")[-3000:]
+    finally:
+        if crawler.poll() is None:
+            crawler.kill()
+            crawler.wait(timeout=30)
+    wait_for("the frontier to commit every link", lambda: links_drained(pipeline), worker)
+
+    pages = [f"/p/{n}" for n in range(PAGES)]
+    assert sorted(path for path in site.log if path.startswith("/p/")) == pages  # each page once
+    found = requests_on_topic(pipeline)
+    assert sorted(urlsplit(r.url).path for _, _, r in found) == pages
+    assert {(key, r.reason) for _, key, r in found} == {(b"127.0.0.1", "link")}
+    assert len({partition for partition, _, _ in found}) == 1  # one host, one partition
+    # The crawler left with every request done: nothing was requested after it.
+    requests = pipeline.topics.requests.name
+    assert offsets.committed_offsets(pipeline.settings, group, requests) == offsets.end_offsets(
+        pipeline.settings, requests
+    )
