@@ -1,17 +1,20 @@
 """URL-dedup throughput of one stream worker next to a plain confluent-kafka loop (same run).
 
 Needs the running stack (``crawlstream stack up``). Each run gets its own topic prefix and app id,
-produces ``EVENTS`` raw page records (metadata records: no body, so no enrichment; half of them
-recrawls of a URL already seen, which become touches), and measures events/s until the
-consumer group has committed them all:
+first produces ``--events`` raw page records (metadata records: no body, so no enrichment; half of
+them recrawls of a URL already seen, which become touches), then measures how fast each consumer
+drains that backlog: events/s from its partitions being assigned until all are processed (faust:
+committed by its consumer group):
   faust     ``python -m streams worker`` (stats agents off), the ``detect_changes`` agent:
-            changelog-backed ``urls`` table, every output acknowledged before the table update;
+            RocksDB ``urls`` table with its changelog, outputs and changelog records through
+            librdkafka, each event acked once they are delivered;
   baseline  a confluent-kafka consumer loop with the same decisions (``streams.changes``
             functions), a dict for the table, one changelog record per update, outputs produced
-            asynchronously and offsets committed every 1,000 events.
+            asynchronously and offsets committed every 1,000 events after a flush;
   noop      the same faust app with an agent that only iterates the raw events: the floor the
             framework itself sets on this machine.
 Prints medians of ``--runs`` runs and the ratios (targets >= 20,000 events/s and >= 0.5x).
+``--profile FILE`` records the first faust run with py-spy (speedscope JSON).
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ def cleanup(settings: Settings) -> None:
 def faust_rate(noop: bool = False) -> float:
     env = isolated("noop" if noop else "faust")
     settings = settings_for(env)
+    produce(settings)  # the backlog first: the worker does not share the CPU with the producer
     with tempfile.TemporaryDirectory() as tmp:
         env["CRAWLSTREAM_STREAMS__DATA_DIR"] = tmp
         log = Path(tmp) / "worker.log"
@@ -122,7 +126,6 @@ def faust_rate(noop: bool = False) -> float:
                 )
                 PROFILE = None
             started = time.perf_counter()
-            produce(settings)
             while not drained(settings, settings.streams.app_id):
                 if time.monotonic() > deadline + 300:
                     raise SystemExit("worker did not drain the bench records")
@@ -159,9 +162,11 @@ def plain_rate() -> float:
     table: dict[str, Any] = {}
     policy = RecrawlPolicy()
     try:
-        consumer.subscribe([topics.raw_pages.name])
-        started = time.perf_counter()
-        produce(settings)
+        produce(settings)  # the backlog first, as for the faust worker
+        assigned: list[float] = []
+        consumer.subscribe(
+            [topics.raw_pages.name], on_assign=lambda _c, _p: assigned.append(time.perf_counter())
+        )
         done = 0
         while done < EVENTS:
             for msg in consumer.consume(500, timeout=0.5):
@@ -186,7 +191,7 @@ def plain_rate() -> float:
         producer.flush(30)
         if done % 1000:
             consumer.commit(asynchronous=False)
-        return EVENTS / (time.perf_counter() - started)
+        return EVENTS / (time.perf_counter() - assigned[0])
     finally:
         consumer.close()
         cleanup(settings)
