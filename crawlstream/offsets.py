@@ -7,15 +7,17 @@ so offsets are contiguous and a difference is a record count).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from crawlstream.errors import StackError
 from crawlstream.settings import Settings
 
 Offsets = dict[int, int]
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -62,3 +64,33 @@ def delta(after: Offsets, before: Offsets) -> int:
 
 def lag(end: Offsets, committed: Offsets) -> int:
     return sum(max(end[p] - committed.get(p, 0), 0) for p in end)
+
+
+def commit_start_where_absent(
+    settings: Settings, group: str, topics: list[str], timeout_s: float = 10.0
+) -> dict[tuple[str, int], int]:
+    """Commit each partition's first offset for ``group`` where the group has none; return them.
+
+    A stream worker calls this before faust joins the group. faust drops records it fetched in a
+    generation that a rebalance ended but still acks them, and after the rebalance it seeks only
+    partitions with a committed offset: on a new group, records fetched while a second worker was
+    joining were skipped for good. With a committed start everywhere, every assignment seeks back.
+    Offsets can only be committed this way while the group has no members; when it has, its
+    members commit soon anyway, and nothing is committed here.
+    """
+    with _inspector(settings, group) as consumer:
+        existing = consumer.list_topics(timeout=timeout_s).topics  # faust creates some on start
+        wanted = [TopicPartition(t, p) for t in topics if t in existing for p in existing[t].partitions]
+        absent = [tp for tp in consumer.committed(wanted, timeout=timeout_s) if tp.offset < 0]
+        start = [
+            TopicPartition(tp.topic, tp.partition, consumer.get_watermark_offsets(tp, timeout=timeout_s)[0])
+            for tp in absent
+        ]
+        if not start:
+            return {}
+        try:
+            consumer.commit(offsets=start, asynchronous=False)
+        except KafkaException as exc:  # the group has members: they own its offsets
+            log.info("not committing start offsets for %s: %s", group, exc)
+            return {}
+        return {(tp.topic, tp.partition): tp.offset for tp in start}

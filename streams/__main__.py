@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from crawlstream.logs import setup_logging
 from crawlstream.metrics import serve_metrics
+from crawlstream.offsets import commit_start_where_absent
 from crawlstream.settings import load_settings
 from crawlstream.topics import ensure_topics
 from streams.app import create_app
@@ -32,6 +33,9 @@ def main() -> None:
     if "worker" in sys.argv[1:]:
         # The stage's repartition topics are catalog topics a stack created before them may lack.
         ensure_topics(settings)
+        # A new group starts from committed offsets, never from faust's position (see the function).
+        inputs = sorted({t for agent in app.agents.values() for t in getattr(agent.channel, "topics", ())})
+        commit_start_where_absent(settings, settings.streams.app_id, inputs)
         # faust's own sensor too (consumer offsets, commits, rebalances, sends), on its own registry
         # served by the faust web server's /metrics (streams.web_port): its latencies are in ms, so
         # its names break the conventions our port keeps (promtool-clean, seconds).

@@ -15,8 +15,8 @@ record produced for it, outputs and changelog records alike, is delivered. A fai
 leaves the event unacked and stops the worker, so the event is replayed; the agents' tables make
 replays harmless (see :mod:`streams.changes`). Delivery callbacks run on the event loop, from
 ``poll()`` every ``POLL_INTERVAL_S`` (a timer), so acks arrive while the input is idle too.
-The producer partitions with murmur2 (``partitioner=murmur2_random``), as faust and the Java
-clients do, so a key lands where a faust-sent copy of it would.
+The producer keeps librdkafka's default partitioner, like every producer of the project (crawlers,
+seeders): a host's crawl requests land in one partition whoever sends them.
 """
 
 from __future__ import annotations
@@ -69,7 +69,6 @@ class Outputs:
                 "linger.ms": max(1, round(settings.streams.producer_linger_s * 1000)),
                 "compression.type": "zstd",
                 "message.max.bytes": settings.kafka.max_message_bytes,
-                "partitioner": "murmur2_random",
             }
         )
         self._producer: Producer | None = None

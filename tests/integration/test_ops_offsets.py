@@ -17,6 +17,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from typer.testing import CliRunner
 
+from crawlstream import offsets
 from crawlstream.errors import CrawlstreamError
 from crawlstream.ops import admin as kadmin
 from crawlstream.ops.offsets_tool import GroupActiveError, build_plan, execute_plan, offsets_app
@@ -176,3 +177,31 @@ def test_show_reports_lag(settings: Settings, topic: str, group: str) -> None:
     shown = json.loads(result.output)
     assert shown["members"] == 0
     assert [(p["partition"], p["current"], p["lag"]) for p in shown["partitions"]] == [(0, 5, 5), (1, 5, 5)]
+
+
+def test_commit_start_where_absent_fills_only_partitions_without_offsets(
+    settings: Settings, topic: str
+) -> None:
+    """What a stream worker does before faust joins: a new group gets each partition's start."""
+    name = f"{settings.kafka.topic_prefix}-fresh"
+    admin = kadmin.admin_client(settings)
+    kadmin.alter_group_offsets(admin, name, {(topic, 1): 7})  # one partition already committed
+    try:
+        filled = offsets.commit_start_where_absent(settings, name, [topic, f"{topic}-not-created-yet"])
+        assert filled == {(topic, 0): 0}
+        assert committed(settings, name) == {(topic, 0): 0, (topic, 1): 7}
+        assert offsets.commit_start_where_absent(settings, name, [topic]) == {}  # nothing left to fill
+        # A group with a live member owns its offsets: nothing is committed over it.
+        member = Consumer(settings.kafka.librdkafka(**{"group.id": name, "enable.auto.commit": False}))
+        try:
+            member.subscribe([topic])
+            wait_for(lambda: member.poll(0.2) is None and member.assignment(), 30, "the member's assignment")
+            other = f"{topic}-second"
+            ensure_topics(settings, [TopicSpec(other, 1, "k", "ops test")])
+            assert offsets.commit_start_where_absent(settings, name, [other]) == {}
+            assert (other, 0) not in committed(settings, name)
+        finally:
+            member.close()
+    finally:
+        for future in admin.delete_consumer_groups([name]).values():
+            future.result(30)
