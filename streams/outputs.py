@@ -22,6 +22,7 @@ seeders): a host's crawl requests land in one partition whoever sends them.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from typing import Any
 
 import faust
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from faust.streams import current_event
 from faust.types import TP
 
 from crawlstream.settings import Settings
@@ -163,10 +165,43 @@ class DeliveredTable(faust.Table[Any, Any]):
     outputs: Outputs
     _delivered_offsets: dict[TP, int]
 
+    def _event_db(self) -> tuple[Any, int]:
+        """The RocksDB of the current event's partition, inside ``acking`` (else ``(None, -1)``)."""
+        event = current_event()
+        opener = getattr(self.data, "_db_for_partition", None)  # RocksDB stores only
+        if opener is None or event is None or _current.get() is None:
+            return None, -1
+        partition: int = event.message.partition
+        return opener(partition), partition
+
     def get(self, key: Any, default: Any = None) -> Any:
-        """One store lookup (``Mapping.get`` makes two: ``in``, then ``[]``); no default factory."""
-        value = self.data.get(key)
-        return default if value is None else value
+        """One lookup in the event's partition, JSON decoded here; no default factory.
+
+        faust's path takes two lookups (``in``, then ``[]``) and its codec registry each time.
+        """
+        db, _ = self._event_db()
+        if db is None:
+            value = self.data.get(key)
+            return default if value is None else value
+        store: Any = self.data
+        raw = db.get(store._encode_key(key))
+        return default if raw is None else json.loads(raw)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        """Encode once (JSON), produce the changelog record through :class:`Outputs`, then write
+        the event partition's RocksDB: the bytes faust's restore would write from that record."""
+        db, partition = self._event_db()
+        if db is None:
+            super().__setitem__(key, value)
+            return
+        store: Any = self.data
+        raw_key = store._encode_key(key)
+        raw_value = json.dumps(value, separators=(",", ":")).encode()
+        self.outputs.send(
+            self.changelog_topic.get_topic_name(), raw_key, raw_value, partition, self._persisted
+        )
+        db.put(raw_key, raw_value)
+        self._maybe_set_key_ttl(key, partition)
 
     def _changelog_via_outputs(self, key: Any, value: Any, value_serializer: Any = None) -> int | None:
         if _current.get() is None:
