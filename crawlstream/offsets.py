@@ -8,10 +8,11 @@ so offsets are contiguous and a difference is a record count).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from crawlstream.errors import StackError
 from crawlstream.settings import Settings
@@ -66,8 +67,15 @@ def lag(end: Offsets, committed: Offsets) -> int:
     return sum(max(end[p] - committed.get(p, 0), 0) for p in end)
 
 
+_COORDINATOR_NOT_READY = (
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+)
+
+
 def commit_start_where_absent(
-    settings: Settings, group: str, topics: list[str], timeout_s: float = 10.0
+    settings: Settings, group: str, topics: list[str], timeout_s: float = 60.0
 ) -> dict[tuple[str, int], int]:
     """Commit each partition's first offset for ``group`` where the group has none; return them.
 
@@ -76,21 +84,36 @@ def commit_start_where_absent(
     partitions with a committed offset: on a new group, records fetched while a second worker was
     joining were skipped for good. With a committed start everywhere, every assignment seeks back.
     Offsets can only be committed this way while the group has no members; when it has, its
-    members commit soon anyway, and nothing is committed here.
+    members commit soon anyway, and nothing is committed here. While the group coordinator is not
+    ready (a new broker creates ``__consumer_offsets`` on first use) it retries for ``timeout_s``.
     """
-    with _inspector(settings, group) as consumer:
-        existing = consumer.list_topics(timeout=timeout_s).topics  # faust creates some on start
-        wanted = [TopicPartition(t, p) for t in topics if t in existing for p in existing[t].partitions]
-        absent = [tp for tp in consumer.committed(wanted, timeout=timeout_s) if tp.offset < 0]
-        start = [
-            TopicPartition(tp.topic, tp.partition, consumer.get_watermark_offsets(tp, timeout=timeout_s)[0])
-            for tp in absent
-        ]
-        if not start:
-            return {}
+    deadline = time.monotonic() + timeout_s
+    while True:
         try:
-            consumer.commit(offsets=start, asynchronous=False)
-        except KafkaException as exc:  # the group has members: they own its offsets
-            log.info("not committing start offsets for %s: %s", group, exc)
-            return {}
-        return {(tp.topic, tp.partition): tp.offset for tp in start}
+            with _inspector(settings, group) as consumer:
+                return _commit_start(consumer, group, topics)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _COORDINATOR_NOT_READY or time.monotonic() > deadline:
+                raise
+            log.info("group coordinator for %s not ready (%s); retrying", group, exc.args[0].str())
+            time.sleep(0.5)  # retry interval while the coordinator loads
+
+
+def _commit_start(consumer: Consumer, group: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    existing = consumer.list_topics(timeout=10).topics  # faust creates some topics itself on start
+    wanted = [TopicPartition(t, p) for t in topics if t in existing for p in existing[t].partitions]
+    absent = [tp for tp in consumer.committed(wanted, timeout=10) if tp.offset < 0]
+    start = [
+        TopicPartition(tp.topic, tp.partition, consumer.get_watermark_offsets(tp, timeout=10)[0])
+        for tp in absent
+    ]
+    if not start:
+        return {}
+    try:
+        consumer.commit(offsets=start, asynchronous=False)
+    except KafkaException as exc:
+        if exc.args[0].code() in _COORDINATOR_NOT_READY:
+            raise
+        log.info("not committing start offsets for %s (it has members): %s", group, exc.args[0].str())
+        return {}
+    return {(tp.topic, tp.partition): tp.offset for tp in start}
