@@ -53,6 +53,7 @@ WITH pending AS (
     INSERT INTO pages AS p ({_COLS}, last_seen, last_changed)
     SELECT {_STAGED}, GREATEST(s.fetched_at, pending.seen), s.fetched_at
     FROM page_stage s LEFT JOIN pending ON pending.url = s.url
+    ORDER BY s.url  -- rows locked in URL order, as the touch sink locks them: no deadlock
     ON CONFLICT (url) DO UPDATE SET {_UPDATES}, last_seen = GREATEST(p.last_seen, EXCLUDED.last_seen),
         last_changed = EXCLUDED.last_changed, version = p.version + 1, stored_at = now()
     WHERE p.body_hash IS DISTINCT FROM EXCLUDED.body_hash

@@ -35,6 +35,9 @@ MISSING = (
     "WHERE NOT EXISTS (SELECT 1 FROM pages p WHERE p.url = t.url)"
 )
 LOCK_PENDING = "LOCK TABLE page_touches_pending IN SHARE ROW EXCLUSIVE MODE"
+# The UPDATE's join decides its row order; taking the row locks first in URL order, as the page
+# upsert takes them (ORDER BY s.url), keeps the two sinks from deadlocking on shared pages.
+LOCK_ROWS = "SELECT 1 FROM pages WHERE url = ANY(%s::text[]) ORDER BY url FOR UPDATE"
 TOUCH = (
     "UPDATE pages AS p SET last_seen = t.seen FROM (VALUES %s) AS t(url, seen) "
     "WHERE p.url = t.url AND p.last_seen < t.seen RETURNING 1"
@@ -62,6 +65,7 @@ class PostgresTouchSink(PostgresSink[PageTouch]):
         missing = {url for (url,) in cur.fetchall()}
         if missing:
             cur.execute(LOCK_PENDING)
+        cur.execute(LOCK_ROWS, ([url for url, _ in rows],))  # URL order, as the page upsert
         found = psycopg2.extras.execute_values(cur, TOUCH, rows, template=TEMPLATE, fetch=True)
         if missing:
             park = [row for row in rows if row[0] in missing]
