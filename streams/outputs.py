@@ -157,29 +157,32 @@ class Outputs:
 class DeliveredTable(faust.Table[Any, Any]):
     """A faust Table whose changelog records go through :class:`Outputs` inside ``acking``.
 
-    Same changelog topic, serialisation and partition as faust's own send; the persisted offset
-    (what RocksDB restores from) is recorded on delivery, as faust does. Writes outside an
-    ``acking`` block (none in this stage) fall back to faust's producer.
+    Inside ``acking``, ``get`` makes one lookup in the event partition's RocksDB and ``[]=``
+    JSON-encodes the value once, for the changelog record (same topic and partition as faust's
+    own send) and for the store: the bytes faust's restore writes from that record. faust's path
+    makes two lookups per get and two codec passes per set. The persisted offset (where a restore
+    resumes) is recorded on delivery, as faust does. Other writes and deletes (none in this stage)
+    and memory stores' reads keep faust's own path.
     """
 
     outputs: Outputs
     _delivered_offsets: dict[TP, int]
 
-    def _event_db(self) -> tuple[Any, int]:
-        """The RocksDB of the current event's partition, inside ``acking`` (else ``(None, -1)``)."""
+    def _event_partition(self) -> int | None:
         event = current_event()
-        opener = getattr(self.data, "_db_for_partition", None)  # RocksDB stores only
-        if opener is None or event is None or _current.get() is None:
-            return None, -1
+        if event is None or _current.get() is None:
+            return None
         partition: int = event.message.partition
-        return opener(partition), partition
+        return partition
+
+    def _rocksdb(self, partition: int) -> Any:
+        opener = getattr(self.data, "_db_for_partition", None)  # RocksDB stores only
+        return None if opener is None else opener(partition)
 
     def get(self, key: Any, default: Any = None) -> Any:
-        """One lookup in the event's partition, JSON decoded here; no default factory.
-
-        faust's path takes two lookups (``in``, then ``[]``) and its codec registry each time.
-        """
-        db, _ = self._event_db()
+        """The value of ``key``, or ``default``; no default factory."""
+        partition = self._event_partition()
+        db = None if partition is None else self._rocksdb(partition)
         if db is None:
             value = self.data.get(key)
             return default if value is None else value
@@ -188,35 +191,21 @@ class DeliveredTable(faust.Table[Any, Any]):
         return default if raw is None else json.loads(raw)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        """Encode once (JSON), produce the changelog record through :class:`Outputs`, then write
-        the event partition's RocksDB: the bytes faust's restore would write from that record."""
-        db, partition = self._event_db()
-        if db is None:
+        partition = self._event_partition()
+        if partition is None:
             super().__setitem__(key, value)
             return
         store: Any = self.data
         raw_key = store._encode_key(key)
         raw_value = json.dumps(value, separators=(",", ":")).encode()
-        self.outputs.send(
-            self.changelog_topic.get_topic_name(), raw_key, raw_value, partition, self._persisted
-        )
-        db.put(raw_key, raw_value)
+        changelog = self.changelog_topic.get_topic_name()
+        self.outputs.send(changelog, raw_key, raw_value, partition, self._persisted)
+        db = self._rocksdb(partition)
+        if db is None:
+            store[key] = value
+        else:
+            db.put(raw_key, raw_value)
         self._maybe_set_key_ttl(key, partition)
-
-    def _changelog_via_outputs(self, key: Any, value: Any, value_serializer: Any = None) -> int | None:
-        if _current.get() is None:
-            return None
-        partition = self.partition_for_key(key)
-        topic = self.changelog_topic
-        raw_key, _ = topic.prepare_key(key, self.key_serializer)
-        raw_value, _ = (
-            (None, None)
-            if value is None
-            else topic.prepare_value(value, value_serializer or self.value_serializer)
-        )
-        assert partition is not None  # tables do not use the partitioner: the event's partition
-        self.outputs.send(topic.get_topic_name(), raw_key, raw_value, partition, self._persisted)
-        return partition
 
     def _persisted(self, msg: Message) -> None:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
@@ -233,22 +222,6 @@ class DeliveredTable(faust.Table[Any, Any]):
         delivered, self._delivered_offsets = self._delivered_offsets, {}
         for tp, offset in delivered.items():
             self.data.set_persisted_offset(tp, offset)
-
-    def on_key_set(self, key: Any, value: Any) -> None:
-        partition = self._changelog_via_outputs(key, value)
-        if partition is None:
-            super().on_key_set(key, value)
-            return
-        self._maybe_set_key_ttl(key, partition)
-        self._sensor_on_set(self, key, value)
-
-    def on_key_del(self, key: Any) -> None:
-        partition = self._changelog_via_outputs(key, None)
-        if partition is None:
-            super().on_key_del(key)
-            return
-        self._maybe_del_key_ttl(key, partition)
-        self._sensor_on_del(self, key)
 
 
 def delivered_table(app: Any, outputs: Outputs, name: str, **kwargs: Any) -> Any:
