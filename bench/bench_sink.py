@@ -6,7 +6,7 @@ the end). Each round writes ``--rows`` new pages (``--body-bytes`` of HTML each)
 ``--batch`` and measures, on the same rows:
 
 - raw COPY: the rows COPYed into an empty (logged) table shaped like the staging table, a commit
-  per batch (the floor any loader pays); same encoder as the sink (sinks.pages.CopyReader:
+  per batch (the floor any loader pays); same encoder as the sink (sinks.pages.copy_chunks:
   COPY text, encoded a chunk at a time while the server stores the previous one) and the same
   TOAST compression (the sink's session setting), the rows built outside the clock. The ratios
   are to this one;
@@ -44,15 +44,15 @@ from crawlstream.records import PageEvent, PageRecord  # noqa: E402
 from crawlstream.settings import Settings, load_settings  # noqa: E402
 from sinks.base import SinkBatch, SinkRecord  # noqa: E402
 from sinks.migrate import upgrade  # noqa: E402
-from sinks.pages import COPY_STAGE, CopyReader, PostgresPageSink  # noqa: E402
+from sinks.pages import COPY_STAGE, CopyReader, PostgresPageSink, Staged, copy_chunks  # noqa: E402
 from sinks.postgres import Cursor  # noqa: E402
 from sinks.rows import PAGE_COLUMNS, decode_page_event, page_row  # noqa: E402
 
 
 class InsertStagedPageSink(PostgresPageSink):
-    def stage(self, cur: Cursor, rows: list[tuple[object, ...]]) -> None:
+    def stage(self, cur: Cursor, staged: Staged) -> None:
         sql = f"INSERT INTO page_stage ({', '.join(PAGE_COLUMNS)}) VALUES %s"
-        psycopg2.extras.execute_values(cur, sql, rows, page_size=len(rows))
+        psycopg2.extras.execute_values(cur, sql, staged.rows, page_size=len(staged.rows))
 
 
 def with_schema(dsn: str, schema: str) -> str:
@@ -133,7 +133,8 @@ def timed_raw_copy(dsn: str, events: list[PageEvent], size: int, *, like_pages: 
         started = time.perf_counter()
         for start in range(0, len(rows), size):
             cur.copy_expert(
-                COPY_STAGE.replace("page_stage", "raw_copy"), CopyReader(rows[start : start + size])
+                COPY_STAGE.replace("page_stage", "raw_copy"),
+                CopyReader(copy_chunks(rows[start : start + size])),
             )
             conn.commit()
         elapsed = time.perf_counter() - started

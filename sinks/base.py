@@ -33,12 +33,14 @@ class SinkBatch(Generic[R]):
     """Records to store plus, per (topic, partition), the next offset to read once stored.
 
     Offsets are explicit rather than derived from ``records`` because a batch may hold
-    messages that went to the dead-letter topic: their offsets must advance too.
+    messages that went to the dead-letter topic: their offsets must advance too. ``prepared`` is
+    what :meth:`Sink.prepare` worked out ahead for exactly these records (None: nothing).
     """
 
     group: str
     records: Sequence[SinkRecord[R]]
     next_offsets: Mapping[tuple[str, int], int] = field(default_factory=dict)
+    prepared: Any = None
 
 
 class SinkError(CrawlstreamError):
@@ -60,6 +62,10 @@ class RowsRejected(SinkError):
 class Sink(Protocol[R]):
     def open(self) -> None:
         """Connect; raise SinkUnavailable if the store cannot be reached."""
+
+    def prepare(self, batch: SinkBatch[R]) -> SinkBatch[R]:
+        """The batch with the work that needs no store done ahead (e.g. encoding its rows), so that
+        the worker can do it while the previous batch is being written. Touches no store."""
 
     def write(self, batch: SinkBatch[R]) -> int:
         """Store the records and the offsets in one atomic step; return how many rows changed.
@@ -90,6 +96,9 @@ class InMemorySink(Generic[R]):
 
     def open(self) -> None:
         self.opened = True
+
+    def prepare(self, batch: SinkBatch[R]) -> SinkBatch[R]:
+        return batch
 
     def write(self, batch: SinkBatch[R]) -> int:
         if self.fail_writes > 0:

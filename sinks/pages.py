@@ -19,8 +19,8 @@ the staged URLs into ``last_seen`` and deletes them; ``last_seen`` never moves b
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 from crawlstream.records import PageEvent
 from sinks.base import SinkRecord
@@ -76,7 +76,7 @@ CLEAR_OUTBOX = "DELETE FROM outbox WHERE ctid = ANY(%s::tid[])"
 class PostgresPageSink(PostgresSink[PageEvent]):
     application_name = "crawlstream-sink-pages"
 
-    def prepare(self, cur: Cursor) -> None:
+    def setup(self, cur: Cursor) -> None:
         self.set_compression(cur)
         cur.execute(CREATE_STAGE)
 
@@ -90,13 +90,21 @@ class PostgresPageSink(PostgresSink[PageEvent]):
         if cur.fetchone() is not None:
             cur.execute("SET default_toast_compression = lz4")
 
-    def apply(self, cur: Cursor, records: Sequence[SinkRecord[PageEvent]]) -> int:
+    def encode(self, records: Sequence[SinkRecord[PageEvent]]) -> list[Staged]:
+        """For :meth:`prepare`: each round's rows and their COPY text, encoded now."""
+        return [Staged(rows, list(copy_chunks(rows))) for rows in self._rows(records)]
+
+    def apply(
+        self, cur: Cursor, records: Sequence[SinkRecord[PageEvent]], prepared: list[Staged] | None = None
+    ) -> int:
+        # Rows first: a record that cannot become a row (ValueError) fails before any COPY. Unless
+        # prepared, each chunk of COPY text is encoded while the server stores the previous one.
+        staged = prepared or [Staged(rows, copy_chunks(rows)) for rows in self._rows(records)]
         changed = 0
-        for round_ in rounds(records):
+        for round_ in staged:
             # Not empty when bad-row isolation applied an earlier record in this transaction.
             cur.execute("DELETE FROM page_stage")
-            # Rows first: a record that cannot become a row (ValueError) fails before the COPY.
-            self.stage(cur, [page_row(r.value) for r in round_])
+            self.stage(cur, round_)
             cur.execute(UPSERT)
             events, ctids, folded = cur.fetchone()
             if events:
@@ -105,9 +113,20 @@ class PostgresPageSink(PostgresSink[PageEvent]):
             self.count("touches_folded", int(folded))
         return changed
 
-    def stage(self, cur: Cursor, rows: list[tuple[Any, ...]]) -> None:
-        """Load the rows into ``page_stage`` (bench/bench_sink.py compares this with INSERT)."""
-        cur.copy_expert(COPY_STAGE, CopyReader(rows))
+    def stage(self, cur: Cursor, staged: Staged) -> None:
+        """Load a round into ``page_stage`` (bench/bench_sink.py compares this with INSERT)."""
+        cur.copy_expert(COPY_STAGE, CopyReader(staged.copy))
+
+    @staticmethod
+    def _rows(records: Sequence[SinkRecord[PageEvent]]) -> list[list[tuple[Any, ...]]]:
+        return [[page_row(r.value) for r in round_] for round_ in rounds(records)]
+
+
+class Staged(NamedTuple):
+    """One round of a batch: its ``pages`` rows, and the same rows as chunks of COPY text."""
+
+    rows: list[tuple[Any, ...]]
+    copy: Iterable[bytes]
 
 
 def rounds(records: Sequence[SinkRecord[PageEvent]]) -> list[list[SinkRecord[PageEvent]]]:
@@ -125,21 +144,23 @@ def rounds(records: Sequence[SinkRecord[PageEvent]]) -> list[list[SinkRecord[Pag
     return out
 
 
+def copy_chunks(rows: Sequence[Sequence[Any]], chunk_rows: int = COPY_CHUNK_ROWS) -> Iterator[bytes]:
+    """``rows`` as COPY text, ``chunk_rows`` rows a chunk, encoded as the chunks are taken."""
+    for start in range(0, len(rows), chunk_rows):
+        # An exception here would abort the COPY as "error in .read() call" (not a bad row):
+        # lone surrogates go to the server as the invalid UTF-8 they are, which it rejects
+        # with a DataError, as it does NUL characters.
+        yield copy_text(rows[start : start + chunk_rows]).encode("utf-8", "surrogatepass")
+
+
 class CopyReader:
-    """A file-like object for copy_expert over rows, in COPY's text format, ``chunk_rows`` rows per
-    read(): psycopg2 sends each chunk while the server parses and stores the previous one, so
-    encoding overlaps the server's work instead of preceding it (bench/bench_sink.py)."""
+    """A file-like object for copy_expert over chunks of COPY text (:func:`copy_chunks`), one
+    chunk per read(): psycopg2 sends each chunk while the server parses and stores the previous
+    one, so lazily encoded chunks overlap the server's work instead of preceding it
+    (bench/bench_sink.py)."""
 
-    def __init__(self, rows: Sequence[Sequence[Any]], chunk_rows: int = COPY_CHUNK_ROWS) -> None:
-        self._chunks = self._encode(rows, chunk_rows)
-
-    @staticmethod
-    def _encode(rows: Sequence[Sequence[Any]], chunk_rows: int) -> Iterator[bytes]:
-        for start in range(0, len(rows), chunk_rows):
-            # An exception here would abort the COPY as "error in .read() call" (not a bad row):
-            # lone surrogates go to the server as the invalid UTF-8 they are, which it rejects
-            # with a DataError, as it does NUL characters.
-            yield copy_text(rows[start : start + chunk_rows]).encode("utf-8", "surrogatepass")
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
 
     def read(self, size: int = -1) -> bytes:
         """The next chunk, whatever ``size`` (psycopg2 sends what it gets); b"" at the end."""

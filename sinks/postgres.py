@@ -13,6 +13,7 @@ import collections
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
 import psycopg2
@@ -26,8 +27,9 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 Cursor = Any  # psycopg2's cursor is untyped
+Partition = tuple[str, int]  # topic, partition
 
-# Missing offset rows are created first so that every partition of the batch has a row to lock.
+# Missing offset rows are created, then locked, so that every partition of the batch has a row to lock.
 CREATE_OFFSETS = (
     'INSERT INTO sink_offsets (consumer_group, topic, "partition", next_offset) VALUES %s '
     "ON CONFLICT DO NOTHING"
@@ -63,9 +65,20 @@ class PostgresSink(Generic[R]):
     def from_settings(cls, settings: Settings) -> PostgresSink[R]:
         return cls(settings.postgres.dsn())
 
-    def apply(self, cur: Cursor, records: Sequence[SinkRecord[R]]) -> int:
-        """Write ``records`` (in offset order per partition); return how many rows changed."""
+    def apply(self, cur: Cursor, records: Sequence[SinkRecord[R]], prepared: Any = None) -> int:
+        """Write ``records`` (in offset order per partition); return how many rows changed.
+        ``prepared``: what :meth:`encode` made of exactly these records, or None."""
         raise NotImplementedError
+
+    def encode(self, records: Sequence[SinkRecord[R]]) -> Any:
+        """Work on ``records`` that needs no database (e.g. COPY text), for :meth:`prepare`."""
+        return None
+
+    def prepare(self, batch: SinkBatch[R]) -> SinkBatch[R]:
+        try:
+            return replace(batch, prepared=self.encode(batch.records))
+        except BAD_ROW_ERRORS:
+            return batch  # write() encodes again, where a bad row is isolated and reported
 
     def count(self, event: str, n: int = 1) -> None:
         """For apply(): count ``n`` events of the write in progress (see :meth:`take_counts`)."""
@@ -78,7 +91,7 @@ class PostgresSink(Generic[R]):
         counts, self._committed = dict(self._committed), collections.Counter()
         return counts
 
-    def prepare(self, cur: Cursor) -> None:
+    def setup(self, cur: Cursor) -> None:
         """Once per connection, e.g. create temporary staging tables."""
 
     def open(self) -> None:
@@ -94,7 +107,9 @@ class PostgresSink(Generic[R]):
         try:
             with self._transaction() as cur:
                 todo = self._fence(cur, batch)
-                changed = self.apply(cur, todo) if todo else 0
+                # The fence may skip records (a replay): what was prepared for all of them is not used.
+                prepared = batch.prepared if len(todo) == len(batch.records) else None
+                changed = self.apply(cur, todo, prepared) if todo else 0
                 self._store_offsets(cur, batch)
             self._committed.update(self._counting)
             return changed
@@ -115,12 +130,21 @@ class PostgresSink(Generic[R]):
         positions = sorted(batch.next_offsets)
         if not positions:
             return list(batch.records)
-        psycopg2.extras.execute_values(cur, CREATE_OFFSETS, [(batch.group, t, p, 0) for t, p in positions])
-        stored: dict[tuple[str, int], int] = {}
-        for topic in sorted({t for t, _ in positions}):
-            cur.execute(LOCK_OFFSETS, (batch.group, topic, [p for t, p in positions if t == topic]))
-            stored.update({(topic, int(p)): int(o) for p, o in cur.fetchall()})
+        stored = self._lock_offsets(cur, batch.group, positions)
+        if len(stored) < len(positions):  # a partition's first batch: create its row, then lock it
+            psycopg2.extras.execute_values(
+                cur, CREATE_OFFSETS, [(batch.group, t, p, 0) for t, p in positions if (t, p) not in stored]
+            )
+            stored = self._lock_offsets(cur, batch.group, positions)
         return [r for r in batch.records if r.offset >= stored.get((r.topic, r.partition), 0)]
+
+    @staticmethod
+    def _lock_offsets(cur: Cursor, group: str, positions: list[Partition]) -> dict[Partition, int]:
+        stored: dict[Partition, int] = {}
+        for topic in sorted({t for t, _ in positions}):
+            cur.execute(LOCK_OFFSETS, (group, topic, [p for t, p in positions if t == topic]))
+            stored.update({(topic, int(p)): int(o) for p, o in cur.fetchall()})
+        return stored
 
     def _store_offsets(self, cur: Cursor, batch: SinkBatch[R]) -> None:
         """One statement for all partitions (their rows are locked by :meth:`_fence`)."""
@@ -150,7 +174,7 @@ class PostgresSink(Generic[R]):
                     self._dsn, connect_timeout=self._connect_timeout_s, application_name=self.application_name
                 )
                 with conn.cursor() as cur:
-                    self.prepare(cur)
+                    self.setup(cur)
                 conn.commit()
             except psycopg2.OperationalError as exc:
                 raise SinkUnavailable(f"cannot connect to PostgreSQL: {exc}".strip()) from exc

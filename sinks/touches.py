@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import psycopg2.extras
 
@@ -54,7 +55,7 @@ TEMPLATE = "(%s, %s::timestamptz)"
 class PostgresTouchSink(PostgresSink[PageTouch]):
     application_name = "crawlstream-sink-touches"
 
-    def apply(self, cur: Cursor, records: Sequence[SinkRecord[PageTouch]]) -> int:
+    def apply(self, cur: Cursor, records: Sequence[SinkRecord[PageTouch]], prepared: Any = None) -> int:
         latest: dict[str, datetime] = {}
         for record in records:
             touch = record.value

@@ -32,7 +32,7 @@ class _UpsertSink(PostgresSink[M], Generic[M]):
         data = record.model_dump()
         return tuple(data[c] for c in self.columns)
 
-    def apply(self, cur: Cursor, records: Sequence[SinkRecord[M]]) -> int:
+    def apply(self, cur: Cursor, records: Sequence[SinkRecord[M]], prepared: Any = None) -> int:
         last: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         for record in records:  # the last record per key wins, as it would one batch later
             row = self.row(record.value)

@@ -145,8 +145,9 @@ def test_stack_database_is_at_head_with_pages_published(settings: Settings, owne
         assert cur.fetchone() == (1,)
 
 
+@pytest.mark.parametrize("prepared", [False, True], ids=["encoded-in-write", "prepared-ahead"])
 def test_batches_are_exactly_once_across_a_crash_before_commit(
-    settings: Settings, owner: Any, tag: str, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, owner: Any, tag: str, monkeypatch: pytest.MonkeyPatch, prepared: bool
 ) -> None:
     topic, group = f"{tag}.pages.unique", tag
     urls = [f"https://{tag}.invalid/{i}" for i in range(50)]
@@ -154,6 +155,9 @@ def test_batches_are_exactly_once_across_a_crash_before_commit(
     records.append(SinkRecord(event(urls[0], title="later duplicate"), topic, 0, 17))  # same URL twice
     batch = SinkBatch(group, records, {(topic, 0): 18, (topic, 1): 17, (topic, 2): 16})
     sink = PostgresPageSink.from_settings(settings)
+    if prepared:
+        batch = sink.prepare(batch)
+        assert batch.prepared is not None
     sink.open()
 
     def crash(*_args: Any) -> None:
@@ -186,8 +190,35 @@ def test_batches_are_exactly_once_across_a_crash_before_commit(
     sink.close()
 
 
-def test_rows_violating_constraints_are_named_and_nothing_is_stored(
+def test_a_prepared_batch_partly_stored_already_writes_only_the_rest(
     settings: Settings, owner: Any, tag: str
+) -> None:
+    # A replay after a restart: the fence skips what is stored, so what was prepared for the whole
+    # batch must not be written; the records after the stored offset are.
+    topic, group = f"{tag}.pages.unique", tag
+    sink = PostgresPageSink.from_settings(settings)
+    first = [SinkRecord(event(f"https://{tag}.invalid/{i}", title="first"), topic, 0, i) for i in range(10)]
+    assert sink.write(SinkBatch(group, first, {(topic, 0): 10})) == 10
+    replay = [
+        SinkRecord(event(f"https://{tag}.invalid/{i}", title="replay"), topic, 0, i) for i in range(5, 15)
+    ]
+    batch = sink.prepare(SinkBatch(group, replay, {(topic, 0): 15}))
+
+    assert sink.write(batch) == 5
+
+    with owner.cursor() as cur:
+        cur.execute(
+            "SELECT title, count(*) FROM pages WHERE url LIKE %s GROUP BY title",
+            (f"https://{tag}.invalid/%",),
+        )
+        assert dict(cur.fetchall()) == {"first": 10, "replay": 5}
+    assert sink.stored_offsets(group, topic) == {0: 15}
+    sink.close()
+
+
+@pytest.mark.parametrize("prepared", [False, True], ids=["encoded-in-write", "prepared-ahead"])
+def test_rows_violating_constraints_are_named_and_nothing_is_stored(
+    settings: Settings, owner: Any, tag: str, prepared: bool
 ) -> None:
     topic, group = f"{tag}.pages.unique", tag
     good = SinkRecord(event(f"https://{tag}.invalid/good"), topic, 0, 0)
@@ -196,9 +227,10 @@ def test_rows_violating_constraints_are_named_and_nothing_is_stored(
     # A lone surrogate (JSON "\ud800") is not UTF-8: a bad row, not an aborted COPY retried forever.
     surrogate = SinkRecord(event(f"https://{tag}.invalid/sur", body="a\ud800b"), topic, 0, 3)
     sink = PostgresPageSink.from_settings(settings)
+    batch = SinkBatch(group, [good, too_big, nul, surrogate], {(topic, 0): 4})
 
     with pytest.raises(RowsRejected) as caught:
-        sink.write(SinkBatch(group, [good, too_big, nul, surrogate], {(topic, 0): 4}))
+        sink.write(sink.prepare(batch) if prepared else batch)
 
     assert [r.offset for r, _ in caught.value.rejected] == [1, 2, 3]
     assert "out of range" in caught.value.rejected[0][1]

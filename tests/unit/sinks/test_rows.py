@@ -13,7 +13,7 @@ import pytest
 from crawlstream.errors import RecordError
 from crawlstream.records import Enrichment, PageEvent, PageRecord
 from sinks.base import SinkBatch, SinkRecord, SinkUnavailable
-from sinks.pages import CopyReader, PostgresPageSink, rounds
+from sinks.pages import CopyReader, PostgresPageSink, copy_chunks, rounds
 from sinks.rows import (
     PAGE_COLUMNS,
     copy_text,
@@ -98,7 +98,7 @@ def test_copy_text_escapes_and_marks_nulls() -> None:
 
 def test_copy_reader_yields_the_copy_text_a_chunk_of_rows_per_read() -> None:
     rows = [(f"u{i}", "a\tb", i) for i in range(5)]
-    reader = CopyReader(rows, chunk_rows=2)
+    reader = CopyReader(copy_chunks(rows, chunk_rows=2))
 
     chunks = [reader.read(8192) for _ in range(4)]
 
@@ -109,7 +109,7 @@ def test_copy_reader_yields_the_copy_text_a_chunk_of_rows_per_read() -> None:
 
 def test_copy_reader_sends_lone_surrogates_for_the_server_to_reject() -> None:
     # An exception inside read() would abort COPY as a connection-level error, not a bad row.
-    assert CopyReader([("a\ud800b",)]).read() == b"a\xed\xa0\x80b\n"
+    assert CopyReader(copy_chunks([("a\ud800b",)])).read() == b"a\xed\xa0\x80b\n"
 
 
 def test_rounds_keep_each_url_once_per_round_in_kafka_order(make_page: MakePage) -> None:
