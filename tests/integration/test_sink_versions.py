@@ -190,8 +190,8 @@ class _Paused(Generic[R]):
         self.applied, self.resume, self.sink = threading.Event(), threading.Event(), sink
         apply = sink.apply
 
-        def paused_apply(cur: Any, records: Any) -> int:
-            changed = apply(cur, records)
+        def paused_apply(cur: Any, records: Any, prepared: Any = None) -> int:
+            changed = apply(cur, records, prepared)
             self.applied.set()
             assert self.resume.wait(30), "never resumed"
             return changed
