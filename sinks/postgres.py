@@ -13,7 +13,7 @@ import collections
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 import psycopg2
@@ -51,6 +51,27 @@ BAD_ROW_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError, ValueError)
 UNAVAILABLE_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What :meth:`PostgresSink.encode` made of ``records`` (the very sequence of the batch)."""
+
+    records: Sequence[Any]
+    work: Any
+
+    @staticmethod
+    def work_for(batch: SinkBatch[Any], todo: Sequence[Any]) -> Any:
+        """The prepared work if it is for exactly ``todo``: not after the worker dropped rejected
+        records from the batch (a new sequence), nor when the fence skipped stored ones (a replay)."""
+        prepared = batch.prepared
+        if (
+            isinstance(prepared, Prepared)
+            and prepared.records is batch.records
+            and len(todo) == len(batch.records)
+        ):
+            return prepared.work
+        return None
+
+
 class PostgresSink(Generic[R]):
     application_name = "crawlstream-sink"
 
@@ -76,7 +97,7 @@ class PostgresSink(Generic[R]):
 
     def prepare(self, batch: SinkBatch[R]) -> SinkBatch[R]:
         try:
-            return replace(batch, prepared=self.encode(batch.records))
+            return replace(batch, prepared=Prepared(batch.records, self.encode(batch.records)))
         except BAD_ROW_ERRORS:
             return batch  # write() encodes again, where a bad row is isolated and reported
 
@@ -107,9 +128,7 @@ class PostgresSink(Generic[R]):
         try:
             with self._transaction() as cur:
                 todo = self._fence(cur, batch)
-                # The fence may skip records (a replay): what was prepared for all of them is not used.
-                prepared = batch.prepared if len(todo) == len(batch.records) else None
-                changed = self.apply(cur, todo, prepared) if todo else 0
+                changed = self.apply(cur, todo, Prepared.work_for(batch, todo)) if todo else 0
                 self._store_offsets(cur, batch)
             self._committed.update(self._counting)
             return changed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,23 @@ def test_batches_are_exactly_once_across_a_crash_before_commit(
     sink.close()
 
 
+def test_a_prepared_batch_is_written_from_its_prepared_rows(
+    settings: Settings, owner: Any, tag: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic, group = f"{tag}.pages.unique", tag
+    sink = PostgresPageSink.from_settings(settings)
+    records = [SinkRecord(event(f"https://{tag}.invalid/{i}"), topic, 0, i) for i in range(3)]
+    batch = sink.prepare(SinkBatch(group, records, {(topic, 0): 3}))
+
+    def encode_again(*_args: Any) -> None:
+        raise AssertionError("rows encoded again in write()")
+
+    monkeypatch.setattr(sink, "_rows", encode_again)
+    assert sink.write(batch) == 3
+    assert count_pages(owner, tag) == 3
+    sink.close()
+
+
 def test_a_prepared_batch_partly_stored_already_writes_only_the_rest(
     settings: Settings, owner: Any, tag: str
 ) -> None:
@@ -237,7 +255,11 @@ def test_rows_violating_constraints_are_named_and_nothing_is_stored(
     assert "invalid byte sequence" in caught.value.rejected[2][1]
     assert count_pages(owner, tag) == 0
     assert sink.stored_offsets(group, topic) == {}
-    assert sink.write(SinkBatch(group, [good], {(topic, 0): 4})) == 1
+    # As the worker retries: the same batch without the rejected records (what was prepared for
+    # all four is not used).
+    kept = [r for r in batch.records if r.offset not in {r.offset for r, _ in caught.value.rejected}]
+    assert sink.write(replace(sink.prepare(batch) if prepared else batch, records=kept)) == 1
+    assert count_pages(owner, tag) == 1
     sink.close()
 
 
