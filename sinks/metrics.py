@@ -32,7 +32,7 @@ class SinkMetrics:
         )
         self.batch_seconds = Histogram(
             "sink_batch_seconds",
-            "Time from decoding a batch to its commit, retries included",
+            "Time to store a decoded batch, from the start of its write to its commit, retries included",
             family,
             buckets=BATCH_SECONDS_BUCKETS,
             registry=registry,

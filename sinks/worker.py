@@ -9,6 +9,11 @@ Exactly-once into the store: the sink commits each batch's rows together with th
 per partition, and on every assignment the worker seeks to those stored offsets. After that
 commit the same offsets are committed to Kafka too, but only so that lag tools (kafka_exporter,
 ``kafka-consumer-groups``) see progress: when the two disagree, the offsets in the store count.
+
+Pipelined: a writer thread stores batch N (sink write and retries) while the thread that runs the
+worker consumes, decodes and prepares (:meth:`Sink.prepare`) batch N+1. At most one write is in
+flight; the next write, the rebalance callbacks and stop wait for it first, then commit its offsets
+to Kafka from the consuming thread.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import partial
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -37,7 +42,12 @@ from sinks.metrics import SinkMetrics
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 1.0  # how long one consume() waits when no batch is open; bounds stop latency
+# Decoding holds the GIL, which the writer thread needs back after each database round trip: left
+# to the interpreter it waits out the switch interval (5 ms) every time, and the write runs at half
+# pace. Offering the GIL every few records keeps it going (bench/bench_sink.py, worker path).
+YIELD_EVERY = 32
 Position = tuple[str, int, int]  # topic, partition, offset
+NextOffsets = Mapping[tuple[str, int], int]  # (topic, partition): next offset to read
 RebalanceCallback = Callable[[Any, list[TopicPartition]], None]
 T = TypeVar("T")
 R = TypeVar("R")
@@ -84,6 +94,8 @@ class SinkWorker(Generic[R]):
         self._clock = clock
         self._stop = threading.Event()
         self._pending: list[Message] = []
+        self._writing: Future[NextOffsets | None] | None = None  # the write in flight (one at most)
+        self._letters_lock = threading.Lock()  # one flush at a time sees its own deliveries
 
     @classmethod
     def from_settings(
@@ -119,7 +131,8 @@ class SinkWorker(Generic[R]):
         return cls(settings, family, family.make_sink(settings), consumer, producer, metrics)
 
     def request_stop(self) -> None:
-        """Finish the current batch, then return from run(); safe from a signal handler."""
+        """Write the batch being collected and the one in flight, then return from run();
+        safe from a signal handler."""
         self._stop.set()
 
     def run(self, max_idle_s: float | None = None) -> None:
@@ -128,26 +141,42 @@ class SinkWorker(Generic[R]):
         self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("sink worker consuming %s as group %s", self.topic, self.group)
         idle_since = self._clock()
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sink-writer-{self.family.name}")
         try:
             while not self._stop.is_set():
-                batch = self._collect()
-                if batch:
-                    self._process(batch)
+                messages = self._collect()
+                if messages:
+                    batch, by_position = self._decode(messages)
+                    self._finish_write()
+                    self._writing = writer.submit(self._write, batch, by_position)
+                    idle_since = self._clock()
+                    continue
+                if self._writing is not None:  # nothing to decode meanwhile: see the write through
+                    self._finish_write()
                     idle_since = self._clock()
                 elif max_idle_s is not None and self._clock() - idle_since >= max_idle_s:
                     log.info("no message for %.1fs; stopping", max_idle_s)
                     break
+            self._finish_write()
         finally:
+            if self._writing is not None and (error := self._writing.exception()) is not None:
+                log.error("the batch write in flight failed too: %r", error)  # run() is failing already
+            writer.shutdown()
             self._consumer.close()
             self._sink.close()
         log.info("sink worker stopped")
 
     def _collect(self) -> list[Message]:
-        """Up to batch_size messages, waiting at most batch_max_latency_s after the first one."""
+        """Up to batch_size messages, waiting at most batch_max_latency_s after the first one.
+        While a write is in flight, only what is there already: with none, run() finishes the
+        write, so that its Kafka commit follows the store's at once, before waiting for more."""
         self._pending = []
         deadline: float | None = None
         while len(self._pending) < self._cfg.batch_size and not self._stop.is_set():
-            timeout = IDLE_POLL_S if deadline is None else max(0.0, deadline - self._clock())
+            if deadline is not None:
+                timeout = max(0.0, deadline - self._clock())
+            else:
+                timeout = 0.0 if self._writing is not None else IDLE_POLL_S
             wanted = self._cfg.batch_size - len(self._pending)
             got = self._consumer.consume(num_messages=wanted, timeout=timeout)
             for msg in got:
@@ -165,13 +194,15 @@ class SinkWorker(Generic[R]):
         batch, self._pending = self._pending, []
         return batch
 
-    def _process(self, messages: list[Message]) -> None:
-        started = time.perf_counter()
+    def _decode(self, messages: list[Message]) -> tuple[SinkBatch[R], dict[Position, Message]]:
+        """The batch to write, prepared, after dead-lettering the undecodable messages."""
         by_position: dict[Position, Message] = {}
         next_offsets: dict[tuple[str, int], int] = {}
         records: list[SinkRecord[R]] = []
         letters: list[tuple[bytes | None, DeadLetter]] = []
-        for msg in messages:
+        for i, msg in enumerate(messages):
+            if i % YIELD_EVERY == 0:
+                time.sleep(0)  # see YIELD_EVERY
             topic, partition, offset = position = _position(msg)
             by_position[position] = msg
             next_offsets[(topic, partition)] = max(next_offsets.get((topic, partition), 0), offset + 1)
@@ -180,7 +211,27 @@ class SinkWorker(Generic[R]):
             except RecordError as exc:
                 letters.append((msg.key(), self._letter(exc, msg)))
         self._send_dead_letters(letters)
-        batch = SinkBatch(self.group, records, next_offsets)
+        return self._sink.prepare(SinkBatch(self.group, records, next_offsets)), by_position
+
+    def _finish_write(self) -> None:
+        """Wait for the write in flight, if any; raise what it raised, else commit its offsets to
+        Kafka. Only on the consuming thread: a commit from another thread blocks while that
+        thread is inside a rebalance callback (librdkafka), which would wait for it in turn."""
+        writing, self._writing = self._writing, None
+        if writing is not None and (next_offsets := writing.result()) is not None:
+            self._commit_to_kafka(next_offsets)
+
+    def _finish_write_in_callback(self) -> None:
+        """_finish_write(), but a failed write is left for run() to raise: an exception raised in a
+        rebalance callback only comes out of a later consume()."""
+        if self._writing is not None:
+            wait([self._writing])
+            if self._writing.exception() is None:
+                self._finish_write()
+
+    def _write(self, batch: SinkBatch[R], by_position: dict[Position, Message]) -> NextOffsets | None:
+        """Store the batch (writer thread); its next offsets once stored, None if stopped before."""
+        started = time.perf_counter()
         while True:
             try:
                 changed = self._retry_while_unavailable("write a batch", partial(self._sink.write, batch))
@@ -194,13 +245,14 @@ class SinkWorker(Generic[R]):
                         if (msg := by_position[(r.topic, r.partition, r.offset)])
                     ]
                 )
-                batch = replace(
-                    batch,
-                    records=[r for r in batch.records if (r.topic, r.partition, r.offset) not in rejected],
-                )
+                # A new batch, not replace(): what Sink.prepare made was for the old records.
+                kept = [r for r in batch.records if (r.topic, r.partition, r.offset) not in rejected]
+                batch = SinkBatch(batch.group, kept, batch.next_offsets)
         if changed is None:
-            log.warning("stopping while the sink is unavailable: %d messages left unwritten", len(messages))
-            return
+            log.warning(
+                "stopping while the sink is unavailable: %d messages left unwritten", len(by_position)
+            )
+            return None
         family = self.family.name
         self.metrics.records_written.labels(family).inc(len(batch.records))
         self.metrics.rows_changed.labels(family).inc(changed)
@@ -211,7 +263,7 @@ class SinkWorker(Generic[R]):
         for event, n in (take_counts() if take_counts is not None else {}).items():
             if event.startswith("touches_"):
                 self.metrics.touches_pending.labels(family, event.removeprefix("touches_")).inc(n)
-        self._commit_to_kafka(next_offsets)
+        return batch.next_offsets
 
     def _letter(self, error: RecordError, msg: Message) -> DeadLetter:
         topic, partition, offset = _position(msg)
@@ -226,11 +278,12 @@ class SinkWorker(Generic[R]):
         )
 
     def _send_dead_letters(self, letters: list[tuple[bytes | None, DeadLetter]]) -> None:
-        self._dead_letters.send(letters)
+        with self._letters_lock:  # decoding and writer threads both send; a flush serves any callback
+            self._dead_letters.send(letters)
         for _key, letter in letters:
             self.metrics.dead_letters.labels(family=self.family.name, reason=letter.reason).inc()
 
-    def _commit_to_kafka(self, next_offsets: dict[tuple[str, int], int]) -> None:
+    def _commit_to_kafka(self, next_offsets: NextOffsets) -> None:
         offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(next_offsets.items())]
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
@@ -256,6 +309,7 @@ class SinkWorker(Generic[R]):
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Seek each assigned partition to the offset stored with the rows (default when none)."""
+        self._finish_write_in_callback()  # stored_offsets below uses the same sink connection
         stored: dict[str, dict[int, int]] = {}
         for topic in {tp.topic for tp in partitions}:
             read = partial(self._sink.stored_offsets, self.group, topic)
@@ -267,8 +321,11 @@ class SinkWorker(Generic[R]):
         log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The write in flight completes first: its offsets are stored before the partition moves.
         # Unwritten messages of revoked partitions are dropped: whoever gets the partition next
-        # re-reads them from the stored offset.
+        # re-reads them from the stored offset. (No consume() runs between decoding a batch and
+        # submitting its write, so every unwritten message is in _pending here.)
+        self._finish_write_in_callback()
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         kept = [m for m in self._pending if (m.topic(), m.partition()) not in revoked]
         if len(kept) != len(self._pending):

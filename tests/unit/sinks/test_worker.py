@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ from confluent_kafka import TopicPartition
 
 from crawlstream.records import DeadLetter, PageRecord
 from sinks.base import SinkError
+from sinks.worker import IDLE_POLL_S
 
 UNIQUE = "t.pages.unique"
 DEAD = "t.deadletter"
@@ -265,3 +268,247 @@ def test_counts_of_committed_writes_become_the_touches_pending_metric(rig: Any, 
 
     assert rig.metric("sink_touches_pending_total", action="folded") == 4
     assert rig.metric("sink_batches_total") == 2
+
+
+class GatedSink:
+    """A sink whose writes wait until ``gate`` is set: the test holds a write in flight.
+
+    Records which threads wrote, how many writes ran at once, and what was written at close()."""
+
+    def __init__(self, inner: Any, gate: threading.Event) -> None:
+        self.inner, self.gate = inner, gate
+        self.entered = threading.Event()
+        self.writer_threads: list[str] = []
+        self.active = self.most_at_once = 0
+        self.written_at_close: int | None = None
+        self.preparing_threads: list[str] = []
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def prepare(self, batch: Any) -> Any:
+        self.preparing_threads.append(threading.current_thread().name)
+        return replace(batch, prepared=len(self.preparing_threads))
+
+    def write(self, batch: Any) -> int:
+        with self._lock:
+            self.writer_threads.append(threading.current_thread().name)
+            self.active += 1
+            self.most_at_once = max(self.most_at_once, self.active)
+        self.entered.set()
+        try:
+            assert self.gate.wait(10), "the test never opened the gate"
+            return int(self.inner.write(batch))
+        finally:
+            with self._lock:
+                self.active -= 1
+
+    def close(self) -> None:
+        self.written_at_close = len(self.inner.batches)
+        self.inner.close()
+
+
+class Running:
+    """worker.run() in a thread of its own, so the test can act while it runs."""
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(worker, kwargs), name="worker-main")
+        self.thread.start()
+
+    def _run(self, worker: Any, kwargs: dict[str, Any]) -> None:
+        try:
+            worker.run(**kwargs)
+        except BaseException as exc:
+            self.error = exc
+
+    def join(self) -> None:
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "run() did not return"
+        if self.error is not None:
+            raise self.error
+
+
+def test_the_next_batch_is_decoded_while_the_previous_one_is_written(rig: Any, make_page: MakePage) -> None:
+    gate = threading.Event()
+    sink = rig.worker._sink = GatedSink(rig.sink, gate)
+    decode = rig.worker.family.decode
+    decoded: list[str] = []
+    second_batch_decoded = threading.Event()
+
+    def counting_decode(value: bytes | None) -> Any:
+        event = decode(value)
+        decoded.append(threading.current_thread().name)
+        if len(decoded) == 6:
+            second_batch_decoded.set()
+        return event
+
+    rig.worker.family = replace(rig.worker.family, decode=counting_decode)
+    commit = rig.consumer.commit
+    committing_threads: list[str] = []
+
+    def recording_commit(**kwargs: Any) -> Any:
+        committing_threads.append(threading.current_thread().name)
+        return commit(**kwargs)
+
+    rig.consumer.commit = recording_commit
+    fill(rig, make_page, 0, [f"https://a.test/{i}" for i in range(6)])  # two batches of 3
+
+    running = Running(rig.worker, max_idle_s=5)
+    assert second_batch_decoded.wait(10)
+    assert rig.sink.batches == []  # batch 2 is decoded while batch 1's write waits at the gate
+    gate.set()
+    running.join()
+
+    assert [len(b.records) for b in rig.sink.batches] == [3, 3]
+    assert [b.prepared for b in rig.sink.batches] == [1, 2]  # each written as prepared
+    assert set(decoded) == {"worker-main"}  # decoding stays in the thread that runs the worker
+    assert sink.preparing_threads == ["worker-main", "worker-main"]  # so does preparing
+    assert committing_threads == ["worker-main", "worker-main"]  # so do Kafka commits
+    assert len(sink.writer_threads) == 2
+    assert all(name.startswith("sink-writer-pages") for name in sink.writer_threads)
+    assert sink.most_at_once == 1  # batch 2 waits for batch 1: one write in flight at most
+    assert rig.consumer.commits == [[(UNIQUE, 0, 3)], [(UNIQUE, 0, 6)]]
+    assert rig.metric("sink_batches_total") == 2
+
+
+def test_revoke_waits_for_the_write_in_flight_then_drops_unwritten_messages(
+    rig: Any, make_page: MakePage
+) -> None:
+    revoking = threading.Event()
+    rig.worker._sink = GatedSink(rig.sink, revoking)  # batch 1's write ends only once the revoke began
+    fill(rig, make_page, 0, [f"https://a.test/{i}" for i in range(5)])
+    calls = 0
+    written_when_revoke_returned: list[int] = []
+    committed_when_revoke_returned: list[int] = []
+
+    def revoke_on_third_consume(_messages: list[Any]) -> None:
+        # Consume 1 filled batch 1 (now writing), 2 collected two messages of batch 2, 3 found none.
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            revoking.set()
+            rig.worker._on_revoke(rig.consumer, [TopicPartition(UNIQUE, 0)])
+            written_when_revoke_returned.append(len(rig.sink.batches))
+            committed_when_revoke_returned.append(len(rig.consumer.commits))
+            rig.worker.request_stop()
+
+    rig.consumer.after_consume = revoke_on_third_consume
+
+    rig.worker.run()
+
+    assert written_when_revoke_returned == [1]
+    assert committed_when_revoke_returned == [1]  # Kafka has its offsets before the partition moves
+    assert [len(b.records) for b in rig.sink.batches] == [3]  # the two collected ones were dropped
+    assert rig.sink.stored_offsets(GROUP, UNIQUE) == {0: 3}
+    assert rig.consumer.commits == [[(UNIQUE, 0, 3)]]
+
+
+def test_a_failed_write_stops_run_with_its_error(rig: Any, make_page: MakePage) -> None:
+    fill(rig, make_page, 0, [f"https://a.test/{i}" for i in range(9)])
+
+    def write(_batch: Any) -> int:
+        raise SinkError("disk full")
+
+    rig.sink.write = write
+
+    with pytest.raises(SinkError, match="disk full"):
+        rig.worker.run(max_idle_s=5)
+
+    assert rig.sink.stored_offsets(GROUP, UNIQUE) == {}
+    assert rig.consumer.commits == []
+    assert rig.consumer.closed
+    assert rig.sink.closed
+
+
+def test_a_failed_write_stops_run_even_when_no_message_follows(rig: Any, make_page: MakePage) -> None:
+    fill(rig, make_page, 0, [f"https://a.test/{i}" for i in range(3)])  # one batch, then silence
+    failed = threading.Event()
+    idle_consumes = 0
+
+    def write(_batch: Any) -> int:
+        failed.set()
+        raise SinkError("disk full")
+
+    def wait_for_the_failure(messages: list[Any]) -> None:
+        nonlocal idle_consumes
+        if not messages:
+            assert failed.wait(10)
+            idle_consumes += 1
+            if idle_consumes == 100_000:
+                rig.worker.request_stop()  # give up: run() never noticed the failure
+
+    rig.sink.write = write
+    rig.consumer.after_consume = wait_for_the_failure
+
+    with pytest.raises(SinkError, match="disk full"):
+        rig.worker.run()  # neither max_idle_s nor a stop: only the failure ends it
+
+    assert idle_consumes == 1  # with nothing to decode, run() waits for the write at once
+    assert rig.consumer.closed
+
+
+def test_stop_waits_for_the_write_in_flight_before_closing(rig: Any, make_page: MakePage) -> None:
+    gate = threading.Event()
+    sink = rig.worker._sink = GatedSink(rig.sink, gate)
+    written_at_consumer_close: list[int] = []
+    close_consumer = rig.consumer.close
+
+    def close() -> None:
+        written_at_consumer_close.append(len(rig.sink.batches))
+        close_consumer()
+
+    rig.consumer.close = close
+    fill(rig, make_page, 0, [f"https://a.test/{i}" for i in range(3)])
+
+    running = Running(rig.worker)  # no max_idle_s: only the stop ends it
+    assert sink.entered.wait(10)
+    rig.worker.request_stop()  # while batch 1 is being written
+    gate.set()
+    running.join()
+
+    assert written_at_consumer_close == [1]
+    assert sink.written_at_close == 1
+    assert rig.sink.stored_offsets(GROUP, UNIQUE) == {0: 3}
+    assert rig.consumer.commits == [[(UNIQUE, 0, 3)]]
+
+
+def test_stop_still_raises_the_error_of_the_write_in_flight(rig: Any, make_page: MakePage) -> None:
+    gate = threading.Event()
+
+    def write(_batch: Any) -> int:
+        raise SinkError("disk full")
+
+    rig.sink.write = write
+    sink = rig.worker._sink = GatedSink(rig.sink, gate)
+    fill(rig, make_page, 0, [f"https://a.test/{i}" for i in range(3)])
+
+    running = Running(rig.worker)
+    assert sink.entered.wait(10)
+    rig.worker.request_stop()
+    gate.set()
+
+    with pytest.raises(SinkError, match="disk full"):
+        running.join()
+    assert rig.consumer.commits == []
+    assert rig.consumer.closed
+
+
+def test_the_kafka_commit_follows_the_store_before_waiting_for_more(rig: Any, make_page: MakePage) -> None:
+    fill(rig, make_page, 0, [f"https://a.test/{i}" for i in range(3)])  # one batch
+    consume = rig.consumer.consume
+    calls: list[tuple[float, int]] = []  # (timeout, Kafka commits made) per consume()
+
+    def recording_consume(num_messages: int = 1, timeout: float = -1) -> Any:
+        calls.append((timeout, len(rig.consumer.commits)))
+        return consume(num_messages, timeout)
+
+    rig.consumer.consume = recording_consume
+
+    rig.worker.run(max_idle_s=5)
+
+    # The batch; a look for more without waiting while it is written; then idle waits, committed.
+    assert calls[:2] == [(IDLE_POLL_S, 0), (0.0, 0)]
+    assert set(calls[2:]) == {(IDLE_POLL_S, 1)}
+    assert rig.consumer.commits == [[(UNIQUE, 0, 3)]]
