@@ -17,7 +17,8 @@ the end). Each round writes ``--rows`` new pages (``--body-bytes`` of HTML each)
   outbox cleanup, offsets; every row new;
 - sink (INSERT staging): the same, with a multi-row INSERT (execute_values) loading the staging
   table instead of COPY: the alternative the issue asks to measure;
-- worker path: decoding the Kafka bytes (PageEvent JSON) plus the COPY sink.
+- worker path: SinkWorker.run over an in-memory consumer of the same rows as Kafka messages: decoding
+  (PageEvent JSON) and preparing the next batch while the COPY sink writes the previous one.
 
 Prints rows/s per round, then medians and the ratio to raw COPY. Targets (issue 5): sink >= 30,000
 rows/s and >= 0.5x raw COPY. Usage: ``.venv/bin/python bench/bench_sink.py [--rounds 3]``.
@@ -32,21 +33,27 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import psycopg2  # noqa: E402
 import psycopg2.extras  # noqa: E402
+from confluent_kafka import TopicPartition  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
 from crawlstream.records import PageEvent, PageRecord  # noqa: E402
-from crawlstream.settings import Settings, load_settings  # noqa: E402
+from crawlstream.settings import KafkaSettings, Settings, SinkSettings, load_settings  # noqa: E402
 from sinks.base import SinkBatch, SinkRecord  # noqa: E402
+from sinks.families import FAMILIES  # noqa: E402
+from sinks.metrics import SinkMetrics  # noqa: E402
 from sinks.migrate import upgrade  # noqa: E402
 from sinks.pages import COPY_STAGE, CopyReader, PostgresPageSink, Staged, copy_chunks  # noqa: E402
 from sinks.postgres import Cursor  # noqa: E402
 from sinks.rows import PAGE_COLUMNS, decode_page_event, page_row  # noqa: E402
+from sinks.worker import SinkWorker  # noqa: E402
 
 
 class InsertStagedPageSink(PostgresPageSink):
@@ -107,16 +114,96 @@ def timed_sink(sink: PostgresPageSink, events: list[PageEvent], size: int) -> fl
     return len(events) / (time.perf_counter() - started)
 
 
+class BenchMessage:
+    """The confluent_kafka.Message methods SinkWorker calls (as tests/unit/sinks/conftest.py fakes them)."""
+
+    def __init__(self, topic: str, offset: int, value: bytes) -> None:
+        self._topic, self._offset, self._value = topic, offset, value
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return None
+
+    def value(self) -> bytes:
+        return self._value
+
+    def error(self) -> None:
+        return None
+
+
+class BenchConsumer:
+    """An in-memory sinks.worker.Consumer: assigns ``partitions`` in the first consume() (as
+    librdkafka runs on_assign), serves ``messages`` as fast as asked, then nothing. Notes the time
+    of the last Kafka commit, which the worker makes once the last batch is stored."""
+
+    def __init__(self, messages: list[BenchMessage], partitions: list[Any]) -> None:
+        self.messages, self.partitions, self.served = messages, partitions, 0
+        self.on_assign: Any = None
+        self.last_commit = 0.0
+
+    def subscribe(self, topics: list[str], on_assign: Any = None, on_revoke: Any = None) -> None:
+        self.on_assign = on_assign
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[BenchMessage]:
+        if self.on_assign is not None:
+            on_assign, self.on_assign = self.on_assign, None
+            on_assign(self, self.partitions)
+        out = self.messages[self.served : self.served + num_messages]
+        self.served += len(out)
+        if not out:  # a drained consumer waits in consume(), off the GIL; briefly here
+            time.sleep(min(max(timeout, 0.0), 0.005))
+        return out
+
+    def assign(self, partitions: list[Any]) -> None:
+        pass
+
+    def commit(self, *, offsets: list[Any], asynchronous: bool) -> list[Any]:
+        self.last_commit = time.perf_counter()
+        return offsets
+
+    def close(self) -> None:
+        pass
+
+
+class NoDeadLetters:
+    """The producer for dead letters: the bench's records all decode and store."""
+
+    def produce(self, topic: str, value: Any = None, key: Any = None, *, on_delivery: Any = None) -> None:
+        raise AssertionError("the bench produced a dead letter")
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+
 def timed_worker_path(sink: PostgresPageSink, raw: list[bytes], size: int) -> float:
-    group = f"bench-{uuid.uuid4().hex[:8]}"
+    """SinkWorker.run (pages family) over an in-memory consumer of ``raw``: decoding, batching and
+    the pipelined writes, to the worker's last Kafka commit (after its last stored batch)."""
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        kafka=KafkaSettings(topic_prefix="bench"),
+        sink=SinkSettings(group_id=f"bench-{uuid.uuid4().hex[:8]}", batch_size=size),
+    )
+    family = FAMILIES["pages"]
+    topic = family.topic(settings)
+    consumer = BenchConsumer(
+        [BenchMessage(topic, i, m) for i, m in enumerate(raw)], [TopicPartition(topic, 0)]
+    )
+    worker = SinkWorker(settings, family, sink, consumer, NoDeadLetters(), SinkMetrics(CollectorRegistry()))
     started = time.perf_counter()
-    for start in range(0, len(raw), size):
-        records = [
-            SinkRecord(decode_page_event(m), "bench", 0, start + i)
-            for i, m in enumerate(raw[start : start + size])
-        ]
-        sink.write(SinkBatch(group, records, {("bench", 0): start + len(records)}))
-    return len(raw) / (time.perf_counter() - started)
+    worker.run(max_idle_s=0.05)
+    assert sink.stored_offsets(settings.sink.group_id, topic) == {0: len(raw)}
+    return len(raw) / (consumer.last_commit - started)
 
 
 def timed_raw_copy(dsn: str, events: list[PageEvent], size: int, *, like_pages: bool = False) -> float:
