@@ -36,7 +36,7 @@ COPY_STAGE = f"COPY page_stage ({_COLS}) FROM STDIN"
 COPY_CHUNK_ROWS = 64  # rows encoded per read() of COPY: the server stores one while we encode the next
 _UPDATES = ", ".join(f"{c} = EXCLUDED.{c}" for c in PAGE_COLUMNS if c != "url")
 _STAGED = ", ".join(f"s.{c}" for c in PAGE_COLUMNS)
-_PAYLOAD = (  # compact: what a subscriber needs to decide whether to fetch the page
+PAYLOAD = (  # compact: what a subscriber needs to decide whether to fetch the page
     "jsonb_build_object('url', up.url, 'version', up.version, 'status', up.status, "
     "'fetched_at', up.fetched_at, 'body_hash', up.body_hash, 'content_hash', up.content_hash, "
     "'simhash', lpad(to_hex(up.simhash), 16, '0'), 'run_id', up.run_id, 'type', e.type)"
@@ -61,7 +61,7 @@ WITH pending AS (
         p.run_id, (p.xmax = 0) AS created
 ), events AS (
     INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload)
-    SELECT gen_random_uuid(), 'page', up.url, e.type, {_PAYLOAD}
+    SELECT gen_random_uuid(), 'page', up.url, e.type, {PAYLOAD}
     FROM up, LATERAL (SELECT CASE WHEN up.created THEN 'created'
                       WHEN up.status IN (404, 410) THEN 'gone' ELSE 'changed' END AS type) e
     RETURNING ctid
