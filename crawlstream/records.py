@@ -63,11 +63,15 @@ class DeadLetter(_Record):
     stage: str = Field(description="crawl | streams | sink")
     reason: str = Field(description="short machine-readable reason, e.g. invalid_json")
     error: str = Field(description="human-readable detail")
+    error_class: str | None = Field(default=None, description="exception class, e.g. ValueError")
     source_topic: str | None = None
     source_partition: int | None = None
     source_offset: int | None = None
     key_b64: str | None = None
     value_b64: str | None = None
+    truncated: bool = Field(default=False, description="key/value cut to fit the dead-letter topic")
+    original_key_bytes: int | None = Field(default=None, ge=0)
+    original_value_bytes: int | None = Field(default=None, ge=0)
     failed_at: datetime = Field(default_factory=utcnow)
 
     @classmethod
@@ -95,6 +99,9 @@ class DeadLetter(_Record):
 
     def original_value(self) -> bytes | None:
         return None if self.value_b64 is None else base64.b64decode(self.value_b64)
+
+    def original_key(self) -> bytes | None:
+        return None if self.key_b64 is None else base64.b64decode(self.key_b64)
 
 
 def _b64(raw: bytes | None) -> str | None:

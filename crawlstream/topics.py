@@ -15,6 +15,10 @@ from crawlstream.errors import StackError
 from crawlstream.settings import Settings
 
 
+# Kafka's default max.message.bytes (broker message.max.bytes) for topics that set none.
+BROKER_DEFAULT_MAX_MESSAGE_BYTES = 1048588
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
@@ -22,6 +26,11 @@ class TopicSpec:
     key: str
     description: str
     config: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest record the topic takes: what every producer checks before producing."""
+        return int(self.config.get("max.message.bytes", BROKER_DEFAULT_MAX_MESSAGE_BYTES))
 
 
 @dataclass(frozen=True)
