@@ -48,7 +48,7 @@ class DeadLetterMessage:
 
 
 def error_class(exc: BaseException) -> str:
-    """``module.QualifiedName`` of an exception, e.g. ``ValueError`` or ``psycopg2.errors.ProgramLimitExceeded``."""
+    """``module.QualifiedName`` of an exception, e.g. ``ValueError``, ``psycopg2.errors.DataError``."""
     kind = type(exc)
     module = kind.__module__
     return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
@@ -169,6 +169,4 @@ def check_fits(key: bytes | None, value: bytes | None, max_bytes: int, topic: st
     """Raise RecordError ``too_large`` when the record would be refused by ``topic``'s limit."""
     if not fits(key, value, max_bytes):
         size = len(key or b"") + len(value or b"")
-        raise RecordError(
-            "too_large", f"record of {size} bytes exceeds {topic}'s limit of {max_bytes} bytes"
-        )
+        raise RecordError("too_large", f"record of {size} bytes exceeds {topic}'s limit of {max_bytes} bytes")

@@ -14,7 +14,6 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from crawlstream.errors import StackError
 from crawlstream.settings import Settings
 
-
 # Kafka's default max.message.bytes (broker message.max.bytes) for topics that set none.
 BROKER_DEFAULT_MAX_MESSAGE_BYTES = 1048588
 
