@@ -124,9 +124,18 @@ class MetricsSettings(BaseModel):
 
 class CrawlSettings(BaseModel):
     user_agent: str = "crawlstream/0.1 (+https://github.com/crawlstream/crawlstream)"
-    max_pages: int = Field(default=0, ge=0, description="0 means no limit")
-    max_depth: int = Field(default=0, ge=0, description="0 means no limit")
+    # Bounded by default: the open web has traps (calendars, session IDs in URLs, endless
+    # pagination). 0 turns a limit off, explicitly.
+    max_pages: int = Field(default=100_000, ge=0, description="pages per crawl (0: no limit)")
+    max_pages_per_host: int = Field(default=50_000, ge=0, description="pages per host (0: no limit)")
+    max_depth: int = Field(default=16, ge=0, description="link hops from the seeds (0: no limit)")
+    max_links_per_page: int = Field(default=1000, ge=1, description="outlinks followed per page")
+    max_url_length: int = Field(default=2048, ge=64, le=65536, description="longer URLs are refused")
+    # Cap of the body kept in a record (and of derived texts), recorded as body_truncated.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Downloads above this are aborted while downloading (Scrapy DOWNLOAD_MAXSIZE; also caps
+    # decompressed bodies).
+    max_response_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     concurrency: int = Field(default=16, ge=1)
     concurrency_per_domain: int = Field(default=8, ge=1)
     download_delay_s: float = Field(default=0.0, ge=0)
