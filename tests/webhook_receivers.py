@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,8 +29,10 @@ Behaviour = Callable[["Receiver", socket.socket, Request], bool]  # True: keep t
 class Receiver:
     behaviour: Behaviour
     host: str = "127.0.0.1"
+    tls: ssl.SSLContext | None = None  # serve HTTPS with this context
     requests: list[Request] = field(default_factory=list)
     connections: int = 0
+    server_names: list[str | None] = field(default_factory=list)  # TLS SNI of each connection
 
     def __post_init__(self) -> None:
         self.stopped = threading.Event()
@@ -44,7 +47,8 @@ class Receiver:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def url(self, path: str = "/hook?token=s3cr3t-token", host: str | None = None) -> str:
-        return f"http://{host or self.host}:{self.port}{path}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{host or self.host}:{self.port}{path}"
 
     def _accept(self) -> None:
         while not self.stopped.is_set():
@@ -61,6 +65,9 @@ class Receiver:
         conn.settimeout(1.0)
         buffer = b""
         try:
+            if self.tls is not None:
+                self.tls.sni_callback = self._record_sni
+                conn = self.tls.wrap_socket(conn, server_side=True)
             while not self.stopped.is_set():
                 request, buffer = _read_request(conn, buffer, self.stopped)
                 if request is None:
@@ -73,6 +80,9 @@ class Receiver:
             return
         finally:
             conn.close()
+
+    def _record_sni(self, _sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        self.server_names.append(name)
 
     def close(self) -> None:
         self.stopped.set()

@@ -3,9 +3,12 @@ Loopback receivers in this process; fake resolvers and clocks."""
 
 from __future__ import annotations
 
+import datetime
 import itertools
+import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpcore
 import pytest
@@ -172,3 +175,69 @@ def test_retry_after_values(value: str | None, expected: float | None) -> None:
 )
 def test_receivers_are_shown_without_path_or_query(url: str, shown: str) -> None:
     assert redact(url) == shown
+
+
+def tls_contexts(tmp_path: Path, name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a self-signed certificate for ``name``, and a client context that
+    trusts it (and verifies host names, as the default does)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert_path, key_path)
+    return server, ssl.create_default_context(cafile=str(cert_path))
+
+
+def test_tls_goes_to_the_pinned_address_with_the_urls_host_as_sni_and_certificate_name(
+    tmp_path: Path,
+) -> None:
+    server, client_context = tls_contexts(tmp_path, "hooks.example.test")
+    r = Receiver(healthy(), tls=server)
+    try:
+        c = client(
+            f"https://hooks.example.test:{r.port}/in", lambda h, p: ["127.0.0.1"], ssl_context=client_context
+        )
+        assert c.post(b"{}", [], soon()).status == 204
+        assert r.server_names == ["hooks.example.test"]
+        assert r.requests[0].headers["host"] == f"hooks.example.test:{r.port}"
+        assert c.backend.connected_to == "127.0.0.1"
+    finally:
+        r.close()
+
+
+def test_a_certificate_for_another_name_is_refused_though_the_address_was_allowed(tmp_path: Path) -> None:
+    server, client_context = tls_contexts(tmp_path, "other.example.test")
+    r = Receiver(healthy(), tls=server)
+    try:
+        c = client(
+            f"https://hooks.example.test:{r.port}/in", lambda h, p: ["127.0.0.1"], ssl_context=client_context
+        )
+        with pytest.raises(httpcore.ConnectError, match="certificate verify failed"):
+            c.post(b"{}", [], soon())
+        assert r.requests == []
+    finally:
+        r.close()
