@@ -403,6 +403,16 @@ class Follower:
         return not self.offsets.pending()
 
 
+def dead_letter_producer(settings: Settings) -> Producer:
+    """The follower's producer: idempotent, acks=all, and taking records as large as the
+    dead-letter topic does (librdkafka's own default, 1 MB, is smaller: a letter the size rule
+    lets through would be refused here)."""
+    limit = catalog(settings).dead_letter.max_message_bytes
+    return Producer(
+        settings.kafka.librdkafka(**{"enable.idempotence": True, "acks": "all", "message.max.bytes": limit})
+    )
+
+
 def run(
     settings: Settings,
     follower: Follower,
@@ -480,13 +490,7 @@ def follow(
     settings = load_settings()
     setup_logging(settings.log_level, json_lines=settings.log_json)
     serve_metrics(settings.metrics.host, settings.follow.metrics_port)
-    dead_topic = catalog(settings).dead_letter
-    producer = Producer(
-        settings.kafka.librdkafka(
-            **{"enable.idempotence": True, "acks": "all", "message.max.bytes": dead_topic.max_message_bytes}
-        )
-    )
-    follower = Follower(settings, producer, echo=None if quiet else typer.echo)
+    follower = Follower(settings, dead_letter_producer(settings), echo=None if quiet else typer.echo)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # finish what is in flight, commit, then exit
         signal.signal(sig, lambda *_: stopping.set())

@@ -33,7 +33,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from crawlstream.follow import MAX_URL_BYTES, Follower, FollowMetrics, run
+from crawlstream.follow import MAX_URL_BYTES, Follower, FollowMetrics, dead_letter_producer, run
 from crawlstream.records import DeadLetter, PageEvent
 from crawlstream.settings import Settings
 from crawlstream.topics import catalog, ensure_topics
@@ -143,7 +143,7 @@ def test_a_page_change_reaches_the_webhook_signed(
     ensure_topics(settings, [catalog(settings).dead_letter])
     start_group_at_end(settings, settings.follow.group_id, catalog(settings).page_events.name)
     registry = CollectorRegistry()
-    follower = Follower(settings, Producer(settings.kafka.librdkafka()), metrics=FollowMetrics(registry))
+    follower = Follower(settings, dead_letter_producer(settings), metrics=FollowMetrics(registry))
     url = f"https://{tag}.invalid/followed"
     done = threading.Event()
 
@@ -200,11 +200,7 @@ def test_hostile_receivers_delay_no_one_and_lose_nothing(
     ensure_topics(settings, [catalog(settings).dead_letter])
     start = start_group_at_end(settings, settings.follow.group_id, topic)[0]
     registry = CollectorRegistry()
-    follower = Follower(
-        settings,
-        Producer(settings.kafka.librdkafka(**{"enable.idempotence": True})),
-        metrics=FollowMetrics(registry),
-    )
+    follower = Follower(settings, dead_letter_producer(settings), metrics=FollowMetrics(registry))
     done = threading.Event()
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(run(settings, follower, stop=done.is_set)))

@@ -345,3 +345,15 @@ def test_a_private_receiver_fails_at_start() -> None:
     )
     with pytest.raises(ConfigError, match=r"follow.webhook_urls\[0\].*loopback"):
         Follower(settings, FakeProducer())
+
+
+def test_a_page_event_as_postgres_writes_it_decodes() -> None:
+    """jsonb renders timestamptz with microseconds and an offset; a page without text has a null
+    simhash; fields added to the payload later are ignored."""
+    raw = json.dumps(
+        payload(fetched_at="2026-11-25T10:00:00.123456+00:00", simhash=None, content_hash="", added=1)
+    ).encode()
+    follower, _client, producer, registry = make(webhooks=0)
+    follower.handle(Msg(URL.encode(), raw))  # type: ignore[arg-type]
+    assert producer.sent == []
+    assert registry.get_sample_value("follow_events_total", {"type": "changed"}) == 1
