@@ -334,3 +334,32 @@ def test_bad_webhook_urls_fail_at_start_without_echoing_the_url(url: str, proble
     assert "webhook_urls[0]" in str(bad.value)
     assert "/x" not in str(bad.value)
     assert "pw" not in str(bad.value)
+
+
+def test_logs_never_show_a_receivers_path_or_query(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    settings = config(webhook_urls=[URL], webhook_queue_size=1)
+    letters: list[DeadLetterMessage] = []
+    dispatcher = Dispatcher(
+        settings,
+        dead_letters=letters.append,
+        dead_letter_max_bytes=1 << 20,
+        done=lambda token: None,
+        metrics=FollowMetrics(CollectorRegistry()),
+    )
+    clock = FakeClock()
+    receiver = dispatcher.receivers[0]
+    receiver.client = FakeClient(clock, [302, 500, 500, 500, 500])  # type: ignore[assignment]
+    receiver.wait, receiver.clock = clock.wait, clock
+    dispatcher.start()
+    try:
+        receiver.handle(note())  # redirect
+        receiver.handle(note())  # retries exhausted
+        dispatcher.submit(b"k", b"{}", "created", "ev-2", Origin("t", 0, 1), None)
+        dispatcher.submit(b"k", b"{}", "created", "ev-3", Origin("t", 0, 2), None)  # one may overflow
+    finally:
+        dispatcher.stop(join_s=5)
+    assert "https://hooks.example.com" in caplog.text
+    assert "T0KEN" not in caplog.text
+    assert "sig=abc" not in caplog.text
+    assert all("T0KEN" not in m.letter.error for m in letters)
