@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from crawlstream.errors import RecordError
 
 PAGE_SCHEMA_VERSION = 1
+_M = TypeVar("_M", bound=BaseModel)
 
 
 def utcnow() -> datetime:
@@ -110,10 +111,17 @@ def _b64(raw: bytes | None) -> str | None:
 
 def decode_page(raw: bytes | None) -> PageRecord:
     """Decode a page record from Kafka bytes, or raise RecordError with a short reason."""
+    return decode_record(PageRecord, raw)
+
+
+def decode_record(model: type[_M], raw: bytes | None) -> _M:
+    """Decode a record of ``model`` from Kafka bytes, or raise RecordError: ``null_value``,
+    ``invalid_json`` (not JSON, or nested deeper than the parser's recursion limit) or
+    ``invalid_record`` (JSON of the wrong shape). Never anything else."""
     if raw is None:
         raise RecordError("null_value", "message has no value")
     try:
-        return PageRecord.model_validate_json(raw)
+        return model.model_validate_json(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         if first["type"] == "json_invalid":
@@ -236,3 +244,25 @@ class DomainStats(_Record):
     unchanged: int = Field(default=0, ge=0)
     latency_mean_s: float = Field(default=0.0, ge=0)
     latency_p95_s: float = Field(default=0.0, ge=0)
+
+
+class PageChangeEvent(BaseModel):
+    """A page event as Debezium's outbox EventRouter publishes it (topic ``outbox.event.page``,
+    key: the URL, header ``eventType``): the JSON payload the page sink writes into the outbox
+    (``sinks/pages.py`` PAYLOAD). Read by ``crawlstream follow`` and downstream services.
+
+    Fields unknown to this version are ignored (a tolerant reader: the payload may grow without
+    breaking subscribers); the known ones are validated.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    url: str = Field(min_length=1)
+    version: int = Field(ge=1)
+    status: int = Field(ge=100, le=599)
+    fetched_at: datetime
+    body_hash: str | None = None
+    content_hash: str | None = None
+    simhash: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$", description="64 bits, 16 hex digits")
+    run_id: str | None = None
+    type: Literal["created", "changed", "gone"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -185,26 +186,69 @@ class SinkSettings(BaseModel):
 
 
 class FollowSettings(BaseModel):
-    """`crawlstream follow`: the reference consumer of the page events topic (outbox.event.page)."""
+    """`crawlstream follow`: the reference consumer of the page events topic (outbox.event.page).
+
+    Webhooks (crawlstream/webhooks): each URL gets its own bounded queue and worker; every
+    notification is signed ``X-Crawlstream-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.body">``.
+    """
 
     group_id: str = Field(default="crawlstream-follow", pattern=r"^[A-Za-z0-9._-]+$")
     metrics_port: int = Field(default=9413, ge=0, le=65535)
-    # Change notifications are POSTed to each URL, signed with HMAC-SHA256 of the body under
-    # webhook_secret (header X-Crawlstream-Signature: sha256=<hex>).
+    # Receivers, as a JSON list. Their paths and queries may carry tokens: logs show only
+    # scheme://host:port. Checked at start against the address policy (crawlstream.addresses).
     webhook_urls: list[str] = Field(default_factory=list)
     webhook_secret: SecretStr = SecretStr("")
-    webhook_timeout_s: float = Field(default=10.0, gt=0)
-    webhook_max_attempts: int = Field(default=5, ge=1)
+    # During a secret rotation: also sign with this one (a second v1), so receivers that still
+    # hold the old secret keep verifying until they switch.
+    webhook_previous_secret: SecretStr = SecretStr("")
+    # Private, loopback and other non-global receiver addresses are refused (at start and at
+    # every connection) unless this is true; then only the hosts and ports of webhook_urls.
+    allow_private_webhooks: bool = False
+    # One attempt (lookup, connect, TLS, send, read) ends after this long, whatever the receiver
+    # does (a slow drip included) ...
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # ... and one notification's delivery (every attempt and wait between them) after this long.
+    webhook_deadline_s: float = Field(default=60.0, gt=0, le=3600)
+    webhook_max_attempts: int = Field(default=5, ge=1, le=100)
     webhook_backoff_initial_s: float = Field(default=0.5, gt=0)
     webhook_backoff_max_s: float = Field(default=30.0, gt=0)
+    # A receiver's Retry-After (429, 503) is honoured up to this long.
+    webhook_retry_after_max_s: float = Field(default=60.0, ge=0)
+    # Notifications waiting per receiver; beyond it they are dead letters (webhook_queue_full).
+    webhook_queue_size: int = Field(default=1000, ge=1, le=1_000_000)
+    # Bytes of a receiver's answer read at most; the rest is discarded with the connection.
+    webhook_max_response_bytes: int = Field(default=64 * 1024, ge=0, le=16 * 1024 * 1024)
+    # On stop: how long queued notifications may still be delivered before follow exits (the
+    # rest are not committed, so they are delivered again after a restart).
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
 
     @field_validator("webhook_urls")
     @classmethod
     def _http_urls(cls, value: list[str]) -> list[str]:
-        bad = [url for url in value if not url.startswith(("http://", "https://"))]
-        if bad:
-            raise ValueError(f"expected http(s) URLs, got {bad}")
+        # Messages name the index and scheme://host only: a URL's path or query may be a token.
+        for index, url in enumerate(value):
+            problem = webhook_url_problem(url)
+            if problem:
+                raise ValueError(f"webhook_urls[{index}]: {problem}")
         return value
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a webhook receiver (without echoing its path), or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return "not a valid URL"
+    if parts.scheme not in ("http", "https"):
+        return f"expected an http:// or https:// URL, got scheme {parts.scheme[:16]!r}"
+    if not parts.hostname:
+        return "the URL has no host"
+    if parts.username is not None or parts.password is not None:
+        return "credentials in the URL (user:password@) are not supported: put a token in the path"
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        return "the URL contains spaces or control characters"
+    return None
 
 
 class Settings(BaseSettings):
