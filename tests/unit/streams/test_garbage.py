@@ -384,3 +384,17 @@ def test_internal_stats_topics_garbage_is_dead_lettered() -> None:
     h = run(lambda h: h.stats.runs, runs)
     assert [reason for *_, reason in origins(h)] == [reason for _, _, reason in garbage]
     assert h.stats.run_progress["run"]["pages"] == 1
+
+
+def test_a_window_that_cannot_be_closed_is_a_dead_letter_not_a_crash_at_every_restart() -> None:
+    async def scenario(h: Harness, agent: Any) -> None:
+        close = h.stats.domain_1m.table._on_window_close
+        await close(("example.org", (60.0, 119.9)), {"pages": "many"})  # state no sampler writes
+        await close(("example.org", (120.0, 179.9)), {"pages": 2})
+
+    h = run(lambda h: h.stats.domains, scenario)
+    [letter] = letters(h)
+    assert (letter.reason, letter.error_class, letter.source_topic) == ("unprocessable", "ValueError", None)
+    assert letter.original_key() == b"example.org"
+    assert json.loads(letter.original_value() or b"") == {"pages": "many"}
+    assert [json.loads(value)["pages"] for _, value in h.on("stats")] == [2]
