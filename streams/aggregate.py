@@ -5,16 +5,25 @@ A *sample* is what one page event or touch contributes (a small JSON dict on the
 run's) running totals, a JSON dict stored in faust tables. Fetch latency is kept as a log-bucket
 histogram (``LATENCY_RATIO`` apart, about 9 %), so p95 stays bounded in size and mergeable.
 No Kafka, no faust: everything here is unit-tested directly.
+
+Samples cross a topic, so they are checked on both sides (:func:`check_sample`): what the stage
+produces, and what it reads back (a record written there by anyone else is a dead letter, never an
+exception inside a windowed table's update or a window's close).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import pydantic_core
+
+from crawlstream.errors import RecordError
 from crawlstream.records import DomainStats, PageEvent, PageTouch
 from crawlstream.urls import host_of
+from streams.checks import MAX_FUTURE_S, MAX_HOST_CHARS
 
 WindowKind = Literal["tumbling_1m", "hopping_5m_1m"]
 LATENCY_RATIO = 2 ** (1 / 8)
@@ -32,6 +41,59 @@ COUNTERS = (
     "changed",
     "unchanged",
 )
+_SAMPLE_FIELDS = frozenset({"d", "r", "t", "lat", *COUNTERS})
+
+
+MAX_RUN_ID_CHARS = 256
+MAX_COUNT = 2**53  # counters stay exact as JSON numbers and within the stats table's bigint
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_sample(sample: Any, now: float | None = None) -> dict[str, Any]:
+    """``sample`` if it is one (see the module docstring), else RecordError ``invalid_sample``.
+
+    A domain is a host name (at most 253 characters), a run id at most 256; the time is after 1970
+    and at most ``MAX_FUTURE_S`` ahead of ``now``; counters are integers in ``[0, 2**53]``; the
+    latency is a finite number >= 0. Nothing else is allowed.
+    """
+
+    def bad(why: str) -> RecordError:
+        return RecordError("invalid_sample", why)
+
+    if not isinstance(sample, dict):
+        raise bad(f"a sample is a JSON object, not {type(sample).__name__}")
+    unknown = sample.keys() - _SAMPLE_FIELDS
+    if unknown:
+        raise bad(f"unknown fields {sorted(unknown)[:5]}")
+    domain, run, at = sample.get("d"), sample.get("r"), sample.get("t")
+    if not isinstance(domain, str) or not 0 < len(domain) <= MAX_HOST_CHARS:
+        raise bad("d (domain) must be a host name of 1 to 253 characters")
+    if not isinstance(run, str) or len(run) > MAX_RUN_ID_CHARS:
+        raise bad(f"r (run id) must be a string of at most {MAX_RUN_ID_CHARS} characters")
+    if not (_number(at) and 0 < at <= (now or time.time()) + MAX_FUTURE_S):  # type: ignore[operator]
+        raise bad("t (fetch time) must be epoch seconds after 1970 and not in the future")
+    for name in COUNTERS:
+        count = sample.get(name, 0)
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_COUNT:
+            raise bad(f"{name} must be an integer in [0, 2**53]")
+    if "lat" in sample and not (_number(sample["lat"]) and sample["lat"] >= 0):
+        raise bad("lat (fetch latency) must be a finite number >= 0")
+    return sample
+
+
+def parse_sample(raw: bytes | None) -> dict[str, Any]:
+    """A sample read from the stats topics, checked; RecordError if it is not one."""
+    if raw is None:
+        raise RecordError("null_value", "message has no value")
+    try:
+        # pydantic's parser (as every decoder of the stage): nesting is capped, not a RecursionError.
+        sample = pydantic_core.from_json(raw)
+    except ValueError as exc:
+        raise RecordError("invalid_json", str(exc)[:500]) from None
+    return check_sample(sample)
 
 
 def status_class(status: int) -> str:
@@ -51,7 +113,7 @@ def _sample(
     sample.update({name: 1 for name, on in flags.items() if on})
     if latency is not None:
         sample["lat"] = latency
-    return sample
+    return check_sample(sample)
 
 
 def sample_of_event(event: PageEvent) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def create_app(settings: Settings) -> faust.App:
     detected = changes.register(app, settings, topics, RecrawlPolicy())
     content.register(app, settings, topics)
     near.register(app, settings, topics)
-    frontier.register(app, topics, detected.urls, settings.kafka.max_message_bytes)
+    frontier.register(app, settings, topics, detected.urls)
     if settings.streams.stats_enabled:
         views.register(app, stats.register(app, settings, topics))
     return app

@@ -6,14 +6,19 @@ Writes ``<prefix>.pages.touches``        (key: canonical URL, PageTouch) for unc
        with text, to :mod:`streams.content`,
        ``<prefix>.pages.unique``         (key: canonical URL, PageEvent) for new/changed pages
        without text (metadata records, empty pages): nothing to deduplicate on,
-       ``<prefix>.deadletter``           (undecodable records, wrong keys).
+       ``<prefix>.deadletter``           (any record it cannot handle: undecodable, wrong key,
+       URLs or fetch time no crawler produces (:mod:`streams.checks`), an output too large for
+       its topic, ...; :mod:`streams.agent`).
 Table  ``urls``: canonical URL -> {h: fingerprint, f: first seen, l: last seen, i: recrawl
        interval s, o: offset of the raw record that last updated the entry, c: its change
        (n/c/u)}; changelog ``<app_id>-urls-changelog``, co-partitioned with the raw topic.
 
 At-least-once (:mod:`streams.outputs`): an event is acknowledged when the broker has its output
-and its changelog record, so its offset is committed only then. The table is written at once, so
-after a crash it can hold the update of an event whose output was lost; that event is replayed
+and its changelog record, so its offset is committed only then. :func:`register`'s handler
+computes the entry and the output first (enrichment, classification, encoding) and the boundary
+(:mod:`streams.agent`) checks both records' sizes before the table is written, so an event that
+fails leaves the table as it was. The table is written before the output is delivered, so after a
+crash it can hold the update of an event whose output was lost; that event is replayed
 (its offset was not committed) and finds its own offset, or a later one, in ``o``:
 :func:`replayed` re-sends its output instead of calling the page unchanged. Replays of pages are
 absorbed downstream (the content and near-duplicate tables ignore the page's own URL; the sink
@@ -34,7 +39,8 @@ from crawlstream.records import Enrichment, PageEvent, PageRecord, PageTouch, de
 from crawlstream.settings import Settings
 from streams import metrics
 from streams import outputs as streams_outputs
-from streams.deadletters import send_dead_letter
+from streams.agent import Boundary
+from streams.checks import check_page
 from streams.enrich import enrich_html
 from streams.recrawl import RecrawlPolicy, next_interval
 from streams.topology import StageTopics
@@ -54,8 +60,9 @@ class Classified:
     entry: dict[str, Any]  # the table value after this event
 
 
-def decode_keyed_page(key: bytes | None, value: bytes | None) -> PageRecord:
-    """Decode a raw page and check its key; raise RecordError (dead-letter reason) if unusable.
+def decode_keyed_page(key: bytes | None, value: bytes | None, max_url_length: int = 0) -> PageRecord:
+    """Decode a raw page and check its key, URLs and fetch time; raise RecordError (dead-letter
+    reason) if unusable.
 
     The key must equal ``canonical_url``: the table is partitioned like the raw topic, so a
     record keyed otherwise could land beside another partition's state and escape detection.
@@ -64,6 +71,7 @@ def decode_keyed_page(key: bytes | None, value: bytes | None) -> PageRecord:
     if key is None or key != record.canonical_url.encode("utf-8"):
         shown = None if key is None else key[:200].decode("utf-8", "replace")
         raise RecordError("key_mismatch", f"key {shown!r} != canonical_url {record.canonical_url[:200]!r}")
+    check_page(record, max_url_length)
     return record
 
 
@@ -168,45 +176,32 @@ def register(app: Any, settings: Settings, topics: StageTopics, policy: RecrawlP
         "o: offset of the last update, c: its change}",
     )
     metrics.watch_table(app, "urls", urls)
-    max_bytes = settings.kafka.max_message_bytes
-    events, processing = metrics.EVENTS.labels(AGENT), metrics.PROCESSING.labels(AGENT)
+    max_url_length = settings.crawl.max_url_length
     event_lag = metrics.EVENT_LAG.labels(AGENT)
 
-    async def detect_changes(stream: Any) -> None:
-        async for event in stream.noack().events():
-            started = time.perf_counter()
-            events.inc()
-            with outputs.acking(AGENT, event):
-                try:
-                    record = decode_keyed_page(event.key, event.value)
-                except RecordError as exc:
-                    await send_dead_letter(topics.dead_letter, AGENT, event, exc, max_bytes)
-                    continue
-                detect(event, record)
-            processing.observe(time.perf_counter() - started)
-
-    def detect(event: Any, record: PageRecord) -> None:
+    def detect(event: Any) -> streams_outputs.Effects:
+        record = decode_keyed_page(event.key, event.value, max_url_length)
         event_lag.observe(event_lag_seconds(record, datetime.now(UTC)))
         enrichment = enrich(record)
         print_ = fingerprint(record, enrichment)
         offset = event.message.offset
         entry = urls.get(record.canonical_url)
         change = replayed(entry, offset)
+        effects = streams_outputs.Effects()
         if change is None:
             result = classify(entry, print_, record.fetched_at, policy)
             change = result.change
-            urls[record.canonical_url] = stamped(result.entry, offset, change)
-            metrics.CHANGES.labels(change.value).inc()
+            effects.write(urls, record.canonical_url, stamped(result.entry, offset, change))
+            effects.after(metrics.CHANGES.labels(change.value).inc)
         else:
-            metrics.REPLAYS.labels(AGENT).inc()
+            effects.after(metrics.REPLAYS.labels(AGENT).inc)
         if change is Change.UNCHANGED:
-            metrics.DUPLICATES.labels("url").inc()
-            outputs.send(touches, event.key, touch_for(record, print_).to_bytes())
-            return
+            effects.after(metrics.DUPLICATES.labels("url").inc)
+            return effects.send(touches, event.key, touch_for(record, print_).to_bytes())
         value = page_event(change, record, enrichment).to_bytes()
         if enrichment is not None and enrichment.content_hash:
-            outputs.send(by_content, enrichment.content_hash.encode("ascii"), value)
-        else:
-            outputs.send(unique, event.key, value)
+            return effects.send(by_content, enrichment.content_hash.encode("utf-8"), value)
+        return effects.send(unique, event.key, value)
 
-    return ChangesAgent(app.agent(topics.raw, name=AGENT)(detect_changes), urls)
+    boundary = Boundary(app, settings, AGENT)
+    return ChangesAgent(app.agent(topics.raw, name=AGENT)(boundary.agent(detect)), urls)

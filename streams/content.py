@@ -4,15 +4,17 @@ Reads  ``<prefix>.streams.pages-by-content`` (key: content hash, value: PageEven
        copy of one content lands in one partition, beside its table entry.
 Writes ``<prefix>.streams.pages-by-band`` (key: first LSH band, PageEvent) when near-duplicate
        detection is on and the page is not an exact copy, else ``<prefix>.pages.unique``
-       (key: canonical URL) with ``duplicate_of`` set for copies; ``<prefix>.deadletter``.
+       (key: canonical URL) with ``duplicate_of`` set for copies; ``<prefix>.deadletter`` (any
+       event it cannot handle, through the boundary of :mod:`streams.agent`).
 Table  ``content_first``: content hash -> canonical URL of its first copy.
 
-Replays are harmless: a URL finds itself as the first copy and is not marked a duplicate.
+Replays are harmless: a URL finds itself as the first copy and is not marked a duplicate. The
+handler decides first and the boundary writes the table and produces the output only once both
+records are known to fit, so an event that fails leaves no entry behind.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +23,7 @@ from crawlstream.records import PageEvent
 from crawlstream.settings import Settings
 from streams import metrics
 from streams import outputs as streams_outputs
-from streams.deadletters import send_dead_letter
+from streams.agent import Boundary
 from streams.fingerprints import band_count
 from streams.near import route_key
 from streams.topology import StageTopics, decode_event
@@ -54,34 +56,24 @@ def register(app: Any, settings: Settings, topics: StageTopics) -> ContentAgent:
         help="content hash -> canonical URL of its first copy",
     )
     metrics.watch_table(app, "content_first", content_first)
-    max_bytes = settings.kafka.max_message_bytes
+    max_url_length = settings.crawl.max_url_length
     bands = band_count(settings.streams.near_duplicate_distance)
+    unique, by_band = topics.unique.get_topic_name(), topics.by_band.get_topic_name()
 
-    async def dedup_content(stream: Any) -> None:
-        async for event in stream.noack().events():
-            started = time.perf_counter()
-            metrics.EVENTS.labels(AGENT).inc()
-            with outputs.acking(AGENT, event):
-                try:
-                    page = decode_event(event.value)
-                    if page.enrichment is None or event.key != page.enrichment.content_hash.encode("ascii"):
-                        raise RecordError(
-                            "key_mismatch", f"key {event.key!r} is not the event's content hash"
-                        )
-                except RecordError as exc:
-                    await send_dead_letter(topics.dead_letter, AGENT, event, exc, max_bytes)
-                    continue
-                content = page.enrichment.content_hash
-                first = content_first.get(content)
-                page = mark_duplicate(page, first)
-                if page.duplicate_of is not None:
-                    metrics.DUPLICATES.labels("content").inc()
-                    out, key = topics.unique, page.page.canonical_url.encode("utf-8")
-                else:
-                    out, key = topics.by_band, route_key(page, 0, bands)
-                outputs.send(out.get_topic_name(), key, page.to_bytes())
-                if first is None:
-                    content_first[content] = page.page.canonical_url
-            metrics.PROCESSING.labels(AGENT).observe(time.perf_counter() - started)
+    def dedup(event: Any) -> streams_outputs.Effects:
+        page = decode_event(event.value, max_url_length)
+        if page.enrichment is None or event.key != page.enrichment.content_hash.encode("utf-8"):
+            raise RecordError("key_mismatch", f"key {event.key!r:.200} is not the event's content hash")
+        content = page.enrichment.content_hash
+        first = content_first.get(content)
+        page = mark_duplicate(page, first)
+        effects = streams_outputs.Effects()
+        if first is None:
+            effects.write(content_first, content, page.page.canonical_url)
+        if page.duplicate_of is not None:
+            effects.after(metrics.DUPLICATES.labels("content").inc)
+            return effects.send(unique, page.page.canonical_url.encode("utf-8"), page.to_bytes())
+        return effects.send(by_band, route_key(page, 0, bands), page.to_bytes())
 
-    return ContentAgent(app.agent(topics.by_content, name=AGENT)(dedup_content), content_first)
+    boundary = Boundary(app, settings, AGENT)
+    return ContentAgent(app.agent(topics.by_content, name=AGENT)(boundary.agent(dedup)), content_first)

@@ -11,18 +11,25 @@ query each) give the same answers and are kept for direct use and tests.
 Main text: the first of ``<main>``, ``[role=main]``, ``<article>`` (else ``<body>``) with scripts,
 styles, navigation, headers, footers, asides, forms and hidden elements removed. Outlinks and
 the canonical link are resolved against ``<base href>`` or the page URL and kept if http(s).
+
+Hostile markup never raises: a ``<base href>`` that is not an http(s) URL (``javascript:``,
+``data:``) or does not parse (``http://[::1``) is ignored, as is any resolved link that does not
+parse or holds control characters; a JSON-LD block is read with pydantic's parser
+(the parser that reads the PageEvent back on the next topic: what it refuses, lone surrogates or
+nesting past its limit, is skipped here rather than produced) and kept only up to
+``MAX_JSONLD_DEPTH`` levels of nesting.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import py3langid  # type: ignore[import-untyped]
+import pydantic_core
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from crawlstream.records import Enrichment
@@ -46,6 +53,11 @@ MIN_LANGUAGE_CHARS = 20
 MAX_OUTLINKS = 1000
 _NOT_LINKS = ("#", "javascript:", "mailto:", "tel:", "data:")
 MAX_JSONLD_BLOCKS = 20
+# Nesting kept of one JSON-LD item: real ones use a handful of levels; the PageEvent around it adds
+# 4, and pydantic's parser stops at about 200 (the next hop would refuse the event).
+MAX_JSONLD_DEPTH = 32
+# Control characters: no URL a crawler fetches holds them, and PostgreSQL text cannot hold NUL.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @functools.lru_cache(maxsize=65536)
@@ -77,7 +89,14 @@ def _http(url: str | None) -> str | None:
     if url is None or not url.startswith(("http://", "https://")):
         return None
     url = url.split("#", 1)[0]
-    return url if len(url) > len("https://") else None
+    if len(url) <= len("https://") or _CONTROL.search(url):
+        return None
+    if "[" in url or not url.isascii():  # the only URLs urlsplit refuses (IPv6 brackets, NFKC hosts)
+        try:
+            urlsplit(url)
+        except ValueError:
+            return None
+    return url
 
 
 @functools.lru_cache(maxsize=65536)
@@ -109,7 +128,11 @@ def base_url_of(tree: LexborHTMLParser, page_url: str) -> str:
 
 
 def _base_url(page_url: str, base: dict[str, str | None] | None) -> str:
-    return urljoin(page_url, (base.get("href") or "").strip()) if base is not None else page_url
+    """``<base href>`` resolved against the page URL if that gives an http(s) URL, else the page URL."""
+    href = (base.get("href") or "").strip() if base is not None else ""
+    if not href:
+        return page_url
+    return _http(_join(page_url, href)) or page_url
 
 
 def outlinks(tree: LexborHTMLParser, base: str, limit: int = MAX_OUTLINKS) -> list[str]:
@@ -155,12 +178,26 @@ def _jsonld(scripts: list[LexborNode]) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     for script in scripts[:MAX_JSONLD_BLOCKS]:
         try:
-            data = json.loads(script.text(deep=True) or "")
-        except ValueError:
+            data = pydantic_core.from_json(script.text(deep=True) or "")
+        except ValueError:  # invalid JSON, lone surrogates, nesting past the parser's limit
             continue
         items = data if isinstance(data, list) else [data]
-        found.extend(item for item in items if isinstance(item, dict))
+        found.extend(
+            item for item in items if isinstance(item, dict) and _nested_within(item, MAX_JSONLD_DEPTH)
+        )
     return found
+
+
+def _nested_within(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and objects at most ``limit`` levels deep (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return False
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return True
 
 
 def meta_description(tree: LexborHTMLParser) -> str:

@@ -3,7 +3,13 @@
 Reads  ``<prefix>.links``     (key: canonical URL, LinkRecord JSON).
 Writes ``<prefix>.requests``  (key: host, CrawlRequest JSON) for a link never requested (reason
        ``link``) or for a fetched page whose adaptive recrawl interval has passed since it was
-       last seen (reason ``recrawl``); ``<prefix>.deadletter`` for undecodable links.
+       last seen (reason ``recrawl``); ``<prefix>.deadletter`` for links it cannot handle
+       (undecodable, key or host not the URL's, ...; :mod:`streams.agent`).
+Refuses (no request; counted in ``streams_frontier_refused_total{reason}``) links deeper than
+       ``crawl.max_depth`` (``too_deep``; 0: no limit) and URLs the crawlers would not fetch
+       (:func:`streams.checks.url_refusal`: ``url_too_long`` over ``crawl.max_url_length``,
+       ``scheme`` other than http/https, ``no_host``, ``invalid_url``). A full frontier with
+       scopes and budgets is a later issue; the crawlers apply their job's own limits as well.
 Tables ``frontier_seen``: canonical URL -> {t: when it was last requested (ISO time), o: offset
        of the link record that requested it}, and reads
        :mod:`streams.changes`' ``urls`` (last seen, recrawl interval): both are keyed by canonical
@@ -18,7 +24,6 @@ lost in a crash is sent again. A URL can so be requested twice, which the crawle
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,9 +32,12 @@ from pydantic import ValidationError
 
 from crawlstream.errors import RecordError
 from crawlstream.records import CrawlRequest, LinkRecord
+from crawlstream.settings import Settings
+from crawlstream.urls import host_of
 from streams import metrics
 from streams import outputs as streams_outputs
-from streams.deadletters import send_dead_letter
+from streams.agent import Boundary
+from streams.checks import url_refusal
 from streams.topology import StageTopics
 
 AGENT = "plan_requests"
@@ -45,6 +53,28 @@ def decode_link(key: bytes | None, raw: bytes | None) -> LinkRecord:
     if key is None or key != link.canonical_url.encode("utf-8"):
         raise RecordError("key_mismatch", f"key {key!r:.200} != canonical_url {link.canonical_url[:200]!r}")
     return link
+
+
+def refusal(link: LinkRecord, max_depth: int, max_url_length: int) -> str | None:
+    """Why the frontier must not request ``link`` (a metric label), or None.
+
+    Its depth must be within the limit, its URL as linked and its canonical URL both fetchable
+    URLs (:func:`url_refusal`).
+    """
+    if max_depth and link.depth > max_depth:
+        return "too_deep"
+    for url in (link.url, link.canonical_url):
+        refused = url_refusal(url, max_url_length)
+        if refused is not None:
+            return refused[0]
+    return None
+
+
+def check_host(link: LinkRecord) -> None:
+    """RecordError unless ``link.host`` is its URL's host: requests are keyed (and so partitioned,
+    one host per crawler) by it."""
+    if link.host != host_of(link.url):
+        raise RecordError("host_mismatch", f"host {link.host[:200]!r} is not the host of {link.url[:200]!r}")
 
 
 def _aware(moment: datetime) -> datetime:
@@ -93,7 +123,7 @@ class FrontierAgent:
     seen: Any
 
 
-def register(app: Any, topics: StageTopics, urls: Any, max_bytes: int) -> FrontierAgent:
+def register(app: Any, settings: Settings, topics: StageTopics, urls: Any) -> FrontierAgent:
     """Declare ``frontier_seen`` and the agent; ``urls`` is :mod:`streams.changes`' table."""
     outputs = streams_outputs.of(app)
     seen = streams_outputs.delivered_table(
@@ -106,29 +136,28 @@ def register(app: Any, topics: StageTopics, urls: Any, max_bytes: int) -> Fronti
     )
     metrics.watch_table(app, "frontier_seen", seen)
     requests = topics.requests.get_topic_name()
+    max_depth, max_url_length = settings.crawl.max_depth, settings.crawl.max_url_length
 
-    async def plan_requests(stream: Any) -> None:
-        async for event in stream.noack().events():
-            started = time.perf_counter()
-            metrics.EVENTS.labels(AGENT).inc()
-            with outputs.acking(AGENT, event):
-                try:
-                    link = decode_link(event.key, event.value)
-                except RecordError as exc:
-                    await send_dead_letter(topics.dead_letter, AGENT, event, exc, max_bytes)
-                    continue
-                now = datetime.now(UTC)
-                offset = event.message.offset
-                requested_at, requested_by = requested(seen.get(link.canonical_url))
-                replay = offset <= requested_by  # this link's request may be lost: decide afresh
-                request = decide(link, urls.get(link.canonical_url), None if replay else requested_at, now)
-                if request is not None:
-                    if replay:
-                        metrics.REPLAYS.labels(AGENT).inc()
-                    else:
-                        seen[link.canonical_url] = {"t": now.isoformat(), "o": offset}
-                    outputs.send(requests, request.host.encode("utf-8"), request.to_bytes())
-                    metrics.REQUESTS.labels(request.reason).inc()
-            metrics.PROCESSING.labels(AGENT).observe(time.perf_counter() - started)
+    def plan(event: Any) -> streams_outputs.Effects:
+        link = decode_link(event.key, event.value)
+        effects = streams_outputs.Effects()
+        refused = refusal(link, max_depth, max_url_length)
+        if refused is not None:
+            return effects.after(metrics.FRONTIER_REFUSED.labels(refused).inc)
+        check_host(link)
+        now = datetime.now(UTC)
+        offset = event.message.offset
+        requested_at, requested_by = requested(seen.get(link.canonical_url))
+        replay = offset <= requested_by  # this link's request may be lost: decide afresh
+        request = decide(link, urls.get(link.canonical_url), None if replay else requested_at, now)
+        if request is None:
+            return effects
+        if replay:
+            effects.after(metrics.REPLAYS.labels(AGENT).inc)
+        else:
+            effects.write(seen, link.canonical_url, {"t": now.isoformat(), "o": offset})
+        effects.after(metrics.REQUESTS.labels(request.reason).inc)
+        return effects.send(requests, request.host.encode("utf-8"), request.to_bytes())
 
-    return FrontierAgent(app.agent(topics.links, name=AGENT)(plan_requests), seen)
+    boundary = Boundary(app, settings, AGENT)
+    return FrontierAgent(app.agent(topics.links, name=AGENT)(boundary.agent(plan)), seen)

@@ -23,6 +23,11 @@ DEAD_LETTERS = Counter(
     "streams_dead_letters_total", "Events sent to the dead-letter topic", ["agent", "reason"]
 )
 REQUESTS = Counter("streams_requests_total", "Crawl requests produced by the frontier", ["reason"])
+FRONTIER_REFUSED = Counter(
+    "streams_frontier_refused_total",
+    "Links the frontier refused to request: too_deep, url_too_long, scheme, no_host, invalid_url",
+    ["reason"],
+)
 WINDOWS_CLOSED = Counter("streams_windows_closed_total", "Stats windows emitted on close", ["window"])
 PROCESSING = Histogram("streams_processing_seconds", "Time an agent spends on one event", ["agent"])
 ENRICHMENT = Histogram(
@@ -40,7 +45,8 @@ EVENT_LAG = Histogram(
 )
 DELIVERY_FAILURES = Counter(
     "streams_delivery_failures_total",
-    "Agent outputs the broker did not acknowledge (the worker stops; the event is replayed)",
+    "Agent outputs the broker did not acknowledge for a reason of its own (the worker stops; the "
+    "event is replayed); records it refused for their size or timestamp are dead letters instead",
     ["agent"],
 )
 REPLAYS = Counter(

@@ -9,11 +9,12 @@ Table  ``near_bands``: band key -> ``[[canonical URL, simhash], ...]`` (at most 
 
 Of two near-duplicates in flight at once exactly one is marked: both pass the shared band's
 partition in some order, and the second finds the first. Replays find their own URL and skip it.
+Events it cannot handle go to ``<prefix>.deadletter`` through the boundary of :mod:`streams.agent`,
+which writes the bucket and produces the next hop only once both are known to fit.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,12 +23,15 @@ from crawlstream.records import PageEvent
 from crawlstream.settings import Settings
 from streams import metrics
 from streams import outputs as streams_outputs
-from streams.deadletters import send_dead_letter
+from streams.agent import Boundary
 from streams.fingerprints import band_count, band_keys, hamming
 from streams.topology import StageTopics, decode_event
 
 AGENT = "find_near_duplicates"
 BUCKET_LIMIT = 32
+# A bucket also stops growing at this many bytes of URLs (long URLs would otherwise make a
+# bucket's changelog record too large for its topic, and every later page of the band with it).
+BUCKET_MAX_BYTES = 128 * 1024
 
 
 def band_index(key: bytes | None, bands: int) -> int:
@@ -60,7 +64,8 @@ def closest(event: PageEvent, bucket: list[Any], max_distance: int) -> PageEvent
 def remember(bucket: list[Any] | None, url: str, simhash: int) -> list[Any]:
     """The bucket with ``url``'s current fingerprint (replacing an older one), oldest first."""
     kept = [entry for entry in (bucket or []) if entry[0] != url]
-    if len(kept) >= BUCKET_LIMIT:
+    size = sum(len(entry[0]) for entry in kept) + len(url)
+    if len(kept) >= BUCKET_LIMIT or size > BUCKET_MAX_BYTES:
         return kept  # a full bucket keeps its earliest pages: "near-duplicate of" means earlier
     return [*kept, [url, simhash]]
 
@@ -87,35 +92,27 @@ def register(app: Any, settings: Settings, topics: StageTopics) -> NearAgent:
         help="LSH band key -> [[canonical URL, simhash], ...] of pages with that band",
     )
     metrics.watch_table(app, "near_bands", near_bands)
-    max_bytes = settings.kafka.max_message_bytes
+    max_url_length = settings.crawl.max_url_length
     distance = settings.streams.near_duplicate_distance
     bands = band_count(distance)
+    unique, by_band = topics.unique.get_topic_name(), topics.by_band.get_topic_name()
 
-    async def find_near_duplicates(stream: Any) -> None:
-        async for event in stream.noack().events():
-            started = time.perf_counter()
-            metrics.EVENTS.labels(AGENT).inc()
-            with outputs.acking(AGENT, event):
-                try:
-                    index = band_index(event.key, bands)
-                    page = decode_event(event.value)
-                    if page.enrichment is None or route_key(page, index, bands) != event.key:
-                        raise RecordError("key_mismatch", f"key {event.key!r} is not a band of the event")
-                except RecordError as exc:
-                    await send_dead_letter(topics.dead_letter, AGENT, event, exc, max_bytes)
-                    continue
-                band = event.key.decode("ascii")
-                bucket = near_bands.get(band)
-                page = closest(page, bucket or [], distance)
-                if index + 1 < bands:
-                    out, key = topics.by_band, route_key(page, index + 1, bands)
-                else:
-                    out, key = topics.unique, page.page.canonical_url.encode("utf-8")
-                    if page.near_duplicate_of is not None:
-                        metrics.DUPLICATES.labels("near").inc()
-                outputs.send(out.get_topic_name(), key, page.to_bytes())
-                assert page.enrichment is not None
-                near_bands[band] = remember(bucket, page.page.canonical_url, page.enrichment.simhash)
-            metrics.PROCESSING.labels(AGENT).observe(time.perf_counter() - started)
+    def find(event: Any) -> streams_outputs.Effects:
+        index = band_index(event.key, bands)
+        page = decode_event(event.value, max_url_length)
+        if page.enrichment is None or route_key(page, index, bands) != event.key:
+            raise RecordError("key_mismatch", f"key {event.key!r:.200} is not a band of the event")
+        band = event.key.decode("ascii")
+        bucket = near_bands.get(band)
+        page = closest(page, bucket or [], distance)
+        simhash = page.enrichment.simhash if page.enrichment is not None else 0
+        effects = streams_outputs.Effects()
+        effects.write(near_bands, band, remember(bucket, page.page.canonical_url, simhash))
+        if index + 1 < bands:
+            return effects.send(by_band, route_key(page, index + 1, bands), page.to_bytes())
+        if page.near_duplicate_of is not None:
+            effects.after(metrics.DUPLICATES.labels("near").inc)
+        return effects.send(unique, page.page.canonical_url.encode("utf-8"), page.to_bytes())
 
-    return NearAgent(app.agent(topics.by_band, name=AGENT)(find_near_duplicates), near_bands)
+    boundary = Boundary(app, settings, AGENT)
+    return NearAgent(app.agent(topics.by_band, name=AGENT)(boundary.agent(find)), near_bands)

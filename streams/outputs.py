@@ -10,11 +10,21 @@ same path and keep faust's changelog format, partitioning (the event's partition
 persisted-offset bookkeeping.
 
 At-least-once: an agent processes each event of a ``noack`` stream inside
-``outputs.acking(event)``; the event is acked (its offset may be committed) only when every
-record produced for it, outputs and changelog records alike, is delivered. A failed delivery
-leaves the event unacked and stops the worker, so the event is replayed; the agents' tables make
-replays harmless (see :mod:`streams.changes`). Delivery callbacks run on the event loop, from
-``poll()`` every ``POLL_INTERVAL_S`` (a timer), so acks arrive while the input is idle too.
+``outputs.acking(event)`` (:mod:`streams.agent` does, for every agent); the event is acked (its
+offset may be committed) only when every record produced for it, outputs and changelog records
+alike, is delivered. A failed delivery leaves the event unacked and stops the worker, so the event
+is replayed; the agents' tables make replays harmless (see :mod:`streams.changes`). Delivery
+callbacks run on the event loop, from ``poll()`` every ``POLL_INTERVAL_S`` (a timer), so acks
+arrive while the input is idle too.
+
+Nothing oversized is produced: :meth:`Outputs.apply` checks every record of an event's
+:class:`Effects` against its topic's ``max.message.bytes`` (the catalog's; faust's own changelog
+and internal topics take the broker default) before any of them is produced or written, and raises
+RecordError ``too_large``. A record the broker still refuses for what it is (size, timestamp: see
+:data:`REFUSALS`), synchronously from ``produce()`` or in its delivery report, is the record's
+fault, not the infrastructure's: it is handed to the event's ``on_refused`` (the agent boundary
+dead-letters the event) instead of stopping the worker, which would only replay it into the same
+refusal. Every other delivery failure (broker unreachable, timeouts) still stops the worker.
 The producer keeps librdkafka's default partitioner, like every producer of the project (crawlers,
 seeders): a host's crawl requests land in one partition whoever sends them.
 """
@@ -27,6 +37,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -35,25 +46,55 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from faust.streams import current_event
 from faust.types import TP
 
+from crawlstream.deadletters import check_fits
+from crawlstream.errors import CrawlstreamError, RecordError
 from crawlstream.settings import Settings
+from crawlstream.topics import BROKER_DEFAULT_MAX_MESSAGE_BYTES, catalog
 from streams import metrics
 
 log = logging.getLogger(__name__)
 POLL_INTERVAL_S = 0.02
+# Broker and client errors that refuse one record for what it is: retrying, or replaying the
+# event that made it, can only fail the same way. Values are dead-letter reasons.
+REFUSALS = {
+    KafkaError.MSG_SIZE_TOO_LARGE: "too_large",  # also raised by produce() over message.max.bytes
+    KafkaError.RECORD_LIST_TOO_LARGE: "too_large",
+    KafkaError.INVALID_MSG_SIZE: "too_large",
+    KafkaError.INVALID_TIMESTAMP: "invalid_timestamp",  # e.g. past log.message.timestamp.after.max.ms
+    KafkaError.INVALID_RECORD: "refused_record",
+}
+
+
+def refusal_reason(err: KafkaError) -> str | None:
+    """The dead-letter reason when ``err`` refuses a record for what it is, else None."""
+    return REFUSALS.get(err.code())
+
+
+class StoreError(CrawlstreamError):
+    """A table's store failed (disk full, I/O error): infrastructure, the worker stops."""
 
 
 class _Pending:
-    """The deliveries an event still waits for; the event is acked when none is left."""
+    """The deliveries an event still waits for; the event is acked when none is left.
 
-    __slots__ = ("agent", "closed", "count", "event")
+    ``on_refused(pending, reason, err, msg)`` is called when the broker refuses one of them for
+    what it is (:data:`REFUSALS`); it returns False when it cannot handle it (the worker stops).
+    """
 
-    def __init__(self, agent: str, event: Any) -> None:
+    __slots__ = ("agent", "bare_letter", "closed", "count", "dead_lettered", "event", "on_refused")
+
+    def __init__(self, agent: str, event: Any, on_refused: OnRefused | None) -> None:
         self.agent, self.event, self.count, self.closed = agent, event, 0, False
+        self.on_refused = on_refused
+        self.dead_lettered = self.bare_letter = False
 
     def delivered(self) -> None:
         self.count -= 1
         if self.closed and self.count == 0:
             self.event.ack()
+
+
+OnRefused = Callable[[_Pending, str, KafkaError, Message], bool]
 
 
 _current: ContextVar[_Pending | None] = ContextVar("streams_outputs_pending", default=None)
@@ -75,6 +116,10 @@ class Outputs:
         )
         self._producer: Producer | None = None
         self._crashing: set[asyncio.Future[None]] = set()
+        # What each topic takes: the catalog's limit; faust's changelog and internal topics (not in
+        # the catalog) the broker default, the most a broker we did not configure is sure to take.
+        self._producer_max = settings.kafka.max_message_bytes
+        self._limits = {spec.name: spec.max_message_bytes for spec in catalog(settings).all()}
         self.tables: list[DeliveredTable] = []
         app.timer(POLL_INTERVAL_S, name="streams.outputs.poll")(self._poll)
 
@@ -90,21 +135,42 @@ class Outputs:
         for table in self.tables:
             table.persist_offsets()
 
+    def limit(self, topic: str) -> int:
+        """The largest record (key + value + overhead) ``topic`` takes from this producer."""
+        return min(self._limits.get(topic, BROKER_DEFAULT_MAX_MESSAGE_BYTES), self._producer_max)
+
     @contextmanager
-    def acking(self, agent: str, event: Any) -> Iterator[None]:
+    def acking(self, agent: str, event: Any, on_refused: OnRefused | None = None) -> Iterator[_Pending]:
         """Collect what is produced for ``event`` in this block; ack it once all is delivered.
 
         An exception leaves the event unacked (the worker stops and it is replayed).
         """
-        pending = _Pending(agent, event)
+        pending = _Pending(agent, event, on_refused)
         token = _current.set(pending)
         try:
-            yield
+            yield pending
         finally:
             _current.reset(token)
         pending.closed = True
         if pending.count == 0:
             event.ack()
+
+    def apply(self, effects: Effects) -> None:
+        """Check every record of ``effects`` against its topic's limit, then write the tables and
+        produce: a record that does not fit raises RecordError ``too_large`` before anything
+        happened. What can still fail afterwards is the infrastructure (store, broker), or a
+        broker refusing a record the check let through (a topic configured below the catalog):
+        see the module docstring."""
+        for send in effects.sends:
+            check_fits(send.key, send.value, self.limit(send.topic), send.topic)
+        for write in effects.writes:
+            check_fits(write.raw_key, write.raw_value, self.limit(write.changelog), write.changelog)
+        for write in effects.writes:
+            write.table.write_encoded(write.key, write.value, write.raw_key, write.raw_value)
+        for send in effects.sends:
+            self.send(send.topic, send.key, send.value, send.partition, timestamp_ms=send.timestamp_ms)
+        for then in effects.then:
+            then()
 
     def send(
         self,
@@ -113,13 +179,22 @@ class Outputs:
         value: bytes | None,
         partition: int | None = None,
         on_delivered: Callable[[Message], None] | None = None,
+        *,
+        timestamp_ms: int | None = None,
+        pending: _Pending | None = None,
     ) -> None:
-        """Produce a record for the event of the enclosing :meth:`acking` block."""
-        pending = _current.get()
+        """Produce a record for the event of the enclosing :meth:`acking` block (or ``pending``).
+
+        A record librdkafka refuses at once for what it is raises RecordError (its reason from
+        :data:`REFUSALS`); other errors raise KafkaException.
+        """
+        pending = pending if pending is not None else _current.get()
         if pending is not None:
             pending.count += 1
         callback = partial(self._delivered, pending, on_delivered)
         extra: dict[str, Any] = {} if partition is None else {"partition": partition}
+        if timestamp_ms is not None:
+            extra["timestamp"] = timestamp_ms
         producer = self.producer
         while True:
             try:
@@ -127,6 +202,15 @@ class Outputs:
                 break
             except BufferError:  # librdkafka's queue is full: serve deliveries, then retry
                 producer.poll(0.05)
+            except KafkaException as exc:  # no delivery report will come for this record
+                if pending is not None:
+                    pending.count -= 1
+                err: KafkaError = exc.args[0]
+                reason = refusal_reason(err)
+                if reason is None:
+                    raise
+                size = len(key or b"") + len(value or b"")
+                raise RecordError(reason, f"{topic} refused a record of {size} bytes: {err.str()}") from exc
 
     def _delivered(
         self,
@@ -136,6 +220,16 @@ class Outputs:
         msg: Message,
     ) -> None:
         if err is not None:
+            reason = refusal_reason(err)
+            if reason is not None and pending is not None and pending.on_refused is not None:
+                try:
+                    handled = pending.on_refused(pending, reason, err, msg)
+                except Exception:  # the dead letter could not even be produced: stop, as below
+                    log.exception("%s: could not dead-letter a refused record", pending.agent)
+                    handled = False
+                if handled:
+                    pending.delivered()  # the refused record is done with; its dead letter is pending
+                    return
             agent = pending.agent if pending is not None else "table"
             metrics.DELIVERY_FAILURES.labels(agent).inc()
             log.error(
@@ -180,31 +274,50 @@ class DeliveredTable(faust.Table[Any, Any]):
         return None if opener is None else opener(partition)
 
     def get(self, key: Any, default: Any = None) -> Any:
-        """The value of ``key``, or ``default``; no default factory."""
+        """The value of ``key``, or ``default``; no default factory.
+
+        The key is encoded first (an odd key is the record's fault); a failing store read is
+        :class:`StoreError` (infrastructure).
+        """
         partition = self._event_partition()
         db = None if partition is None else self._rocksdb(partition)
         if db is None:
             value = self.data.get(key)
             return default if value is None else value
         store: Any = self.data
-        raw = db.get(store._encode_key(key))
+        raw_key = store._encode_key(key)
+        try:
+            raw = db.get(raw_key)
+        except Exception as exc:  # rocksdict raises plain Exception ("IO error: ...")
+            raise StoreError(f"table {self.name}: read failed: {exc}") from exc
         return default if raw is None else json.loads(raw)
 
+    def encode(self, key: Any, value: Any) -> tuple[bytes, bytes]:
+        """The changelog (and store) bytes of ``key`` and ``value``."""
+        store: Any = self.data
+        return store._encode_key(key), json.dumps(value, separators=(",", ":")).encode()
+
     def __setitem__(self, key: Any, value: Any) -> None:
-        partition = self._event_partition()
-        if partition is None:
+        if self._event_partition() is None:
             super().__setitem__(key, value)
             return
-        store: Any = self.data
-        raw_key = store._encode_key(key)
-        raw_value = json.dumps(value, separators=(",", ":")).encode()
+        self.write_encoded(key, value, *self.encode(key, value))
+
+    def write_encoded(self, key: Any, value: Any, raw_key: bytes, raw_value: bytes) -> None:
+        """Write ``key`` (encoded as given by :meth:`encode`) inside ``acking``: changelog record
+        through :class:`Outputs`, then the store."""
+        partition = self._event_partition()
+        assert partition is not None, "DeliveredTable.write_encoded outside acking"
         changelog = self.changelog_topic.get_topic_name()
         self.outputs.send(changelog, raw_key, raw_value, partition, self._persisted)
         db = self._rocksdb(partition)
         if db is None:
-            store[key] = value
+            self.data[key] = value
         else:
-            db.put(raw_key, raw_value)
+            try:
+                db.put(raw_key, raw_value)
+            except Exception as exc:
+                raise StoreError(f"table {self.name}: write failed: {exc}") from exc
         self._maybe_set_key_ttl(key, partition)
 
     def _persisted(self, msg: Message) -> None:
@@ -222,6 +335,63 @@ class DeliveredTable(faust.Table[Any, Any]):
         delivered, self._delivered_offsets = self._delivered_offsets, {}
         for tp, offset in delivered.items():
             self.data.set_persisted_offset(tp, offset)
+
+
+@dataclass(frozen=True)
+class Send:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    partition: int | None = None
+    timestamp_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Write:
+    table: DeliveredTable
+    key: Any
+    value: Any
+    raw_key: bytes
+    raw_value: bytes
+    changelog: str
+
+
+class Effects:
+    """What handling one event does, computed before any of it happens (see :meth:`Outputs.apply`).
+
+    ``send``: an output record; ``write``: a :class:`DeliveredTable` entry (encoded now, so its
+    changelog record is checked with the outputs); ``then``: what runs once the records are
+    handed over (metrics, faust's own tables), in order.
+    """
+
+    __slots__ = ("sends", "then", "writes")
+
+    def __init__(self) -> None:
+        self.sends: list[Send] = []
+        self.writes: list[Write] = []
+        self.then: list[Callable[[], object]] = []
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> Effects:
+        self.sends.append(Send(topic, key, value, partition, timestamp_ms))
+        return self
+
+    def write(self, table: DeliveredTable, key: Any, value: Any) -> Effects:
+        raw_key, raw_value = table.encode(key, value)
+        changelog = table.changelog_topic.get_topic_name()
+        self.writes.append(Write(table, key, value, raw_key, raw_value, changelog))
+        return self
+
+    def after(self, then: Callable[[], object]) -> Effects:
+        self.then.append(then)
+        return self
 
 
 def delivered_table(app: Any, outputs: Outputs, name: str, **kwargs: Any) -> Any:

@@ -10,7 +10,12 @@ Tables ``domain_1m`` (tumbling 60 s) and ``domain_5m`` (hopping 300 s by 60 s), 
        accumulator; ``run_progress``: run id -> accumulator (not windowed).
 Writes ``<prefix>.stats`` (key: domain, DomainStats) when a window closes: faust closes it
        ``streams.stats_grace_s`` after its end (wall clock), checked every
-       ``streams.stats_close_interval_s``; ``<prefix>.deadletter`` for undecodable inputs.
+       ``streams.stats_close_interval_s``; ``<prefix>.deadletter`` for inputs it cannot handle
+       (any of the three agents, through the boundary of :mod:`streams.agent`; samples are
+       checked where they are made and where they are read, :func:`streams.aggregate.check_sample`).
+The sampler produces through the stage's producer (:mod:`streams.outputs`) with the partition
+faust's own producer would choose (aiokafka's murmur2 partitioner), so a view's key routes to the
+worker that holds it.
 A late event reopens a closed window and re-emits it with the window's earlier totals (see
 :class:`EveryWindowTable`); the stats sink upserts on (domain, window, window_start), so the last
 emission of a window is the stored one.
@@ -19,20 +24,26 @@ emission of a window is the stored one.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
 from pydantic import ValidationError
 
 from crawlstream.errors import RecordError
 from crawlstream.records import PageTouch
 from crawlstream.settings import Settings
 from streams import aggregate, metrics
-from streams.deadletters import send_dead_letter
+from streams.agent import Boundary, is_infrastructure
+from streams.checks import MAX_FUTURE_S, check_touch
+from streams.outputs import Effects
 from streams.topology import RAW, StageTopics, decode_event
+
+log = logging.getLogger(__name__)
 
 AGENT = "sample_stats"
 # Tables serialize keys as JSON (faust's default), so the internal topics are keyed by JSON
@@ -89,20 +100,38 @@ class EveryWindowTable:
             self._set_key(window_key, op(current, value))  # type: ignore[attr-defined]
 
 
-def decode_sample(topic: str, touches_topic: str, raw: bytes | None) -> dict[str, Any]:
+def decode_sample(
+    topic: str, touches_topic: str, raw: bytes | None, max_url_length: int = 0
+) -> dict[str, Any]:
     """The aggregation sample of a unique-topic PageEvent or a PageTouch; RecordError if bad."""
     if topic != touches_topic:
-        return aggregate.sample_of_event(decode_event(raw))
+        return aggregate.sample_of_event(decode_event(raw, max_url_length))
     if raw is None:
         raise RecordError("null_value", "message has no value")
     try:
-        return aggregate.sample_of_touch(PageTouch.model_validate_json(raw))
+        touch = PageTouch.model_validate_json(raw)
     except ValidationError as exc:
         raise RecordError("invalid_touch", str(exc.errors()[0]["msg"])[:500]) from None
+    check_touch(touch, max_url_length)
+    return aggregate.sample_of_touch(touch)
 
 
 def json_key(text: str) -> bytes:
     return json.dumps(text).encode("utf-8")
+
+
+def faust_partition(key: bytes, partitions: int) -> int:
+    """The partition faust's producer gives ``key`` (aiokafka's DefaultPartitioner: murmur2)."""
+    every = list(range(partitions))
+    return int(DefaultPartitioner()(key, every, every))
+
+
+def check_event_time(event: Any) -> None:
+    """RecordError unless the event's timestamp (the window time) is after 1970 and not in the
+    future: a window that far out would never close, or close into a date out of range."""
+    at = event.message.timestamp
+    if not 0 < at <= time.time() + MAX_FUTURE_S:
+        raise RecordError("invalid_time", f"message timestamp {at} is before 1970 or in the future")
 
 
 @dataclass(frozen=True)
@@ -122,10 +151,20 @@ def register(app: Any, settings: Settings, topics: StageTopics) -> StatsAgents:
     by_run = app.topic(f"{conf.app_id}-stats-by-run", partitions=partitions, internal=True, **RAW)
     table_class = type("WindowedStatsTable", (EveryWindowTable, app.conf.Table), {})
 
+    windows = Boundary(app, settings, "stats_windows")
+
     def windowed(name: str, kind: aggregate.WindowKind, help_: str) -> Any:
         async def on_close(key: Any, value: Any) -> None:
             domain, (start, end) = key
-            stats = aggregate.domain_stats(domain, kind, start, end, value)
+            try:
+                stats = aggregate.domain_stats(domain, kind, start, end, value)
+            except Exception as exc:  # a crash here would come back at every restart, at this window
+                if is_infrastructure(exc):
+                    raise
+                windows.dead_letter_without_event(
+                    exc, str(domain).encode("utf-8"), json.dumps(value).encode()
+                )
+                return
             await (await topics.stats.send(key=domain.encode("utf-8"), value=stats.to_bytes(), force=True))
             metrics.WINDOWS_CLOSED.labels(kind).inc()
 
@@ -145,40 +184,42 @@ def register(app: Any, settings: Settings, topics: StageTopics) -> StatsAgents:
     run_progress = app.Table(
         "run_progress", default=dict, partitions=partitions, help="run id -> totals", key_type=str
     )
-    max_bytes = settings.kafka.max_message_bytes
     touches_name = topics.touches.get_topic_name()
+    max_url_length = settings.crawl.max_url_length
+    by_domain_name, by_run_name = by_domain.get_topic_name(), by_run.get_topic_name()
 
-    async def sample_stats(stream: Any) -> None:
-        async for event in stream.events():
-            metrics.EVENTS.labels(AGENT).inc()
-            try:
-                sample = decode_sample(event.message.topic, touches_name, event.value)
-            except RecordError as exc:
-                await send_dead_letter(topics.dead_letter, AGENT, event, exc, max_bytes)
-                continue
-            value, at = json.dumps(sample).encode("utf-8"), sample["t"]
-            sent = [
-                await by_domain.send(key=json_key(sample["d"]), value=value, timestamp=at, force=True),
-                await by_run.send(key=json_key(sample["r"]), value=value, timestamp=at, force=True),
-            ]
-            for acked in sent:
-                await acked
+    def sample_stats(event: Any) -> Effects:
+        sample = decode_sample(event.message.topic, touches_name, event.value, max_url_length)
+        value, at_ms = json.dumps(sample).encode("utf-8"), round(sample["t"] * 1000)
+        domain, run = json_key(sample["d"]), json_key(sample["r"])
+        effects = Effects()
+        for topic, key in ((by_domain_name, domain), (by_run_name, run)):
+            effects.send(topic, key, value, partition=faust_partition(key, partitions), timestamp_ms=at_ms)
+        return effects
 
-    async def aggregate_domains(stream: Any) -> None:
-        async for value in stream:
-            sample = json.loads(value)
+    def aggregate_domains(event: Any) -> Effects:
+        sample = aggregate.parse_sample(event.value)
+        check_event_time(event)
+
+        def apply() -> None:
             for table in (domain_1m, domain_5m):
                 table[sample["d"]].apply(lambda acc, s: aggregate.add(acc, s), sample)
 
-    async def track_runs(stream: Any) -> None:
-        async for value in stream:
-            sample = json.loads(value)
-            run_progress[sample["r"]] = aggregate.add(run_progress[sample["r"]], sample)
+        return Effects().after(apply)
+
+    def track_runs(event: Any) -> Effects:
+        sample = aggregate.parse_sample(event.value)
+        run = sample["r"]
+        totals = aggregate.add(run_progress[run], sample)
+        return Effects().after(lambda: run_progress.__setitem__(run, totals))
+
+    def agent(channel: Any, name: str, handle: Callable[[Any], Effects]) -> Any:
+        return app.agent(channel, name=name)(Boundary(app, settings, name).agent(handle))
 
     return StatsAgents(
-        app.agent(app.topic(topics.unique.get_topic_name(), touches_name, **RAW), name=AGENT)(sample_stats),
-        app.agent(by_domain, name="aggregate_domains")(aggregate_domains),
-        app.agent(by_run, name="track_runs")(track_runs),
+        agent(app.topic(topics.unique.get_topic_name(), touches_name, **RAW), AGENT, sample_stats),
+        agent(by_domain, "aggregate_domains", aggregate_domains),
+        agent(by_run, "track_runs", track_runs),
         domain_1m,
         domain_5m,
         run_progress,

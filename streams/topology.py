@@ -17,6 +17,7 @@ from crawlstream.errors import RecordError
 from crawlstream.records import PageEvent
 from crawlstream.settings import Settings
 from crawlstream.topics import TopicSpec, catalog
+from streams.checks import check_page
 
 RAW: dict[str, Any] = {
     "key_type": bytes,
@@ -58,11 +59,14 @@ def declare_topics(app: faust.App, settings: Settings) -> StageTopics:
     )
 
 
-def decode_event(raw: bytes | None) -> PageEvent:
-    """A PageEvent of the stage's repartition topics, or RecordError with a short reason."""
+def decode_event(raw: bytes | None, max_url_length: int) -> PageEvent:
+    """A PageEvent of the stage's repartition topics or of ``pages.unique``, its page checked
+    (:func:`streams.checks.check_page`), or RecordError with a short reason."""
     if raw is None:
         raise RecordError("null_value", "message has no value")
     try:
-        return PageEvent.model_validate_json(raw)
+        event = PageEvent.model_validate_json(raw)
     except ValidationError as exc:
         raise RecordError("invalid_event", str(exc.errors()[0]["msg"])[:500]) from None
+    check_page(event.page, max_url_length)
+    return event

@@ -1,9 +1,9 @@
 """A faust app with the whole stage registered and every output mocked (no broker, memory store).
 
 The stage's librdkafka producer (:class:`streams.outputs.Outputs`) is a :class:`FakeProducer`
-that records (topic, key, value) and reports each record delivered at once; ``.send`` of each
-stage topic (dead letters) records the same way; faust's own changelog ``send_soon`` is mocked.
-Each test runs its own event loop and app.
+that records (topic, key, value) and reports each record delivered at once (or refuses records
+as a test tells it: ``refuse``); ``.send`` of each stage topic (closed stats windows) records the
+same way; faust's own changelog ``send_soon`` is mocked. Each test runs its own event loop and app.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from datetime import UTC, datetime
 from typing import Any
 from unittest.mock import AsyncMock, MagicMock
 
+from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import REGISTRY
 
 from crawlstream.records import PageRecord
-from crawlstream.settings import KafkaSettings, Settings, StreamsSettings
-from streams import changes, content, frontier, near, outputs
+from crawlstream.settings import CrawlSettings, KafkaSettings, Settings, StreamsSettings
+from streams import changes, content, frontier, near, outputs, stats
 from streams.app import new_app
 from streams.recrawl import RecrawlPolicy
 from streams.topology import declare_topics
@@ -37,8 +38,17 @@ def sample(name: str, **labels: str) -> float:
 
 
 class FakeMessage:
-    def __init__(self, topic: str, partition: int, offset: int) -> None:
+    def __init__(
+        self, topic: str, partition: int, offset: int, key: bytes | None = None, value: bytes | None = None
+    ) -> None:
         self._topic, self._partition, self._offset = topic, partition, offset
+        self._key, self._value = key, value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
 
     def topic(self) -> str:
         return self._topic
@@ -51,29 +61,55 @@ class FakeMessage:
 
 
 class FakeProducer:
-    """confluent_kafka.Producer's produce/poll: records, then delivers at once."""
+    """confluent_kafka.Producer's produce/poll: records, then delivers at once.
+
+    ``refuse``: (topic name, KafkaError code, sync) -> records to that topic are refused with that
+    error, raised by ``produce`` (sync) or reported to the delivery callback.
+    """
 
     def __init__(self, names: dict[str, str], sent: list[tuple[str, bytes, bytes]]) -> None:
         self.names, self.sent = names, sent
         self.changelog: list[tuple[str, int, bytes, bytes | None]] = []
+        self.timestamps: list[tuple[str, int | None]] = []
+        self.partitions: dict[str, list[int]] = {}
+        self.refuse: dict[str, tuple[int, bool]] = {}
+        self.refused: list[tuple[str, bytes | None]] = []
 
     def produce(
-        self, topic: str, *, value: bytes | None, key: bytes, on_delivery: Any, partition: int = -1
+        self,
+        topic: str,
+        *,
+        value: bytes | None,
+        key: bytes,
+        on_delivery: Any,
+        partition: int = -1,
+        timestamp: int | None = None,
     ) -> None:
+        name = self.names.get(topic, topic)
+        msg = FakeMessage(topic, max(partition, 0), len(self.changelog) + len(self.sent), key, value)
+        if name in self.refuse:
+            code, sync = self.refuse[name]
+            if sync:
+                raise KafkaException(KafkaError(code))
+            self.refused.append((name, key))
+            on_delivery(KafkaError(code), msg)
+            return
         if topic in self.names:
             assert value is not None
-            self.sent.append((self.names[topic], key, value))
+            self.sent.append((name, key, value))
+            self.timestamps.append((name, timestamp))
+            self.partitions.setdefault(name, []).append(partition)
         else:
             self.changelog.append((topic, partition, key, value))
-        on_delivery(None, FakeMessage(topic, max(partition, 0), len(self.changelog) + len(self.sent)))
+        on_delivery(None, msg)
 
     def poll(self, timeout: float = 0) -> int:
         return 0
 
 
 class Harness:
-    def __init__(self) -> None:
-        settings = Settings(
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings = settings or Settings(
             _env_file=None,
             kafka=KafkaSettings(topic_prefix="unit", partitions=3),
             streams=StreamsSettings(app_id="unit-streams", store="memory://"),
@@ -83,18 +119,31 @@ class Harness:
         self.changes = changes.register(self.app, settings, self.topics, RecrawlPolicy())
         self.content = content.register(self.app, settings, self.topics)
         self.near = near.register(self.app, settings, self.topics)
-        self.frontier = frontier.register(self.app, self.topics, self.changes.urls, 1 << 20)
+        self.frontier = frontier.register(self.app, settings, self.topics, self.changes.urls)
+        self.stats = stats.register(self.app, settings, self.topics)
         self.app.finalize()
         self.sent: list[tuple[str, bytes, bytes]] = []
         names = {getattr(self.topics, n).get_topic_name(): n for n in self.topics.__dataclass_fields__}
+        app_id = settings.streams.app_id
+        names |= {f"{app_id}-stats-by-domain": "by_domain", f"{app_id}-stats-by-run": "by_run"}
         self.producer = FakeProducer(names, self.sent)
         outputs.of(self.app)._producer = self.producer  # type: ignore[assignment]
         for name in ("unique", "touches", "by_content", "by_band", "dead_letter", "requests", "stats"):
             topic = getattr(self.topics, name)
             topic.send = AsyncMock(side_effect=self._sender(name))
+        self.crashes: list[BaseException] = []
+        self.app.crash = self._crash  # type: ignore[method-assign]
         tables = (self.changes.urls, self.content.content_first, self.near.near_bands, self.frontier.seen)
-        for table in tables:
+        for table in (
+            *tables,
+            self.stats.domain_1m.table,
+            self.stats.domain_5m.table,
+            self.stats.run_progress,
+        ):
             table.changelog_topic.send_soon = MagicMock()
+
+    async def _crash(self, reason: BaseException) -> None:
+        self.crashes.append(reason)
 
     def _sender(self, name: str) -> Callable[..., Awaitable[asyncio.Future[None]]]:
         async def send(*, key: bytes, value: bytes, force: bool = False) -> asyncio.Future[None]:
@@ -109,9 +158,44 @@ class Harness:
         return [(key, value) for name, key, value in self.sent if name == topic]
 
 
-def run(agent_of: Callable[[Harness], Any], scenario: Callable[[Harness, Any], Awaitable[None]]) -> Harness:
+async def put(
+    agent: Any,
+    value: bytes | None,
+    key: bytes | None,
+    *,
+    partition: int = 0,
+    topic: str | None = None,
+    timestamp: float | None = None,
+) -> None:
+    """``agent.put`` with the message's topic (an agent reading several topics) and timestamp."""
+    channel = agent.stream().channel
+    message = agent.to_message(key, value, partition=partition, offset=agent.sent_offset, timestamp=timestamp)
+    if topic is not None:
+        message.topic = topic
+    await channel.put(await channel.decode(message))
+    agent.sent_offset += 1
+    async with agent.new_value_processed:
+        await agent.new_value_processed.wait()
+        if agent._crash_reason:
+            raise agent._crash_reason
+
+
+def settings_with(max_message_bytes: int = 8 * 1024 * 1024, **crawl: Any) -> Settings:
+    return Settings(
+        _env_file=None,
+        kafka=KafkaSettings(topic_prefix="unit", partitions=3, max_message_bytes=max_message_bytes),
+        streams=StreamsSettings(app_id="unit-streams", store="memory://"),
+        crawl=CrawlSettings(**crawl),
+    )
+
+
+def run(
+    agent_of: Callable[[Harness], Any],
+    scenario: Callable[[Harness, Any], Awaitable[None]],
+    settings: Settings | None = None,
+) -> Harness:
     async def main() -> Harness:
-        harness = Harness()
+        harness = Harness(settings)
         channel = harness.app.channel(key_type=bytes, value_type=bytes)
         async with agent_of(harness).test_context(channel=channel) as agent:
             await scenario(harness, agent)

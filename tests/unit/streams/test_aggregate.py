@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from crawlstream.errors import RecordError
 from crawlstream.records import Enrichment, PageEvent, PageRecord, PageTouch
 from streams import aggregate
 
@@ -109,3 +110,39 @@ def test_domain_stats_rounds_faust_window_end() -> None:
     assert stats.window_end == datetime(2026, 11, 25, 10, 1, tzinfo=UTC)
     assert (stats.pages, stats.new) == (1, 1)
     assert stats.latency_mean_s == pytest.approx(0.1)
+
+
+def test_samples_are_checked_where_they_are_made() -> None:
+    with pytest.raises(RecordError, match="lat"):
+        aggregate.sample_of_event(event("https://a.example/x", latency=float("inf")))
+    huge = event("https://a.example/x").model_copy(
+        update={"page": event("https://a.example/x").page.model_copy(update={"body_bytes": 2**60})}
+    )
+    with pytest.raises(RecordError, match="bytes"):
+        aggregate.sample_of_event(huge)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (None, "null_value"),
+        (b"{", "invalid_json"),
+        (b"[" * 10_000 + b"]" * 10_000, "invalid_json"),
+        (b'"text"', "invalid_sample"),
+        (b'{"d": "a.example", "r": "", "t": 1.5, "pages": 1, "x": 1}', "invalid_sample"),
+        (b'{"d": "a.example", "r": "", "t": 0, "pages": 1}', "invalid_sample"),
+        (b'{"d": "a.example", "r": "", "t": 1.5, "pages": 1.5}', "invalid_sample"),
+        (b'{"d": "a.example", "r": "", "t": 1.5, "pages": 1, "lat": -1}', "invalid_sample"),
+        (b'{"d": "a.example", "r": "", "t": 1.5, "lat": NaN}', "invalid_sample"),
+        (b'{"d": "a.example", "t": 1.5}', "invalid_sample"),
+    ],
+)
+def test_parse_sample_refuses_what_is_not_a_sample(raw: bytes | None, reason: str) -> None:
+    with pytest.raises(RecordError) as info:
+        aggregate.parse_sample(raw)
+    assert info.value.reason == reason
+
+
+def test_parse_sample_reads_back_what_the_sampler_makes() -> None:
+    made = aggregate.sample_of_event(event("https://a.example/x", latency=0.25))
+    assert aggregate.parse_sample(json.dumps(made).encode()) == made

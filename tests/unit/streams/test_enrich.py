@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from crawlstream.demosite import generate_demo_site
-from streams.enrich import enrich_html, outlinks
+from crawlstream.records import PageEvent
+from streams.enrich import MAX_JSONLD_DEPTH, enrich_html, outlinks
 from streams.fingerprints import content_hash, normalise_text
+from tests.unit.streams.harness import page
 
 DOCS = Path("/usr/share/doc/python3.11/html")
 JSON_URL = "https://docs.python.org/3/library/json.html"
@@ -217,3 +219,58 @@ def test_outlinks_resolve_queries_parents_protocol_relative_and_fragments() -> N
         "https://example.org/d/x.html",
         "https://example.org/root.html",
     ]
+
+
+@pytest.mark.parametrize(
+    "base",
+    ["javascript:alert(1)", "data:text/html,hi", "http://[::1", "http://[invalid", "file:///etc/", "  "],
+)
+def test_a_base_href_that_is_no_http_url_is_ignored(base: str) -> None:
+    html = f'<base href="{base}"><link rel="canonical" href="c.html"><a href="x.html">x</a>'
+    found = enrich_html(html, "https://example.org/dir/page.html")
+    assert found.outlinks == ["https://example.org/dir/x.html"]
+    assert found.canonical_link == "https://example.org/dir/c.html"
+
+
+def test_links_that_do_not_parse_or_hold_control_characters_are_dropped() -> None:
+    hrefs = [
+        "http://[invalid",
+        "https://[::1/x",
+        "http://exa\u2100mple.org/",
+        "http://ok.example/\x01",
+        "y.html",
+    ]
+    html = "".join(f'<a href="{href}">l</a>' for href in hrefs) + '<link rel="canonical" href="http://[x">'
+    found = enrich_html(html, "https://example.org/")
+    assert found.outlinks == ["https://example.org/y.html"]
+    assert found.canonical_link is None
+
+
+def test_jsonld_the_next_hop_could_not_read_is_skipped() -> None:
+    blocks = [
+        '{"@type": "Thing", "name": "kept"}',
+        '{"name": "\\ud800"}',  # a lone surrogate: json.loads takes it, nothing can write it out
+        "[" * 100_000 + "]" * 100_000,  # json.loads: RecursionError
+        '{"a":' * 100 + "1" + "}" * 100,  # parses, but nests deeper than MAX_JSONLD_DEPTH
+        '{"n": Infinity, "big": 123456789012345678901234567890}',
+    ]
+    html = "".join(f'<script type="application/ld+json">{block}</script>' for block in blocks)
+    found = enrich_html(html, "https://example.org/")
+    assert found.jsonld == [
+        {"@type": "Thing", "name": "kept"},
+        {"n": float("inf"), "big": 123456789012345678901234567890},
+    ]
+    # and the event it goes in is read back by the next hop as it was written
+    event = PageEvent(change="new", page=page("https://example.org/"), enrichment=found)
+    assert PageEvent.model_validate_json(event.to_bytes()).enrichment.jsonld[0] == found.jsonld[0]  # type: ignore[union-attr]
+
+
+def test_jsonld_nesting_limit_is_inclusive() -> None:
+    def nested(depth: int) -> str:
+        return '{"a":' * (depth - 1) + "{}" + "}" * (depth - 1)
+
+    html = "".join(
+        f'<script type="application/ld+json">{nested(depth)}</script>'
+        for depth in (MAX_JSONLD_DEPTH, MAX_JSONLD_DEPTH + 1)
+    )
+    assert len(enrich_html(html, "https://example.org/").jsonld) == 1

@@ -9,8 +9,8 @@ import pytest
 
 from crawlstream.errors import RecordError
 from crawlstream.records import CrawlRequest, DeadLetter, LinkRecord
-from streams.frontier import decide, decode_link, requested
-from tests.unit.streams.harness import FETCHED, Harness, run
+from streams.frontier import decide, decode_link, refusal, requested
+from tests.unit.streams.harness import FETCHED, Harness, run, sample, settings_with
 
 A = "https://example.org/a"
 LINK = LinkRecord(
@@ -93,3 +93,51 @@ def test_agent_requests_again_a_link_replayed_after_a_crash() -> None:
     h = run(lambda h: h.frontier.agent, scenario)
     assert [CrawlRequest.model_validate_json(v).reason for _, v in h.on("requests")] == ["link", "link"]
     assert h.frontier.seen[A]["o"] == 0
+
+
+def test_refusal_by_depth_length_and_scheme() -> None:
+    deep = LINK.model_copy(update={"depth": 17})
+    assert refusal(deep, max_depth=16, max_url_length=2048) == "too_deep"
+    assert refusal(deep, max_depth=0, max_url_length=2048) is None  # 0: no depth limit
+    assert refusal(LINK.model_copy(update={"depth": 16}), max_depth=16, max_url_length=2048) is None
+    long_url = A + "?q=" + "x" * 3000
+    assert refusal(LINK.model_copy(update={"url": long_url}), 16, 2048) == "url_too_long"
+    assert refusal(LINK.model_copy(update={"canonical_url": long_url}), 16, 2048) == "url_too_long"
+    assert refusal(LINK.model_copy(update={"url": long_url}), 16, 0) is None  # 0: no length limit
+    for url, reason in [
+        ("javascript:alert(1)", "scheme"),
+        ("file:///etc/passwd", "scheme"),
+        ("ftp://example.org/x", "scheme"),
+        ("http://[invalid/", "invalid_url"),
+        ("http://example.org/\x00", "invalid_url"),
+        ("http:///path", "no_host"),
+    ]:
+        assert refusal(LINK.model_copy(update={"url": url}), 16, 2048) == reason, url
+
+
+def test_agent_refuses_links_past_the_limits_counts_them_and_remembers_nothing() -> None:
+    settings = settings_with(max_depth=3, max_url_length=100)
+    refused = {
+        "too_deep": LINK.model_copy(update={"depth": 4}),
+        "url_too_long": LINK.model_copy(update={"url": A + "?q=" + "x" * 100}),
+        "scheme": LINK.model_copy(update={"url": "javascript:alert(1)"}),
+        "invalid_url": LINK.model_copy(update={"url": "http://[::1/x"}),
+        "no_host": LINK.model_copy(update={"url": "http:///x"}),
+    }
+    before = {reason: sample("streams_frontier_refused_total", reason=reason) for reason in refused}
+
+    async def scenario(h: Harness, agent: Any) -> None:
+        for link in refused.values():
+            await agent.put(link.to_bytes(), key=A.encode(), partition=0)
+        await agent.put(LINK.model_copy(update={"depth": 3}).to_bytes(), key=A.encode(), partition=0)
+
+    h = run(lambda h: h.frontier.agent, scenario, settings)
+    counted = {
+        reason: sample("streams_frontier_refused_total", reason=reason) - before[reason] for reason in refused
+    }
+    assert counted == dict.fromkeys(refused, 1.0)
+    assert h.on("dead_letter") == []  # refused by policy, not garbage: counted, not dead-lettered
+    # Only the link within the limits became a request; refused links left no "seen" entry
+    # (one refused at depth 4 would otherwise hide the same URL found later at depth 3).
+    assert [CrawlRequest.model_validate_json(v).depth for _, v in h.on("requests")] == [3]
+    assert h.frontier.seen[A]["o"] == len(refused)
