@@ -42,6 +42,13 @@ ROBOTS_DENIED = Counter("crawler_robots_denied_total", "Requests refused by robo
 PRIVATE_REFUSED = Counter(
     "crawler_private_address_refused_total", "Requests refused because the host resolves to a private address"
 )
+REFUSED = Counter(
+    "crawler_refused_total",
+    "Requests, links and responses refused by the crawl's guard and bounds, by reason "
+    "(address kinds such as loopback or ipv4_embedded_private, scheme, url_too_long, offsite, "
+    "depth, links_per_page, host_budget, response_too_large, decompressed_too_large, ...)",
+    ["reason"],
+)
 PRODUCER_QUEUE = Gauge("crawler_producer_queue_messages", "Messages waiting in the producer's local queue")
 DEAD_LETTERS = Counter(
     "crawler_dead_letters_total", "Failed fetches and deliveries sent to the dead-letter topic", ["reason"]
