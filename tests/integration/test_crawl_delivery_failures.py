@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 JOBS = """
 [jobs.small]
 start_urls = ["{base}page/1", "{base}noise", "{base}canon"]
-allow_private_hosts = ["127.0.0.1"]
+allow_private_hosts = ["{base}"]  # that host, on its port only
 max_depth = 1
 output_topic = "{topic}"
 """

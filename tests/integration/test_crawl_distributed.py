@@ -108,7 +108,7 @@ def test_two_processes_share_a_crawl_one_host_each(
         argv = [sys.executable, "-m", "crawlers", "requests", "--group-id", group, "--idle-exit-s", "15"]
         argv += ["--run-id", f"proc{n}", "--report", str(tmp_path / f"r{n}.json")]
         for netloc in netlocs:
-            argv += ["--allow-private-host", netloc.split(":")[0]]
+            argv += ["--allow-private-host", netloc]
         log = (tmp_path / f"p{n}.log").open("w")
         procs.append(subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
     admin = AdminClient(settings.kafka.librdkafka())

@@ -50,7 +50,7 @@ class CrawlResult:
 JOBS = """
 [jobs.testsite]
 start_urls = ["{base}"]
-allow_private_hosts = ["127.0.0.1"]
+allow_private_hosts = ["{base}"]  # that host, on its port only
 allowed_domains = ["127.0.0.1", "localhost"]  # offsite filtering would hide the guard
 concurrency_per_domain = 4
 download_timeout_s = 2
