@@ -3,7 +3,8 @@
 ``requests`` is distributed mode (:mod:`crawlers.spiders.distributed`): requests come from the
 requests topic as consumer group ``--group-id``; run several processes to share a crawl.
 
-Exit status: 0 when every record was delivered, 1 when any delivery failed, 2 on bad input.
+Exit status: 0 when every record was delivered, 1 when any delivery failed, 2 on bad input, 4 when
+the distributed consumer itself failed (finish reason ``consumer_failed``).
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{report.fetch_errors} fetch errors, {report.robots_denied} robots-denied, "
         f"{report.private_refused} private-refused, refused {report.refused or 'nothing'} -> {args.report}"
     )
+    if report.finish_reason == "consumer_failed":
+        return 4
     return 1 if report.delivery_failures else 0
 
 

@@ -31,7 +31,7 @@ class CrawlScope:
         deny: Iterable[re.Pattern[str]] = (),
     ) -> None:
         self.max_url_length = max_url_length
-        domains = sorted({d.strip().lower().split(":")[0] for d in allowed_domains if d and d.strip()})
+        domains = sorted({_domain(d) for d in allowed_domains if d and d.strip()})
         self.domains = domains
         self._onsite = (
             re.compile(rf"^(.*\.)?({'|'.join(re.escape(d) for d in domains)})$") if domains else None
@@ -70,6 +70,14 @@ class CrawlScope:
             if any(p.search(url) for p in self.deny):
                 return "filtered"
         return None
+
+
+def _domain(entry: str) -> str:
+    """A domain as urlsplit reports hosts: lower case, no port, IPv6 without brackets."""
+    entry = entry.strip().lower()
+    if entry.startswith("["):
+        return entry[1:].split("]", 1)[0]
+    return entry.rsplit(":", 1)[0] if entry.count(":") == 1 else entry
 
 
 def compile_patterns(patterns: Iterable[str]) -> list[re.Pattern[str]]:

@@ -160,6 +160,12 @@ def brotli_bomb(mib: int = BROTLI_BOMB_MIB) -> bytes:
     return b"".join(parts)
 
 
+@functools.cache
+def _links_page(count: int) -> bytes:
+    anchors = "".join(f'<a href="/page/{n}">{n}</a>\n' for n in range(count))
+    return f"<html><head><title>{count} links</title></head><body>{anchors}</body></html>".encode()
+
+
 def _laughs(kind: str) -> bytes:
     entities = '<!ENTITY lol "lol">' + "".join(
         f'<!ENTITY lol{n} "{("&lol" + (str(n - 1) if n > 1 else "") + ";") * 10}">' for n in range(1, 10)
@@ -201,6 +207,14 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, web: HostileWeb, address: tuple[str, int]) -> None:
         self.web = web
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # a client that hung up or timed out: what capped crawlers do
+            return
+        self.web.errors.append(repr(error))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -284,6 +298,7 @@ class HostileWeb:
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._log: list[Hit] = []
+        self.errors: list[str] = []  # handler errors other than clients hanging up (should stay empty)
         self._served_once: set[str] = set()
         self._servers: list[_Server] = []
         self.port = 0
