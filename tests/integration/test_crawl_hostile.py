@@ -217,6 +217,16 @@ def test_every_source_crawls_the_hostile_web_and_stays_bounded(
         assert controls[0].body_truncated  # 1 MB of control characters, re-cut to fit or capped
         assert controls[0].body_bytes >= 1024 * 1024
         assert len([p for p in paths if p.startswith("/page/")]) <= 1000 + 51  # the 100k links: capped
+        recorded = {p.url.removeprefix(web.url("").rstrip("/")) for p in run.pages}
+        encodings = {
+            f"/encoding/{k}" for k in ("invalid-utf8", "unknown-charset", "utf16-as-utf8", "bom-mismatch")
+        }
+        assert encodings <= recorded  # bad encodings are decoded with replacements, never a crash
+        assert "/rate-limited" in recorded  # after its Retry-After
+        slow = [d for d in run.dead if (d.original_value() or b"").endswith(b"/slow")]
+        assert [d.reason for d in slow] == ["fetch_download_timeout_error"]  # the drip hit the total timeout
+        drips = [h.time for h in hits if h.path == "/slow"]
+        assert len(drips) == 2  # the first attempt and one retry, each ended by DOWNLOAD_TIMEOUT
     if source == "sitemap":
         for reason in ("decompressed_too_large", "url_too_long", "scheme"):
             assert refused.get(reason, 0) >= 1, (reason, refused)
