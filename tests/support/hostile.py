@@ -650,8 +650,8 @@ def rebinding_resolver(host: str, port: int) -> list[str]:
 
         return resolve(host, port)
     with _DNS_LOCK:
-        n = _DNS_CALLS.get(host, 0)
-        _DNS_CALLS[host] = n + 1
+        n = _DNS_CALLS.get(host.lower(), 0)
+        _DNS_CALLS[host.lower()] = n + 1
     answer = answers[min(n, len(answers) - 1)]
     return list(answer)
 
