@@ -76,7 +76,7 @@ class _Bar:
 
 @jobs_app.command("run")
 def jobs_run(
-    name: str,
+    name: Annotated[str, typer.Argument(help="the job's name in the jobs file")],
     jobs: JobsFile = DEFAULT_JOBS,
     run_id: Annotated[str | None, typer.Option(help="run id (default: a new UUID)")] = None,
     progress: Annotated[bool, typer.Option(help="progress bar (off: Scrapy's log on stderr)")] = True,

@@ -12,14 +12,14 @@ from __future__ import annotations
 import shutil
 import sys
 import urllib.request
-from pathlib import Path
 
 from rich.console import Console
 
 from crawlstream.settings import Settings
+from crawlstream.stack.deploy_data import deploy_dir
 from crawlstream.stack.processes import ProcessManager, wait_until
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
+DEPLOY = deploy_dir() / "prometheus"
 
 
 def _answers(url: str) -> str | None:
