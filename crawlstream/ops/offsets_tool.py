@@ -250,7 +250,7 @@ def groups_command(
         return
     table = Table(title=f"{len(listings)} consumer group(s)", title_justify="left")
     for column in ("group", "state", "type"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for g in listings:
         table.add_row(g.group, g.state, g.type + (" (simple)" if g.simple else ""))
     console.print(table)
@@ -321,7 +321,7 @@ def describe_command(
     if info.member_list:
         members = Table(title="members", title_justify="left")
         for column in ("consumer id", "host", "client id", "#partitions", "assignment"):
-            members.add_column(column)
+            members.add_column(column, overflow="fold")  # ids are what an operator copies: never cut
         for m in info.member_list:
             assignment = "; ".join(
                 f"{t}:{','.join(str(p) for tt, p in m.assignment if tt == t)}"
@@ -334,7 +334,7 @@ def describe_command(
     columns = ["topic", "partition", "current offset", "log end offset", "lag"]
     columns += ["sink stored"] if sink else []
     for column in [*columns, "consumer id", "host", "client id"]:
-        table.add_column(column, justify="right" if column in columns[1:] else "left")
+        table.add_column(column, justify="right" if column in columns[1:] else "left", overflow="fold")
     for r in rows:
         cells = [r.topic, str(r.partition), _fmt(r.committed), str(r.end), _fmt(r.lag)]
         cells += [_fmt(r.stored)] if sink else []
