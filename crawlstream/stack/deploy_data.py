@@ -29,9 +29,6 @@ def deploy_dir() -> Path:
         ) from None
     # A wheel installs into a plain directory and an editable install points at the repository:
     # both are file-system paths. Only a zip import would not be, and crawlstream is never zipped.
-    path = Path(str(root))
-    if not (path / "maven" / "pom.xml").is_file():
-        raise PrerequisiteError(
-            f"{path} does not hold the deploy files (no maven/pom.xml): reinstall crawlstream"
-        )
-    return path
+    # A missing file is reported where it is read, naming it; modules take this path at import,
+    # so checking here would break commands that need no deploy file (`crawlstream --version`).
+    return Path(str(root))

@@ -12,8 +12,8 @@ from crawlstream.ops.reset_plan import (
     ResetTarget,
     compute_plan,
     parse_duration,
-    parse_target,
     parse_plan_csv,
+    parse_target,
     parse_topics,
     plan_csv,
     read_plan_csv,
@@ -80,7 +80,7 @@ def test_multi_group_plans_give_the_named_groups_rows() -> None:
     # kafka-consumer-groups --export with several --group: group,topic,partition,offset
     text = "a,t,0,1\nb,t,0,7\nb,t,1,8\n"
     assert parse_plan_csv(text, "b") == {("t", 0): 7, ("t", 1): 8}
-    with pytest.raises(ConfigError, match="no offsets for group c .*a, b"):
+    with pytest.raises(ConfigError, match=r"no offsets for group c .*a, b"):
         parse_plan_csv(text, "c")
 
 
