@@ -168,7 +168,9 @@ def scheduler_command(
         produce_run_event(settings, event)
 
     launcher = ProcessLauncher(jobs.resolve(), state_dir / "logs")
-    scheduler = Scheduler(load_jobs(jobs), state_dir, launcher, on_lost=lost)
+    scheduler = Scheduler(
+        load_jobs(jobs), state_dir, launcher, on_lost=lost, metrics_host=settings.metrics.host
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
