@@ -93,6 +93,19 @@ def metrics_of(package: str) -> list[MetricDoc]:
     return sorted(found.values(), key=lambda m: m.name)
 
 
+def catalog() -> list[tuple[str, MetricDoc]]:
+    """Every metric the code exports, with the process that serves it (what docs/metrics.md lists)."""
+    found = [(p.name, m) for p in PROCESSES for m in metrics_of(p.package)]
+    return found + [("lag exporter", m) for m in exporter_metrics()]
+
+
+def series_names(metric: MetricDoc) -> set[str]:
+    """The names a scrape shows for ``metric`` (a histogram is served as three series)."""
+    if metric.type == "histogram":
+        return {f"{metric.name}_bucket", f"{metric.name}_sum", f"{metric.name}_count"}
+    return {metric.name}
+
+
 def exporter_metrics() -> list[MetricDoc]:
     from crawlstream.ops.exporter import SPECS
 
