@@ -8,6 +8,7 @@ join a consumer group, so they never disturb the groups they inspect.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from crawlstream.errors import ConfigError, StackError
 from crawlstream.settings import Settings
 
+log = logging.getLogger(__name__)
 TP = tuple[str, int]
 # The broker's own topics. Other names may start with "__" too, e.g. Debezium's heartbeat topics
 # (__debezium-heartbeat.<topic.prefix>), which the catalog declares.
@@ -160,11 +162,17 @@ def describe_group(admin: AdminClient, group: str, timeout_s: float = 10.0) -> G
     )
 
 
-def group_listings(admin: AdminClient, timeout_s: float = 10.0) -> list[GroupListing]:
-    """Every consumer group the cluster knows, with its state and type (``--list --state --type``)."""
+def group_listings(admin: AdminClient, timeout_s: float = 10.0, *, strict: bool = True) -> list[GroupListing]:
+    """Every consumer group the cluster knows, with its state and type (``--list --state --type``).
+
+    A broker that cannot answer fails the call when ``strict``; otherwise (the exporter and
+    ``status``, which report what they can) its groups are left out with a warning.
+    """
     result = _result(admin.list_consumer_groups(request_timeout=timeout_s), "list groups", timeout_s)
     if result.errors:
-        raise StackError(f"Kafka list groups failed on some brokers: {result.errors}")
+        if strict:
+            raise StackError(f"Kafka list groups failed on some brokers: {result.errors}")
+        log.warning("listing consumer groups failed on some brokers: %s", result.errors)
     return sorted(
         (
             GroupListing(
@@ -177,7 +185,7 @@ def group_listings(admin: AdminClient, timeout_s: float = 10.0) -> list[GroupLis
 
 
 def list_groups(admin: AdminClient, timeout_s: float = 10.0) -> list[str]:
-    return [g.group for g in group_listings(admin, timeout_s)]
+    return [g.group for g in group_listings(admin, timeout_s, strict=False)]
 
 
 def delete_group(admin: AdminClient, group: str, timeout_s: float = 30.0) -> None:
