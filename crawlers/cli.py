@@ -79,7 +79,7 @@ class _Bar:
 
 @jobs_app.command("run")
 def jobs_run(
-    name: str,
+    name: Annotated[str, typer.Argument(help="the job's name in the jobs file")],
     jobs: JobsFile = DEFAULT_JOBS,
     run_id: Annotated[str | None, typer.Option(help="run id (default: a new UUID)")] = None,
     progress: Annotated[bool, typer.Option(help="progress bar (off: Scrapy's log on stderr)")] = True,
@@ -172,7 +172,9 @@ def scheduler_command(
         produce_run_event(settings, event)
 
     launcher = ProcessLauncher(jobs.resolve(), state_dir / "logs")
-    scheduler = Scheduler(load_jobs(jobs), state_dir, launcher, on_lost=lost)
+    scheduler = Scheduler(
+        load_jobs(jobs), state_dir, launcher, on_lost=lost, metrics_host=settings.metrics.host
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from crawlers.cli import jobs_app, scheduler_command
+from crawlstream import __version__
 from crawlstream.cdc import cdc_app
 from crawlstream.errors import CrawlstreamError
 from crawlstream.follow import follow_app
@@ -49,6 +50,22 @@ app.add_typer(cdc_app, name="cdc")
 app.add_typer(follow_app, name="follow")
 app.add_typer(jobs_app, name="jobs")
 app.command("scheduler")(scheduler_command)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"crawlstream {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="print the version and exit", callback=_print_version, is_eager=True),
+    ] = False,
+) -> None:
+    """crawlstream: Scrapy -> Kafka -> faust -> PostgreSQL -> Debezium."""
 
 
 def _settings() -> Settings:
@@ -122,7 +139,7 @@ def run(
     url: Annotated[str, typer.Argument(help="start URL; its host:port is allowed even if private")],
     max_pages: Annotated[int, typer.Option(help="0 = no limit")] = 0,
     max_depth: Annotated[int, typer.Option(help="0 = no limit")] = 0,
-    job_id: str = "adhoc",
+    job_id: Annotated[str, typer.Option(help="job id the records and the run carry")] = "adhoc",
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the stages after the crawl")] = 300.0,
     external: Annotated[bool, typer.Option(help=EXTERNAL_HELP)] = False,
@@ -143,7 +160,7 @@ def run(
 def demo(
     pages: Annotated[int, typer.Option(help="pages of the generated demo site")] = 300,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
-    timeout: float = 300.0,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the stages after the crawl")] = 300.0,
     external: Annotated[bool, typer.Option(help=EXTERNAL_HELP)] = False,
 ) -> None:
     """The main job: generate the demo site, serve it on 127.0.0.1 and run the pipeline on it."""

@@ -28,7 +28,12 @@ log = logging.getLogger("sinks")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sinks", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m sinks",
+        description="Run the sink workers, one thread per topic family, until SIGTERM/SIGINT. "
+        "Run the migrations first (crawlstream db upgrade; crawlstream stack up does it). "
+        "Exits 1 when any worker fails.",
+    )
     parser.add_argument("--max-idle-s", type=float, default=None, help="exit after this long idle")
     parser.add_argument("--family", action="append", choices=sorted(FAMILIES), help="repeatable")
     args = parser.parse_args(argv)

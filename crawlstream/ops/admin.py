@@ -1,12 +1,14 @@
-"""Kafka admin reads and writes the ops tools share: watermarks, timestamps, group offsets.
+"""Kafka admin reads and writes the ops tools share: watermarks, timestamps, groups and their offsets.
 
 Used by ``crawlstream offsets``, ``crawlstream topics``, ``crawlstream exporter`` and
-``crawlstream status``. Talks to ``settings.kafka`` through confluent-kafka's AdminClient only:
-the tools never join a consumer group, so they never disturb the groups they inspect.
+``crawlstream status``. Talks to ``settings.kafka`` through confluent-kafka's AdminClient, and for
+the one call it lacks (OffsetDelete, KIP-496) through kafka-python's admin client. The tools never
+join a consumer group, so they never disturb the groups they inspect.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,13 +20,25 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
-from crawlstream.errors import StackError
+from crawlstream.errors import ConfigError, StackError
 from crawlstream.settings import Settings
 
+log = logging.getLogger(__name__)
 TP = tuple[str, int]
 # The broker's own topics. Other names may start with "__" too, e.g. Debezium's heartbeat topics
 # (__debezium-heartbeat.<topic.prefix>), which the catalog declares.
 KAFKA_INTERNAL = frozenset({"__consumer_offsets", "__transaction_state", "__share_group_state"})
+
+
+@dataclass(frozen=True)
+class Member:
+    """One live member of a group, as ``kafka-consumer-groups --describe --members`` shows it."""
+
+    member_id: str
+    client_id: str
+    host: str
+    group_instance_id: str | None
+    assignment: list[TP]
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,18 @@ class GroupInfo:
     members: int
     # topic -> partitions assigned to live members (empty when the group is idle)
     assigned: dict[str, list[int]]
+    member_list: tuple[Member, ...] = ()
+    coordinator: str = ""
+    assignor: str = ""
+    type: str = ""
+
+
+@dataclass(frozen=True)
+class GroupListing:
+    group: str
+    state: str
+    type: str
+    simple: bool  # a "simple" group: offsets committed by consumers that never joined (no members)
 
 
 def admin_client(settings: Settings) -> AdminClient:
@@ -103,20 +129,121 @@ def group_offsets(admin: AdminClient, group: str, timeout_s: float = 10.0) -> di
     }
 
 
+def _name(value: Any) -> str:
+    return str(getattr(value, "name", value))
+
+
 def describe_group(admin: AdminClient, group: str, timeout_s: float = 10.0) -> GroupInfo:
+    """State, members (client id, host, assignment), coordinator; a group Kafka never saw is DEAD."""
     futures = admin.describe_consumer_groups([group], request_timeout=timeout_s)
     desc = _result(futures[group], f"describe group {group}", timeout_s)
+    members = []
     assigned: dict[str, set[int]] = {}
     for member in desc.members or []:
-        for tp in (member.assignment.topic_partitions if member.assignment else None) or []:
-            assigned.setdefault(tp.topic, set()).add(tp.partition)
-    state = getattr(desc.state, "name", str(desc.state))
-    return GroupInfo(group, state, len(desc.members or []), {t: sorted(p) for t, p in assigned.items()})
+        tps = [
+            (tp.topic, tp.partition)
+            for tp in (member.assignment.topic_partitions if member.assignment else None) or []
+        ]
+        for topic, partition in tps:
+            assigned.setdefault(topic, set()).add(partition)
+        members.append(
+            Member(member.member_id, member.client_id, member.host, member.group_instance_id, sorted(tps))
+        )
+    node = desc.coordinator
+    return GroupInfo(
+        group,
+        _name(desc.state),
+        len(members),
+        {t: sorted(p) for t, p in assigned.items()},
+        tuple(sorted(members, key=lambda m: (m.client_id, m.member_id))),
+        f"{node.host}:{node.port} ({node.id})" if node is not None else "",
+        str(desc.partition_assignor or ""),
+        _name(getattr(desc, "type", "")),
+    )
+
+
+def group_listings(admin: AdminClient, timeout_s: float = 10.0, *, strict: bool = True) -> list[GroupListing]:
+    """Every consumer group the cluster knows, with its state and type (``--list --state --type``).
+
+    A broker that cannot answer fails the call when ``strict``; otherwise (the exporter and
+    ``status``, which report what they can) its groups are left out with a warning.
+    """
+    result = _result(admin.list_consumer_groups(request_timeout=timeout_s), "list groups", timeout_s)
+    if result.errors:
+        if strict:
+            raise StackError(f"Kafka list groups failed on some brokers: {result.errors}")
+        log.warning("listing consumer groups failed on some brokers: %s", result.errors)
+    return sorted(
+        (
+            GroupListing(
+                g.group_id, _name(g.state), _name(getattr(g, "type", "")), bool(g.is_simple_consumer_group)
+            )
+            for g in result.valid
+        ),
+        key=lambda g: g.group,
+    )
 
 
 def list_groups(admin: AdminClient, timeout_s: float = 10.0) -> list[str]:
-    result = _result(admin.list_consumer_groups(request_timeout=timeout_s), "list groups", timeout_s)
-    return sorted(g.group_id for g in result.valid)
+    return [g.group for g in group_listings(admin, timeout_s, strict=False)]
+
+
+def delete_group(admin: AdminClient, group: str, timeout_s: float = 30.0) -> None:
+    """Delete the group and every offset it committed; Kafka refuses while it has members."""
+    futures = admin.delete_consumer_groups([group], request_timeout=timeout_s)
+    _result(futures[group], f"delete group {group}", timeout_s)
+
+
+# librdkafka client settings (settings.kafka.client_config) -> kafka-python's admin arguments.
+_KAFKA_PYTHON_KEYS = {
+    "security.protocol": "security_protocol",
+    "sasl.mechanism": "sasl_mechanism",
+    "sasl.mechanisms": "sasl_mechanism",
+    "sasl.username": "sasl_plain_username",
+    "sasl.password": "sasl_plain_password",
+    "ssl.ca.location": "ssl_cafile",
+    "ssl.certificate.location": "ssl_certfile",
+    "ssl.key.location": "ssl_keyfile",
+    "ssl.key.password": "ssl_password",
+    "client.id": "client_id",
+}
+
+
+def kafka_python_config(settings: Settings) -> dict[str, Any]:
+    """kafka-python's arguments for ``settings.kafka``; a librdkafka key without an equivalent is
+    refused by name rather than dropped (a dropped security key would mean connecting in plaintext)."""
+    unknown = sorted(set(settings.kafka.client_config) - set(_KAFKA_PYTHON_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"kafka.client_config: {', '.join(unknown)} has no kafka-python equivalent, which "
+            f"`crawlstream offsets delete --topic` uses; supported: {', '.join(sorted(_KAFKA_PYTHON_KEYS))}"
+        )
+    config: dict[str, Any] = {"bootstrap_servers": settings.kafka.bootstrap_servers.split(",")}
+    for key, value in settings.kafka.client_config.items():
+        config[_KAFKA_PYTHON_KEYS[key]] = value
+    return config
+
+
+def delete_group_offsets(settings: Settings, group: str, tps: list[TP], timeout_s: float = 30.0) -> None:
+    """Delete ``group``'s committed offsets of ``tps`` (OffsetDelete, what
+    ``kafka-consumer-groups --delete-offsets`` sends; confluent-kafka has no binding for it)."""
+    from kafka import KafkaAdminClient  # only this command needs it
+    from kafka import TopicPartition as KpTopicPartition
+
+    client = KafkaAdminClient(**kafka_python_config(settings), request_timeout_ms=int(timeout_s * 1000))
+    try:
+        result = client.delete_group_offsets(group, [KpTopicPartition(t, p) for t, p in tps])
+    except Exception as exc:
+        raise StackError(f"Kafka delete offsets of group {group} failed: {exc}") from exc
+    finally:
+        client.close()
+    failed = [
+        f"{tp.topic}[{tp.partition}]: {error.__name__}"
+        for tp, error in sorted(result.items())
+        if getattr(error, "errno", 0)
+    ]
+    if failed:
+        raise StackError(f"Kafka refused to delete some offsets of group {group}: {'; '.join(failed)}")
 
 
 def alter_group_offsets(

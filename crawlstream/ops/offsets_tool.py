@@ -1,9 +1,16 @@
-"""``crawlstream offsets reset | show``: replay or skip records by moving a consumer group.
+"""``crawlstream offsets groups | describe | show | reset | delete``: kafka-consumer-groups' work.
 
-Reads Kafka through the admin API (crawlstream/ops/admin.py) and, for sink groups, the
-Postgres table ``sink_offsets`` (crawlstream/ops/sink_store.py): the sink's stored offsets are
-the ones that count, so a reset of a sink group must rewrite them too (``--apply-to-store``).
-A reset is a dry run unless ``--execute``; it refuses while the group has active members.
+``groups`` lists the consumer groups (``--list --state --type``), ``describe`` shows a group's state,
+members and per-partition committed offset, end offset and lag (``--describe``), ``show`` the
+offsets a reset starts from (with the partitions' bounds and a sink's stored offsets), ``reset``
+replays or skips records (``--reset-offsets``) and ``delete`` deletes a group's offsets
+(``--delete`` / ``--delete-offsets``). ``reset`` and ``delete`` are dry runs unless ``--execute``
+and refuse while the group has active members. Plans are CSV in kafka-consumer-groups' own format
+(crawlstream/ops/reset_plan.py), so a plan exported here is applied by Kafka's tool and back.
+
+Reads Kafka through the admin API (crawlstream/ops/admin.py) and, for sink groups, the Postgres
+table ``sink_offsets`` (crawlstream/ops/sink_store.py): the sink's stored offsets are the ones
+that count, so a reset of a sink group must rewrite them too (``--apply-to-store``).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from crawlstream.ops.reset_plan import (
     compute_plan,
     parse_target,
     parse_topics,
+    plan_csv,
     read_plan_csv,
     write_plan_csv,
 )
@@ -34,8 +42,10 @@ from crawlstream.ops.sink_store import stored_offsets, write_stored_offsets
 from crawlstream.settings import Settings, load_settings
 
 console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 offsets_app = typer.Typer(
-    help="Consumer-group offsets: show them, reset them (replay/skip).", no_args_is_help=True
+    help="Consumer groups and their offsets: list, describe, reset (replay/skip), delete.",
+    no_args_is_help=True,
 )
 SINK_NOTE = (
     "group {group} is a sink group: the offsets that count are its rows in Postgres table "
@@ -72,7 +82,7 @@ def build_plan(
     stored = stored_offsets(settings, group)
     sink = is_sink_group(settings, group, stored)
     current = {**committed, **stored} if sink else committed
-    from_file = read_plan_csv(target.value) if isinstance(target.value, Path) else None
+    from_file = read_plan_csv(target.value, group) if isinstance(target.value, Path) else None
     if topics:
         partitions = [
             (topic, p)
@@ -148,20 +158,28 @@ def reset_command(
     topic: Annotated[
         list[str] | None, typer.Option(help="TOPIC or TOPIC:P[,P...]; default: the group's")
     ] = None,
-    to_earliest: bool = False,
-    to_latest: bool = False,
-    to_current: bool = False,
+    to_earliest: Annotated[bool, typer.Option(help="to each partition's earliest offset")] = False,
+    to_latest: Annotated[bool, typer.Option(help="to each partition's end (skip everything)")] = False,
+    to_current: Annotated[bool, typer.Option(help="to the committed offsets (no change)")] = False,
     to_datetime: Annotated[str | None, typer.Option(help="ISO 8601, UTC unless an offset is given")] = None,
     by_duration: Annotated[
         str | None, typer.Option(help="ISO 8601 duration back from now, e.g. PT15M")
     ] = None,
-    to_offset: int | None = None,
-    shift_by: int | None = None,
+    to_offset: Annotated[int | None, typer.Option(help="to this offset on every partition")] = None,
+    shift_by: Annotated[
+        int | None, typer.Option(help="move the committed offsets by N (negative: replay)")
+    ] = None,
     from_file: Annotated[
-        Path | None, typer.Option(help="CSV topic,partition,...,offset (see --export)")
+        Path | None,
+        typer.Option(help="plan CSV as kafka-consumer-groups writes it: topic,partition,offset lines"),
     ] = None,
     execute: Annotated[bool, typer.Option(help="apply the plan (default: dry run)")] = False,
-    export: Annotated[Path | None, typer.Option(help="write the plan as CSV")] = None,
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            help="write the plan as kafka-consumer-groups' CSV (topic,partition,offset); - prints it"
+        ),
+    ] = None,
     apply_to_store: Annotated[bool, typer.Option(help="sink groups: rewrite sink_offsets too")] = False,
 ) -> None:
     """Plan (and with --execute apply) new offsets for GROUP; offsets clamp to earliest/latest."""
@@ -179,18 +197,24 @@ def reset_command(
         }
     )
     plan = build_plan(settings, group, target, parse_topics(topic or []))
-    console.print(render_plan(plan, f"offsets of group {group} (--{target.mode})"))
+    to_stdout = export == Path("-")
+    # With `--export -` stdout carries only the CSV, as `kafka-consumer-groups --export` prints it.
+    out = err_console if to_stdout else console
+    if to_stdout:
+        typer.echo(plan_csv(plan.rows), nl=False)
+    else:
+        console.print(render_plan(plan, f"offsets of group {group} (--{target.mode})"))
     if plan.sink_group:
-        console.print(f"[yellow]{SINK_NOTE.format(group=group)}[/]", highlight=False)
-    if export is not None:
+        out.print(f"[yellow]{SINK_NOTE.format(group=group)}[/]", highlight=False)
+    if export is not None and not to_stdout:
         write_plan_csv(plan.rows, export)
         console.print(f"plan written to {export}")
     if not execute:
-        console.print("dry run: nothing changed (add --execute to apply)")
+        out.print("dry run: nothing changed (add --execute to apply)")
         return
     execute_plan(settings, plan, apply_to_store=apply_to_store)
     where = "Kafka and sink_offsets" if apply_to_store else "Kafka"
-    console.print(f"[green]applied[/] to {where}: {len(plan.rows)} partition(s) of group {group}")
+    out.print(f"[green]applied[/] to {where}: {len(plan.rows)} partition(s) of group {group}")
 
 
 @offsets_app.command("show")
@@ -212,3 +236,178 @@ def show_command(
     console.print(f"lag: {sum(r.latest - r.new for r in plan.rows)} records")
     if plan.sink_group:
         console.print("sink group: 'current' is the offset stored in Postgres sink_offsets", highlight=False)
+
+
+@offsets_app.command("groups")
+def groups_command(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Every consumer group with its state and type (kafka-consumer-groups --list --state --type)."""
+    settings = _settings()
+    listings = kadmin.group_listings(kadmin.admin_client(settings))
+    if as_json:
+        typer.echo(json.dumps([asdict(g) for g in listings]))
+        return
+    table = Table(title=f"{len(listings)} consumer group(s)", title_justify="left")
+    for column in ("group", "state", "type"):
+        table.add_column(column, overflow="fold")
+    for g in listings:
+        table.add_row(g.group, g.state, g.type + (" (simple)" if g.simple else ""))
+    console.print(table)
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """One row of ``kafka-consumer-groups --describe``."""
+
+    topic: str
+    partition: int
+    committed: int | None
+    end: int
+    lag: int | None
+    member_id: str | None
+    host: str | None
+    client_id: str | None
+    stored: int | None = None  # sink groups: the offset stored in Postgres with the rows
+
+
+def describe(settings: Settings, group: str) -> tuple[kadmin.GroupInfo, list[PartitionState]]:
+    """The group's members and, per partition it committed or is assigned, offset, end and lag."""
+    admin = kadmin.admin_client(settings)
+    info = kadmin.describe_group(admin, group)
+    committed = kadmin.group_offsets(admin, group)
+    stored = stored_offsets(settings, group)
+    owner = {tp: m for m in info.member_list for tp in m.assignment}
+    tps = sorted(set(committed) | set(owner) | set(stored))
+    ends = {tp: high for tp, (_low, high) in kadmin.watermarks(admin, tps).items()}
+    rows = []
+    for tp in tps:
+        member = owner.get(tp)
+        offset = committed.get(tp)
+        rows.append(
+            PartitionState(
+                tp[0],
+                tp[1],
+                offset,
+                ends[tp],
+                None if offset is None else max(ends[tp] - offset, 0),
+                member.member_id if member else None,
+                member.host if member else None,
+                member.client_id if member else None,
+                stored.get(tp),
+            )
+        )
+    return info, rows
+
+
+@offsets_app.command("describe")
+def describe_command(
+    group: Annotated[str, typer.Option(help="consumer group id")],
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """State, members and per-partition committed offset, end offset and lag of GROUP
+    (kafka-consumer-groups --describe, with --members and --state)."""
+    settings = _settings()
+    info, rows = describe(settings, group)
+    if as_json:
+        payload = {**asdict(info), "partitions": [asdict(r) for r in rows]}
+        typer.echo(json.dumps(payload))
+        return
+    console.print(
+        f"group {group}: state {info.state}, {info.members} member(s), type {info.type or '-'}, "
+        f"assignor {info.assignor or '-'}, coordinator {info.coordinator or '-'}",
+        highlight=False,
+    )
+    if info.member_list:
+        members = Table(title="members", title_justify="left")
+        for column in ("consumer id", "host", "client id", "#partitions", "assignment"):
+            members.add_column(column, overflow="fold")  # ids are what an operator copies: never cut
+        for m in info.member_list:
+            assignment = "; ".join(
+                f"{t}:{','.join(str(p) for tt, p in m.assignment if tt == t)}"
+                for t in sorted({t for t, _p in m.assignment})
+            )
+            members.add_row(m.member_id, m.host, m.client_id, str(len(m.assignment)), assignment or "-")
+        console.print(members)
+    sink = any(r.stored is not None for r in rows)
+    table = Table(title="partitions", title_justify="left")
+    columns = ["topic", "partition", "current offset", "log end offset", "lag"]
+    columns += ["sink stored"] if sink else []
+    for column in [*columns, "consumer id", "host", "client id"]:
+        table.add_column(column, justify="right" if column in columns[1:] else "left", overflow="fold")
+    for r in rows:
+        cells = [r.topic, str(r.partition), _fmt(r.committed), str(r.end), _fmt(r.lag)]
+        cells += [_fmt(r.stored)] if sink else []
+        table.add_row(*cells, r.member_id or "-", r.host or "-", r.client_id or "-")
+    console.print(table)
+    if sink:
+        console.print(
+            "sink group: the offsets that count are 'sink stored' (Postgres sink_offsets)", highlight=False
+        )
+
+
+def deletion_plan(settings: Settings, group: str, topics: dict[str, list[int] | None]) -> list[TP]:
+    """The committed partitions of ``group`` that ``offsets delete`` would delete (all without topics)."""
+    admin = kadmin.admin_client(settings)
+    committed = kadmin.group_offsets(admin, group)
+    if not topics:
+        return sorted(committed)
+    wanted = {(t, p) for t, parts in topics.items() for p in (parts or kadmin.partitions_of(admin, t))}
+    return sorted(tp for tp in committed if tp in wanted)
+
+
+def execute_deletion(settings: Settings, group: str, tps: list[TP], *, whole_group: bool) -> None:
+    admin = kadmin.admin_client(settings)
+    info = kadmin.describe_group(admin, group)
+    if info.members:
+        raise GroupActiveError(
+            f"group {group} has {info.members} active member(s) (state {info.state}); stop its "
+            "consumers first (the pipeline's: `crawlstream workers down`), then run the delete again"
+        )
+    if whole_group:
+        kadmin.delete_group(admin, group)
+    else:
+        kadmin.delete_group_offsets(settings, group, tps)
+
+
+@offsets_app.command("delete")
+def delete_command(
+    group: Annotated[str, typer.Option(help="consumer group id")],
+    topic: Annotated[
+        list[str] | None,
+        typer.Option(help="TOPIC or TOPIC:P[,P...]: delete only these offsets; default: the whole group"),
+    ] = None,
+    execute: Annotated[bool, typer.Option(help="delete (default: dry run)")] = False,
+) -> None:
+    """Delete GROUP's committed offsets: all of them and the group itself (kafka-consumer-groups
+    --delete), or those of --topic (--delete-offsets). Refused while the group has members."""
+    settings = _settings()
+    topics = parse_topics(topic or [])
+    tps = deletion_plan(settings, group, topics)
+    committed = kadmin.group_offsets(kadmin.admin_client(settings), group)
+    table = Table(title=f"offsets of group {group} to delete", title_justify="left")
+    for column in ("topic", "partition", "committed"):
+        table.add_column(column, justify="left" if column == "topic" else "right")
+    for t, p in tps:
+        table.add_row(t, str(p), str(committed[(t, p)]))
+    console.print(table)
+    if stored_offsets(settings, group):
+        console.print(
+            f"[yellow]group {group} is a sink group: its offsets in Postgres sink_offsets stay and keep "
+            "counting (the sink seeks there); this deletes only Kafka's mirror of them[/]",
+            highlight=False,
+        )
+    if not tps and topics:
+        console.print(
+            f"group {group} has no committed offsets on {', '.join(topic or [])}: nothing to delete"
+        )
+        return
+    whole = not topics
+    what = (
+        f"group {group} and its {len(tps)} offset(s)" if whole else f"{len(tps)} offset(s) of group {group}"
+    )
+    if not execute:
+        console.print(f"dry run: would delete {what} (add --execute to delete)")
+        return
+    execute_deletion(settings, group, tps, whole_group=whole)
+    console.print(f"[green]deleted[/] {what}")

@@ -1,5 +1,6 @@
 """Pure logic of ``crawlstream offsets reset``: parse the options, compute and clamp the plan,
-read and write it as CSV. No Kafka here (crawlstream/ops/offsets_tool.py fetches the inputs),
+read and write it as CSV in kafka-consumer-groups' format, so a plan moves between the two tools.
+No Kafka here (crawlstream/ops/offsets_tool.py fetches the inputs),
 so every mode is unit-tested without services.
 
 A partition the group never committed counts as being at its earliest offset: that is where our
@@ -153,33 +154,61 @@ def compute_plan(
     return rows
 
 
-CSV_HEADER = ["topic", "partition", "current", "new"]
+# Plans are CSV in kafka-consumer-groups' own format (ConsumerGroupCommand --export and
+# --from-file, CsvUtils in Kafka's tools): no header, one `topic,partition,offset` line per
+# partition for one group, `group,topic,partition,offset` for several. Topic names cannot hold a
+# comma or a quote, so the lines need no quoting.
+LEGACY_HEADER = ["topic", "partition", "current", "new"]  # what our --export wrote before
+
+
+def plan_csv(rows: list[PlanRow]) -> str:
+    """The plan as ``kafka-consumer-groups --reset-offsets --export`` prints it for one group."""
+    return "".join(f"{r.topic},{r.partition},{r.new}\n" for r in rows)
 
 
 def write_plan_csv(rows: list[PlanRow], path: Path) -> None:
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(CSV_HEADER)
-        for r in rows:
-            writer.writerow([r.topic, r.partition, "" if r.current is None else r.current, r.new])
+    path.write_text(plan_csv(rows))
 
 
-def read_plan_csv(path: Path) -> dict[TP, int]:
-    """Our export (header topic,partition,current,new) or kafka-consumer-groups' topic,partition,offset."""
-    try:
-        lines = [row for row in csv.reader(path.read_text().splitlines()) if row and any(row)]
-    except OSError as exc:
-        raise ConfigError(f"--from-file: cannot read {path}: {exc}") from None
-    if lines and lines[0][:2] == ["topic", "partition"]:
-        lines = lines[1:]
+def parse_plan_csv(text: str, group: str, source: str = "--from-file") -> dict[TP, int]:
+    """Offsets for ``group`` from a plan: ``topic,partition,offset`` lines (one group), or
+    ``group,topic,partition,offset`` lines of which ``group``'s are taken, as Kafka's tool does."""
+    rows = [row for row in csv.reader(text.splitlines()) if row and any(cell.strip() for cell in row)]
+    if rows and [cell.strip() for cell in rows[0]] == LEGACY_HEADER:
+        rows = [[r[0], r[1], r[-1]] for r in rows[1:] if len(r) == len(LEGACY_HEADER)]
+    if not rows:
+        raise ConfigError(f"{source} holds no offsets")
+    width = len(rows[0])
+    if width not in (3, 4):
+        raise ConfigError(
+            f"{source} line 1 {rows[0]!r}: expected topic,partition,offset or group,topic,partition,offset"
+        )
     plan: dict[TP, int] = {}
-    for number, row in enumerate(lines, start=1):
+    groups: set[str] = set()
+    for number, row in enumerate(rows, start=1):
+        if len(row) != width:
+            raise ConfigError(f"{source} line {number} {row!r}: {len(row)} fields, line 1 has {width}")
+        if width == 4:
+            groups.add(row[0])
+            if row[0] != group:
+                continue
+        topic, partition, offset = row[-3:]
         try:
-            plan[(row[0], int(row[1]))] = int(row[-1])
-        except (IndexError, ValueError):
+            plan[(topic.strip(), int(partition))] = int(offset)
+        except ValueError:
             raise ConfigError(
-                f"--from-file: {path} row {number} {row!r} is not topic,partition,...,offset"
+                f"{source} line {number} {row!r}: partition and offset must be integers"
             ) from None
     if not plan:
-        raise ConfigError(f"--from-file: {path} holds no offsets")
+        raise ConfigError(
+            f"{source} has no offsets for group {group} (it has groups {', '.join(sorted(groups))})"
+        )
     return plan
+
+
+def read_plan_csv(path: Path, group: str) -> dict[TP, int]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"--from-file: cannot read {path}: {exc}") from None
+    return parse_plan_csv(text, group, f"--from-file {path}")

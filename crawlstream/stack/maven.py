@@ -1,6 +1,7 @@
 """The JVM side of the embedded stack: find Java 17+, and resolve Kafka + Debezium jars with Maven.
 
-Reads deploy/maven/pom.xml (which pins kafka.version and debezium.version). Jars land in
+Reads deploy/maven/pom.xml (which pins kafka.version and debezium.version; found through
+crawlstream/stack/deploy_data.py, so an installed package works too). Jars land in
 ``<jvm_dir>/lib`` (broker + Connect classpath) and ``<jvm_dir>/plugins`` (Connect plugin.path),
 where ``<jvm_dir>`` = ``settings.stack.cache_dir / f"jvm-{kafka_version}"``. A stamp file holding
 the pom's hash makes later runs skip Maven entirely. Settings used: ``stack.java_home``,
@@ -19,10 +20,10 @@ from pathlib import Path
 
 from crawlstream.errors import PrerequisiteError, StackError
 from crawlstream.settings import Settings
+from crawlstream.stack.deploy_data import deploy_dir
 from crawlstream.stack.processes import service_error
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEPLOY_DIR = REPO_ROOT / "deploy"
+DEPLOY_DIR = deploy_dir()
 POM = DEPLOY_DIR / "maven" / "pom.xml"
 STAMP = ".pom-sha256"
 MIN_JAVA = 17

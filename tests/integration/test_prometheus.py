@@ -1,5 +1,6 @@
 """deploy/prometheus and deploy/grafana against the real Prometheus (Debian's package) and a live
-pipeline: promtool accepts the config and rules, every process's /metrics passes
+pipeline (promtool's checks of the config and rules without services: tests/unit/ops): every
+process's /metrics passes
 ``promtool check metrics``, and a Prometheus started here with our prometheus.yml and rules
 (targets pointed at this test's processes) evaluates every dashboard and rule expression
 without error, with data, during a crawl of the demo site through the running workers.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -110,12 +112,22 @@ def has_samples(prom: Prom, selector: str, at: float) -> bool:
     return bool(prom.query(f"count_over_time({selector}[1m]) >= 2", at)["data"]["result"])
 
 
-def test_promtool_accepts_config_and_rules() -> None:
-    config = promtool("check", "config", str(DEPLOY / "prometheus.yml"))
-    assert config.returncode == 0, config.stdout + config.stderr
-    rules = promtool("check", "rules", *map(str, sorted((DEPLOY / "rules").glob("*.yml"))))
-    assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "12 rules found" in rules.stdout
+def rule_count() -> int:
+    return sum(
+        len(re.findall(r"^\s*- alert: ", path.read_text(), re.M)) for path in (DEPLOY / "rules").glob("*.yml")
+    )
+
+
+def dashboard_query(expr: str) -> str:
+    """A dashboard expression as Grafana sends it with every variable at its default."""
+    for variable, value in (
+        ("$__rate_interval", "1m"),
+        ("$job", ".*"),
+        ("$instance", ".*"),
+        ("$prefix", "crawlstream"),
+    ):
+        expr = expr.replace(variable, value)
+    return expr
 
 
 class Prom:
@@ -257,7 +269,7 @@ def test_prometheus_scrapes_a_crawl_and_evaluates_every_expression(
     assert {"up", "kafka_brokers", "crawlstream_cdc_slot_lag_bytes"} <= present
     empty, unknown = [], []
     for where, expr in dashboard_exprs():
-        expr = expr.replace("$prefix", "crawlstream")
+        expr = dashboard_query(expr)
         answer = prom.query(expr, at)
         assert answer["status"] == "success", f"{where}: {expr}: {answer.get('error')}"
         used = referenced(expr, names)
@@ -285,7 +297,7 @@ def test_prometheus_scrapes_a_crawl_and_evaluates_every_expression(
         return rules if rules and all(r["health"] != "unknown" for r in rules) else None
 
     rules = wait_for(rules_evaluated, 60, "every rule to be evaluated")
-    assert len(rules) == 12
+    assert len(rules) == rule_count()
     for rule in rules:
         assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
         assert prom.query(rule["query"], at)["status"] == "success", rule["name"]

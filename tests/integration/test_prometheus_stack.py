@@ -5,6 +5,7 @@ is never touched; stops what it started through the same ProcessManager ``stack 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 import urllib.request
@@ -20,6 +21,7 @@ from crawlstream.stack.processes import ProcessManager
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy" / "prometheus"
 
 
 def free_port() -> int:
@@ -36,6 +38,11 @@ def scraped_jobs(url: str) -> set[str]:
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.chdir(REPO)
+    # The running stack's endpoints (from its stack.env) for the exporter, whose state dir moves.
+    running = load_settings()
+    monkeypatch.setenv("CRAWLSTREAM_KAFKA__BOOTSTRAP_SERVERS", running.kafka.bootstrap_servers)
+    monkeypatch.setenv("CRAWLSTREAM_POSTGRES__URL", running.postgres.url.get_secret_value())
+    monkeypatch.setenv("CRAWLSTREAM_CONNECT__URL", running.connect.url)
     monkeypatch.setenv("CRAWLSTREAM_STACK__STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("CRAWLSTREAM_STACK__PROMETHEUS_PORT", str(free_port()))
     monkeypatch.setenv("CRAWLSTREAM_METRICS__EXPORTER_PORT", str(free_port()))
@@ -52,14 +59,35 @@ def test_prometheus_and_exporter_start_with_our_config(settings: Settings, tmp_p
         assert pm.running("exporter")
         expected = {
             f"crawlstream-{n}"
-            for n in ("crawler", "streams", "streams-faust", "sink", "follow", "scheduler", "exporter")
+            for n in (
+                "crawler",
+                "streams",
+                "streams-faust",
+                "sink",
+                "follow",
+                "scheduler",
+                "exporter",
+            )
         }
         deadline = time.monotonic() + 30
         while (jobs := scraped_jobs(url)) != expected | {"prometheus"} and time.monotonic() < deadline:
             time.sleep(0.2)  # file_sd targets are discovered asynchronously: poll with a deadline
         assert jobs == expected | {"prometheus"}
         with urllib.request.urlopen(f"{url}/api/v1/rules", timeout=10) as response:
-            assert len([r for g in json.loads(response.read())["data"]["groups"] for r in g["rules"]]) == 12
+            loaded = [r for g in json.loads(response.read())["data"]["groups"] for r in g["rules"]]
+        assert len(loaded) == sum(
+            len(re.findall(r"^\s*- alert: ", p.read_text(), re.M)) for p in (DEPLOY / "rules").glob("*.yml")
+        )
+        # No scheduled run lives, so that job has no target yet; its file_sd folder is the scheduler's.
+        with urllib.request.urlopen(f"{url}/api/v1/status/config", timeout=10) as response:
+            assert "crawlstream-scheduled-runs" in json.loads(response.read())["data"]["yaml"]
+        linked = settings.stack.state_dir / "prometheus-config" / "targets" / "scheduled-runs"
+        assert linked.resolve() == (settings.stack.state_dir / "scheduler" / "targets").resolve()
+        # The targets are this stack's ports (the settings'), not the defaults of deploy/prometheus.
+        with urllib.request.urlopen(f"{url}/api/v1/targets", timeout=10) as response:
+            active = json.loads(response.read())["data"]["activeTargets"]
+        exporter = [t for t in active if t["labels"]["job"] == "crawlstream-exporter"]
+        assert [t["labels"]["instance"] for t in exporter] == [f"127.0.0.1:{settings.metrics.exporter_port}"]
         again = prom_server.start_prometheus(settings, Console(file=None))  # idempotent
         assert again == url
     finally:

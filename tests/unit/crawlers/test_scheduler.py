@@ -16,22 +16,25 @@ T0 = datetime(2026, 11, 25, 10, 30, 15, tzinfo=UTC)
 class FakeLauncher:
     def __init__(self) -> None:
         self.launched: list[tuple[str, str, datetime]] = []
+        self.ports: list[int | None] = []
         self.running: set[int] = set()
         self.clock = Clock()
 
-    def launch(self, job: JobSpec, run_id: str) -> tuple[int, str]:
+    def launch(self, job: JobSpec, run_id: str, metrics_port: int | None) -> tuple[int, str]:
         pid = 1000 + len(self.launched)
         self.launched.append((job.name, run_id, self.clock()))
+        self.ports.append(metrics_port)
         self.running.add(pid)
         return pid, f"token-{pid}"
 
     def alive(self, pid: int, token: str) -> bool:
         return pid in self.running and token == f"token-{pid}"
 
-    def reported(self, run_id: str) -> bool:
-        return run_id not in self.killed
+    def outcome(self, run_id: str) -> str | None:
+        return None if run_id in self.killed else self.outcomes.get(run_id, "succeeded")
 
     killed: set[str] = set()
+    outcomes: dict[str, str] = {}
 
 
 class Clock:

@@ -12,8 +12,10 @@ from crawlstream.ops.reset_plan import (
     ResetTarget,
     compute_plan,
     parse_duration,
+    parse_plan_csv,
     parse_target,
     parse_topics,
+    plan_csv,
     read_plan_csv,
     write_plan_csv,
 )
@@ -58,24 +60,48 @@ def test_by_time_uses_found_offsets_and_the_end_when_none() -> None:
 def test_from_file_offsets_are_clamped(tmp_path: Path) -> None:
     path = tmp_path / "plan.csv"
     path.write_text("t,0,5\nt,1,20\n")  # kafka-consumer-groups' format, no header
-    found = read_plan_csv(path)
+    found = read_plan_csv(path, "g")
     assert found == {("t", 0): 5, ("t", 1): 20}
     assert new_offsets(ResetTarget("from-file", path), found) == [10, 20]
 
 
-def test_export_reads_back(tmp_path: Path) -> None:
+def test_export_is_kafka_consumer_groups_format_and_reads_back(tmp_path: Path) -> None:
     rows = compute_plan(ResetTarget("shift-by", 3), TPS, CURRENT, BOUNDS)
+    # What ConsumerGroupCommand --export prints for one group (Jackson CSV, CsvRecordNoGroup):
+    # no header, topic,partition,offset, "\n" line ends.
+    assert plan_csv(rows) == "t,0,43\nt,1,3\n"
     path = tmp_path / "plan.csv"
     write_plan_csv(rows, path)
-    assert path.read_text().splitlines()[0] == "topic,partition,current,new"
-    assert read_plan_csv(path) == {("t", 0): 43, ("t", 1): 3}
+    assert path.read_bytes() == b"t,0,43\nt,1,3\n"
+    assert read_plan_csv(path, "g") == {("t", 0): 43, ("t", 1): 3}
 
 
-def test_bad_csv_names_the_row(tmp_path: Path) -> None:
-    path = tmp_path / "bad.csv"
-    path.write_text("topic,partition,current,new\nt,zero,1,2\n")
-    with pytest.raises(ConfigError, match="row 1"):
-        read_plan_csv(path)
+def test_multi_group_plans_give_the_named_groups_rows() -> None:
+    # kafka-consumer-groups --export with several --group: group,topic,partition,offset
+    text = "a,t,0,1\nb,t,0,7\nb,t,1,8\n"
+    assert parse_plan_csv(text, "b") == {("t", 0): 7, ("t", 1): 8}
+    with pytest.raises(ConfigError, match=r"no offsets for group c .*a, b"):
+        parse_plan_csv(text, "c")
+
+
+def test_windows_line_ends_and_our_former_export_are_read() -> None:
+    assert parse_plan_csv("t,0,5\r\nt,1,6\r\n", "g") == {("t", 0): 5, ("t", 1): 6}
+    legacy = "topic,partition,current,new\nt,0,,4\nt,1,9,5\n"
+    assert parse_plan_csv(legacy, "g") == {("t", 0): 4, ("t", 1): 5}
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("t,zero,1\n", "line 1"),
+        ("t,0,1\nt,1\n", "line 2 .*2 fields"),
+        ("t,0\n", "expected topic,partition,offset"),
+        ("\n\n", "holds no offsets"),
+    ],
+)
+def test_bad_csv_names_the_line(text: str, error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        parse_plan_csv(text, "g")
 
 
 def test_exactly_one_mode() -> None:
