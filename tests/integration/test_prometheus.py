@@ -115,7 +115,7 @@ def test_promtool_accepts_config_and_rules() -> None:
     assert config.returncode == 0, config.stdout + config.stderr
     rules = promtool("check", "rules", *map(str, sorted((DEPLOY / "rules").glob("*.yml"))))
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "12 rules found" in rules.stdout
+    assert "14 rules found" in rules.stdout
 
 
 class Prom:
@@ -285,7 +285,7 @@ def test_prometheus_scrapes_a_crawl_and_evaluates_every_expression(
         return rules if rules and all(r["health"] != "unknown" for r in rules) else None
 
     rules = wait_for(rules_evaluated, 60, "every rule to be evaluated")
-    assert len(rules) == 12
+    assert len(rules) == 14
     for rule in rules:
         assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
         assert prom.query(rule["query"], at)["status"] == "success", rule["name"]
