@@ -37,6 +37,8 @@ class FakeConnection:
         self.errors: dict[str, Exception] = {}
         self.batch_error: Exception | None = None
         self.offsets_error: Exception | None = None
+        self.commit_error: Exception | None = None
+        self.commit_lands = False  # with commit_error: the commit happened, only its answer was lost
         self.statements = 0
         self.commits = 0
 
@@ -44,6 +46,13 @@ class FakeConnection:
         return FakeCursor(self)
 
     def commit(self) -> None:
+        if self.commit_error is not None:
+            error, self.commit_error = self.commit_error, None
+            if self.commit_lands:
+                self.rows += self.pending
+                self.offsets.update(self.pending_offsets)
+            self.closed = 2  # the connection went away during the commit: its outcome is unknown
+            raise error
         self.rows += self.pending
         self.offsets.update(self.pending_offsets)
         self.commits += 1
@@ -224,6 +233,21 @@ def test_a_lost_connection_is_dropped_and_the_retry_reconnects(sink: FakeStoreSi
 
     assert sink.connections == 2
     assert sink.fake.rows == ["a", "b"]
+
+
+@pytest.mark.parametrize("landed", [False, True], ids=["lost", "landed"])
+def test_a_commit_whose_outcome_is_unknown_is_retried_and_stored_once(
+    sink: FakeStoreSink, landed: bool
+) -> None:
+    sink.fake.commit_error = psycopg2.OperationalError("server closed the connection unexpectedly")
+    sink.fake.commit_lands = landed
+
+    with pytest.raises(SinkUnavailable):
+        sink.write(batch("a", "b"))
+    assert sink.write(batch("a", "b")) == (0 if landed else 2)  # the fence skips what landed
+
+    assert sink.fake.rows == ["a", "b"]
+    assert sink.fake.offsets == {0: 2}
 
 
 def test_an_outage_during_isolation_is_unavailable_too(sink: FakeStoreSink) -> None:
