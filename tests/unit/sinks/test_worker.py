@@ -654,3 +654,27 @@ def test_statement_errors_outside_records_are_retried_loudly(rig: Any, make_page
     assert list(rig.sink.pages) == ["https://a.test/1"]
     assert rig.metric("sink_db_retries_total") == 1
     assert rig.metric("sink_statement_errors_total", sqlstate="42P01") == 1
+
+
+def test_a_failing_offset_read_in_the_assign_callback_is_retried(rig: Any, make_page: MakePage) -> None:
+    fill(rig, make_page, 0, [f"https://a.test/{i}" for i in range(4)])
+    rig.sink.offsets[(GROUP, UNIQUE, 0)] = 2
+    failures = [
+        SinkUnavailable("PostgreSQL unavailable: connection refused"),
+        SinkUnavailable("cannot read the stored offsets: sqlstate_42501", sqlstate="42501", statement=True),
+    ]
+    stored_offsets = rig.sink.stored_offsets
+
+    def flaky_stored_offsets(group: str, topic: str) -> dict[int, int]:
+        if failures:
+            raise failures.pop()
+        return dict(stored_offsets(group, topic))
+
+    rig.sink.stored_offsets = flaky_stored_offsets
+
+    rig.worker.run(max_idle_s=5)
+
+    assert rig.consumer.assigned_offsets == [(UNIQUE, 0, 2)]  # the stored offset, after two retries
+    assert sorted(rig.sink.pages) == ["https://a.test/2", "https://a.test/3"]
+    assert rig.metric("sink_db_retries_total") == 2
+    assert rig.metric("sink_statement_errors_total", sqlstate="42501") == 1
