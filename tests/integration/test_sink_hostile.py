@@ -160,15 +160,19 @@ def test_urls_of_any_length_are_stored_and_the_next_batch_too(
     settings: Settings, owner: Any, tag: str, tmp_path: Path
 ) -> None:
     t = catalog(settings)
-    ensure_topics(settings, [t.unique_pages, t.dead_letter])
+    ensure_topics(settings, [t.unique_pages, t.page_touches, t.dead_letter])
     base = f"https://{tag}.invalid/"
     long_3k, long_100k = base + noise(3000, f"{tag}-3k"), base + noise(100_000, f"{tag}-100k")
     # key and payload of its outbox event both hold the URL: more than outbox.event.page takes
     too_long = base + noise(t.page_events.max_message_bytes // 2 + 1000, f"{tag}-too-long")
     raw, events = Tail(settings, t.cdc_pages.name), Tail(settings, t.page_events.name)
     log_path = tmp_path / "worker.log"
-    worker = start_worker(settings, log_path, "pages")
+    worker = start_worker(settings, log_path, "pages", "touches")
     try:
+        # A touch of the longest URL, parked before its page (or applied after it): keyed by hash too.
+        seen = T0 + timedelta(hours=3)
+        touch = PageTouch(canonical_url=long_100k, fetched_at=seen, status=200)
+        produce_at(settings, t.page_touches.name, [(b"long", touch.to_bytes())])
         first = produce_at(
             settings,
             t.unique_pages.name,
@@ -177,7 +181,10 @@ def test_urls_of_any_length_are_stored_and_the_next_batch_too(
                 for url in (long_3k, long_100k, too_long)
             ],
         )
-        wait_until_stored(settings, ["pages"])
+        wait_until_stored(settings, ["pages", "touches"])
+        assert query(owner, "SELECT last_seen FROM pages WHERE url_hash = %s", url_hash(long_100k)) == [
+            (seen,)
+        ]
         stored = query(
             owner, "SELECT url FROM pages WHERE url_hash = ANY(%s)", [url_hash(long_3k), url_hash(long_100k)]
         )
