@@ -58,7 +58,8 @@ from sinks.metrics import SinkMetrics  # noqa: E402
 from sinks.migrate import upgrade  # noqa: E402
 from sinks.pages import COPY_STAGE, PAYLOAD, CopyReader, PostgresPageSink, Staged, copy_chunks  # noqa: E402
 from sinks.postgres import Cursor  # noqa: E402
-from sinks.rows import PAGE_COLUMNS, decode_page_event, page_row  # noqa: E402
+from sinks.rows import PAGE_COLUMNS, decode_page_event, page_row, url_hash  # noqa: E402
+from sinks.tables import url_hash_sql  # noqa: E402
 from sinks.worker import SinkWorker  # noqa: E402
 
 
@@ -214,8 +215,8 @@ def timed_worker_path(sink: PostgresPageSink, raw: list[bytes], size: int) -> fl
 
 FLOOR = f"""
 WITH up AS (
-    INSERT INTO pages ({", ".join(PAGE_COLUMNS)}, last_seen, last_changed)
-    SELECT {", ".join(PAGE_COLUMNS)}, fetched_at, fetched_at FROM page_stage
+    INSERT INTO pages (url_hash, {", ".join(PAGE_COLUMNS)}, last_seen, last_changed)
+    SELECT {url_hash_sql("url")}, {", ".join(PAGE_COLUMNS)}, fetched_at, fetched_at FROM page_stage
     RETURNING url, version, status, fetched_at, body_hash, content_hash, simhash, run_id
 )
 INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload)
@@ -242,7 +243,11 @@ def timed_floor(dsn: str, events: list[PageEvent], size: int) -> float:
 
 
 def timed_raw_copy(dsn: str, events: list[PageEvent], size: int, *, like_pages: bool = False) -> float:
-    rows = [page_row(e) for e in events]  # built outside the clock: COPY alone is the floor
+    rows: list[tuple[Any, ...]] = [page_row(e) for e in events]  # built outside the clock: COPY alone
+    columns = PAGE_COLUMNS
+    if like_pages:  # pages is keyed by url_hash (migration 0006): COPY it, computed outside the clock
+        rows = [("\\x" + url_hash(row[0]).hex(), *row) for row in rows]
+        columns = ("url_hash", *PAGE_COLUMNS)
     conn = psycopg2.connect(dsn)
     with conn.cursor() as cur:
         PostgresPageSink.set_compression(cur)  # compress bodies as the sink does
@@ -255,7 +260,7 @@ def timed_raw_copy(dsn: str, events: list[PageEvent], size: int, *, like_pages: 
         started = time.perf_counter()
         for start in range(0, len(rows), size):
             cur.copy_expert(
-                COPY_STAGE.replace("page_stage", "raw_copy"),
+                f"COPY raw_copy ({', '.join(columns)}) FROM STDIN",
                 CopyReader(copy_chunks(rows[start : start + size])),
             )
             conn.commit()

@@ -183,6 +183,11 @@ class SinkSettings(BaseModel):
     # Backoff while PostgreSQL is unavailable: doubles from initial up to max between retries.
     retry_backoff_initial_s: float = Field(default=0.5, gt=0)
     retry_backoff_max_s: float = Field(default=30.0, gt=0)
+    # When every record of a batch fails with an error of our own statements (SQLSTATE 42xxx:
+    # schema, grants or SQL wrong, e.g. a migration not run yet), the batch is retried with the
+    # backoff above for this long (alert: sink_statement_errors_total), then dead-lettered, so
+    # that no partition stops for ever. 0 dead-letters at once.
+    statement_retry_s: float = Field(default=600.0, ge=0)
 
 
 class FollowSettings(BaseModel):

@@ -15,17 +15,29 @@ Debezium's payload expansion maps JSON numbers to.
 
 The same statement folds parked touches (``page_touches_pending``, see :mod:`sinks.touches`) of
 the staged URLs into ``last_seen`` and deletes them; ``last_seen`` never moves backwards.
+
+Rows are keyed by ``url_hash`` (sha256 of the URL, computed in the statement: migration 0006), so
+a URL of any length is stored. A page whose outbox event would exceed ``outbox.event.page``'s
+``max.message.bytes`` (its key and payload both hold the URL) is refused as ``too_large`` before
+anything is written: Debezium could not produce that event, and its connector would stop there.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
+import psycopg2
+
+from crawlstream.deadletters import RECORD_OVERHEAD, check_fits
 from crawlstream.records import PageEvent
+from crawlstream.settings import Settings
+from crawlstream.topics import BROKER_DEFAULT_MAX_MESSAGE_BYTES, catalog
 from sinks.base import SinkRecord
 from sinks.postgres import Cursor, PostgresSink
 from sinks.rows import PAGE_COLUMNS, copy_text, page_row
+from sinks.tables import url_hash_sql
 
 _COLS = ", ".join(PAGE_COLUMNS)
 CREATE_STAGE = (  # built from our own column names, as every statement here
@@ -48,13 +60,15 @@ PAYLOAD = (  # compact: what a subscriber needs to decide whether to fetch the p
 # so nothing joins the stage again. Result: events written, their ctids, touches folded.
 UPSERT = f"""
 WITH pending AS (
-    DELETE FROM page_touches_pending t USING page_stage s WHERE t.url = s.url RETURNING t.url, t.seen
+    DELETE FROM page_touches_pending t USING page_stage s WHERE t.url_hash = {url_hash_sql("s.url")}
+    RETURNING t.url_hash, t.seen
 ), up AS (
-    INSERT INTO pages AS p ({_COLS}, last_seen, last_changed)
-    SELECT {_STAGED}, GREATEST(s.fetched_at, pending.seen), s.fetched_at
-    FROM page_stage s LEFT JOIN pending ON pending.url = s.url
-    ORDER BY s.url  -- rows locked in URL order, as the touch sink locks them: no deadlock
-    ON CONFLICT (url) DO UPDATE SET {_UPDATES}, last_seen = GREATEST(p.last_seen, EXCLUDED.last_seen),
+    INSERT INTO pages AS p (url_hash, {_COLS}, last_seen, last_changed)
+    SELECT h.url_hash, {_STAGED}, GREATEST(s.fetched_at, pending.seen), s.fetched_at
+    FROM page_stage s CROSS JOIN LATERAL (SELECT {url_hash_sql("s.url")} AS url_hash) h
+    LEFT JOIN pending ON pending.url_hash = h.url_hash
+    ORDER BY h.url_hash  -- rows locked in key order, as the touch sink locks them: no deadlock
+    ON CONFLICT (url_hash) DO UPDATE SET {_UPDATES}, last_seen = GREATEST(p.last_seen, EXCLUDED.last_seen),
         last_changed = EXCLUDED.last_changed, version = p.version + 1, stored_at = now()
     WHERE p.body_hash IS DISTINCT FROM EXCLUDED.body_hash
     RETURNING p.url, p.version, p.status, p.fetched_at, p.body_hash, p.content_hash, p.simhash,
@@ -71,10 +85,26 @@ SELECT (SELECT count(*) FROM events), (SELECT array_agg(ctid) FROM events)::text
 """  # noqa: S608 - built from our own column names, never from data
 # Our own uncommitted rows: nobody else can move them, so their ctids hold until commit.
 CLEAR_OUTBOX = "DELETE FROM outbox WHERE ctid = ANY(%s::tid[])"
+# The payload's fixed part (field names, version, status, dates, hashes, type) and record headers.
+EVENT_FIXED_BYTES = 512
 
 
 class PostgresPageSink(PostgresSink[PageEvent]):
     application_name = "crawlstream-sink-pages"
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        connect_timeout_s: int = 10,
+        max_event_bytes: int = BROKER_DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        super().__init__(dsn, connect_timeout_s=connect_timeout_s)
+        self.max_event_bytes = max_event_bytes  # outbox.event.page's max.message.bytes
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PostgresPageSink:
+        return cls(settings.postgres.dsn(), max_event_bytes=catalog(settings).page_events.max_message_bytes)
 
     def setup(self, cur: Cursor) -> None:
         self.set_compression(cur)
@@ -115,11 +145,37 @@ class PostgresPageSink(PostgresSink[PageEvent]):
 
     def stage(self, cur: Cursor, staged: Staged) -> None:
         """Load a round into ``page_stage`` (bench/bench_sink.py compares this with INSERT)."""
-        cur.copy_expert(COPY_STAGE, CopyReader(staged.copy))
+        reader = CopyReader(staged.copy)
+        try:
+            cur.copy_expert(COPY_STAGE, reader)
+        except psycopg2.Error:
+            if reader.error is not None:  # a record could not be encoded: that, not 57014 (cancel)
+                raise reader.error from None
+            raise
 
-    @staticmethod
-    def _rows(records: Sequence[SinkRecord[PageEvent]]) -> list[list[tuple[Any, ...]]]:
-        return [[page_row(r.value) for r in round_] for round_ in rounds(records)]
+    def _rows(self, records: Sequence[SinkRecord[PageEvent]]) -> list[list[tuple[Any, ...]]]:
+        return [[self._row(r.value) for r in round_] for round_ in rounds(records)]
+
+    def _row(self, event: PageEvent) -> tuple[Any, ...]:
+        self.check_event_fits(event)
+        return page_row(event)
+
+    def check_event_fits(self, event: PageEvent) -> None:
+        """Raise RecordError ``too_large`` when the page's outbox event would not fit its topic."""
+        page = event.page
+        found = event.enrichment
+        content_hash = found.content_hash if found else ""
+        variable = len(page.canonical_url) + len(page.run_id) + len(content_hash)
+        # A character is at most 4 bytes in the key (UTF-8) and 6 in the payload (JSON escapes):
+        # pages well under the limit need no encoding here.
+        if (4 + 6) * variable + EVENT_FIXED_BYTES + RECORD_OVERHEAD <= self.max_event_bytes:
+            return
+        key = page.canonical_url.encode("utf-8", "surrogatepass")
+        payload = json.dumps(
+            {"url": page.canonical_url, "run_id": page.run_id, "content_hash": content_hash},
+            ensure_ascii=False,
+        ).encode("utf-8", "surrogatepass")
+        check_fits(key, payload + b" " * EVENT_FIXED_BYTES, self.max_event_bytes, "outbox.event.page")
 
 
 class Staged(NamedTuple):
@@ -147,9 +203,9 @@ def rounds(records: Sequence[SinkRecord[PageEvent]]) -> list[list[SinkRecord[Pag
 def copy_chunks(rows: Sequence[Sequence[Any]], chunk_rows: int = COPY_CHUNK_ROWS) -> Iterator[bytes]:
     """``rows`` as COPY text, ``chunk_rows`` rows a chunk, encoded as the chunks are taken."""
     for start in range(0, len(rows), chunk_rows):
-        # An exception here would abort the COPY as "error in .read() call" (not a bad row):
-        # lone surrogates go to the server as the invalid UTF-8 they are, which it rejects
-        # with a DataError, as it does NUL characters.
+        # Lone surrogates go to the server as the invalid UTF-8 they are, which it rejects with a
+        # DataError (22021), as it does NUL characters; an exception here (e.g. an integer too
+        # long for str()) is re-raised by PostgresPageSink.stage as the record's own error.
         yield copy_text(rows[start : start + chunk_rows]).encode("utf-8", "surrogatepass")
 
 
@@ -161,10 +217,17 @@ class CopyReader:
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks = iter(chunks)
+        # What read() raised: psycopg2 turns it into the server's "COPY ... failed" (57014,
+        # query_canceled, which means an outage elsewhere); the caller raises this instead.
+        self.error: Exception | None = None
 
     def read(self, size: int = -1) -> bytes:
         """The next chunk, whatever ``size`` (psycopg2 sends what it gets); b"" at the end."""
-        return next(self._chunks, b"")
+        try:
+            return next(self._chunks, b"")
+        except Exception as exc:
+            self.error = exc
+            raise
 
     def readline(self, size: int = -1) -> bytes:
         return self.read(size)

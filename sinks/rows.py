@@ -39,6 +39,12 @@ def body_hash(body: str) -> str:
     return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def url_hash(url: str) -> bytes:
+    """The key of a URL's rows (``url_hash``, as sinks.tables.url_hash_sql computes it in SQL);
+    its hex is the key of the URL's change events on ``cdc.public.pages``."""
+    return hashlib.sha256(url.encode("utf-8")).digest()
+
+
 # Columns the page sink writes, in COPY order (the rest come from the server or the upsert).
 PAGE_COLUMNS: tuple[str, ...] = (
     *("url", "final_url", "status", "content_type", "encoding", "title", "body", "body_truncated"),

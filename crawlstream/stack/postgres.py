@@ -7,8 +7,9 @@ PostgreSQL refuses to run as root, so as root every server command goes through
 
 Roles (names from ``postgres.app_role`` / ``postgres.cdc_user``): ``crawlstream_owner`` owns the
 database and runs migrations; the app role gets DML from the migration; the CDC role has
-REPLICATION and gets SELECT from the migration. Passwords are generated once and kept only in
-``<state_dir>/secrets.json`` (0600) and ``stack.env``.
+REPLICATION and gets SELECT from the migration. Neither may create objects: CREATE on every schema
+of the database is revoked from them and from PUBLIC, whatever the PostgreSQL version. Passwords
+are generated once and kept only in ``<state_dir>/secrets.json`` (0600) and ``stack.env``.
 """
 
 from __future__ import annotations
@@ -304,9 +305,28 @@ def bootstrap_sql(settings: Settings, passwords: dict[str, str]) -> str:
         f"WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{DB_NAME}') \\gexec",
         f"ALTER DATABASE {DB_NAME} OWNER TO {OWNER_ROLE};",
         f"REVOKE ALL ON DATABASE {DB_NAME} FROM PUBLIC;",
+        f"REVOKE CREATE ON DATABASE {DB_NAME} FROM {app}, {cdc};",
         f"GRANT CONNECT ON DATABASE {DB_NAME} TO {app}, {cdc};",
+        *revoke_create_sql(app, cdc),
     ]
     return "\n".join(lines) + "\n"
+
+
+def revoke_create_sql(app: str, cdc: str) -> list[str]:
+    """psql lines, run as superuser: in the crawlstream database, neither PUBLIC nor the app and
+    CDC roles may create objects in any schema. PostgreSQL 15+ no longer grants PUBLIC CREATE on
+    ``public``; older versions do, so it is revoked explicitly (the schema's owner, a superuser
+    there, can). The owner role keeps CREATE on ``public`` for the migrations."""
+    # Role names passed _IDENT in bootstrap_sql: no injection path.
+    return [
+        f"\\connect {DB_NAME}",
+        f"GRANT USAGE, CREATE ON SCHEMA public TO {OWNER_ROLE};",
+        "DO $$ DECLARE s name; BEGIN"  # noqa: S608
+        " FOR s IN SELECT nspname FROM pg_namespace"
+        " WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema' LOOP"
+        f" EXECUTE format('REVOKE CREATE ON SCHEMA %I FROM PUBLIC, {app}, {cdc}', s);"
+        " END LOOP; END $$;",
+    ]
 
 
 def publication_exists(layout: PgLayout, settings: Settings) -> bool:

@@ -22,6 +22,7 @@ from crawlstream.settings import Settings
 from crawlstream.topics import catalog
 from sinks.base import SinkBatch, SinkRecord
 from sinks.pages import PostgresPageSink
+from sinks.rows import url_hash
 from sinks.touches import PostgresTouchSink
 from tests.integration.sinks_support import Tail, owner, page, settings, tag
 
@@ -32,6 +33,11 @@ pytestmark = pytest.mark.integration
 
 def ours(tag: str, messages: list[Any]) -> list[Any]:
     return [m for m in messages if m.key() is not None and f"{tag}.invalid".encode() in m.key()]
+
+
+def ours_raw(tag: str, messages: list[Any]) -> list[Any]:
+    """Raw change events are keyed by the primary key, the URL's sha256 (migration 0006)."""
+    return [m for m in messages if f"{tag}.invalid".encode() in (m.value() or b"")]
 
 
 def test_one_page_event_per_change_and_none_for_an_unchanged_recrawl(
@@ -69,7 +75,7 @@ def test_one_page_event_per_change_and_none_for_an_unchanged_recrawl(
 
         events.until(has_sentinel, 60, "the sentinel's page event")
         got = ours(tag, events.drain())
-        envelopes = ours(
+        envelopes = ours_raw(
             tag,
             raw.until(
                 lambda ms: any(sentinel.encode() in (m.value() or b"") for m in ms),
@@ -77,7 +83,7 @@ def test_one_page_event_per_change_and_none_for_an_unchanged_recrawl(
                 "the sentinel's raw change event",
             ),
         )
-        envelopes = ours(tag, raw.drain())
+        envelopes = ours_raw(tag, raw.drain())
     finally:
         sink.close()
         touches.close()
@@ -111,5 +117,6 @@ def test_one_page_event_per_change_and_none_for_an_unchanged_recrawl(
         ("c", sentinel, 1),
     ]
     assert changes[0]["source"]["table"] == "pages"
+    assert [json.loads(m.key()) for m in envelopes[:1]] == [{"url_hash": url_hash(a).hex()}]
     assert datetime.fromisoformat(changes[1]["after"]["last_seen"]) == parked_at  # b's parked touch
     assert changes[0]["before"] is None

@@ -192,6 +192,10 @@ def test_bootstrap_sql_creates_least_privilege_roles(settings: Settings) -> None
     assert "ALTER ROLE crawlstream_app WITH LOGIN PASSWORD 'pw-a';" in sql
     assert "CREATE DATABASE crawlstream OWNER crawlstream_owner" in sql
     assert "GRANT CONNECT ON DATABASE crawlstream TO crawlstream_app, crawlstream_cdc;" in sql
+    # No CREATE for them on any schema, whatever the server version (PUBLIC had it before 15).
+    assert "\\connect crawlstream" in sql
+    assert "REVOKE CREATE ON SCHEMA %I FROM PUBLIC, crawlstream_app, crawlstream_cdc" in sql
+    assert "REVOKE CREATE ON DATABASE crawlstream FROM crawlstream_app, crawlstream_cdc;" in sql
     assert "SUPERUSER" not in sql
     assert "CREATEDB" not in sql
 
