@@ -181,6 +181,14 @@ def _start_postgres(
         if not postgres.initialised(layout):
             _step(console, f"initdb {layout.data_dir}")
             postgres.initdb(layout, log)
+        elif postgres.postmaster_pid(layout) is not None:
+            _step(console, "postgres was not shut down cleanly: waiting for its last processes to exit")
+            wait_until(
+                lambda: postgres.stale_lock_reason(layout),
+                service="postgres",
+                log_path=log,
+                timeout_s=timeout,
+            )
         postgres.write_config(layout, settings)
         postgres.run_logged(postgres.start_command(layout), log, "pg_ctl start", timeout_s=120)
 
@@ -243,11 +251,21 @@ def _register_connector(
     submitted = connect.register(settings, config, name)
     _step(console, f"connector {name} {'submitted' if submitted else 'already configured'}")
     log = pm.log_path("connect")
+    restarted = False
 
     def connector_running() -> str | None:
+        nonlocal restarted
         status = connect.connector_status(settings, name)
         summary, trace = connect.describe(status)
         if trace is not None:
+            if not restarted:
+                # A task fails for good when its database or broker was gone longer than its
+                # retries (a crash of either): restart what failed, once, as an operator would.
+                # A second failure is an event it cannot process: see README, Operations.
+                restarted = True
+                connect.restart_failed(settings, name)
+                _step(console, f"connector {name} had failed ({summary}): restarted its failed parts")
+                return summary
             excerpt = "\n".join(trace.splitlines()[:15])
             raise StackError(f"connector {name} FAILED ({summary}); log: {log}\n--- trace ---\n{excerpt}")
         return None if connect.running(status) else summary
