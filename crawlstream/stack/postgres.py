@@ -221,20 +221,22 @@ def cluster_processes(layout: PgLayout) -> list[int]:
 def stale_lock_reason(layout: PgLayout) -> str | None:
     """Clear the way for a start after a crash; None when the server may start, else why not.
 
-    A server killed with SIGKILL leaves ``postmaster.pid`` behind. PostgreSQL ignores a lock
-    whose pid is gone, but refuses while that pid still exists, and a killed postmaster stays a
-    zombie until its parent (init, after ``pg_ctl`` exited) reaps it; its backends notice the
-    death and exit within moments. So: wait until no process of the cluster is alive, then the
-    lock names a dead server and is removed. PostgreSQL itself still refuses to start while its
-    old shared memory is attached anywhere.
+    A server killed with SIGKILL leaves its lock files behind (``postmaster.pid`` in the data
+    directory, ``.s.PGSQL.<port>.lock`` beside its socket). PostgreSQL ignores a lock whose pid
+    is gone, but refuses while that pid still exists, and a killed postmaster stays a zombie
+    until its parent (init, once ``pg_ctl`` exited) reaps it, which took minutes here; its
+    backends notice the death and exit within moments. So: wait until no process of the
+    cluster is alive, then the locks name a dead server and are removed. PostgreSQL itself
+    still refuses to start while its old shared memory is attached anywhere.
     """
-    lock = layout.data_dir / "postmaster.pid"
-    if not lock.exists():
+    locks = [layout.data_dir / "postmaster.pid", layout.socket_dir / f".s.PGSQL.{layout.port}.lock"]
+    if not any(lock.exists() for lock in locks):
         return None
     alive = cluster_processes(layout)
     if alive:
         return f"processes of the previous server are still running: {alive}"
-    lock.unlink(missing_ok=True)
+    for lock in locks:
+        lock.unlink(missing_ok=True)
     return None
 
 

@@ -50,18 +50,25 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     stop_workers(loaded)
 
 
+def kill_9(pm: ProcessManager, name: str) -> int:
+    pid = pm.pid(name)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_until(
+        lambda: None if read_cmdline(pid) is None else "still alive",
+        service=name,
+        log_path=pm.log_path(name),
+        timeout_s=10,
+    )
+    return pid
+
+
 def test_start_workers_restarts_only_the_killed_one(settings: Settings) -> None:
     pm = ProcessManager(settings.stack.state_dir)
     assert start_workers(settings, follower=True) == ["streams-worker", "sink-worker", FOLLOWER]
     pids = {name: pm.pid(name) for name in ("streams-worker", "sink-worker", FOLLOWER)}
 
-    os.kill(pids["sink-worker"] or 0, signal.SIGKILL)
-    wait_until(
-        lambda: None if read_cmdline(pids["sink-worker"] or 0) is None else "still alive",
-        service="sink-worker",
-        log_path=pm.log_path("sink-worker"),
-        timeout_s=10,
-    )
+    kill_9(pm, "sink-worker")
     assert start_workers(settings) == ["sink-worker"]
     assert pm.pid("streams-worker") == pids["streams-worker"]
     assert pm.pid(FOLLOWER) == pids[FOLLOWER]
@@ -72,7 +79,7 @@ def test_a_killed_follower_is_restarted_without_being_asked_for(settings: Settin
     """`workers up` restarts a follower that ran (its pidfile is still there) and died."""
     pm = ProcessManager(settings.stack.state_dir)
     start_workers(settings, follower=True)
-    os.kill(pm.pid(FOLLOWER) or 0, signal.SIGKILL)
+    kill_9(pm, FOLLOWER)
     assert start_workers(settings) == [FOLLOWER]
     # Once stopped on purpose, it stays stopped.
     stop_workers(settings)
@@ -82,10 +89,12 @@ def test_a_killed_follower_is_restarted_without_being_asked_for(settings: Settin
 def test_a_killed_servers_lock_file_is_removed_once_its_processes_are_gone(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    layout = postgres.PgLayout(tmp_path, data, data, 1, "postgres")
+    layout = postgres.PgLayout(tmp_path, data, data, 25432, "postgres")
     assert postgres.stale_lock_reason(layout) is None  # no lock: nothing to clear
     lock = data / "postmaster.pid"
     lock.write_text("999999\n")
+    socket_lock = data / ".s.PGSQL.25432.lock"
+    socket_lock.write_text("999999\n")
     # A process still running in the data directory: a backend of the killed server.
     backend = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], cwd=data)
     try:
@@ -104,3 +113,4 @@ def test_a_killed_servers_lock_file_is_removed_once_its_processes_are_gone(tmp_p
         backend.wait()
     assert postgres.stale_lock_reason(layout) is None
     assert not lock.exists()
+    assert not socket_lock.exists()
