@@ -163,7 +163,7 @@ def run_plain_gc(start_url: str, prefix: str, tmp: Path) -> Result:
 
 def run_crawler(start_url: str, prefix: str, tmp: Path, *, kafka: bool) -> Result:
     report = tmp / f"report-{uuid.uuid4().hex}.json"
-    host = start_url.split("/")[2].split(":")[0]
+    host = start_url.split("/")[2]  # host:port: a private host is allowed on its own port only
     argv = [sys.executable, "-m", "crawlers", "crawl", "--start-url", start_url, "--allow-private-host", host]
     argv += ["--metrics-port", "-1", "--set", "LOG_LEVEL=WARNING", "--report", str(report)]
     if not kafka:

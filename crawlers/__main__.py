@@ -3,7 +3,8 @@
 ``requests`` is distributed mode (:mod:`crawlers.spiders.distributed`): requests come from the
 requests topic as consumer group ``--group-id``; run several processes to share a crawl.
 
-Exit status: 0 when every record was delivered, 1 when any delivery failed, 2 on bad input.
+Exit status: 0 when every record was delivered, 1 when any delivery failed, 2 on bad input, 4 when
+the distributed consumer itself failed (finish reason ``consumer_failed``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,15 @@ def _parser() -> argparse.ArgumentParser:
     crawl.add_argument("--max-depth", type=int, help="link depth from the start URLs (0: no limit)")
     crawl.add_argument("--job-id", default="")
     crawl.add_argument("--run-id", default=None)
-    crawl.add_argument("--allow-private-host", action="append", default=[], dest="allow_private_hosts")
+    crawl.add_argument(
+        "--allow-private-host",
+        action="append",
+        default=[],
+        dest="allow_private_hosts",
+        metavar="HOST[:PORT]|URL",
+        help="may be private, on that port only (no port: 80 and 443)",
+    )
+    crawl.add_argument("--allow-private-addresses", action="store_true", help="no address check at all")
     crawl.add_argument(
         "--metrics-port",
         type=int,
@@ -61,7 +70,17 @@ def _parser() -> argparse.ArgumentParser:
     dist.add_argument("--idle-exit-s", type=float, default=0.0, help="close after this long without requests")
     dist.add_argument("--job-id", default="")
     dist.add_argument("--run-id", default=None)
-    dist.add_argument("--allow-private-host", action="append", default=[], dest="allow_private_hosts")
+    dist.add_argument(
+        "--allow-private-host",
+        action="append",
+        default=[],
+        dest="allow_private_hosts",
+        metavar="HOST[:PORT]|URL",
+    )
+    dist.add_argument("--allow-private-addresses", action="store_true", help="no address check at all")
+    dist.add_argument("--allowed-domain", action="append", default=[], dest="allowed_domains")
+    dist.add_argument("--allow", action="append", default=[], help="URL regex requests must match")
+    dist.add_argument("--deny", action="append", default=[], help="URL regex refused")
     dist.add_argument("--metrics-port", type=int, default=-1)
     dist.add_argument("--set", action="append", type=_setting, default=[], dest="scrapy_settings")
     dist.add_argument("--report", type=Path, required=True)
@@ -78,17 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     distributed = args.command == "requests"
     spec = CrawlSpec(
         start_urls=[] if distributed else args.start_urls,
-        allowed_domains=[] if distributed else args.allowed_domains,
+        allowed_domains=args.allowed_domains,
         max_pages=None if distributed else args.max_pages,
         max_depth=None if distributed else args.max_depth,
         job_id=args.job_id,
         allow_private_hosts=args.allow_private_hosts,
+        allow_private_addresses=args.allow_private_addresses,
         metrics_port=settings.metrics.crawler_port if args.metrics_port is None else args.metrics_port,
         scrapy_settings=dict(args.scrapy_settings),
     )
     if distributed:
         spec.source = "requests"
         spec.spider_kwargs = {"group_id": args.group_id, "idle_exit_s": args.idle_exit_s}
+        spec.allow, spec.deny = args.allow, args.deny
     if args.run_id:
         spec.run_id = args.run_id
     report = run_crawl(settings, spec)
@@ -99,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         f"({report.distinct_canonical_urls} distinct), {report.non_html} non-HTML, "
         f"{report.records_delivered} delivered, {report.delivery_failures} failed, "
         f"{report.fetch_errors} fetch errors, {report.robots_denied} robots-denied, "
-        f"{report.private_refused} private-refused -> {args.report}"
+        f"{report.private_refused} private-refused, refused {report.refused or 'nothing'} -> {args.report}"
     )
+    if report.finish_reason == "consumer_failed":
+        return 4
     return 1 if report.delivery_failures else 0
 
 

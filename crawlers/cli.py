@@ -37,14 +37,17 @@ DEFAULT_JOBS = Path("deploy/jobs.toml")
 @jobs_app.command("list")
 def jobs_list(jobs: JobsFile = DEFAULT_JOBS) -> None:
     """The jobs of the file: source, seeds, schedule, output topic."""
+    crawl = load_settings().crawl
     table = Table("job", "source", "seeds", "schedule", "limits", "output")
     for job in load_jobs(jobs).values():
+        pages = crawl.max_pages if job.max_pages is None else job.max_pages
+        depth = crawl.max_depth if job.max_depth is None else job.max_depth
         table.add_row(
             job.name,
             job.source,
             "\n".join(job.seed_urls()),
             job.schedule or "-",
-            f"pages {job.max_pages or '∞'}, depth {job.max_depth or '∞'}",
+            f"pages {pages or '∞'}, depth {depth or '∞'}",
             job.output_topic or "pages.raw",
         )
     console.print(table)
@@ -106,7 +109,7 @@ def jobs_run(
             TimeElapsedColumn(),
         )
         with Progress(*columns, console=console) as bar:
-            report = run_job(settings, job, run_id, _Bar(bar, job.max_pages), metrics_port, extra)
+            report = run_job(settings, job, run_id, _Bar(bar, job.max_pages or 0), metrics_port, extra)
     else:
         report = run_job(settings, job, run_id, None, metrics_port)
     if report_path is not None:
@@ -126,6 +129,7 @@ def jobs_run(
         ("distinct canonical URLs", report.distinct_canonical_urls),
         ("duration", f"{report.duration_s:.1f}s"),
         ("finish reason", report.finish_reason),
+        *((f"refused: {reason.replace('_', ' ')}", n) for reason, n in report.refused.items()),
     ):
         table.add_row(label, str(value))
     console.print(table)

@@ -37,13 +37,20 @@ def crawl_spec(settings: Settings, job: JobSpec, run_id: str, metrics_port: int 
         "AUTOTHROTTLE_ENABLED": job.autothrottle,
         "AUTOTHROTTLE_START_DELAY": max(job.download_delay_s, 0.5),
         "ROBOTSTXT_OBEY": job.obey_robots,
-        "DOWNLOAD_MAXSIZE": job.max_response_bytes,
-        "DOWNLOAD_WARNSIZE": job.max_response_bytes // 2,
         "DOWNLOAD_TIMEOUT": job.download_timeout_s,
         "REDIRECT_MAX_TIMES": job.max_redirects,
         "RETRY_TIMES": job.retry_times,
         "CRAWLSTREAM_RECORD_NON_HTML": job.record_non_html,
     }
+    if job.max_response_bytes is not None:
+        scrapy["DOWNLOAD_MAXSIZE"] = job.max_response_bytes
+        scrapy["DOWNLOAD_WARNSIZE"] = job.max_response_bytes // 2
+    limits = {
+        "CRAWLSTREAM_MAX_PAGES_PER_HOST": job.max_pages_per_host,
+        "CRAWLSTREAM_MAX_LINKS_PER_PAGE": job.max_links_per_page,
+        "CRAWLSTREAM_MAX_URL_LENGTH": job.max_url_length,
+    }
+    scrapy.update({name: value for name, value in limits.items() if value is not None})
     if job.user_agent:
         scrapy["USER_AGENT"] = job.user_agent
     if job.output_topic:
@@ -58,6 +65,7 @@ def crawl_spec(settings: Settings, job: JobSpec, run_id: str, metrics_port: int 
         job_id=job.name,
         run_id=run_id,
         allow_private_hosts=job.allow_private_hosts,
+        allow_private_addresses=job.allow_private_addresses,
         metrics_port=metrics_port,
         scrapy_settings=scrapy,
         allow=job.allow,
@@ -75,6 +83,7 @@ def _source_kwargs(job: JobSpec) -> dict[str, Any]:
             "api_items_field": job.api_items_field,
             "api_url_field": job.api_url_field,
             "api_next_field": job.api_next_field,
+            "max_api_pages": job.max_api_pages,
         }
     return {}
 

@@ -25,13 +25,19 @@ from typing import Any, Literal
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from crawlstream.addresses import allowed_pairs
 from crawlstream.errors import ConfigError
 
 JOB_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 class JobSpec(BaseModel):
-    """One crawl job. Zero means "no limit" for ``max_depth`` and ``max_pages``."""
+    """One crawl job.
+
+    Limits left out take the ``crawl.*`` settings, which are finite (depth 16, 100,000 pages,
+    50,000 per host, 1,000 links per page, URLs of 2,048 characters, 4 MiB per response); 0 turns
+    ``max_depth``, ``max_pages`` and ``max_pages_per_host`` off explicitly.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -47,8 +53,12 @@ class JobSpec(BaseModel):
     allowed_domains: list[str] = Field(default_factory=list, description="empty: the start URLs' hosts")
     allow: list[str] = Field(default_factory=list, description="URL regexes to follow (empty: all)")
     deny: list[str] = Field(default_factory=list, description="URL regexes never followed")
-    max_depth: int = Field(default=0, ge=0)
-    max_pages: int = Field(default=0, ge=0)
+    max_depth: int | None = Field(default=None, ge=0, description="link hops (0: no limit)")
+    max_pages: int | None = Field(default=None, ge=0, description="page records (0: no limit)")
+    max_pages_per_host: int | None = Field(default=None, ge=0, description="per host (0: no limit)")
+    max_links_per_page: int | None = Field(default=None, ge=1, description="outlinks followed per page")
+    max_url_length: int | None = Field(default=None, ge=64, le=65536, description="longer URLs refused")
+    max_api_pages: int = Field(default=1000, ge=0, le=1_000_000, description="API pages read (0: no limit)")
     concurrency_per_domain: int = Field(default=8, ge=1, le=256)
     download_delay_s: float = Field(default=0.0, ge=0, le=3600)
     autothrottle: bool = False
@@ -59,10 +69,15 @@ class JobSpec(BaseModel):
     )
     output_topic: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]+$")
     obey_robots: bool = True
-    allow_private_hosts: list[str] = Field(default_factory=list, description="hosts exempt from SSRF guard")
+    allow_private_hosts: list[str] = Field(
+        default_factory=list, description="host[:port] that may be private (no port: 80 and 443 only)"
+    )
+    allow_private_addresses: bool = Field(default=False, description="no address check at all")
     record_non_html: bool = Field(default=True, description="metadata records for non-HTML responses")
     max_body_bytes: int | None = Field(default=None, ge=1024, description="body cap in the record")
-    max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, description="download size cap")
+    max_response_bytes: int | None = Field(
+        default=None, ge=1024, description="download cap, decompressed too (default crawl.max_response_bytes)"
+    )
     download_timeout_s: float = Field(default=30.0, gt=0, le=600)
     max_redirects: int = Field(default=10, ge=0, le=50)
     retry_times: int = Field(default=2, ge=0, le=10)
@@ -81,6 +96,13 @@ class JobSpec(BaseModel):
         if url is not None and not re.match(r"^https?://[^/\s]+", url):
             raise ValueError(f"not an absolute http(s) URL: {url!r}")
         return url
+
+    @field_validator("allow_private_hosts")
+    @classmethod
+    def _host_ports(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            allowed_pairs(entry)  # ValueError names the bad entry
+        return entries
 
     @field_validator("allow", "deny")
     @classmethod

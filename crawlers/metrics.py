@@ -4,7 +4,8 @@ No URL labels (unbounded). Served by :func:`crawlstream.metrics.serve_metrics` o
 ``CRAWLSTREAM_METRICS_PORT`` (the runner sets it; default ``metrics.crawler_port``; -1 or None
 disables, 0 picks a free port). The pipeline and the guard update their own metrics; this
 extension counts responses from signals, mirrors Scrapy's ``robotstxt/forbidden`` stat (the robots
-middleware has no signal of its own) and logs a progress line every few seconds.
+middleware has no signal of its own) and its depth filter's stat (``crawler_refused_total`` with
+reason ``depth``), and logs a progress line every few seconds.
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ ROBOTS_DENIED = Counter("crawler_robots_denied_total", "Requests refused by robo
 PRIVATE_REFUSED = Counter(
     "crawler_private_address_refused_total", "Requests refused because the host resolves to a private address"
 )
+REFUSED = Counter(
+    "crawler_refused_total",
+    "Requests, links and responses refused by the crawl's guard and bounds, by reason "
+    "(address kinds such as loopback or ipv4_embedded_private, scheme, url_too_long, offsite, "
+    "depth, links_per_page, host_budget, response_too_large, decompressed_too_large, ...)",
+    ["reason"],
+)
 PRODUCER_QUEUE = Gauge("crawler_producer_queue_messages", "Messages waiting in the producer's local queue")
 DEAD_LETTERS = Counter(
     "crawler_dead_letters_total", "Failed fetches and deliveries sent to the dead-letter topic", ["reason"]
@@ -67,6 +75,7 @@ class CrawlerMetricsExtension:
         self.progress_interval_s = progress_interval_s
         self._robots_seen = 0
         self._retries_seen = 0
+        self._scrapy_refusals_seen: dict[str, int] = {}
         self._started = time.monotonic()
         self._loop: task.LoopingCall | None = None
 
@@ -109,6 +118,14 @@ class CrawlerMetricsExtension:
         if forbidden > self._robots_seen:
             ROBOTS_DENIED.inc(forbidden - self._robots_seen)
             self._robots_seen = forbidden
+        # What Scrapy filters itself (requests deeper than DEPTH_LIMIT) counts as our refusals.
+        from crawlers.refusals import SCRAPY_STATS  # here: crawlers.refusals imports this module
+
+        for stat, reason in SCRAPY_STATS.items():
+            seen = int(stats.get_value(stat, 0))
+            if seen > self._scrapy_refusals_seen.get(stat, 0):
+                REFUSED.labels(reason).inc(seen - self._scrapy_refusals_seen.get(stat, 0))
+                self._scrapy_refusals_seen[stat] = seen
         retries = int(stats.get_value("retry/count", 0))
         if retries > self._retries_seen:
             RETRIES.inc(retries - self._retries_seen)
@@ -133,8 +150,11 @@ class CrawlerMetricsExtension:
         )
 
 
+REFUSAL_EXCEPTIONS = ("scrapy.exceptions.IgnoreRequest", "crawlers.refusals.Refused")
+
+
 def fetch_errors(stats: dict[str, Any]) -> int:
-    """Download exceptions, minus requests a middleware refused on purpose (robots, private hosts)."""
+    """Download exceptions, minus requests refused on purpose (robots.txt, the guard, the bounds)."""
     total = int(stats.get("downloader/exception_count", 0))
-    ignored = int(stats.get("downloader/exception_type_count/scrapy.exceptions.IgnoreRequest", 0))
+    ignored = sum(int(stats.get(f"downloader/exception_type_count/{name}", 0)) for name in REFUSAL_EXCEPTIONS)
     return total - ignored

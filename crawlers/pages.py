@@ -3,10 +3,15 @@
 Used by every spider (``crawlers.spiders.*``): :func:`page_record` for HTML pages and
 :func:`metadata_record` for non-HTML responses (``kind="metadata"``, no body), both destined for
 ``<prefix>.pages.raw``; :func:`fetch_dead_letter` for fetches that failed after Scrapy's retries,
-destined for ``<prefix>.deadletter`` (stage ``crawl``). Settings used: none (callers pass caps).
+destined for ``<prefix>.deadletter`` (stage ``crawl``, built by :mod:`crawlstream.deadletters`).
+Settings used: none (callers pass caps).
 
+The body is capped twice: its raw bytes at ``max_body_bytes`` before anything decodes them
+(:class:`crawlers.limits.BodyCapMiddleware` already did in a crawl; :func:`page_record` does it
+for a response that did not pass there), then the decoded text at ``max_body_bytes`` of UTF-8.
 Text is decoded by Scrapy (w3lib: HTTP header, BOM, ``<meta charset>``, then detection) with
-replacement characters for undecodable bytes, so a bad encoding never raises.
+replacement characters for undecodable bytes, so a bad encoding never raises. The title is kept to
+:data:`MAX_TITLE_CHARS` and a ``<link rel=canonical>`` longer than the URL cap is dropped.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from typing import Any
 from scrapy.http import Response, TextResponse
 from twisted.python.failure import Failure
 
-from crawlstream.errors import RecordError
-from crawlstream.records import DeadLetter, PageRecord
+from crawlers.limits import full_body_size
+from crawlstream.deadletters import DeadLetterMessage, build_dead_letter, error_class
+from crawlstream.records import PageRecord
 from crawlstream.urls import canonical_url
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
@@ -37,6 +43,8 @@ SELECTED_HEADERS = (
     "Link",
 )
 MAX_HEADER_CHARS = 1024
+MAX_TITLE_CHARS = 1024
+MAX_CANONICAL_LINK_CHARS = 2048
 _CANONICAL = re.compile(rb"canonical", re.IGNORECASE)
 _CANONICAL_XPATH = (
     "//head/link[contains(concat(' ', normalize-space(translate(@rel, 'CANONIL', 'canonil')), ' '),"
@@ -89,17 +97,27 @@ def _xpath_first(response: TextResponse, query: str) -> str | None:
 
 
 def page_title(response: TextResponse) -> str:
-    """The first ``<title>`` text, whitespace collapsed ("" when there is none)."""
-    return " ".join((_xpath_first(response, "//title/text()") or "").split())
+    """The first ``<title>`` text, whitespace collapsed, at most MAX_TITLE_CHARS ("" when none)."""
+    return " ".join((_xpath_first(response, "//title/text()") or "").split())[:MAX_TITLE_CHARS]
 
 
-def canonical_link(response: TextResponse) -> str | None:
+def canonical_link(response: TextResponse, max_chars: int = MAX_CANONICAL_LINK_CHARS) -> str | None:
     if not _CANONICAL.search(response.body):
         return None  # cheap test first: most pages have none
     href = _xpath_first(response, _CANONICAL_XPATH)
-    if not href or not href.strip():
+    if not href or not href.strip() or len(href) > max_chars:
         return None
-    return response.urljoin(href.strip())
+    link = response.urljoin(href.strip())
+    return link if len(link) <= max_chars else None
+
+
+def capped_response(response: TextResponse, max_body_bytes: int) -> tuple[TextResponse, bool]:
+    """The response with at most ``max_body_bytes`` of raw body (nothing decoded yet)."""
+    if len(response.body) <= max_body_bytes:
+        return response, False
+    capped = response.replace(body=response.body[:max_body_bytes])
+    assert isinstance(capped, TextResponse)
+    return capped, True
 
 
 def _common(response: Response, job_id: str, run_id: str, fetched_at: datetime | None) -> dict[str, Any]:
@@ -115,7 +133,7 @@ def _common(response: Response, job_id: str, run_id: str, fetched_at: datetime |
         "status": response.status,
         "content_type": media_type(response),
         "headers": selected_headers(response),
-        "body_bytes": len(response.body),
+        "body_bytes": full_body_size(response),
         "fetched_at": fetched_at or datetime.now(UTC),
         "fetch_latency_s": max(0.0, float(meta.get("download_latency", 0.0))),
         "depth": int(meta.get("depth", 0)),
@@ -134,14 +152,16 @@ def page_record(
     fetched_at: datetime | None = None,
 ) -> PageRecord:
     """The PageRecord of one HTML response; the key is the canonical form of the final URL."""
+    common = _common(response, job_id, run_id, fetched_at)
+    response, cut = capped_response(response, max_body_bytes)
     body, truncated = cap_utf8(response.text, max_body_bytes)
     title = page_title(response)
     return PageRecord(
-        **_common(response, job_id, run_id, fetched_at),
+        **common,
         encoding=response.encoding,
         title=title,
         body=body,
-        body_truncated=truncated,
+        body_truncated=truncated or cut or common["body_bytes"] > len(response.body),
         canonical_link=canonical_link(response),
     )
 
@@ -167,15 +187,24 @@ def failure_reason(failure: Failure) -> str:
     return "fetch_" + "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
 
 
-def fetch_dead_letter(failure: Failure, url: str, *, job_id: str, run_id: str) -> DeadLetter:
-    """The dead letter of a fetch that failed after retries; the key is the canonical URL."""
+def fetch_dead_letter(
+    failure: Failure, url: str, *, job_id: str, run_id: str, max_bytes: int
+) -> DeadLetterMessage:
+    """The dead letter of a fetch that failed after retries; the key is the canonical URL.
+
+    ``max_bytes`` is the dead-letter topic's limit (``TopicSpec.max_message_bytes``).
+    """
     detail = f"{url} (job {job_id or '-'}, run {run_id or '-'}): {failure.getErrorMessage()}"
-    return DeadLetter.for_message(
+    try:
+        key = canonical_url(url)
+    except ValueError:
+        key = url
+    return build_dead_letter(
         stage="crawl",
-        error=RecordError(failure_reason(failure), detail[:2000]),
-        topic=None,
-        partition=None,
-        offset=None,
-        key=canonical_url(url).encode("utf-8"),
-        value=url.encode("utf-8"),
+        reason=failure_reason(failure),
+        detail=detail,
+        key=key.encode("utf-8", errors="replace"),
+        value=url.encode("utf-8", errors="replace"),
+        max_bytes=max_bytes,
+        error_class_name=error_class(failure.value) if failure.value is not None else None,
     )

@@ -1,9 +1,17 @@
 """KafkaPagePipeline: the crawl stage's writer, producing PageRecords to ``<prefix>.pages.raw``.
 
 LinkRecord items (the distributed spider's discovered links) go to ``<prefix>.links``.
-DeadLetter items (fetch failures, yielded by the spiders' errbacks) go to ``<prefix>.deadletter``,
-and so does every page record whose delivery failed after librdkafka's retries (reason
-``delivery_failed``, the record as value), so a failed delivery is never only a log line.
+Dead letters (``DeadLetterMessage`` items built by :mod:`crawlstream.deadletters`: fetch failures,
+records the distributed spider could not handle) go to ``<prefix>.deadletter``, and so does every
+record whose delivery failed after librdkafka's retries (reason ``delivery_failed``, the record as
+value), so a failed delivery is never only a log line.
+
+Nothing oversized is produced: each record is checked against its topic's ``max.message.bytes``
+(``TopicSpec.max_message_bytes``; a topic outside the catalog gets the broker default) before it is
+produced. A page whose JSON would not fit (a body of control characters grows 6x when escaped) has
+its body cut until it fits (``body_truncated`` set, ``body_bytes`` keeps the size downloaded); a
+record that still cannot fit becomes a dead letter (reason ``too_large``), never a crash. Dead
+letters fit their topic by construction.
 
 Usable from any Scrapy project through ``ITEM_PIPELINES``. Settings used: ``kafka.*`` (bootstrap,
 client extras, ``max_message_bytes``), ``crawl.delivery_timeout_s``; Scrapy setting
@@ -13,27 +21,30 @@ value = ``PageRecord.to_bytes()``.
 Nothing is dropped silently: a full local queue is back-pressure (poll and retry, forever; librdkafka's
 ``message.timeout.ms`` fails stuck messages through the callback, which frees the queue), every
 failed delivery is logged with its key and counted, and whatever ``flush`` leaves undelivered at
-close is counted as failed.
+close is counted as failed. :meth:`KafkaPagePipeline.delivered_through` tells a consumer (the
+distributed spider) up to which produced record everything is settled (delivered, or dead-lettered
+and that letter delivered), so it commits its source offsets only past settled work.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import pydantic_core
 from confluent_kafka import KafkaException, Producer
 from itemadapter import ItemAdapter
 from scrapy.crawler import Crawler
 
 from crawlers import metrics
 from crawlers.settings import crawlstream_settings
-from crawlstream.errors import RecordError
+from crawlstream.deadletters import RECORD_OVERHEAD, DeadLetterMessage, build_dead_letter, fits
 from crawlstream.records import DeadLetter, LinkRecord, PageRecord
 from crawlstream.settings import Settings
-from crawlstream.topics import catalog
+from crawlstream.topics import BROKER_DEFAULT_MAX_MESSAGE_BYTES, catalog
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +54,35 @@ STAT_BACKPRESSURE = "crawlstream/producer_backpressure_waits"
 STAT_DEAD_LETTERS = "crawlstream/dead_letters"
 STAT_DEAD_LETTERS_FAILED = "crawlstream/dead_letters_undelivered"
 STAT_LINKS_PRODUCED = "crawlstream/links_produced"
-MAX_DEAD_LETTER_VALUE = 256 * 1024  # a dead letter carries at most this much of the record
+STAT_BODIES_RECAPPED = "crawlstream/bodies_recapped_to_fit"
+STAT_TOO_LARGE = "crawlstream/records_too_large"
 MAX_LEFTOVER_LOG_LINES = 50
+# Dead-letter reasons that are their own metric label (bounded); fetch_* and the rest are grouped.
+_LETTER_LABELS = frozenset(
+    {"delivery_failed", "too_large", "api_invalid_json", "invalid_request", "unprocessable"}
+)
+_PIPELINES: weakref.WeakKeyDictionary[Crawler, KafkaPagePipeline] = weakref.WeakKeyDictionary()
 
 DeliveryCallback = Callable[[Any, Any], None]
+
+
+def pipeline_for(crawler: Crawler) -> KafkaPagePipeline | None:
+    """The crawler's KafkaPagePipeline, if it has one (the distributed spider asks)."""
+    return _PIPELINES.get(crawler)
+
+
+def letter_label(reason: str) -> str:
+    if reason.startswith("http_") or reason in _LETTER_LABELS:
+        return reason
+    return "fetch" if reason.startswith("fetch_") else "other"
+
+
+def topic_limit(settings: Settings, topic: str) -> int:
+    """``max.message.bytes`` of ``topic`` per the catalog; the broker default for other topics."""
+    for spec in catalog(settings).all():
+        if spec.name == topic:
+            return spec.max_message_bytes
+    return BROKER_DEFAULT_MAX_MESSAGE_BYTES
 
 
 class ProducerLike(Protocol):
@@ -76,25 +112,33 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 
 class KafkaPagePipeline:
     def __init__(self, settings: Settings, topic: str, stats: Any, dead_letter_topic: str = "") -> None:
+        topics = catalog(settings)
         self.settings = settings
         self.topic = topic
-        self.dead_letter_topic = dead_letter_topic or catalog(settings).dead_letter.name
-        self.links_topic = catalog(settings).links.name
+        self.dead_letter_topic = dead_letter_topic or topics.dead_letter.name
+        self.links_topic = topics.links.name
+        self.page_limit = topic_limit(settings, topic)
+        self.links_limit = topics.links.max_message_bytes
+        self.dead_letter_limit = topic_limit(settings, self.dead_letter_topic)
         self.stats = stats
         self.producer: ProducerLike | None = None
-        # In-flight page records: sequence number -> (key, value, produce time), so leftovers can be
-        # named and dead-lettered. Dead letters and links are tracked in _side_in_flight.
-        self._in_flight: dict[int, tuple[bytes, bytes, float]] = {}
-        self._side_in_flight: set[int] = set()
-        self._pending_letters: list[DeadLetter] = []
-        self._draining = False
         self._seq = 0
+        # Unsettled records by sequence number. Records that may need a dead letter when their
+        # delivery fails (pages, links) keep (topic, key, value, produce time); dead letters keep
+        # the sequence number of the record they stand for.
+        self._in_flight: dict[int, tuple[str, bytes, bytes, float]] = {}
+        self._letters_in_flight: dict[int, int] = {}
+        self._pending_letters: list[tuple[DeadLetterMessage, int]] = []
+        self._stuck: set[int] = set()  # records whose dead letter could not be delivered either
+        self._draining = False
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> KafkaPagePipeline:
         settings = crawlstream_settings(crawler.settings)
         topic = crawler.settings.get("CRAWLSTREAM_TOPIC") or catalog(settings).raw_pages.name
-        return cls(settings, topic, crawler.stats)
+        pipeline = cls(settings, topic, crawler.stats)
+        _PIPELINES[crawler] = pipeline
+        return pipeline
 
     def make_producer(self, config: dict[str, Any]) -> ProducerLike:
         """Hook for tests and other transports: return anything with the Producer interface."""
@@ -106,35 +150,104 @@ class KafkaPagePipeline:
         self.producer = self.make_producer(producer_config(self.settings))
         log.info("producing page records to %s", self.topic)
 
+    # What a consumer of the crawl's input needs to commit at least once.
+    def barrier(self) -> int:
+        """The sequence number of the last record handed to the producer."""
+        return self._seq
+
+    def delivered_through(self) -> int:
+        """Every record up to this sequence number is settled (delivered, or dead-lettered and
+        that letter delivered)."""
+        open_ = [*self._in_flight, *self._letters_in_flight.values(), *self._stuck]
+        open_ += [covers for _letter, covers in self._pending_letters]
+        return min(open_) - 1 if open_ else self._seq
+
+    def poll(self) -> None:
+        """Serve delivery callbacks (and produce the dead letters they asked for)."""
+        if self.producer is not None:
+            self.producer.poll(0)
+            self._drain_if_needed()
+
     def process_item(self, item: Any) -> Any:
-        if isinstance(item, DeadLetter):
-            self._dead_letter(item)
-            return item
-        if isinstance(item, LinkRecord):  # the distributed spider's discoveries
+        if isinstance(item, DeadLetterMessage):
+            self.produce_dead_letter(item)
+        elif isinstance(item, DeadLetter):  # a letter built elsewhere: refitted to the topic
+            self.produce_dead_letter(_refit(item, self.dead_letter_limit))
+        elif isinstance(item, LinkRecord):  # the distributed spider's discoveries
             self.stats.inc_value(STAT_LINKS_PRODUCED)
-            self._produce(item.canonical_url.encode("utf-8"), item.to_bytes(), topic=self.links_topic)
-            return item
-        record = (
-            item if isinstance(item, PageRecord) else PageRecord.model_validate(ItemAdapter(item).asdict())
-        )
-        self._produce(record.canonical_url.encode("utf-8"), record.to_bytes())
+            key, value = item.canonical_url.encode("utf-8"), item.to_bytes()
+            if fits(key, value, self.links_limit):
+                self._produce(self.links_topic, key, value)
+            else:
+                self._too_large(self.links_topic, key, value, self.links_limit)
+        else:
+            record = (
+                item
+                if isinstance(item, PageRecord)
+                else PageRecord.model_validate(ItemAdapter(item).asdict())
+            )
+            fitted = self.fit_page(record)
+            key = record.canonical_url.encode("utf-8")
+            if fitted is None:
+                self._too_large(self.topic, key, record.to_bytes(), self.page_limit)
+            else:
+                self._produce(self.topic, key, fitted)
         return item
 
-    def _dead_letter(self, letter: DeadLetter) -> None:
-        self.stats.inc_value(STAT_DEAD_LETTERS)
-        metrics.DEAD_LETTERS.labels(letter.reason if letter.reason.startswith("http_") else "other").inc()
-        key = base64.b64decode(letter.key_b64) if letter.key_b64 else b""
-        self._produce(key, letter.to_bytes(), dead_letter=True)
+    def fit_page(self, record: PageRecord) -> bytes | None:
+        """The record's value, its body cut if it must be to fit the page topic; None if it can't."""
+        key = record.canonical_url.encode("utf-8")
+        value = record.to_bytes()
+        if fits(key, value, self.page_limit) or not record.body:
+            return value if fits(key, value, self.page_limit) else None
+        # The JSON around the body has a known size; keep the longest body prefix whose escaped
+        # form fits in the rest (binary search: escaping is not linear in characters).
+        around = len(value) - len(pydantic_core.to_json(record.body))
+        room = self.page_limit - RECORD_OVERHEAD - len(key) - around
+        low, high = 0, len(record.body)
+        while low < high:
+            mid = (low + high + 1) // 2
+            if len(pydantic_core.to_json(record.body[:mid])) <= room:
+                low = mid
+            else:
+                high = mid - 1
+        cut = record.model_copy(update={"body": record.body[:low], "body_truncated": True})
+        value = cut.to_bytes()
+        if not fits(key, value, self.page_limit):
+            return None
+        self.stats.inc_value(STAT_BODIES_RECAPPED)
+        log.info("body of %s cut to %d characters to fit %s", record.canonical_url[:200], low, self.topic)
+        return value
 
-    def _produce(self, key: bytes, value: bytes, *, dead_letter: bool = False, topic: str = "") -> None:
+    def _too_large(self, topic: str, key: bytes, value: bytes, limit: int) -> None:
+        self.stats.inc_value(STAT_TOO_LARGE)
+        detail = f"record of {len(key) + len(value)} bytes does not fit {topic} (max.message.bytes {limit})"
+        log.error("%s: %s", key[:200].decode("utf-8", errors="replace"), detail)
+        self.produce_dead_letter(
+            build_dead_letter(
+                stage="crawl",
+                reason="too_large",
+                detail=detail,
+                key=key,
+                value=value,
+                max_bytes=self.dead_letter_limit,
+            )
+        )
+
+    def produce_dead_letter(self, message: DeadLetterMessage, covers: int | None = None) -> None:
+        """Produce a dead letter; ``covers``: the sequence number of the record it stands for."""
+        self.stats.inc_value(STAT_DEAD_LETTERS)
+        metrics.DEAD_LETTERS.labels(letter_label(message.letter.reason)).inc()
+        self._produce(self.dead_letter_topic, message.key or b"", message.value, covers=covers)
+
+    def _produce(self, topic: str, key: bytes, value: bytes, *, covers: int | None = None) -> None:
         assert self.producer is not None, "open_spider was not called"
         self._seq += 1
         seq = self._seq
-        topic = topic or (self.dead_letter_topic if dead_letter else self.topic)
-        if dead_letter or topic == self.links_topic:  # not page records: not in the page counts
-            self._side_in_flight.add(seq)
+        if topic == self.dead_letter_topic:
+            self._letters_in_flight[seq] = seq if covers is None else covers
         else:
-            self._in_flight[seq] = (key, value, time.monotonic())
+            self._in_flight[seq] = (topic, key, value, time.monotonic())
 
         def on_delivery(err: Any, _msg: Any) -> None:
             self._on_delivery(seq, err)
@@ -152,6 +265,9 @@ class KafkaPagePipeline:
                 break
         self.producer.poll(0)
         metrics.PRODUCER_QUEUE.set(len(self.producer))
+        self._drain_if_needed()
+
+    def _drain_if_needed(self) -> None:
         if self._pending_letters and not self._draining:
             self._draining = True
             try:
@@ -160,13 +276,19 @@ class KafkaPagePipeline:
                 self._draining = False
 
     def _on_delivery(self, seq: int, err: Any) -> None:
-        if seq in self._side_in_flight:
-            self._side_in_flight.discard(seq)
+        if seq in self._letters_in_flight:
+            covers = self._letters_in_flight.pop(seq)
             if err is not None:
+                self._stuck.add(covers)  # the record it stands for is neither delivered nor lettered
                 self.stats.inc_value(STAT_DEAD_LETTERS_FAILED)
-                log.error("dead letter or link record undeliverable: %s", err)
+                log.error("dead letter undeliverable: %s", err)
             return
-        key, value, produced_at = self._in_flight.pop(seq, (b"?", b"", time.monotonic()))
+        topic, key, value, produced_at = self._in_flight.pop(seq, ("", b"?", b"", time.monotonic()))
+        if topic == self.links_topic:
+            if err is not None:
+                log.error("link record %s undeliverable: %s", key[:200].decode("utf-8", "replace"), err)
+                self._pending_letters.append((self._delivery_dead_letter(key, value, err), seq))
+            return
         if err is None:
             self.stats.inc_value(STAT_DELIVERED)
             metrics.RECORDS_PRODUCED.inc()
@@ -176,12 +298,26 @@ class KafkaPagePipeline:
         metrics.DELIVERY_FAILURES.inc()
         log.error("delivery failed for key %s: %s", key.decode("utf-8", errors="replace"), err)
         # Not produced here: librdkafka forbids produce() from inside a delivery callback.
-        self._pending_letters.append(_delivery_dead_letter(key, value, err))
+        self._pending_letters.append((self._delivery_dead_letter(key, value, err), seq))
+
+    def _delivery_dead_letter(self, key: bytes, value: bytes, err: Any) -> DeadLetterMessage:
+        """The dead letter of a record Kafka did not accept (cut to fit: it may be the cause)."""
+        code = err.name() if hasattr(err, "name") else type(err).__name__
+        return build_dead_letter(
+            stage="crawl",
+            reason="delivery_failed",
+            detail=f"{key[:500].decode('utf-8', errors='replace')}: {err}",
+            key=key,
+            value=value,
+            max_bytes=self.dead_letter_limit,
+            error_class_name=f"confluent_kafka.KafkaError.{code}",
+        )
 
     def _drain_letters(self) -> None:
         """Produce the dead letters of failed deliveries (called outside delivery callbacks)."""
         while self._pending_letters:
-            self._dead_letter(self._pending_letters.pop(0))
+            letter, covers = self._pending_letters.pop(0)
+            self.produce_dead_letter(letter, covers=covers)
 
     def close_spider(self) -> None:
         if self.producer is None:
@@ -193,17 +329,22 @@ class KafkaPagePipeline:
             self._draining = True
             self._drain_letters()
             remaining = self.producer.flush(self.settings.crawl.delivery_timeout_s)
+        self._draining = False
         metrics.PRODUCER_QUEUE.set(len(self.producer))
-        if self._side_in_flight:
-            self.stats.inc_value(STAT_DEAD_LETTERS_FAILED, len(self._side_in_flight))
-            self._side_in_flight.clear()
-        leftovers = list(self._in_flight.values())
+        if self._letters_in_flight:
+            self.stats.inc_value(STAT_DEAD_LETTERS_FAILED, len(self._letters_in_flight))
+            self._stuck.update(self._letters_in_flight.values())
+            self._letters_in_flight.clear()
+        leftovers = [
+            (key, seq) for seq, (topic, key, _v, _t) in self._in_flight.items() if topic != self.links_topic
+        ]
+        self._stuck.update(self._in_flight)
         self._in_flight.clear()
         if not leftovers:
             return
         self.stats.inc_value(STAT_FAILED, len(leftovers))
         metrics.DELIVERY_FAILURES.inc(len(leftovers))
-        for key, _value, _ in leftovers[:MAX_LEFTOVER_LOG_LINES]:
+        for key, _seq in leftovers[:MAX_LEFTOVER_LOG_LINES]:
             log.error(
                 "undelivered after %.0fs flush: key %s",
                 self.settings.crawl.delivery_timeout_s,
@@ -216,15 +357,17 @@ class KafkaPagePipeline:
         )
 
 
-def _delivery_dead_letter(key: bytes, value: bytes, err: Any) -> DeadLetter:
-    """The dead letter of a page record Kafka did not accept (value capped: it may be the cause)."""
-    code = err.name() if hasattr(err, "name") else str(err)
-    return DeadLetter.for_message(
-        stage="crawl",
-        error=RecordError("delivery_failed", f"{key.decode('utf-8', errors='replace')}: {err}"[:2000]),
-        topic=None,
-        partition=None,
-        offset=None,
-        key=key,
-        value=value[:MAX_DEAD_LETTER_VALUE] if code != "MSG_SIZE_TOO_LARGE" else value[:4096],
+def _refit(letter: DeadLetter, max_bytes: int) -> DeadLetterMessage:
+    """A DeadLetter built without the size rule, rebuilt with it."""
+    from crawlstream.deadletters import Origin
+
+    return build_dead_letter(
+        stage=letter.stage,
+        reason=letter.reason,
+        detail=letter.error,
+        key=letter.original_key(),
+        value=letter.original_value(),
+        max_bytes=max_bytes,
+        origin=Origin(letter.source_topic, letter.source_partition, letter.source_offset),
+        error_class_name=letter.error_class,
     )

@@ -8,6 +8,8 @@ the :class:`CrawlReport` gives the counts the pipeline run reconciles against la
 
 from __future__ import annotations
 
+import resource
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -20,8 +22,8 @@ from scrapy.settings import Settings as ScrapySettings
 from twisted.internet import task
 
 from crawlers.metrics import fetch_errors
-from crawlers.middlewares import STAT_REFUSED
 from crawlers.pipelines import STAT_DEAD_LETTERS, STAT_DELIVERED, STAT_FAILED
+from crawlers.refusals import address_refusals, refusal_counts
 from crawlers.spiders.common import STAT_METADATA_RECORDS, STAT_NON_HTML, STAT_PAGE_RECORDS
 from crawlers.spiders.site import SiteSpider
 from crawlstream.logs import bind_log_context
@@ -37,7 +39,9 @@ class CrawlSpec:
     max_depth: int | None = None  # None: settings.crawl.max_depth (0 = no limit)
     job_id: str = ""
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # host[:port] or URL entries: these may be private, on that port only (crawlstream.addresses).
     allow_private_hosts: list[str] = field(default_factory=list)
+    allow_private_addresses: bool = False  # no address check at all (a crawl of a private network)
     metrics_port: int | None = None  # None or -1: no /metrics; 0: a free port
     scrapy_settings: dict[str, Any] = field(default_factory=dict)  # extra overrides, highest priority
     allow: list[str] = field(default_factory=list)  # URL regexes to follow (empty: all)
@@ -55,7 +59,7 @@ class CrawlReport:
     delivery_failures: int
     fetch_errors: int
     robots_denied: int
-    private_refused: int
+    private_refused: int  # refusals for the target's address (loopback, private, ...)
     distinct_canonical_urls: int
     canonical_urls: list[str]
     duration_s: float
@@ -68,6 +72,10 @@ class CrawlReport:
     dead_letters: int = 0  # fetch failures and failed deliveries sent to the dead-letter topic
     # CPU seconds of this process (every thread, librdkafka's included) over duration_s.
     cpu_s: float = 0.0
+    # Everything refused (not fetched, followed or recorded), by reason (crawlers.refusals).
+    refused: dict[str, int] = field(default_factory=dict)
+    # Peak resident set size of this process (ru_maxrss), whatever the sites sent.
+    peak_rss_bytes: int = 0
 
     def to_json_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,6 +173,7 @@ def run_crawl(
         "job_id": spec.job_id,
         "run_id": spec.run_id,
         "allow_private_hosts": spec.allow_private_hosts,
+        "allow_private_addresses": spec.allow_private_addresses,
         "allow": spec.allow,
         "deny": spec.deny,
         **spec.spider_kwargs,
@@ -179,6 +188,7 @@ def run_crawl(
     stats: dict[str, Any] = crawler.stats.get_stats() if crawler.stats is not None else {}
     if progress is not None:
         progress.callback(stats)
+    refused = refusal_counts(stats)
     return CrawlReport(
         pages_fetched=int(stats.get(STAT_PAGE_RECORDS, 0)),
         responses_total=int(stats.get("response_received_count", 0)),
@@ -187,7 +197,7 @@ def run_crawl(
         delivery_failures=int(stats.get(STAT_FAILED, 0)),
         fetch_errors=fetch_errors(stats),
         robots_denied=int(stats.get("robotstxt/forbidden", 0)),
-        private_refused=int(stats.get(STAT_REFUSED, 0)),
+        private_refused=address_refusals(refused),
         distinct_canonical_urls=len(collector.urls),
         canonical_urls=sorted(collector.urls),
         duration_s=round(time.monotonic() - started, 3),
@@ -197,4 +207,12 @@ def run_crawl(
         metadata_records=int(stats.get(STAT_METADATA_RECORDS, 0)),
         dead_letters=int(stats.get(STAT_DEAD_LETTERS, 0)),
         cpu_s=round(time.process_time() - cpu_started, 3),
+        refused=refused,
+        peak_rss_bytes=peak_rss_bytes(),
     )
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)

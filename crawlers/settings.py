@@ -18,16 +18,36 @@ BOT_NAME = "crawlstream"
 SPIDER_MODULES = ["crawlers.spiders"]
 NEWSPIDER_MODULE = "crawlers.spiders"
 
-# The guard resolves every request's host (robots.txt and each redirect hop included)
-# before any network I/O: it sits ahead of robots.txt (100) and the redirect middleware (600).
-# Scrapy's robots.txt middleware and AutoThrottle are replaced by versions that honour
-# Crawl-delay (crawlers.politeness); Retry-After is read before the retry middleware (550) re-schedules.
+# The guard (crawlers.middlewares) comes first, so robots.txt fetches and every redirect hop pass
+# it, and replaces Scrapy's offsite middleware (refusals are counted by reason and reach the
+# request's errback, which the distributed spider needs to commit its offsets). The classifier sits
+# at the download handler's side, so it sees a refused lookup or an oversized body before the retry
+# middleware would retry it. The body cap runs right after decompression (590) and before
+# anything decodes the body (meta refresh, 580). Scrapy's robots.txt middleware and AutoThrottle
+# are replaced by versions that honour Crawl-delay (crawlers.politeness); Retry-After is read
+# before the retry middleware (550) re-schedules.
 DOWNLOADER_MIDDLEWARES = {
-    "crawlers.middlewares.PrivateAddressGuardMiddleware": 50,
+    "scrapy.downloadermiddlewares.offsite.OffsiteMiddleware": None,
+    "crawlers.middlewares.AddressGuardMiddleware": 50,
     "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
     "crawlers.politeness.CrawlDelayRobotsTxtMiddleware": 100,
     "crawlers.politeness.RetryAfterMiddleware": 560,
+    "crawlers.limits.BodyCapMiddleware": 585,
+    "scrapy.downloadermiddlewares.httpcompression.HttpCompressionMiddleware": None,
+    "crawlers.limits.CappedHttpCompressionMiddleware": 590,
+    "crawlers.middlewares.RefusalClassifierMiddleware": 950,
 }
+# Links out of scope, to a spent host or past the page's cap are dropped (and counted) before
+# they reach the scheduler; it replaces Scrapy's URL length middleware (same place).
+SPIDER_MIDDLEWARES = {
+    "scrapy.spidermiddlewares.urllength.UrlLengthMiddleware": None,
+    "crawlers.limits.ScopeSpiderMiddleware": 800,
+}
+# Connect-time address check: the guard's resolver is the reactor's (crawlers.resolver).
+TWISTED_DNS_RESOLVER = "crawlers.resolver.GuardedHostnameResolver"
+DNS_TIMEOUT = 20
+# http and https only: no download handler for file:, data:, ftp: or s3: URLs exists at all.
+DOWNLOAD_HANDLERS = {"file": None, "data": None, "ftp": None, "s3": None}
 ITEM_PIPELINES = {"crawlers.pipelines.KafkaPagePipeline": 300}
 EXTENSIONS = {
     "crawlers.metrics.CrawlerMetricsExtension": 500,
@@ -41,6 +61,8 @@ CRAWLSTREAM_MAX_CRAWL_DELAY_S = 60.0
 CRAWLSTREAM_MAX_RETRY_AFTER_S = 120.0
 # Non-HTML responses as kind="metadata" page records; jobs turn it on (crawlers.jobrun).
 CRAWLSTREAM_RECORD_NON_HTML = False
+# The blocking resolver behind the guard (crawlers.resolver); tests name a fake one.
+CRAWLSTREAM_RESOLVER = "crawlstream.addresses.resolve"
 
 ROBOTSTXT_OBEY = True
 ROBOTSTXT_PARSER = "scrapy.robotstxt.ProtegoRobotParser"
@@ -71,7 +93,13 @@ def crawl_overrides(crawl: CrawlSettings) -> dict[str, Any]:
         "CONCURRENT_REQUESTS": crawl.concurrency,
         "CONCURRENT_REQUESTS_PER_DOMAIN": crawl.concurrency_per_domain,
         "DOWNLOAD_DELAY": crawl.download_delay_s,
+        # The whole download, body included (Scrapy's HTTP/1.1 handler): slow drips end here.
         "DOWNLOAD_TIMEOUT": crawl.download_timeout_s,
-        # Bodies above the cap are truncated in the record anyway; refuse absurd downloads.
-        "DOWNLOAD_MAXSIZE": max(crawl.max_body_bytes * 32, 64 * 1024 * 1024),
+        # Applied while downloading and while decompressing (crawlers.limits).
+        "DOWNLOAD_MAXSIZE": crawl.max_response_bytes,
+        "DOWNLOAD_WARNSIZE": crawl.max_response_bytes // 2,
+        "CRAWLSTREAM_MAX_PAGES_PER_HOST": crawl.max_pages_per_host,
+        "CRAWLSTREAM_MAX_LINKS_PER_PAGE": crawl.max_links_per_page,
+        "CRAWLSTREAM_MAX_URL_LENGTH": crawl.max_url_length,
+        "CRAWLSTREAM_ALLOW_PRIVATE_ADDRESSES": crawl.allow_private_addresses,
     }

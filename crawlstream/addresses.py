@@ -59,8 +59,17 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
+# Most specific first: 169.254.0.0/16 and 0.0.0.0/8 are also "private" to ipaddress.
+_KINDS = ("loopback", "link_local", "multicast", "unspecified", "reserved", "private")
+# Every value forbidden_reason can return: a bounded set, fit for a metric label.
+ADDRESS_REASONS = frozenset(
+    {"invalid", "shared", "special", "not_global", *_KINDS}
+    | {f"ipv4_embedded_{k}" for k in (*_KINDS, "shared", "special", "not_global")}
+)
+
+
 def _kind(ip: IPAddress) -> str:
-    for name in ("loopback", "private", "link_local", "multicast", "reserved", "unspecified"):
+    for name in _KINDS:
         if getattr(ip, f"is_{name}"):
             return name
     if isinstance(ip, ipaddress.IPv4Address) and ip in ipaddress.ip_network("100.64.0.0/10"):
@@ -118,6 +127,34 @@ def host_and_port(url: str) -> tuple[str, str, int]:
     return scheme, host, port if port is not None else DEFAULT_PORTS[scheme]
 
 
+def allowed_pairs(entry: str) -> set[tuple[str, int]]:
+    """The (host, port) pairs an allow-list entry stands for; ValueError names a bad entry."""
+    entry = entry.strip()
+    if not entry:
+        return set()
+    if "://" in entry:
+        try:
+            _scheme, host, port = host_and_port(entry)
+        except AddressRefused as exc:
+            raise ValueError(f"not an http(s) URL or host[:port]: {entry!r} ({exc.reason})") from None
+        return {(host, port)}
+    if entry.count(":") > 1 and not entry.startswith("["):  # a bare IPv6 address: no port
+        host, port_text = entry, ""
+    else:
+        host, sep, port_text = entry.rpartition(":")
+        if not sep or "]" in port_text:
+            host, port_text = entry, ""
+    host = host.strip("[]").lower()
+    if not host or any(c in host for c in "/?#@ ") or (port_text and not port_text.isdigit()):
+        raise ValueError(f"not host[:port]: {entry!r}")
+    if port_text:
+        port = int(port_text)
+        if not 0 < port < 65536:
+            raise ValueError(f"port out of range in {entry!r}")
+        return {(host, port)}
+    return {(host, p) for p in DEFAULT_PORTS.values()}
+
+
 @dataclass(frozen=True)
 class AddressPolicy:
     """What may be reached: everything public, plus ``allowed`` (host, port) pairs whatever they
@@ -129,25 +166,18 @@ class AddressPolicy:
     @classmethod
     def allowing(cls, urls_or_hosts: Iterable[str], *, allow_all: bool = False) -> AddressPolicy:
         """A policy allowing each entry: a URL (its host and port) or ``host[:port]`` (port 80
-        and 443 when none is given)."""
+        and 443 when none is given; IPv6 as ``[::1]:8080`` or bare ``::1``)."""
         allowed: set[tuple[str, int]] = set()
         for entry in urls_or_hosts:
-            entry = entry.strip()
-            if not entry:
-                continue
-            if "://" in entry:
-                _scheme, host, port = host_and_port(entry)
-                allowed.add((host, port))
-                continue
-            host, sep, port_text = entry.rpartition(":")
-            if sep and port_text.isdigit() and "]" not in port_text:
-                allowed.add((host.strip("[]").lower(), int(port_text)))
-            else:
-                allowed.update((entry.strip("[]").lower(), p) for p in DEFAULT_PORTS.values())
+            allowed.update(allowed_pairs(entry))
         return cls(allow_all=allow_all, allowed=frozenset(allowed))
 
+    def union(self, other: AddressPolicy) -> AddressPolicy:
+        """What either policy allows (a process running several crawls resolves for all of them)."""
+        return AddressPolicy(self.allow_all or other.allow_all, self.allowed | other.allowed)
+
     def exempts(self, host: str, port: int) -> bool:
-        return self.allow_all or (host.lower(), port) in self.allowed
+        return self.allow_all or (host.strip("[]").lower(), port) in self.allowed
 
     def check_address(self, host: str, port: int, address: str) -> None:
         """Raise AddressRefused unless ``address`` (what ``host`` resolved or connected to) may be

@@ -29,7 +29,6 @@ from crawlstream.pipeline import CrawlArgs
 from crawlstream.settings import Settings, load_settings
 from crawlstream.stack import cli as stack_cli
 from crawlstream.stack.cli import stack_app
-from crawlstream.urls import host_of
 
 console = Console()
 app = typer.Typer(
@@ -123,7 +122,7 @@ def _run(settings: Settings, args: CrawlArgs, *, json_out: bool, timeout: float,
 
 @app.command("run")
 def run(
-    url: Annotated[str, typer.Argument(help="start URL; its host is allowed even if private")],
+    url: Annotated[str, typer.Argument(help="start URL; its host:port is allowed even if private")],
     max_pages: Annotated[int, typer.Option(help="0 = no limit")] = 0,
     max_depth: Annotated[int, typer.Option(help="0 = no limit")] = 0,
     job_id: str = "adhoc",
@@ -134,7 +133,7 @@ def run(
     """Crawl URL through the whole pipeline and reconcile the counts stage by stage."""
     args = CrawlArgs(
         start_urls=[url],
-        allow_private_hosts=[host_of(url)],
+        allow_private_hosts=[url],  # that URL's host, on that port only
         max_pages=max_pages,
         max_depth=max_depth,
         job_id=job_id,
@@ -165,7 +164,7 @@ def demo(
         )
         args = CrawlArgs(
             start_urls=[f"{base_url}index.html"],
-            allow_private_hosts=[host_of(base_url)],
+            allow_private_hosts=[base_url],  # the demo site's host, on its port only
             job_id="demo",
             run_id=uuid.uuid4().hex,
             expected_pages=manifest.expected_html_responses,

@@ -13,6 +13,8 @@ Decisions that shape the records:
   variants are fetched and produce records sharing a ``canonical_url``; the stream stage dedups.
 - ``max_pages`` counts page records yielded, exactly: once reached, no further record or
   request is yielded and the spider closes with reason ``max_pages``.
+- Links are bounded (:mod:`crawlers.limits`): depth (``DEPTH_LIMIT``), scope (offsite, scheme,
+  URL length, ``allow``/``deny``), per-host budget and links per page, each refusal counted.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ from crawlers.spiders.common import (
     STAT_METADATA_RECORDS,
     STAT_NON_HTML,
     STAT_PAGE_RECORDS,
+    CountingLinkExtractor,
     RecordingMixin,
     _split_arg,
 )
-from crawlstream.records import DeadLetter, PageRecord
+from crawlstream.deadletters import DeadLetterMessage
+from crawlstream.records import PageRecord
 from crawlstream.urls import host_of
 
 __all__ = [
@@ -70,18 +74,18 @@ class SiteSpider(RecordingMixin, Spider):
             raise ValueError("SiteSpider needs start_url (or start_urls, comma-separated)")
         self.allowed_domains = _split_arg(allowed_domains) or sorted({host_of(u) for u in self.start_urls})
         self.setup_recording(job_id, run_id, max_pages, max_body_bytes)
-        self.link_extractor = LinkExtractor(allow=_split_arg(allow), deny=_split_arg(deny))
+        self.set_patterns(allow, deny)  # applied to links by the crawl scope, counted
+        self.link_extractor = LinkExtractor()  # from_crawler installs the counting one
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> SiteSpider:
         spider = super().from_crawler(crawler, *args, **kwargs)
         assert isinstance(spider, SiteSpider)
-        if spider.record_non_html:
-            # Follow links to images, PDFs, archives... too (Scrapy skips them by extension), so
-            # they are recorded as metadata; DOWNLOAD_MAXSIZE still caps what is downloaded.
-            spider.link_extractor = LinkExtractor(
-                allow=spider.link_extractor.allow_res, deny=spider.link_extractor.deny_res, deny_extensions=[]
-            )
+        # With non-HTML recording, links to images, PDFs, archives... are followed too (Scrapy
+        # skips them by extension), so they are recorded as metadata; DOWNLOAD_MAXSIZE still caps
+        # what is downloaded.
+        extra: dict[str, Any] = {"deny_extensions": []} if spider.record_non_html else {}
+        spider.link_extractor = CountingLinkExtractor(crawler, **extra)
         return spider
 
     async def start(self) -> AsyncIterator[Request]:
@@ -90,7 +94,7 @@ class SiteSpider(RecordingMixin, Spider):
         for url in self.start_urls:
             yield Request(url, callback=self.parse, errback=self.fetch_failed)
 
-    def parse(self, response: Response, **kwargs: Any) -> Iterator[PageRecord | DeadLetter | Request]:
+    def parse(self, response: Response, **kwargs: Any) -> Iterator[PageRecord | DeadLetterMessage | Request]:
         if not (yield from self.record(response)):
             return  # not HTML, or the max_pages cap reached
         assert isinstance(response, TextResponse)

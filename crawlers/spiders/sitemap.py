@@ -5,11 +5,18 @@ sitemap indexes are followed, gzip sitemaps are accepted. Entries whose ``<lastm
 than ``recrawl_interval_s`` are skipped (unchanged since the previous recrawl); entries without
 a lastmod are always fetched. ``allow``/``deny`` regexes filter the listed URLs. Records go to
 ``<prefix>.pages.raw``, failures to ``<prefix>.deadletter`` (see :mod:`crawlers.spiders.common`).
+
+Bounded: a sitemap (or a gzip sitemap once inflated) is at most ``DOWNLOAD_MAXSIZE`` (a gzip bomb
+is refused as ``decompressed_too_large``); at most :data:`MAX_SITEMAP_ENTRIES` entries of one
+sitemap are followed (the protocol's own limit), each in scope (:mod:`crawlers.limits`); nested
+indexes deepen the crawl (``DEPTH_LIMIT``). Scrapy's sitemap parser (lxml) resolves no entity, so
+billion laughs and external entities in a sitemap stay inert text.
 """
 
 from __future__ import annotations
 
-import re
+import struct
+import zlib
 from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,10 +24,16 @@ from typing import Any
 from scrapy import Request
 from scrapy.http import Response
 from scrapy.spiders import SitemapSpider as ScrapySitemapSpider
+from scrapy.utils.gz import gunzip, gzip_magic_number
 
+from crawlers.limits import FULL_BODY, LINKS_CAP, NOT_A_LINK
 from crawlers.spiders.common import RecordingMixin, _split_arg
-from crawlstream.records import DeadLetter, PageRecord
+from crawlstream.deadletters import DeadLetterMessage
+from crawlstream.records import PageRecord
 from crawlstream.urls import host_of
+
+MAX_SITEMAP_ENTRIES = 50_000  # sitemaps.org: "no more than 50,000 URLs" per sitemap
+SITEMAP_META = {FULL_BODY: True, NOT_A_LINK: True, LINKS_CAP: MAX_SITEMAP_ENTRIES}
 
 
 def parse_lastmod(value: str | None) -> datetime | None:
@@ -53,22 +66,27 @@ class SitemapSpider(RecordingMixin, ScrapySitemapSpider):
         self.sitemap_urls = _split_arg(start_urls)
         if not self.sitemap_urls:
             raise ValueError("SitemapSpider needs start_urls (sitemap or robots.txt URLs)")
-        self.sitemap_rules = [(p, "parse") for p in _split_arg(allow)] or [("", "parse")]
+        # Every entry goes to parse; allow/deny are applied (and counted) by the crawl scope.
+        self.sitemap_rules = [("", "parse")]
         super().__init__(**kwargs)
         self.allowed_domains = _split_arg(allowed_domains) or sorted({host_of(u) for u in self.sitemap_urls})
-        self.deny = [re.compile(p) for p in _split_arg(deny)]
+        self.set_patterns(allow, deny)
         interval = float(recrawl_interval_s or 0)
         self.not_before = datetime.now(UTC) - timedelta(seconds=interval) if interval > 0 else None
         self.setup_recording(job_id, run_id, max_pages, max_body_bytes)
 
     async def start(self) -> AsyncIterator[Any]:
         for url in self.sitemap_urls:
-            yield Request(url, callback=self._parse_sitemap, errback=self.fetch_failed)
+            yield Request(
+                url, callback=self._parse_sitemap, errback=self.fetch_failed, meta=dict(SITEMAP_META)
+            )
 
     def sitemap_filter(self, entries: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for entry in entries:
-            loc = str(entry.get("loc", ""))
-            if any(p.search(loc) for p in self.deny):
+            try:
+                Request(str(entry.get("loc") or "http://-/"))  # what Scrapy builds next must be a URL
+            except ValueError:
+                self.refuse("invalid_url")
                 continue
             lastmod = parse_lastmod(entry.get("lastmod"))
             if self.not_before is not None and lastmod is not None and lastmod < self.not_before:
@@ -78,7 +96,25 @@ class SitemapSpider(RecordingMixin, ScrapySitemapSpider):
 
     def _parse_sitemap(self, response: Response) -> Iterable[Request]:
         for request in super()._parse_sitemap(response):
-            yield request.replace(errback=self.fetch_failed)
+            if request.callback == self._parse_sitemap:  # a sitemap of an index or of robots.txt
+                yield request.replace(errback=self.fetch_failed, meta={**request.meta, **SITEMAP_META})
+            else:
+                yield request.replace(errback=self.fetch_failed)
 
-    def parse(self, response: Response, **kwargs: Any) -> Iterator[PageRecord | DeadLetter]:
+    def _get_sitemap_body(self, response: Response) -> bytes | None:
+        """Scrapy's, with a gzip bomb counted (``decompressed_too_large``) and corrupt gzip skipped."""
+        if not gzip_magic_number(response):
+            body: bytes | None = super()._get_sitemap_body(response)
+            return body
+        max_size = int(response.meta.get("download_maxsize", self._max_size))
+        try:
+            return gunzip(response.body, max_size=max_size)
+        except ValueError:  # scrapy's _DecompressionMaxSizeExceeded
+            self.refuse("decompressed_too_large")
+            self.logger.warning("sitemap %s inflates past %d bytes: ignored", response.url, max_size)
+        except (OSError, EOFError, struct.error, zlib.error) as exc:
+            self.logger.warning("sitemap %s is not valid gzip (%s): ignored", response.url, exc)
+        return None
+
+    def parse(self, response: Response, **kwargs: Any) -> Iterator[PageRecord | DeadLetterMessage]:
         yield from self.record(response)

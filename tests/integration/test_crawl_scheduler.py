@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 JOBS = """
 [jobs.minutely]
 start_urls = ["{base}index.html"]
-allow_private_hosts = ["127.0.0.1"]
+allow_private_hosts = ["{base}"]  # that host, on its port only
 max_pages = 5
 schedule = "* * * * *"
 """

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 JOBS = """
 [defaults]
-allow_private_hosts = ["127.0.0.1"]
+allow_private_hosts = ["{base}"]  # that host, on its port only
 
 [jobs.sitemap]
 source = "sitemap"

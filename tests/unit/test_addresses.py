@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from crawlstream.addresses import AddressPolicy, AddressRefused, forbidden_reason, is_forbidden_address
+from crawlstream.addresses import (
+    ADDRESS_REASONS,
+    AddressPolicy,
+    AddressRefused,
+    allowed_pairs,
+    forbidden_reason,
+    is_forbidden_address,
+)
 
 FORBIDDEN = [
     "127.0.0.1",
@@ -109,3 +116,39 @@ def test_urls_are_refused_with_a_reason_and_lookups_fail_closed(url: str, reason
 def test_public_host_passes_and_returns_its_addresses() -> None:
     resolver = _resolver({"example.com": ["93.184.216.34"]})
     assert AddressPolicy().check_url("https://example.com/a", resolver) == ["93.184.216.34"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "pairs"),
+    [
+        ("127.0.0.1:8080", {("127.0.0.1", 8080)}),
+        ("Intranet.Local", {("intranet.local", 80), ("intranet.local", 443)}),
+        ("[::1]:9000", {("::1", 9000)}),
+        ("::1", {("::1", 80), ("::1", 443)}),  # a bare IPv6 address has no port
+        ("https://docs.local/x", {("docs.local", 443)}),
+        ("http://127.0.10.1:8000/", {("127.0.10.1", 8000)}),
+    ],
+)
+def test_allow_entries_name_hosts_and_ports(entry: str, pairs: set[tuple[str, int]]) -> None:
+    assert allowed_pairs(entry) == pairs
+    assert AddressPolicy.allowing([entry]).allowed == pairs
+
+
+@pytest.mark.parametrize("entry", ["host:99999", "host:port", "a/b:80", "ftp://x/", "http://"])
+def test_bad_allow_entries_are_named(entry: str) -> None:
+    with pytest.raises(ValueError, match="host"):
+        allowed_pairs(entry)
+
+
+def test_metadata_and_unspecified_addresses_are_named_precisely() -> None:
+    assert forbidden_reason("169.254.169.254") == "link_local"
+    assert forbidden_reason("0.0.0.0") == "unspecified"
+    assert forbidden_reason("::ffff:169.254.169.254") == "ipv4_embedded_link_local"
+    assert {forbidden_reason(a) for a in FORBIDDEN} <= ADDRESS_REASONS
+
+
+def test_a_union_allows_what_either_allows() -> None:
+    both = AddressPolicy.allowing(["a.local:1"]).union(AddressPolicy.allowing(["b.local:2"]))
+    assert both.exempts("a.local", 1)
+    assert both.exempts("B.local", 2)
+    assert not both.exempts("a.local", 2)

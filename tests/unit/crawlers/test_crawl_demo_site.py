@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -89,7 +90,7 @@ def _crawl(tmp_path: Path, base_url: str, *extra: str) -> tuple[dict[str, Any], 
     cmd = [
         sys.executable, "-m", "crawlers", "crawl",
         "--start-url", base_url + "index.html",
-        "--allow-private-host", "127.0.0.1",
+        "--allow-private-host", urlsplit(base_url).netloc,  # that host, on that port only
         "--metrics-port", "-1",
         "--job-id", "job-1", "--run-id", "run-1",
         "--set", f"ITEM_PIPELINES={pipelines}",

@@ -101,3 +101,48 @@ def test_run_events() -> None:
         5,
         1,
     )
+
+
+def test_a_job_without_limits_is_bounded_by_the_crawl_settings() -> None:
+    job = parse_jobs({"jobs": {"j": {"start_urls": ["http://a/"]}}})["j"]
+    spec = crawl_spec(Settings(), job, "r")
+    # None: the spider takes crawl.max_pages / crawl.max_depth (finite); 0 would mean "no limit".
+    assert (spec.max_pages, spec.max_depth) == (None, None)
+    for name in ("DOWNLOAD_MAXSIZE", "CRAWLSTREAM_MAX_PAGES_PER_HOST", "CRAWLSTREAM_MAX_LINKS_PER_PAGE"):
+        assert name not in spec.scrapy_settings  # crawl.* applies (crawlers.settings.crawl_overrides)
+    assert (spec.allow_private_addresses, spec.allow_private_hosts) == (False, [])
+
+
+def test_job_limits_and_private_access_become_settings() -> None:
+    job = parse_jobs(
+        {
+            "jobs": {
+                "j": {
+                    "source": "api",
+                    "api_endpoint": "http://127.0.0.1:8080/api",
+                    "max_pages": 0,
+                    "max_depth": 0,
+                    "max_pages_per_host": 10,
+                    "max_links_per_page": 20,
+                    "max_url_length": 300,
+                    "max_api_pages": 7,
+                    "allow_private_hosts": ["127.0.0.1:8080", "intranet.local", "[::1]:9000"],
+                    "allow_private_addresses": True,
+                }
+            }
+        }
+    )["j"]
+    spec = crawl_spec(Settings(), job, "r")
+    assert (spec.max_pages, spec.max_depth) == (0, 0)  # explicitly unlimited
+    s = spec.scrapy_settings
+    assert (s["CRAWLSTREAM_MAX_PAGES_PER_HOST"], s["CRAWLSTREAM_MAX_LINKS_PER_PAGE"]) == (10, 20)
+    assert s["CRAWLSTREAM_MAX_URL_LENGTH"] == 300
+    assert spec.spider_kwargs["max_api_pages"] == 7
+    assert spec.allow_private_hosts == ["127.0.0.1:8080", "intranet.local", "[::1]:9000"]
+    assert spec.allow_private_addresses is True
+
+
+@pytest.mark.parametrize("entry", ["127.0.0.1:99999", "host:port", "http://", "a/b", "ftp://x/"])
+def test_bad_allow_private_hosts_entries_are_refused_at_load(entry: str) -> None:
+    with pytest.raises(ConfigError, match="allow_private_hosts"):
+        parse_jobs({"jobs": {"j": {"start_urls": ["http://a/"], "allow_private_hosts": [entry]}}})

@@ -67,7 +67,19 @@ def test_failure_reasons_and_dead_letter() -> None:
     response = HtmlResponse(request.url, status=503, request=request)
     assert failure_reason(Failure(HttpError(response, "no"))) == "http_503"
     assert failure_reason(Failure(TxTimeoutError())) == "fetch_timeout_error"
-    letter = fetch_dead_letter(Failure(TxTimeoutError()), request.url, job_id="j", run_id="r")
-    assert letter.stage == "crawl"
+    message = fetch_dead_letter(
+        Failure(TxTimeoutError()), request.url, job_id="j", run_id="r", max_bytes=1 << 20
+    )
+    letter = message.letter
+    assert (letter.stage, letter.reason) == ("crawl", "fetch_timeout_error")
+    assert letter.error_class == "twisted.internet.error.TimeoutError"
     assert letter.original_value() == request.url.encode()
+    assert message.key == b"http://example.com/x"  # the canonical URL
     assert "job j, run r" in letter.error
+
+
+def test_a_fetch_dead_letter_fits_its_topic_whatever_the_url() -> None:
+    url = "http://example.com/" + "x" * 50_000
+    message = fetch_dead_letter(Failure(TxTimeoutError()), url, job_id="j", run_id="r", max_bytes=16 * 1024)
+    assert len(message.value) + len(message.key or b"") <= 16 * 1024 - 1024
+    assert message.letter.truncated

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -12,6 +13,7 @@ from crawlers import metrics
 from crawlers.pipelines import (
     STAT_BACKPRESSURE,
     STAT_DEAD_LETTERS,
+    STAT_DEAD_LETTERS_FAILED,
     STAT_DELIVERED,
     STAT_FAILED,
     DeliveryCallback,
@@ -167,3 +169,125 @@ def test_producer_is_created_lazily() -> None:
     assert pipeline.topic == "crawlstream.pages.raw"  # the catalog's raw-pages topic
     assert pipeline.producer is None
     pipeline.close_spider()  # nothing opened, nothing to flush
+
+
+# Nothing oversized is produced.
+def _small_pipeline(producer: FakeProducer, limit: int) -> tuple[KafkaPagePipeline, StatsCollector]:
+    pipeline, stats = _pipeline(producer)
+    pipeline.page_limit = limit
+    return pipeline, stats
+
+
+def _control_page(chars: int) -> PageRecord:
+    url = "http://example.com/controls"
+    body = "".join(chr(c) for c in range(1, 32)) * (chars // 31)
+    return PageRecord(
+        url=url,
+        canonical_url=url,
+        final_url=url,
+        status=200,
+        fetched_at=datetime.now(UTC),
+        body=body,
+        body_bytes=len(body),
+    )
+
+
+def test_a_page_of_control_characters_is_recut_to_fit_its_topic() -> None:
+    producer = FakeProducer()
+    pipeline, stats = _small_pipeline(producer, limit=64 * 1024)
+    record = _control_page(40_000)  # 40k characters, ~200 KB once JSON-escaped
+    assert len(record.to_bytes()) > 64 * 1024
+
+    pipeline.process_item(record)
+    pipeline.close_spider()
+
+    [(topic, key, value)] = producer.sent
+    assert topic == "t.pages.raw"
+    assert len(key) + len(value) + 1024 <= 64 * 1024  # the size rule of crawlstream.deadletters
+    produced = decode_page(value)
+    assert produced.body_truncated
+    assert produced.body_bytes == len(record.body)  # the size downloaded is kept
+    assert record.body.startswith(produced.body)
+    assert len(produced.body) > 1000  # cut to fit, not emptied
+    assert stats.get_value("crawlstream/bodies_recapped_to_fit") == 1
+
+
+def test_a_record_that_cannot_fit_even_without_body_is_a_dead_letter_not_a_crash() -> None:
+    producer = FakeProducer()
+    pipeline, stats = _small_pipeline(producer, limit=4096)
+    url = "http://example.com/" + "x" * 5000  # the key alone is over the limit
+    record = PageRecord(url=url, canonical_url=url, final_url=url, status=200, fetched_at=datetime.now(UTC))
+
+    pipeline.process_item(record)
+    pipeline.close_spider()
+
+    [(topic, key, value)] = producer.sent
+    assert topic == "crawlstream.deadletter"
+    letter = DeadLetter.model_validate_json(value)
+    assert (letter.stage, letter.reason) == ("crawl", "too_large")
+    assert decode_page(letter.original_value()).url == url  # the whole record: the letter topic is larger
+    assert len(key) <= 1024  # a dead letter's key is capped
+    assert stats.get_value(STAT_DEAD_LETTERS) == 1
+    assert stats.get_value(STAT_DELIVERED) is None
+
+
+def test_dead_letter_messages_and_legacy_letters_are_produced_within_the_size_rule() -> None:
+    from crawlstream.deadletters import build_dead_letter
+
+    producer = FakeProducer()
+    pipeline, _ = _pipeline(producer)
+    message = build_dead_letter(
+        stage="crawl",
+        reason="fetch_x",
+        detail="d",
+        key=b"k",
+        value=b"v",
+        max_bytes=pipeline.dead_letter_limit,
+    )
+    pipeline.process_item(message)
+    huge = DeadLetter(
+        stage="crawl", reason="r", error="e", value_b64=base64.b64encode(b"x" * (9 << 20)).decode()
+    )
+    pipeline.process_item(huge)
+    pipeline.close_spider()
+    sent = [(k, v) for t, k, v in producer.sent if t == "crawlstream.deadletter"]
+    assert sent[0] == (b"k", message.value)
+    refit = DeadLetter.model_validate_json(sent[1][1])
+    assert refit.truncated
+    assert len(sent[1][1]) <= pipeline.dead_letter_limit - 1024
+
+
+def test_delivered_through_waits_for_every_record_and_dead_letter() -> None:
+    producer = FakeProducer()
+    producer.deliver_on_flush = False
+    pipeline, _ = _pipeline(producer)
+    producer.fail_keys = {b"http://example.com/2"}
+    for n in range(1, 4):
+        pipeline.process_item(_record(n))
+    barrier = pipeline.barrier()
+    assert barrier == 3
+    assert pipeline.delivered_through() == 0
+    producer.deliver(1)  # record 1
+    assert pipeline.delivered_through() == 1
+    producer.deliver(1)  # record 2 fails: its dead letter is owed
+    producer.fail_keys = set()
+    pipeline.poll()  # produces the dead letter (outside the callback)
+    assert pipeline.delivered_through() == 1
+    producer.deliver(1)  # record 3
+    assert pipeline.delivered_through() == 1  # still waiting for 2's letter
+    producer.deliver(1)  # the dead letter of record 2
+    assert pipeline.delivered_through() >= barrier
+
+
+def test_an_undeliverable_dead_letter_holds_the_watermark() -> None:
+    producer = FakeProducer()
+    pipeline, stats = _pipeline(producer)
+    producer.fail_keys = {b"http://example.com/1"}
+    pipeline.process_item(_record(1))
+    producer.deliver(1)
+    pipeline.poll()
+    [(_topic, key, _)] = [s for s in producer.sent if s[0] == "crawlstream.deadletter"]
+    assert key == b"http://example.com/1"
+    producer.deliver(1)  # the letter fails too (same key)
+    assert pipeline.delivered_through() == 0  # never past the record: it is re-consumed after a restart
+    assert stats.get_value(STAT_DEAD_LETTERS_FAILED) == 1

@@ -44,7 +44,24 @@ def test_report_is_json_serialisable() -> None:
 def test_metric_helpers() -> None:
     assert [status_class(s) for s in (200, 301, 404, 503, 42)] == ["2xx", "3xx", "4xx", "5xx", "other"]
     stats = {
-        "downloader/exception_count": 5,
+        "downloader/exception_count": 9,
         "downloader/exception_type_count/scrapy.exceptions.IgnoreRequest": 3,
+        "downloader/exception_type_count/crawlers.refusals.Refused": 4,  # refused on purpose
     }
     assert fetch_errors(stats) == 2
+
+
+def test_refusals_are_summed_by_reason_scrapy_filters_included() -> None:
+    from crawlers.refusals import address_refusals, refusal_counts
+
+    stats = {
+        "crawlstream/refused/loopback": 2,
+        "crawlstream/refused/ipv4_embedded_private": 1,
+        "crawlstream/refused/scheme": 4,
+        "crawlstream/refused/depth": 1,
+        "depth/request_ignored_count": 5,
+        "downloader/exception_count": 3,
+    }
+    counts = refusal_counts(stats)
+    assert counts == {"depth": 6, "ipv4_embedded_private": 1, "loopback": 2, "scheme": 4}
+    assert address_refusals(counts) == 3
