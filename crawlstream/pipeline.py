@@ -64,6 +64,7 @@ STAGES = ("crawl", "kafka", "streams", "sink", "cdc", "events")
 class CrawlArgs:
     start_urls: list[str]
     allowed_domains: list[str] = field(default_factory=list)
+    # Private hosts the crawl may reach: a URL or host:port (that host on that port only).
     allow_private_hosts: list[str] = field(default_factory=list)
     max_pages: int = 0
     max_depth: int = 0
