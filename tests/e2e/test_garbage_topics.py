@@ -27,9 +27,7 @@ The test collects every problem and fails once, listing each with its topic, rec
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -47,10 +45,9 @@ from crawlstream.demosite import generate_demo_site, serve_directory
 from crawlstream.errors import CrawlstreamError
 from crawlstream.pipeline import CrawlArgs, PipelineProbe, run_pipeline
 from crawlstream.records import DeadLetter, PageRecord
-from crawlstream.settings import Settings, load_settings
-from crawlstream.stack.processes import ProcessManager, tail, wait_until
-from crawlstream.topics import ensure_topics
-from crawlstream.workers import FOLLOWER, worker_specs
+from crawlstream.settings import Settings
+from crawlstream.stack.processes import wait_until
+from tests.e2e.isolated import IsolatedPipeline
 
 pytestmark = pytest.mark.e2e
 
@@ -58,7 +55,6 @@ KEY_DELIM, MSG_DELIM = b"\x1f", b"\x1e"  # never inside a garbage record
 NEAR_MARGIN = 4096  # near the limit: this far below it (record and batch headers fit in it)
 OVER_MARGIN = 4096  # over the limit: this far above it
 LETTER_TIMEOUT_S = 180.0
-DISTRIBUTED = "distributed-crawler"
 
 
 @dataclass(frozen=True)
@@ -99,12 +95,6 @@ class Problems:
 
     def add(self, text: str) -> None:
         self.found.append(text)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def kcat(settings: Settings, topic: str, key: bytes, value: bytes | None, workdir: Path) -> tuple[int, str]:
@@ -207,111 +197,13 @@ def valid_but_hostile_pages(tag: str, limit: int) -> Iterator[tuple[str, bytes, 
     yield "valid-long-url", long_url.encode(), page.to_bytes()
 
 
-class IsolatedPipeline:
-    """Stream worker, sink worker, follower and a distributed crawler on a topic prefix of
-    their own; pidfiles and logs under the test's directory."""
-
-    def __init__(self, settings: Settings, workdir: Path) -> None:
-        self.settings = settings
-        self.pm = ProcessManager(workdir / "state")
-        self.workdir = workdir
-        self.pids: dict[str, int] = {}
-
-    def start(self) -> None:
-        s = self.settings
-        specs = {w.name: w for w in worker_specs(s, follower=True)}
-        for name in ("streams-worker", "sink-worker"):
-            self._start(name, specs[name].argv, specs[name].metrics_port)
-        # The follower's group starts where the page events topic ends now (it is shared).
-        topic = f"{s.connect.outbox_topic_prefix}.event.page"
-        commit_end(s, s.follow.group_id, topic)
-        follow_argv = [sys.executable, "-m", "crawlstream.cli", "follow", "--quiet"]
-        self._start(FOLLOWER, follow_argv, s.follow.metrics_port)
-        dist_argv = [
-            sys.executable, "-m", "crawlers", "requests", "--group-id", f"{s.kafka.topic_prefix}-crawlers",
-            "--report", str(self.workdir / "distributed.json"), "--metrics-port", "-1",
-        ]  # fmt: skip
-        self.pids[DISTRIBUTED] = self.pm.start(DISTRIBUTED, dist_argv)
-
-    def _start(self, name: str, argv: list[str], port: int) -> None:
-        self.pids[name] = self.pm.start(name, argv)
-        wait_until(
-            lambda: None if _answers(port) else "no /metrics yet",
-            service=name,
-            log_path=self.pm.log_path(name),
-            timeout_s=120,
-            alive=lambda: self.pm.running(name),
-        )
-
-    def dead(self) -> list[str]:
-        return [name for name, pid in self.pids.items() if self.pm.pid(name) != pid]
-
-    def log_tail(self, name: str) -> str:
-        return tail(self.pm.log_path(name), 12)
-
-    def stop(self) -> None:
-        for name in reversed(list(self.pids)):
-            self.pm.stop(name, timeout_s=30)
-
-
-def _answers(port: int) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-def commit_end(settings: Settings, group: str, topic: str) -> None:
-    consumer = Consumer(settings.kafka.librdkafka(**{"group.id": group, "enable.auto.commit": False}))
-    try:
-        end = offsets.end_offsets(settings, topic)
-        consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in end.items()], asynchronous=False)
-    finally:
-        consumer.close()
-
-
-@pytest.fixture
-def isolated(stack_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Settings (and the environment of every child process) for a pipeline of its own."""
-    prefix = f"garbage{uuid.uuid4().hex[:8]}"
-    env = {
-        "CRAWLSTREAM_KAFKA__TOPIC_PREFIX": prefix,
-        "CRAWLSTREAM_STREAMS__APP_ID": f"{prefix}-streams",
-        "CRAWLSTREAM_STREAMS__DATA_DIR": str(tmp_path / "streams"),
-        "CRAWLSTREAM_STREAMS__WEB_PORT": str(_free_port()),
-        "CRAWLSTREAM_METRICS__STREAMS_PORT": str(_free_port()),
-        "CRAWLSTREAM_METRICS__SINK_PORT": str(_free_port()),
-        "CRAWLSTREAM_METRICS__CRAWLER_PORT": str(_free_port()),
-        "CRAWLSTREAM_FOLLOW__METRICS_PORT": str(_free_port()),
-        "CRAWLSTREAM_FOLLOW__GROUP_ID": f"{prefix}-follow",
-        "CRAWLSTREAM_SINK__GROUP_ID": f"{prefix}-sink",
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    settings = load_settings()
-    ensure_topics(settings)
-    return settings
-
-
-@pytest.fixture
-def pipeline(isolated: Settings, tmp_path: Path) -> Iterator[IsolatedPipeline]:
-    running = IsolatedPipeline(isolated, tmp_path)
-    try:
-        running.start()
-        yield running
-    finally:
-        running.stop()
-
-
 def test_garbage_on_every_topic_is_dead_lettered_once_and_the_pipeline_carries_on(
     isolated: Settings, pipeline: IsolatedPipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings = isolated
     assert shutil.which("kcat"), "kcat is installed by .ci/run and `make prereqs` (Debian package kcat)"
     problems = Problems()
+    pipeline.start()
     probe = PipelineProbe(settings)
     t = probe.topics
     app = settings.streams.app_id
