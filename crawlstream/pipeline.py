@@ -380,7 +380,11 @@ class RunReader:
                     change = str(json.loads(value).get("change", "new"))
                 except (ValueError, AttributeError):
                     change = "?"
-            (self.unique_changed if change == "changed" else self.unique_new).add(_key(key))
+            if change == "changed":
+                self.unique_changed.add(_key(key))
+            elif change == "new":
+                self.unique_new.add(_key(key))
+            # Anything else is not a page event (the sink dead-letters it): counted, not a page.
 
     def _add_touches(self, records: list[Record]) -> None:
         self.touch_records += len(records)

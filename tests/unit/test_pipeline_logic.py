@@ -284,3 +284,82 @@ def _replayed_summary() -> RunSummary:
     summary.counts = clean(unique_records=12)
     summary.reconciliation = reconcile(summary.counts)
     return summary
+
+
+class FakeProbe:
+    """The probe interface RunReader uses, over in-memory topics (one partition each) and rows."""
+
+    def __init__(
+        self, topics: dict[str, list[tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]]]
+    ):
+        from types import SimpleNamespace
+
+        names = ["raw", "unique", "touches", "dead", "cdc", "events"]
+        self.topics = SimpleNamespace(
+            raw_pages=SimpleNamespace(name="raw"),
+            unique_pages=SimpleNamespace(name="unique"),
+            page_touches=SimpleNamespace(name="touches"),
+            dead_letter=SimpleNamespace(name="dead"),
+            cdc_pages=SimpleNamespace(name="cdc"),
+            page_events=SimpleNamespace(name="events"),
+        )
+        self.data = {name: list(topics.get(name, [])) for name in names}
+        self.rows: dict[str, bool] = {}  # url -> existed before the run
+
+    def end(self, topic: str) -> dict[int, int]:
+        return {0: len(self.data[topic])}
+
+    def db_now(self) -> object:
+        return "start"
+
+    def read_records(
+        self, topic: str, start: dict[int, int], end: dict[int, int], timeout_s: float = 60.0
+    ) -> list:
+        return self.data[topic][start.get(0, 0) : end[0]]
+
+    def rows_of(self, urls: object, start: object) -> tuple[frozenset[str], frozenset[str]]:
+        wanted = set(urls)  # type: ignore[call-overload]
+        return (
+            frozenset(u for u, before in self.rows.items() if before and u in wanted),
+            frozenset(u for u, before in self.rows.items() if not before and u in wanted),
+        )
+
+
+def test_the_run_reader_counts_only_the_window_and_survives_garbage() -> None:
+    from crawlstream.pipeline import RunReader
+    from crawlstream.records import DeadLetter
+
+    old = (b"http://old/", b"{}", [])
+    probe = FakeProbe({"raw": [old], "unique": [old]})
+    reader = RunReader(probe)  # type: ignore[arg-type]
+    a, b = "http://x/a", "http://x/b"
+    letter = DeadLetter(stage="streams", reason="invalid_json", error="e", source_topic="raw").to_bytes()
+    probe.data["raw"] += [(a.encode(), b"{}", []), (b.encode(), b"{}", []), (a.encode(), b"{}", [])]
+    probe.data["unique"] += [
+        (a.encode(), json.dumps({"change": "new"}).encode(), []),
+        (a.encode(), json.dumps({"change": "new"}).encode(), []),  # re-sent after a restart
+        (b.encode(), b"\xff not json", []),  # garbage on the topic: counted, never a crash
+    ]
+    probe.data["touches"] += [(a.encode(), b"{}", [])]
+    probe.data["dead"] += [(b"k", letter, []), (b"k2", b"not a letter", [])]
+    probe.data["cdc"] += [
+        (None, json.dumps({"op": "c", "after": {"url": a}, "source": {"lsn": 5}}).encode(), []),
+        (None, json.dumps({"op": "c", "after": {"url": a}, "source": {"lsn": 5}}).encode(), []),
+    ]
+    probe.data["events"] += [(a.encode(), b"{}", [("id", b"e1"), ("eventType", b"created")])]
+    probe.rows = {a: False, b: True}
+    reader.poll()
+    reader.poll()  # a second poll reads nothing twice
+    counts = reader.counts(
+        crawl_counts([{"canonical_urls": [a, b], "records_delivered": 3, "pages_fetched": 3}])
+    )
+    assert (counts.raw_records, counts.raw_urls) == (3, {a, b})
+    assert (counts.unique_records, counts.unique_new_urls) == (3, {a})
+    assert counts.touch_records == 1
+    assert counts.stream_dead_letters == 1
+    assert reader.dead_letters("?") == ["k2"]
+    assert (counts.rows_new_urls, counts.rows_before_urls) == ({a}, {b})
+    assert (counts.cdc_create_records, dict(counts.cdc_creates)) == (2, {a: frozenset({5})})
+    assert dict(counts.page_events) == {a: frozenset({"e1"})}
+    result = reconcile(counts)
+    assert [(r.stage, r.records) for r in result.replays] == [("streams", 2), ("cdc", 1)]
