@@ -163,12 +163,21 @@ def reconcile(counts: StageCounts) -> Reconciliation:
     outputs = counts.unique_records + counts.touch_records + counts.stream_dead_letters
     unique_urls = counts.unique_new_urls | counts.unique_changed_urls
     accounted = unique_urls | counts.touch_urls | counts.stream_dead_letter_urls
+    # A URL the stage dead-lettered (with its reason) is accounted for, not lost.
+    unseen = crawled - counts.rows_before_urls
+    stream_letters = counts.stream_dead_letter_urls
     checks += [
         Check(
             "streams",
-            "new URLs on pages.unique = distinct URLs not seen before",
-            len(crawled - counts.rows_before_urls),
-            len(counts.unique_new_urls & crawled),
+            "new URLs on pages.unique (+ stream dead letters) = distinct URLs not seen before",
+            len(unseen),
+            len((counts.unique_new_urls | stream_letters) & unseen),
+        ),
+        Check(
+            "streams",
+            "URLs with a row before the run that pages.unique calls new",
+            0,
+            len(counts.unique_new_urls & counts.rows_before_urls),
         ),
         Check("streams", "pages.unique URLs the crawl did not report", 0, len(unique_urls - crawled)),
         Check(
@@ -194,9 +203,9 @@ def reconcile(counts: StageCounts) -> Reconciliation:
     checks += [
         Check(
             "sink",
-            "rows in pages (+ sink dead letters) = distinct URLs crawled",
+            "rows in pages (+ dead letters) = distinct URLs crawled",
             len(crawled),
-            len((rows | sink_letters) & crawled),
+            len((rows | sink_letters | stream_letters) & crawled),
         ),
         Check(
             "sink",
@@ -277,6 +286,13 @@ def _crawl_checks(counts: StageCounts) -> list[Check]:
         ),
         Check("crawl", "delivery failures", 0, crawl.delivery_failures),
     ]
+    if counts.expected_pages is not None or counts.expected_urls is not None:
+        # A site we generated has nothing a stage may refuse: a dead letter there is a bug.
+        sink_letters = len(counts.sink_dead_letter_urls & crawl.urls)
+        checks += [
+            Check("streams", "dead letters (none on a known site)", 0, counts.stream_dead_letters),
+            Check("sink", "dead letters (none on a known site)", 0, sink_letters),
+        ]
     return checks
 
 

@@ -170,12 +170,30 @@ def test_a_lost_row_fails_the_sink() -> None:
     assert failed(clean(rows_new_urls=frozenset(URLS[1:]))) == ["sink"]
 
 
-def test_a_row_the_sink_dead_lettered_is_accounted_for() -> None:
-    result = reconcile(clean(rows_new_urls=frozenset(URLS[1:]), sink_dead_letter_urls=frozenset(URLS[:1])))
-    # The row is missing but the record is in the dead-letter topic, with its reason: not lost.
-    assert result.ok, [c for c in result.checks if not c.ok]
-    # Without the letter it is lost.
-    assert failed(clean(rows_new_urls=frozenset(URLS[1:]))) == ["sink"]
+def test_a_page_a_stage_dead_lettered_is_accounted_for_except_on_a_known_site() -> None:
+    unknown_site = {"expected_pages": None, "expected_urls": None}
+    # The sink refused one row; the record is in the dead-letter topic, with its reason: not lost.
+    sink = clean(**unknown_site, rows_new_urls=frozenset(URLS[1:]), sink_dead_letter_urls=frozenset(URLS[:1]))
+    assert reconcile(sink).ok, [c for c in reconcile(sink).checks if not c.ok]
+    # The stream stage refused one page (e.g. too large once enriched): no event, no row, one letter.
+    letter = frozenset(URLS[:1])
+    streams = clean(
+        **unknown_site,
+        unique_records=9,
+        unique_new_urls=frozenset(URLS[1:]),
+        stream_dead_letters=1,
+        stream_dead_letter_urls=letter,
+        rows_new_urls=frozenset(URLS[1:]),
+    )
+    assert reconcile(streams).ok, [c for c in reconcile(streams).checks if not c.ok]
+    # Without the letters they are lost.
+    assert failed(clean(**unknown_site, rows_new_urls=frozenset(URLS[1:]))) == ["sink"]
+    assert "streams" in failed(
+        clean(**{**streams.__dict__, "stream_dead_letters": 0, "stream_dead_letter_urls": frozenset()})
+    )
+    # The generated demo site has nothing to refuse: there a dead letter fails its stage.
+    assert failed(clean(rows_new_urls=frozenset(URLS[1:]), sink_dead_letter_urls=letter)) == ["sink"]
+    assert failed(clean(**{**streams.__dict__, "expected_pages": 13})) == ["streams"]
 
 
 def test_a_second_distinct_page_event_for_one_row_fails_the_events_stage() -> None:
