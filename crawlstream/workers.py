@@ -10,6 +10,7 @@ Deployments (deploy/k8s) or compose services instead; nothing here is needed the
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 import urllib.request
@@ -48,6 +49,14 @@ def worker_specs(settings: Settings, *, follower: bool = True) -> list[Worker]:
     return specs
 
 
+def _port_taken(host: str, port: int) -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return (
+            f"port {port} still held by the previous process" if sock.connect_ex((host, port)) == 0 else None
+        )
+
+
 def _metrics_answer(host: str, port: int) -> str | None:
     try:
         with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2) as response:
@@ -67,8 +76,17 @@ def start_workers(
     follower = follower or FOLLOWER in pm.names()  # names() still lists a dead process's pidfile
     started = []
     for worker in worker_specs(settings, follower=follower):
+        crashed = pm.pidfile(worker.name).exists()
         if pm.running(worker.name):
             continue
+        if crashed:
+            # A worker killed a moment ago may hold its metrics port until its last thread exits.
+            wait_until(
+                lambda w=worker: _port_taken(settings.metrics.host, w.metrics_port),  # type: ignore[misc]
+                service=worker.name,
+                log_path=pm.log_path(worker.name),
+                timeout_s=timeout_s,
+            )
         pm.start(worker.name, worker.argv)
         console.print(f"started {worker.name} (log {pm.log_path(worker.name)})")
         wait_until(

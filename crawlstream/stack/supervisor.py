@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,16 @@ def _step(console: Console, message: str) -> None:
     console.print(f"[bold cyan]stack[/] {message}", highlight=False)
 
 
-def _require_free(service: str, port: int, setting: str) -> None:
+# A process killed a moment ago (kill -9) may hold its listening socket until its last thread
+# has exited: the JVM's main thread is already a zombie while the others still tear down.
+PORT_RELEASE_S = 30.0
+
+
+def _require_free(service: str, port: int, setting: str, *, crashed: bool = False) -> None:
+    """Fail when ``port`` is taken; after a crash of our own process, wait for its release first."""
+    deadline = time.monotonic() + (PORT_RELEASE_S if crashed else 0.0)
+    while kafka.port_open(port) and time.monotonic() < deadline:
+        time.sleep(0.2)  # polling interval of a deadline-bounded wait
     if kafka.port_open(port):
         raise StackError(
             f"{service}: port {port} is already in use by a process this stack did not start; "
@@ -154,11 +164,12 @@ def up(
 
 
 def _launch_kafka(settings: Settings, jvm: JvmLayout, pm: ProcessManager, console: Console) -> None:
+    crashed = pm.pidfile("kafka").exists()  # a pidfile left behind: it died without `stack down`
     if (pid := pm.pid("kafka")) is not None:
         _step(console, f"kafka already running (pid {pid})")
         return
-    _require_free("kafka", settings.stack.kafka_port, "KAFKA_PORT")
-    _require_free("kafka controller", settings.stack.controller_port, "CONTROLLER_PORT")
+    _require_free("kafka", settings.stack.kafka_port, "KAFKA_PORT", crashed=crashed)
+    _require_free("kafka controller", settings.stack.controller_port, "CONTROLLER_PORT", crashed=crashed)
     props = kafka.write_server_properties(settings)
     if not kafka.formatted(settings):
         _step(console, "formatting Kafka KRaft storage (first start)")
@@ -171,13 +182,14 @@ def _start_postgres(
     settings: Settings, layout: postgres.PgLayout, pm: ProcessManager, console: Console, timeout: float
 ) -> dict[str, str]:
     log = pm.log_path("postgres")
+    crashed = pm.pidfile("postgres").exists()
     orphan = postgres.postmaster_pid(layout)
     if pm.pid("postgres") is None and orphan and str(layout.data_dir) in " ".join(read_cmdline(orphan) or []):
         pm.adopt("postgres", orphan)  # our cluster, but its pidfile was lost
     if (pid := pm.pid("postgres")) is not None:
         _step(console, f"postgres already running (pid {pid})")
     else:
-        _require_free("postgres", settings.stack.postgres_port, "POSTGRES_PORT")
+        _require_free("postgres", settings.stack.postgres_port, "POSTGRES_PORT", crashed=crashed)
         if not postgres.initialised(layout):
             _step(console, f"initdb {layout.data_dir}")
             postgres.initdb(layout, log)
@@ -222,10 +234,11 @@ def _start_connect(
     console: Console,
     timeout: float,
 ) -> None:
+    crashed = pm.pidfile("connect").exists()
     if (pid := pm.pid("connect")) is not None:
         _step(console, f"connect already running (pid {pid})")
     else:
-        _require_free("connect", settings.stack.connect_port, "CONNECT_PORT")
+        _require_free("connect", settings.stack.connect_port, "CONNECT_PORT", crashed=crashed)
         props = connect.write_worker_properties(settings, jvm)
         pid = pm.start(
             "connect", connect.worker_command(jvm, props), env=connect.worker_env(settings, cdc_password)

@@ -114,3 +114,22 @@ def test_a_killed_servers_lock_file_is_removed_once_its_processes_are_gone(tmp_p
     assert postgres.stale_lock_reason(layout) is None
     assert not lock.exists()
     assert not socket_lock.exists()
+
+
+def test_a_crashed_services_port_is_awaited_a_strangers_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JVM killed with SIGKILL holds its listening socket until its last thread has exited."""
+    import threading
+
+    from crawlstream.errors import StackError
+    from crawlstream.stack import supervisor
+
+    monkeypatch.setattr(supervisor, "PORT_RELEASE_S", 10.0)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = int(listener.getsockname()[1])
+    with pytest.raises(StackError, match="already in use"):
+        supervisor._require_free("kafka", port, "KAFKA_PORT")  # not ours: refused at once
+    # The dying process lets go of the port a moment later (a fake of the exiting threads).
+    threading.Timer(0.5, listener.close).start()
+    supervisor._require_free("kafka", port, "KAFKA_PORT", crashed=True)
