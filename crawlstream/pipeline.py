@@ -285,10 +285,13 @@ def cdc_creates(values: Iterable[bytes | None]) -> list[tuple[str, int]]:
     for value in values:
         if value is None:
             continue
-        envelope = json.loads(value)
-        if envelope.get("op") in ("c", "r") and envelope.get("after"):
-            source = envelope.get("source") or {}
-            found.append((str(envelope["after"]["url"]), int(source.get("lsn") or 0)))
+        try:
+            envelope = json.loads(value)
+            if envelope.get("op") in ("c", "r") and envelope.get("after"):
+                source = envelope.get("source") or {}
+                found.append((str(envelope["after"]["url"]), int(source.get("lsn") or 0)))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue  # not a Debezium envelope: none of the run's create events
     return found
 
 

@@ -85,7 +85,9 @@ def test_cdc_creates_carry_their_lsn_so_a_replay_is_told_from_a_second_insert() 
     def event(url: str, lsn: int) -> bytes:
         return json.dumps({"op": "c", "after": {"url": url}, "source": {"lsn": lsn}}).encode()
 
-    assert cdc_creates([event("http://x/a", 10), None, event("http://x/a", 10), event("http://x/b", 11)]) == [
+    garbage = [b"not json", b"[1]", b'{"op": "c", "after": {"no": "url"}}']
+    events = [event("http://x/a", 10), None, *garbage, event("http://x/a", 10), event("http://x/b", 11)]
+    assert cdc_creates(events) == [
         ("http://x/a", 10),
         ("http://x/a", 10),
         ("http://x/b", 11),
