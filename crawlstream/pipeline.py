@@ -214,7 +214,13 @@ class PipelineProbe:
         wanted = sorted(set(urls))
         if not wanted:
             return frozenset(), frozenset()
-        rows = self._query("SELECT url, first_seen < %s FROM pages WHERE url = ANY(%s)", (start, wanted))
+        # Rows are keyed by url_hash (sha256 of the URL's UTF-8, as the sink computes it): an index
+        # lookup per URL, where ``url = ANY`` would scan the table.
+        rows = self._query(
+            "SELECT url, first_seen < %s FROM pages WHERE url_hash = ANY("
+            "ARRAY(SELECT sha256(convert_to(u, 'UTF8')) FROM unnest(%s::text[]) AS u))",
+            (start, wanted),
+        )
         return (
             frozenset(str(u) for u, before in rows if before),
             frozenset(str(u) for u, before in rows if not before),

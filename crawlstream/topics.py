@@ -7,9 +7,17 @@ tables need their changelog partitions to match their source topic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 from crawlstream.errors import StackError
 from crawlstream.settings import Settings
@@ -72,6 +80,21 @@ class TopicCatalog:
 
 
 def catalog(settings: Settings) -> TopicCatalog:
+    """Every topic, each with an explicit ``max.message.bytes``: the limit producers check against
+    (:attr:`TopicSpec.max_message_bytes`) is the one the broker enforces, whatever its own default."""
+    specs = _catalog(settings)
+    return TopicCatalog(
+        **{
+            name: replace(
+                spec,
+                config={"max.message.bytes": str(BROKER_DEFAULT_MAX_MESSAGE_BYTES), **spec.config},
+            )
+            for name, spec in vars(specs).items()
+        }
+    )
+
+
+def _catalog(settings: Settings) -> TopicCatalog:
     prefix = settings.kafka.topic_prefix
     parts = settings.kafka.partitions
     big = {"max.message.bytes": str(settings.kafka.max_message_bytes), "compression.type": "producer"}
@@ -176,7 +199,8 @@ def heartbeat_topic(settings: Settings, connector_topic_prefix: str) -> TopicSpe
 def ensure_topics(
     settings: Settings, specs: list[TopicSpec] | None = None, timeout_s: float = 30.0
 ) -> list[str]:
-    """Create missing topics; verify partition counts of existing ones. Returns created names."""
+    """Create missing topics; verify partition counts of existing ones and bring their declared
+    configs (``max.message.bytes``, retention...) in line with the catalog. Returns created names."""
     specs = specs if specs is not None else catalog(settings).all()
     admin = AdminClient(settings.kafka.librdkafka())
     existing = admin.list_topics(timeout=timeout_s).topics
@@ -187,6 +211,7 @@ def ensure_topics(
     ]
     if problems:
         raise StackError("; ".join(problems))
+    _align_configs(admin, [s for s in specs if s.name in existing and s.config], timeout_s)
     missing = [s for s in specs if s.name not in existing]
     if not missing:
         return []
@@ -203,3 +228,38 @@ def ensure_topics(
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise StackError(f"cannot create topic {name}: {exc}") from exc
     return created
+
+
+def _set(name: str, value: str) -> Any:
+    return ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+
+
+def _align_configs(admin: AdminClient, specs: list[TopicSpec], timeout_s: float) -> None:
+    """Set the catalog's configs on existing topics where they differ (a topic created by an
+    older catalog, or by hand); other configs of the topic are left alone."""
+    if not specs:
+        return
+    resources = [ConfigResource(ResourceType.TOPIC, s.name) for s in specs]
+    described = admin.describe_configs(resources, request_timeout=timeout_s)
+    changes = []
+    for spec, resource in zip(specs, resources, strict=True):
+        current = {name: entry.value for name, entry in described[resource].result(timeout_s).items()}
+        differ = {k: v for k, v in spec.config.items() if current.get(k) != v}
+        if differ:
+            changes.append(
+                ConfigResource(
+                    ResourceType.TOPIC,
+                    spec.name,
+                    incremental_configs=[
+                        ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
+                        for k, v in differ.items()
+                    ],
+                )
+            )
+    if not changes:
+        return
+    for resource, future in admin.incremental_alter_configs(changes, request_timeout=timeout_s).items():
+        try:
+            future.result(timeout_s)
+        except Exception as exc:
+            raise StackError(f"cannot set the catalog's configs on topic {resource.name}: {exc}") from exc

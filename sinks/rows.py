@@ -54,17 +54,26 @@ PAGE_COLUMNS: tuple[str, ...] = (
 )
 
 
+def storable_text(value: str) -> str:
+    """Page content as PostgreSQL ``text`` can hold it: NUL characters (real pages have them, e.g.
+    UTF-16 served as UTF-8) become U+FFFD. Only content columns are mapped; a NUL in a URL is the
+    record's fault and is dead-lettered."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
 def page_row(event: PageEvent) -> tuple[Any, ...]:
-    """The values of one ``pages`` row, in :data:`PAGE_COLUMNS` order."""
+    """The values of one ``pages`` row, in :data:`PAGE_COLUMNS` order. ``body_hash`` is of the body
+    as fetched; content columns pass through :func:`storable_text`."""
     page, found = event.page, event.enrichment
     return (
         *(page.canonical_url, page.final_url, page.status, page.content_type, page.encoding),
-        found.title or page.title if found else page.title,
-        *(page.body, page.body_truncated, page.body_bytes, page.fetched_at, page.fetch_latency_s),
-        *(page.depth, page.referrer, page.job_id, page.run_id, page.kind, body_hash(page.body)),
+        storable_text(found.title or page.title if found else page.title),
+        *(storable_text(page.body), page.body_truncated, page.body_bytes, page.fetched_at),
+        *(page.fetch_latency_s, page.depth, page.referrer, page.job_id, page.run_id, page.kind),
+        body_hash(page.body),
         found.content_hash if found else "",
         simhash_to_db(found.simhash) if found else None,
-        found.text if found else "",
+        storable_text(found.text) if found else "",
         found.language if found else None,
         found.word_count if found else 0,
         (found.canonical_link if found else None) or page.canonical_link,

@@ -90,6 +90,21 @@ def test_page_row_maps_page_and_enrichment(make_page: MakePage) -> None:
     assert set(PAGE_COLUMNS) <= {c.name for c in pages.columns}
 
 
+def test_nul_characters_in_content_are_stored_as_replacement_characters(make_page: MakePage) -> None:
+    record = make_page("https://a.test/nul", body="<title>a\x00b</title>x\x00y", title="a\x00b")
+    event = PageEvent(change="new", page=record, enrichment=Enrichment(text="x\x00y"))
+
+    row = dict(zip(PAGE_COLUMNS, page_row(event), strict=True))
+
+    assert (row["body"], row["title"], row["text"]) == (
+        "<title>a\ufffdb</title>x\ufffdy",
+        "a\ufffdb",
+        "x\ufffdy",
+    )
+    assert row["body_hash"] == hashlib.sha256("<title>a\x00b</title>x\x00y".encode()).hexdigest()
+    assert "\x00" not in copy_text([page_row(event)])
+
+
 def test_copy_text_escapes_and_marks_nulls() -> None:
     when = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
     text = copy_text([("a\tb\nc\\d", None, True, 3, when)])
