@@ -33,6 +33,9 @@ class KafkaSettings(BaseModel):
     # Extra librdkafka settings (security.protocol, sasl.*, ...) for managed clusters.
     client_config: dict[str, str] = Field(default_factory=dict)
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024 * 1024)
+    # How long a consumer killed without leaving its group keeps its partitions (librdkafka's
+    # default is 45 s: a sink or follower killed by kill -9 stalled its partitions that long).
+    consumer_session_timeout_s: float = Field(default=10.0, ge=6, le=300)
 
     @field_validator("bootstrap_servers")
     @classmethod

@@ -130,6 +130,7 @@ class SinkWorker(Generic[R]):
                     "client.id": f"crawlstream-sink-{family.name}",
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",
+                    "session.timeout.ms": round(settings.kafka.consumer_session_timeout_s * 1000),
                     "max.partition.fetch.bytes": max_bytes,
                     "fetch.max.bytes": fetch_max,
                     "receive.message.max.bytes": fetch_max
