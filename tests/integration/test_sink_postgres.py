@@ -245,7 +245,8 @@ def test_rows_violating_constraints_are_named_and_nothing_is_stored(
     topic, group = f"{tag}.pages.unique", tag
     good = SinkRecord(event(f"https://{tag}.invalid/good"), topic, 0, 0)
     too_big = SinkRecord(event(f"https://{tag}.invalid/big", body_bytes=2**40), topic, 0, 1)  # > int4
-    nul = SinkRecord(event(f"https://{tag}.invalid/nul", body="a\x00b"), topic, 0, 2)  # text has no NUL
+    # text has no NUL: in content it is stored as U+FFFD (test_sink_hostile), in a URL it is a bad row
+    nul = SinkRecord(event(f"https://{tag}.invalid/n\x00ul"), topic, 0, 2)
     # A lone surrogate (JSON "\ud800") is not UTF-8: a bad row, not an aborted COPY retried forever.
     surrogate = SinkRecord(event(f"https://{tag}.invalid/sur", body="a\ud800b"), topic, 0, 3)
     sink = PostgresPageSink.from_settings(settings)
