@@ -151,7 +151,7 @@ def test_budgets_refuse_by_reason_and_outcomes_close_each_url_once() -> None:
     assert progress.links_through == {0: 7}
     # The validators are kept for the next run of the job.
     entry = h.frontier.urls.data[f"{JOB}|{urls[0]}"]
-    assert entry["e"] == '"v1"' and entry["s"] == 200
+    assert (entry["e"], entry["s"]) == ('"v1"', 200)
 
 
 def test_next_run_generates_known_urls_with_validators_and_forgets_gone_and_stale_ones() -> None:
