@@ -241,14 +241,22 @@ def cdc_created_urls(events: list[tuple[bytes | None, bytes | None]]) -> list[st
     return urls
 
 
+CrawlStep = Callable[[CrawlArgs, Path, Path, Callable[[str], None]], int]
+
+
 def run_pipeline(
     settings: Settings,
     args: CrawlArgs,
     *,
     timeout_s: float = 180.0,
     on_progress: Callable[[str], None] = lambda _msg: None,
+    crawl: CrawlStep | None = None,
 ) -> RunSummary:
-    """Crawl, wait for every stage, and return the reconciled summary (see :class:`Check`)."""
+    """Crawl, wait for every stage, and return the reconciled summary (see :class:`Check`).
+
+    ``crawl`` replaces the crawl step (:func:`run_crawl_process`): it writes the crawl's report
+    (CrawlReport fields) to the path it is given and returns an exit status (a frontier job's
+    run, :mod:`crawlstream.frontierjob`)."""
     probe = PipelineProbe(settings)
     t = probe.topics
     probe.wait_drained(timeout_s, on_progress)
@@ -262,7 +270,7 @@ def run_pipeline(
     with tempfile.TemporaryDirectory(prefix="crawlstream-run-") as tmp:
         report_path = Path(tmp) / "report.json"
         crawl_log = Path(settings.stack.state_dir) / "logs" / f"crawl-{args.run_id or 'adhoc'}.log"
-        code = run_crawl_process(args, report_path, crawl_log, on_progress)
+        code = (crawl or run_crawl_process)(args, report_path, crawl_log, on_progress)
         if not report_path.exists():
             raise CrawlstreamError(
                 f"the crawl process exited with {code} and wrote no report; see {crawl_log}"
