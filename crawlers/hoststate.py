@@ -138,10 +138,13 @@ class HostStates:
         until = [t.timestamp() for t in (state.cooldown_until, state.backoff_until) if t is not None]
         return max(until, default=0.0)
 
-    def robots_body(self, host: str) -> str | None:
-        """robots.txt of ``host`` as last fetched, while fresh (None: fetch it)."""
+    def robots_body(self, host: str, netloc: str) -> str | None:
+        """robots.txt of ``netloc`` (``host`` and its port) as last fetched, while fresh (None:
+        fetch it). One entry per host: a robots.txt of another port of the host is not it."""
         state = self.states.get(host)
         if state is None or state.robots_fetched_at is None or state.robots_body is None:
+            return None
+        if state.robots_netloc != netloc:
             return None
         age = datetime.now(UTC) - state.robots_fetched_at
         return state.robots_body if age < timedelta(seconds=self.settings.frontier.robots_max_age_s) else None

@@ -90,7 +90,7 @@ class CrawlDelayRobotsTxtMiddleware(RobotsTxtMiddleware):
         states = host_states_for(self.crawler)
         parts = urlparse_cached(request)
         if states is not None and parts.netloc not in self._parsers:
-            body = states.robots_body(parts.hostname or "")
+            body = states.robots_body(parts.hostname or "", parts.netloc)
             if body is not None:  # fetched by this or another process, still fresh
                 self._parsers[parts.netloc] = build_from_crawler(
                     self._parserimpl, self.crawler, body.encode("utf-8")
@@ -106,6 +106,7 @@ class CrawlDelayRobotsTxtMiddleware(RobotsTxtMiddleware):
             )
             states.update(
                 urlparse_cached(request).hostname or "",
+                robots_netloc=netloc,
                 robots_fetched_at=datetime.now(UTC),
                 robots_status=response.status,
                 robots_body=body,

@@ -359,6 +359,7 @@ class HostState(_Record):
 
     schema_version: Literal[1] = 1
     host: str = Field(min_length=1)
+    robots_netloc: str | None = Field(default=None, description="host:port whose robots.txt this is")
     robots_fetched_at: datetime | None = None
     robots_status: int | None = None
     robots_body: str | None = Field(default=None, max_length=512 * 1024)
