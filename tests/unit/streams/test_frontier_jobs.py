@@ -219,3 +219,19 @@ def test_max_pages_caps_the_requests_of_a_run() -> None:
     h = run_both(scenario)
     assert [r.canonical_url for r in requests(h)] == [f"http://a.test/{n}" for n in range(3)]
     assert last_progress(h).refused == {"max_pages": 2}
+
+
+def test_a_304_of_a_known_page_is_a_touch_not_a_new_version() -> None:
+    from tests.unit.streams.harness import page, run
+
+    url = "http://a.test/p"
+
+    async def scenario(h: Harness, agent: Any) -> None:
+        first = page(url, body="<main><p>the page as it was first fetched, with words</p></main>")
+        await agent.put(first.to_bytes(), key=url.encode(), partition=0)
+        again = first.model_copy(update={"status": 304, "body": "", "kind": "metadata"})
+        await agent.put(again.to_bytes(), key=url.encode(), partition=0)
+
+    h = run(lambda h: h.changes.agent, scenario)
+    assert len(h.on("touches")) == 1
+    assert len(h.on("by_content")) == 1  # the first fetch only
