@@ -147,17 +147,33 @@ class ProgressReader:
         self.consumer.assign([TopicPartition(self.topic, p, o) for p, o in ends.items()])
 
     def read(self, timeout_s: float = 0.0) -> RunProgress | None:
-        """Everything written so far (waiting up to ``timeout_s`` for a first record)."""
+        """What arrived so far (waiting up to ``timeout_s`` for a first record)."""
         wait = timeout_s
         while True:
             batch = self.consumer.consume(1000, timeout=wait)
-            wait = 0.05
-            for message in batch:
-                value = message.value()
-                if message.error() is None and message.key() == self.run_id and value:
-                    self.latest = RunProgress.model_validate_json(value)
+            wait = 0.0
+            self._apply(batch)
             if not batch:
                 return self.latest
+
+    def read_to_end(self, timeout_s: float = 30.0) -> RunProgress | None:
+        """Everything written up to now: the topic is read to the end offsets it has now."""
+        ends = {p: o for p, o in offsets.end_offsets_of(self.consumer, self.topic).items()}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            positions = {tp.partition: tp.offset for tp in self.consumer.position(
+                [TopicPartition(self.topic, p) for p in ends])}  # fmt: skip
+            if all(positions.get(p, -1) >= end for p, end in ends.items()):
+                return self.latest
+            if time.monotonic() > deadline:
+                raise CrawlstreamError(f"could not read {self.topic} to its end in {timeout_s:.0f}s")
+            self._apply(self.consumer.consume(1000, timeout=0.1))
+
+    def _apply(self, batch: list[Any]) -> None:
+        for message in batch:
+            value = message.value()
+            if message.error() is None and message.key() == self.run_id and value:
+                self.latest = RunProgress.model_validate_json(value)
 
     def close(self) -> None:
         self.consumer.close()
@@ -361,7 +377,7 @@ class FrontierRun:
             if self.on_progress is not None:
                 self.on_progress(progress, time.monotonic() - started)
             if completion.check(progress):
-                confirmed = reader.read(0.0)
+                confirmed = reader.read_to_end()
                 if confirmed is not None and confirmed.version == progress.version:
                     return "finished"
 
