@@ -211,9 +211,8 @@ def main() -> int:
                 results[kind].append(result)
                 rate = result["pages"] / result["seconds"]
                 stages = ", ".join(f"{k[:-3]} {v:.1f}" for k, v in result.items() if k.endswith("_ms"))
-                print(
-                    f"round {n + 1} {kind:12s} {result['pages']:6.0f} pages {rate:7.1f} pages/s  CPU ms/page: {stages}"
-                )
+                line = f"round {n + 1} {kind:12s} {result['pages']:6.0f} pages {rate:7.1f} pages/s"
+                print(f"{line}  CPU ms/page: {stages}")
     print("medians:")
     rate = {kind: statistics.median(r["pages"] / r["seconds"] for r in results[kind]) for kind in kinds}
     for kind in kinds:
