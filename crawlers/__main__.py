@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = CrawlSpec(
         start_urls=[] if distributed else args.start_urls,
         allowed_domains=args.allowed_domains,
-        max_pages=None if distributed else args.max_pages,
+        # A frontier run's budgets are its ledger's: its crawlers do not stop at a count of their own.
+        max_pages=(0 if args.frontier_run else None) if distributed else args.max_pages,
         max_depth=None if distributed else args.max_depth,
         job_id=args.job_id,
         allow_private_hosts=args.allow_private_hosts,
