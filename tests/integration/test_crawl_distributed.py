@@ -1,7 +1,8 @@
 """Distributed mode: two crawler processes in one consumer group share a crawl from the requests topic.
 
 Small sites on 127.0.0.x loopback addresses, one per partition of the requests topic, chosen so
-their host keys cover every partition (librdkafka's default partitioner: CRC32 of the key). Both processes join the group
+their host keys cover every partition (librdkafka's default partitioner: CRC32 of the key). Both
+processes join the group
 first; then every page of every site is requested once. Asserts that each URL is fetched once
 between the two processes, that each host is fetched by one process only, and that discovered
 links reach the links topic. Needs only the stack's Kafka.
