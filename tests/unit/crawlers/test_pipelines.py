@@ -25,12 +25,28 @@ from crawlstream.records import DeadLetter, PageRecord, decode_page
 from crawlstream.settings import Settings
 
 
+class Delivered:
+    """The message a delivery report carries: one partition, offsets in production order."""
+
+    def __init__(self, topic: str, offset: int) -> None:
+        self._topic, self._offset = topic, offset
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+
 class FakeProducer:
     """confluent_kafka.Producer's interface; the test decides when and how deliveries complete."""
 
     def __init__(self, queue_limit: int = 100) -> None:
         self.queue_limit = queue_limit
-        self.pending: list[tuple[bytes, DeliveryCallback]] = []
+        self.pending: list[tuple[bytes, DeliveryCallback, Delivered]] = []
         self.sent: list[tuple[str, bytes, bytes]] = []
         self.fail_keys: set[bytes] = set()
         self.polls: list[float] = []
@@ -40,12 +56,12 @@ class FakeProducer:
         if len(self.pending) >= self.queue_limit:
             raise BufferError("Local: Queue full")
         self.sent.append((topic, key, value))
-        self.pending.append((key, on_delivery))
+        self.pending.append((key, on_delivery, Delivered(topic, len(self.sent) - 1)))
 
     def deliver(self, n: int | None = None) -> int:
         served, self.pending = self.pending[:n], self.pending[len(self.pending[:n]) :]
-        for key, callback in served:
-            callback("MSG_TIMED_OUT" if key in self.fail_keys else None, object())
+        for key, callback, message in served:
+            callback("MSG_TIMED_OUT" if key in self.fail_keys else None, message)
         return len(served)
 
     def poll(self, timeout: float) -> int:
