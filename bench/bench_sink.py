@@ -71,6 +71,8 @@ from sinks.metrics import SinkMetrics
 from sinks.pages import (
     COPY_STAGE,
     CREATE_STAGE,
+    RETURNED,
+    STAGED,
     CopyReader,
     PostgresPageSink,
     Staged,
@@ -109,14 +111,16 @@ def batches(events: list[PageEvent], size: int, group: str) -> list[SinkBatch[Pa
 
 
 def floor_sql(prefix: str, outbox: bool) -> str:
-    cols = ", ".join(PAGE_COLUMNS)
+    """One statement: INSERT the staged pages into pages (the body hash computed as the sink's
+    upsert computes it) and emit each page's event, built as the sink builds it from the stored
+    row and its staged parts (every page is new: version 1, type created)."""
     insert = (
-        f"INSERT INTO pages (url_hash, {cols}, last_seen, last_changed) "
-        f"SELECT url_hash, {cols}, fetched_at, fetched_at FROM page_stage"
+        f"INSERT INTO pages AS p (url_hash, {', '.join(PAGE_COLUMNS)}, last_seen, last_changed) "
+        f"SELECT s.url_hash, {STAGED}, s.fetched_at, s.fetched_at FROM page_stage s"
     )
-    if not outbox:  # every page is new: version 1, type created
-        events = emit_events(prefix, "page_stage s", "'created'", "1")
-        return f"WITH up AS ({insert}) SELECT {events}"
+    if not outbox:
+        events = emit_events(prefix, "up JOIN page_stage s ON s.url_hash = up.url_hash", "'created'")
+        return f"WITH up AS ({insert} RETURNING {RETURNED}) SELECT {events}"
     payload = (  # the sink's payload before 0007
         "jsonb_build_object('url', up.url, 'version', up.version, 'status', up.status, "
         "'fetched_at', up.fetched_at, 'body_hash', up.body_hash, 'content_hash', up.content_hash, "

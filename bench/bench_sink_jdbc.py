@@ -57,7 +57,7 @@ from crawlstream.stack import connect
 from crawlstream.stack.processes import ProcessManager
 from sinks.families import FAMILIES
 from sinks.metrics import SinkMetrics
-from sinks.rows import STAGE_COLUMNS, decode_page_event, page_row
+from sinks.rows import STAGE_COLUMNS, body_hash, decode_page_event, page_row
 from sinks.worker import SinkWorker
 
 OURS = "page sink worker (ours)"
@@ -100,6 +100,7 @@ def jdbc_record(event: PageEvent) -> bytes:
     row = dict(zip(STAGE_COLUMNS, page_row(event), strict=True))
     payload = {name: row.get(name) for name in FIELDS}
     payload["url_hash"] = base64.b64encode(row["url_hash"]).decode()
+    payload["body_hash"] = body_hash(event.page.body)  # ours computes it in the database
     fetched = event.page.fetched_at.isoformat()
     payload.update(fetched_at=fetched, last_seen=fetched, last_changed=fetched)
     return json.dumps({"schema": SCHEMA, "payload": payload}, separators=(",", ":")).encode()

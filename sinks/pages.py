@@ -44,39 +44,51 @@ from crawlstream.settings import PostgresSettings, Settings
 from crawlstream.topics import BROKER_DEFAULT_MAX_MESSAGE_BYTES, catalog
 from sinks.base import SinkBatch, SinkRecord
 from sinks.postgres import Cursor, PostgresSink
-from sinks.rows import PAGE_COLUMNS, STAGE_COLUMNS, page_copy_line
+from sinks.rows import PAGE_COLUMNS, STAGE_COLUMNS, STAGED_PAGE_COLUMNS, page_copy_line
 
 _COLS = ", ".join(PAGE_COLUMNS)
-_STAGE_COLS = ", ".join(STAGE_COLUMNS)
 CREATE_STAGE = (  # built from our own column names, as every statement here
-    "CREATE TEMPORARY TABLE IF NOT EXISTS page_stage ON COMMIT DELETE ROWS AS SELECT "  # noqa: S608
-    f"url_hash, {_COLS}, ''::text AS event_key, ''::text AS event_tail FROM pages WITH NO DATA"
+    "CREATE TEMPORARY TABLE IF NOT EXISTS page_stage ON COMMIT DELETE ROWS AS SELECT url_hash, "  # noqa: S608
+    f"{', '.join(STAGED_PAGE_COLUMNS)}, ''::text AS event_key, ''::text AS event_tail FROM pages WITH NO DATA"
 )
-COPY_STAGE = f"COPY page_stage ({_STAGE_COLS}) FROM STDIN"
+COPY_STAGE = f"COPY page_stage ({', '.join(STAGE_COLUMNS)}) FROM STDIN"
 COPY_CHUNK_ROWS = 64  # rows encoded per read() of COPY: the server stores one while we encode the next
+# The body's sha256 (the change test and the event's body_hash) is computed by the server.
+BODY_HASH = "encode(sha256(convert_to(s.body, 'UTF8')), 'hex')"
+STAGED = ", ".join(BODY_HASH if c == "body_hash" else f"s.{c}" for c in PAGE_COLUMNS)
 _UPDATES = ", ".join(f"{c} = EXCLUDED.{c}" for c in PAGE_COLUMNS if c != "url")
-_STAGED = ", ".join(f"s.{c}" for c in PAGE_COLUMNS)
 EVENT_TYPE = "CASE WHEN up.created THEN 'created' WHEN up.status IN (404, 410) THEN 'gone' ELSE 'changed' END"
+RETURNED = "p.url_hash, p.version, p.status, p.fetched_at, p.body_hash"
 
 
-def event_content(event_type: str, version: str) -> str:
-    """SQL for a page event's JSON (the message content): the staged parts that need no database
-    (rows.event_parts: URL, payload fields, id) around what only the upsert knows (type, version).
+def event_content(event_type: str) -> str:
+    """SQL for a page event's JSON (the message content) from a stored row ``up`` (RETURNING
+    :data:`RETURNED`) and its staged parts ``s`` (sinks.rows.event_parts: URL, payload fields).
     What Debezium's EventRouter reads: aggregatetype (the topic), aggregateid (the key), type (the
-    eventType header), payload (the value), id (the id header)."""
-    return (
-        'concat(\'{"aggregatetype":"page","aggregateid":\', s.event_key, \',"type":"\', '
-        f'{event_type}, \'","payload":{{"url":\', s.event_key, \',"type":"\', {event_type}, '
-        f"'\",\"version\":', {version}, ',', s.event_tail)"
+    eventType header), payload (the value), id (the id header: a random UUID, carried in the WAL,
+    so the same whenever Debezium sends the event again). ``fetched_at`` is ISO 8601 in UTC (the
+    sink's sessions run in UTC), as the payload always had it."""
+    parts = (
+        *(_lit('{"aggregatetype":"page","aggregateid":'), "s.event_key", _lit(',"type":"'), event_type),
+        *(_lit('","payload":{"url":'), "s.event_key", _lit(',"type":"'), event_type),
+        *(_lit('","version":'), "up.version", _lit(',"fetched_at":'), "to_json(up.fetched_at)"),
+        *(_lit(',"body_hash":"'), "up.body_hash", _lit('",'), "s.event_tail"),
+        *(_lit('},"id":"'), "gen_random_uuid()", _lit('"}')),
     )
+    return f"concat({', '.join(parts)})"
 
 
-def emit_events(prefix: str, rows: str, event_type: str, version: str) -> str:
-    """A scalar subquery that emits one page event per row of ``rows`` (joined to ``page_stage
-    s``) as a transactional logical decoding message and yields how many."""
+def _lit(text: str) -> str:
+    """``text`` as an SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def emit_events(prefix: str, rows: str, event_type: str) -> str:
+    """A scalar subquery that emits one page event per row of ``rows`` (``up`` joined to
+    ``page_stage s``) as a transactional logical decoding message and yields how many."""
     if not re.fullmatch(r"[A-Za-z0-9._-]+", prefix):  # as settings.postgres.event_message_prefix
         raise ValueError(f"event message prefix {prefix!r} is not [A-Za-z0-9._-]+")
-    content = event_content(event_type, version)
+    content = event_content(event_type)
     return f"(SELECT count(pg_logical_emit_message(true, '{prefix}', {content})) FROM {rows})"  # noqa: S608
 
 
@@ -87,20 +99,21 @@ def emit_events(prefix: str, rows: str, event_type: str, version: str) -> str:
 # transactional message (decoded only if the transaction commits, in commit order): no outbox
 # row to insert, delete and vacuum (migration 0007). Result: events emitted, touches folded.
 def upsert(prefix: str) -> str:
-    events = emit_events(prefix, "up JOIN page_stage s ON s.url_hash = up.url_hash", EVENT_TYPE, "up.version")
+    rows = f"up JOIN page_stage s ON s.url_hash = up.url_hash, LATERAL (SELECT {EVENT_TYPE} AS type) e"
+    events = emit_events(prefix, rows, "e.type")
     return f"""
 WITH pending AS (
     DELETE FROM page_touches_pending t USING page_stage s WHERE t.url_hash = s.url_hash
     RETURNING t.url_hash, t.seen
 ), up AS (
     INSERT INTO pages AS p (url_hash, {_COLS}, last_seen, last_changed)
-    SELECT s.url_hash, {_STAGED}, GREATEST(s.fetched_at, pending.seen), s.fetched_at
+    SELECT s.url_hash, {STAGED}, GREATEST(s.fetched_at, pending.seen), s.fetched_at
     FROM page_stage s LEFT JOIN pending ON pending.url_hash = s.url_hash
     ORDER BY s.url_hash  -- rows locked in key order, as the touch sink locks them: no deadlock
     ON CONFLICT (url_hash) DO UPDATE SET {_UPDATES}, last_seen = GREATEST(p.last_seen, EXCLUDED.last_seen),
         last_changed = EXCLUDED.last_changed, version = p.version + 1, stored_at = now()
     WHERE p.body_hash IS DISTINCT FROM EXCLUDED.body_hash
-    RETURNING p.url_hash, p.version, p.status, (p.xmax = 0) AS created
+    RETURNING {RETURNED}, (p.xmax = 0) AS created
 )
 SELECT {events}, (SELECT count(*) FROM pending)
 """  # noqa: S608 - built from our own column names and a checked prefix, never from data
@@ -138,6 +151,7 @@ class PostgresPageSink(PostgresSink[PageEvent]):
 
     def setup(self, cur: Cursor) -> None:
         self.set_compression(cur)
+        cur.execute("SET TIME ZONE 'UTC'")  # the events' fetched_at: ISO 8601 in UTC
         cur.execute(CREATE_STAGE)
 
     @staticmethod

@@ -53,29 +53,19 @@ PAGE_COLUMNS: tuple[str, ...] = (
     *("body_hash", "content_hash", "simhash", "text", "language", "word_count", "canonical_link"),
     *("duplicate_of", "near_duplicate_of", "near_distance"),
 )
-# What the page sink stages per page, in COPY order: the key, the columns, and the two parts of
-# the page event that need no database (sinks/pages.py builds the event around them).
+# What the page sink stages per page, in COPY order: the key, the columns (but body_hash, which
+# the server computes: it has a core to spare while the worker's decoding holds this process's
+# GIL, bench/bench_sink.py), and the two parts of the page event that need no database.
 EVENT_COLUMNS: tuple[str, ...] = ("event_key", "event_tail")
-STAGE_COLUMNS: tuple[str, ...] = ("url_hash", *PAGE_COLUMNS, *EVENT_COLUMNS)
+STAGED_PAGE_COLUMNS: tuple[str, ...] = tuple(c for c in PAGE_COLUMNS if c != "body_hash")
+STAGE_COLUMNS: tuple[str, ...] = ("url_hash", *STAGED_PAGE_COLUMNS, *EVENT_COLUMNS)
 _JSON = encode_basestring_ascii  # a JSON string literal, ASCII only (see event_parts)
 
 
-def event_id(url_hash: bytes, body_hash: str, fetched_at: str) -> str:
-    """The page event's id (header ``id`` on ``outbox.event.page``): a UUID drawn from the sha256
-    of what the event says happened (this URL, fetched then, with this body), so that the same
-    fetch always has the same id and a repeat is recognisable downstream. Formatted as an
-    RFC 9562 version 8 (custom) UUID."""
-    h = hashlib.sha256(url_hash + body_hash.encode() + fetched_at.encode()).hexdigest()
-    return f"{h[:8]}-{h[8:12]}-8{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
-
-
-_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
-
-
-def event_parts(
-    url: str, url_hash: bytes, page: PageRecord, body_hash: str, found: Enrichment | None, fetched_at: str
-) -> tuple[str, str]:
-    """``event_key`` and ``event_tail`` of a page's event (JSON fragments, ASCII only).
+def event_parts(url: str, page: PageRecord, found: Enrichment | None) -> tuple[str, str]:
+    """``event_key`` and ``event_tail`` of a page's event: the URL as a JSON string, and the
+    payload fields the sink knows before storing the page (sinks/pages.py adds type, version,
+    fetched_at, body_hash and the event id around them).
 
     The event is a logical decoding message whose content Debezium's
     DecodeLogicalDecodingMessageContent SMT parses with ``new String(bytes)``, i.e. the Connect
@@ -83,29 +73,24 @@ def event_parts(
     ASCII characters as \\u escapes) reads the same under any charset. The payload holds what
     :class:`crawlstream.records.PageChangeEvent` reads; null fields are left out, as before.
     """
-    simhash = f'"simhash":"{found.simhash:016x}",' if found is not None else ""
-    content_hash = found.content_hash if found is not None else ""
-    tail = (
-        f'"status":{page.status},"fetched_at":"{fetched_at}","body_hash":"{body_hash}",'
-        f'"content_hash":{_JSON(content_hash)},{simhash}"run_id":{_JSON(page.run_id)}}},'
-        f'"id":"{event_id(url_hash, body_hash, fetched_at)}"}}'
+    if found is None:
+        return _JSON(url), f'"status":{page.status},"content_hash":"","run_id":{_JSON(page.run_id)}'
+    return _JSON(url), (
+        f'"status":{page.status},"content_hash":{_JSON(found.content_hash)},'
+        f'"simhash":"{found.simhash:016x}","run_id":{_JSON(page.run_id)}'
     )
-    return _JSON(url), tail
 
 
 def page_row(event: PageEvent) -> tuple[Any, ...]:
     """The values the page sink stages for one page, in :data:`STAGE_COLUMNS` order."""
     page, found = event.page, event.enrichment
     url = page.canonical_url
-    key = hashlib.sha256(url.encode("utf-8", "surrogatepass")).digest()
-    digest = body_hash(page.body)
-    fetched_at = page.fetched_at.isoformat()
     return (
-        key,
+        hashlib.sha256(url.encode("utf-8", "surrogatepass")).digest(),
         *(url, page.final_url, page.status, page.content_type, page.encoding),
         found.title or page.title if found else page.title,
         *(page.body, page.body_truncated, page.body_bytes, page.fetched_at, page.fetch_latency_s),
-        *(page.depth, page.referrer, page.job_id, page.run_id, page.kind, digest),
+        *(page.depth, page.referrer, page.job_id, page.run_id, page.kind),
         found.content_hash if found else "",
         simhash_to_db(found.simhash) if found else None,
         found.text if found else "",
@@ -113,7 +98,7 @@ def page_row(event: PageEvent) -> tuple[Any, ...]:
         found.word_count if found else 0,
         (found.canonical_link if found else None) or page.canonical_link,
         *(event.duplicate_of, event.near_duplicate_of, event.near_distance),
-        *event_parts(url, key, page, digest, found, fetched_at),
+        *event_parts(url, page, found),
     )
 
 
@@ -134,9 +119,6 @@ def page_copy_line(event: PageEvent) -> str:
     page, found = event.page, event.enrichment
     url = page.canonical_url
     key = hashlib.sha256(url.encode("utf-8", "surrogatepass")).digest()
-    body = page.body
-    digest = hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
-    fetched_at = page.fetched_at.isoformat()
     if found is None:
         title, content_hash, simhash, text, language, words = page.title, "", _NULL, "", _NULL, 0
         canonical = page.canonical_link
@@ -146,15 +128,15 @@ def page_copy_line(event: PageEvent) -> str:
         simhash = str(simhash_to_db(found.simhash))
         language = _n(found.language)
         canonical = found.canonical_link or page.canonical_link
-    event_key, event_tail = event_parts(url, key, page, digest, found, fetched_at)
+    event_key, event_tail = event_parts(url, page, found)
     distance = _NULL if event.near_distance is None else event.near_distance
     # The event parts are ASCII JSON: only their backslashes need escaping.
     return (
         f"{_BYTEA_HEX}{key.hex()}\t{_e(url)}\t{_e(page.final_url)}\t{page.status}\t{_e(page.content_type)}\t"
-        f"{_e(page.encoding)}\t{_e(title)}\t{_e(body)}\t{'t' if page.body_truncated else 'f'}\t"
-        f"{page.body_bytes}\t{fetched_at}\t{page.fetch_latency_s!r}\t{page.depth}\t{_n(page.referrer)}\t"
-        f"{_e(page.job_id)}\t{_e(page.run_id)}\t{page.kind}\t{digest}\t{_e(content_hash)}\t{simhash}\t"
-        f"{_e(text)}\t{language}\t{words}\t{_n(canonical)}\t{_n(event.duplicate_of)}\t"
+        f"{_e(page.encoding)}\t{_e(title)}\t{_e(page.body)}\t{'t' if page.body_truncated else 'f'}\t"
+        f"{page.body_bytes}\t{page.fetched_at.isoformat()}\t{page.fetch_latency_s!r}\t{page.depth}\t"
+        f"{_n(page.referrer)}\t{_e(page.job_id)}\t{_e(page.run_id)}\t{page.kind}\t{_e(content_hash)}\t"
+        f"{simhash}\t{_e(text)}\t{language}\t{words}\t{_n(canonical)}\t{_n(event.duplicate_of)}\t"
         f"{_n(event.near_duplicate_of)}\t{distance}\t"
         f"{event_key.replace(_BACKSLASH, _TWO)}\t{event_tail.replace(_BACKSLASH, _TWO)}\n"
     )

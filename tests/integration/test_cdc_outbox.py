@@ -23,7 +23,7 @@ from crawlstream.settings import Settings
 from crawlstream.topics import catalog
 from sinks.base import SinkBatch, SinkRecord
 from sinks.pages import PostgresPageSink
-from sinks.rows import url_hash
+from sinks.rows import body_hash, url_hash
 from sinks.touches import PostgresTouchSink
 from tests.integration.sinks_support import Tail, owner, page, settings, tag
 
@@ -67,7 +67,7 @@ def test_one_page_event_per_change_and_none_for_an_unchanged_recrawl(
         write(
             PageEvent(change="new", page=page(a, body="1")),
             PageEvent(change="new", page=page(b, body="b")),
-            PageEvent(change="new", page=page(unicode, body="u", run_id='r"\\1')),
+            PageEvent(change="new", page=page(unicode, body="\u00fc\u20ac\U0001f600", run_id='r"\\1')),
         )
         big = Enrichment(text="2", simhash=2**64 - 2)  # over the signed 64-bit range
         write(PageEvent(change="changed", page=page(a, body="2"), enrichment=big))
@@ -119,6 +119,8 @@ def test_one_page_event_per_change_and_none_for_an_unchanged_recrawl(
         "run_id": 'r"\\1',
         "type": "created",
     }
+    # The server hashes the body's UTF-8 bytes, as rows.body_hash does.
+    assert json.loads(odd.value())["body_hash"] == body_hash("\u00fc\u20ac\U0001f600")
     # The event id (header id) is a UUID, the same whenever Debezium re-sends this event.
     assert all(uuid.UUID(dict(m.headers())["id"].decode()) for m in got)
     assert len({dict(m.headers())["id"] for m in got}) == len(got)
