@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-prereqs: ## install missing system packages (Java 17+, Maven, PostgreSQL, python3.11-doc, Prometheus)
+prereqs: ## install missing system packages (Java 17+, Maven, PostgreSQL, python3.11-doc, Prometheus, kcat)
 	@deploy/scripts/install-prereqs.sh
 
 $(STAMP): pyproject.toml

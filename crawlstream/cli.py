@@ -97,11 +97,14 @@ def db_upgrade() -> None:
 
 
 @workers_app.command("up")
-def workers_up() -> None:
-    """Start the faust dedup worker and the Postgres sink worker (idempotent)."""
+def workers_up(
+    follow: Annotated[bool, typer.Option(help="also run `crawlstream follow` as a managed worker")] = False,
+) -> None:
+    """Start the faust dedup worker and the Postgres sink worker, those of them that are not
+    running (a follower that ran and died too)."""
     from crawlstream.workers import start_workers
 
-    start_workers(_settings(), console)
+    start_workers(_settings(), console, follower=follow)
 
 
 @workers_app.command("down")

@@ -187,6 +187,16 @@ def register(settings: Settings, config: dict[str, str], name: str | None = None
     return True
 
 
+def restart_failed(settings: Settings, name: str) -> None:
+    """Restart a connector's failed instance and failed tasks (Connect 3.0+, KIP-745)."""
+    url = f"{rest_url(settings)}/connectors/{name}/restart?includeTasks=true&onlyFailed=true"
+    try:
+        _request("POST", url, timeout_s=30)
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace")[:2000]
+        raise StackError(f"connect: POST {url} failed: {exc.code} {detail}") from exc
+
+
 def connector_status(settings: Settings, name: str | None = None) -> dict[str, Any] | None:
     """The REST status document, or None when the connector is not registered."""
     url = f"{rest_url(settings)}/connectors/{name or settings.connect.connector_name}/status"

@@ -203,6 +203,44 @@ def postmaster_pid(layout: PgLayout) -> int | None:
         return None
 
 
+def cluster_processes(layout: PgLayout) -> list[int]:
+    """Live processes of this cluster: the postmaster and its children all run in the data
+    directory, so their ``/proc/<pid>/cwd`` names it (zombies have no cwd and do not count)."""
+    data_dir = str(layout.data_dir.resolve())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(entry / "cwd") == data_dir:
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile, a zombie, or not ours to inspect
+            continue
+    return sorted(found)
+
+
+def stale_lock_reason(layout: PgLayout) -> str | None:
+    """Clear the way for a start after a crash; None when the server may start, else why not.
+
+    A server killed with SIGKILL leaves its lock files behind (``postmaster.pid`` in the data
+    directory, ``.s.PGSQL.<port>.lock`` beside its socket). PostgreSQL ignores a lock whose pid
+    is gone, but refuses while that pid still exists, and a killed postmaster stays a zombie
+    until its parent (init, once ``pg_ctl`` exited) reaps it, which took minutes here; its
+    backends notice the death and exit within moments. So: wait until no process of the
+    cluster is alive, then the locks name a dead server and are removed. PostgreSQL itself
+    still refuses to start while its old shared memory is attached anywhere.
+    """
+    locks = [layout.data_dir / "postmaster.pid", layout.socket_dir / f".s.PGSQL.{layout.port}.lock"]
+    if not any(lock.exists() for lock in locks):
+        return None
+    alive = cluster_processes(layout)
+    if alive:
+        return f"processes of the previous server are still running: {alive}"
+    for lock in locks:
+        lock.unlink(missing_ok=True)
+    return None
+
+
 def health(layout: PgLayout) -> str | None:
     """None when the server accepts TCP connections, else the reason."""
     proc = subprocess.run(
