@@ -17,6 +17,9 @@ measures on the same pages, in an order that rotates from round to round:
   emits one page event per page (the sink's event, a transactional logical decoding message),
   a commit per batch. No decoding of Kafka records, no upsert (every page is new), no touches, no
   offsets, no pipelining. What the worker path adds shows as the gap between the two rows;
+- floor + decoding the records: the same, each batch first decoded from its Kafka records (the
+  project's decoder), serially: the least a page sink reading Kafka must do, for comparison (the
+  target is set against the floor above, which leaves decoding to the sink);
 - floor with outbox rows: the same with an ``outbox`` row per event instead of a message, as
   the sink wrote events before migration 0007 (a scratch table; the sink deleted the rows again
   by ctid, which this row leaves out): why events are messages now;
@@ -83,10 +86,11 @@ from sinks.postgres import Cursor
 from sinks.rows import PAGE_COLUMNS, STAGE_COLUMNS, decode_page_event, page_row
 from sinks.worker import SinkWorker
 
-RAW, RAW_PK, FLOOR, OUTBOX, SINK, INSERT, WORKER = (
+RAW, RAW_PK, FLOOR, DECODED, OUTBOX, SINK, INSERT, WORKER = (
     "raw COPY",
     "raw COPY (pages shape, PK)",
     "floor (staged INSERT + event)",
+    "floor + decoding the records",
     "floor with outbox rows (before 0007)",
     "sink (COPY staging)",
     "sink (INSERT staging)",
@@ -133,9 +137,18 @@ def floor_sql(prefix: str, outbox: bool) -> str:
     )
 
 
-def timed_floor(settings: Settings, events: list[PageEvent], size: int, cpu: Cpu, *, outbox: bool) -> float:
+def timed_floor(
+    settings: Settings,
+    events: list[PageEvent],
+    size: int,
+    cpu: Cpu,
+    *,
+    outbox: bool = False,
+    raw: list[bytes] | None = None,
+) -> float:
     """Staged INSERT into pages plus one event per page, a commit per batch, on a connection set
-    up as the sink's (its staging table and compression)."""
+    up as the sink's (its staging table and compression); given ``raw``, each batch is decoded
+    from the Kafka records first, inside the clock."""
     dsn = settings.postgres.dsn()
     sql = floor_sql(settings.postgres.event_message_prefix, outbox)
     conn = psycopg2.connect(dsn)
@@ -146,7 +159,10 @@ def timed_floor(settings: Settings, events: list[PageEvent], size: int, cpu: Cpu
         cpu.start()
         started = time.perf_counter()
         for start in range(0, len(events), size):
-            cur.copy_expert(COPY_STAGE, CopyReader(copy_chunks(events[start : start + size])))
+            batch = events[start : start + size]
+            if raw is not None:
+                batch = [decode_page_event(m) for m in raw[start : start + size]]
+            cur.copy_expert(COPY_STAGE, CopyReader(copy_chunks(batch)))
             cur.execute(sql)
             conn.commit()  # the staging table deletes its rows on commit
         elapsed = time.perf_counter() - started
@@ -248,7 +264,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     base = load_settings()
-    names = [RAW, RAW_PK, FLOOR, OUTBOX, SINK, INSERT, WORKER]
+    names = [RAW, RAW_PK, FLOOR, DECODED, OUTBOX, SINK, INSERT, WORKER]
     rates: dict[str, list[float]] = {n: [] for n in names}
     cpus: dict[str, list[Cpu]] = {n: [] for n in names}
     with scratch_schema(base) as (settings, schema):
@@ -274,7 +290,8 @@ def main() -> None:
             runs: dict[str, Callable[[Cpu], float]] = {
                 RAW: partial(timed_raw_copy, settings, events, args.batch),
                 RAW_PK: partial(timed_raw_copy, settings, events, args.batch, like_pages=True),
-                FLOOR: partial(timed_floor, settings, events, args.batch, outbox=False),
+                FLOOR: partial(timed_floor, settings, events, args.batch),
+                DECODED: partial(timed_floor, settings, events, args.batch, raw=raw),
                 OUTBOX: partial(timed_floor, settings, events, args.batch, outbox=True),
                 SINK: partial(timed_sink, settings, PostgresPageSink, events, args.batch),
                 INSERT: partial(timed_sink, settings, InsertStagedPageSink, events, args.batch),
@@ -301,7 +318,7 @@ def per_1000(cpus: list[Cpu], rows: int, attr: str) -> float:
 
 
 def report(args: argparse.Namespace, rates: dict[str, list[float]], cpus: dict[str, list[Cpu]]) -> None:
-    roles = dict.fromkeys((RAW, RAW_PK, OUTBOX, INSERT), "baseline") | {
+    roles = dict.fromkeys((RAW, RAW_PK, DECODED, OUTBOX, INSERT), "baseline") | {
         FLOOR: "floor",
         SINK: "ours",
         WORKER: "ours",
@@ -329,6 +346,8 @@ def report(args: argparse.Namespace, rates: dict[str, list[float]], cpus: dict[s
     target = Target("worker path / floor", worker / floor, ">=", 0.8)
     verdict = "met" if target.met else "NOT met"
     print(f"target: worker path >= 0.8x the floor: {worker / floor:.2f}x, {verdict}")
+    decoded = statistics.median(rates[DECODED])
+    print(f"worker path / floor + decoding the records: {worker / decoded:.2f}x (pipelined vs serial)")
     write_results(
         "sink",
         "Page sink: worker path vs the floor of a page sink's work",
