@@ -411,8 +411,9 @@ class DomainStats(_Record):
 
 class PageChangeEvent(BaseModel):
     """A page event as Debezium's outbox EventRouter publishes it (topic ``outbox.event.page``,
-    key: the URL, header ``eventType``): the JSON payload the page sink writes into the outbox
-    (``sinks/pages.py`` PAYLOAD). Read by ``crawlstream follow`` and downstream services.
+    key: the URL, headers ``eventType`` and ``id``): the JSON payload of the logical decoding
+    message the page sink emits (``sinks/pages.py`` event_content). Read by ``crawlstream follow``
+    and downstream services.
 
     Fields unknown to this version are ignored (a tolerant reader: the payload may grow without
     breaking subscribers); the known ones are validated.

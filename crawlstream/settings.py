@@ -63,6 +63,12 @@ class PostgresSettings(BaseModel):
     cdc_password: SecretStr = SecretStr("")
     publication: str = "crawlstream_pages"
     slot_name: str = "crawlstream_pages"
+    # The page sink emits each page event as a transactional logical decoding message with this
+    # prefix (pg_logical_emit_message); the outbox connector reads only this prefix
+    # (message.prefix.include.list) through its own publication, which holds ``cdc_heartbeat``
+    # only (migration 0007): the connector needs no table rows, only the messages and heartbeats.
+    event_message_prefix: str = Field(default="crawlstream.outbox", pattern=r"^[A-Za-z0-9._-]+$")
+    events_publication: str = "crawlstream_events"
 
     @field_validator("url", "owner_url")
     @classmethod

@@ -188,7 +188,7 @@ def _catalog(settings: Settings) -> TopicCatalog:
             "outbox.event.page",
             parts,
             "canonical URL (outbox aggregateid)",
-            "page created/changed/gone events from the outbox table (payload JSON; type in header eventType)",
+            "page created/changed/gone events from the page sink's WAL messages (JSON; header eventType)",
         ),
         cdc_heartbeat=heartbeat_topic(settings, settings.connect.cdc_topic_prefix),
         outbox_heartbeat=heartbeat_topic(settings, settings.connect.outbox_topic_prefix),
