@@ -64,9 +64,16 @@ def fmt(value: float | None, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
+def ratio_of(h: dict[str, Any]) -> float:
+    ratio = h.get("ratio")
+    if ratio is None:
+        ratio = h["ours"] / h["floor"] if h.get("floor") else float("nan")
+    return float(ratio)
+
+
 def headline_score(h: dict[str, Any]) -> tuple[float, float | None]:
-    """(ours over floor turned so that more is better, the target in the same terms)."""
-    ratio = h["ours"] / h["floor"] if h["floor"] else float("nan")
+    """(the judged ratio turned so that more is better, the target in the same terms)."""
+    ratio = ratio_of(h)
     target = h.get("target")
     if h.get("better") == "lower":
         return (1 / ratio if ratio else float("nan")), (1 / target if target else None)
@@ -74,9 +81,9 @@ def headline_score(h: dict[str, Any]) -> tuple[float, float | None]:
 
 
 def target_met(h: dict[str, Any]) -> bool | None:
-    if h.get("target") is None or not h["floor"]:
+    ratio = ratio_of(h)
+    if h.get("target") is None or not math.isfinite(ratio):
         return None
-    ratio = h["ours"] / h["floor"]
     return bool(ratio <= h["target"] if h.get("better") == "lower" else ratio >= h["target"])
 
 
@@ -95,7 +102,7 @@ def plot_headline(docs: list[dict[str, Any]], out: Path) -> Path | None:
         ax.barh(i, score if math.isfinite(score) else 0, color=colour, alpha=0.85)
         if target is not None:
             ax.plot([target, target], [i - 0.4, i + 0.4], color="black", linewidth=2)
-        ratio = h["ours"] / h["floor"] if h["floor"] else float("nan")
+        ratio = ratio_of(h)
         goal = (
             ""
             if h.get("target") is None
@@ -228,7 +235,7 @@ def summary(docs: list[dict[str, Any]], plots: dict[str, Path], headline: Path |
         lines += ["| stage | ours | floor / peer | ratio | target | |", "|---|---|---|---|---|---|"]
         for doc, h in entries:
             met = target_met(h)
-            ratio = h["ours"] / h["floor"] if h["floor"] else float("nan")
+            ratio = ratio_of(h)
             goal = (
                 ""
                 if h.get("target") is None

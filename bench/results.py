@@ -16,8 +16,9 @@ Shapes (plain dataclasses, written as JSON):
   ``ratio`` is the value over the group's reference row (:func:`with_ratios`).
 - :class:`Target`: a goal of an issue, checked on a measured value (``op`` ``>=`` or ``<=``).
 - :class:`Headline`: a stage's figure next to its floor for the summary plot (``report.py``'s
-  ``headline.png``): ``ours`` and ``floor`` in one unit, ``better`` says which way is good, and
-  ``target`` is the goal for ours/floor (for ``lower`` it is a ceiling, else a floor).
+  ``headline.png``): ``ours`` and ``floor`` in one unit, ``better`` says which way is good,
+  ``ratio`` what is judged (ours/floor unless given) and ``target`` the goal for it (for
+  ``lower`` a ceiling, else a floor).
 - :class:`Series`: a curve, e.g. consumer lag per stage over a crawl (``kind="lag"``, x in
   seconds) or cost against crawl size (``kind="cost"``); ``report.py`` draws each kind in one plot.
 
@@ -106,10 +107,21 @@ class Headline:
     floor_name: str
     better: str = "higher"  # "higher" or "lower"
     target: float | None = None  # the goal for ours/floor
+    # What is judged against the target: ours/floor unless given (e.g. the median of per-round
+    # ratios, steadier than the ratio of the medians on a shared machine).
+    ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.better not in ("higher", "lower"):
+            raise ValueError(f"headline {self.stage!r}: better must be 'higher' or 'lower'")
+        if self.ratio is None:
+            self.ratio = self.ours / self.floor if self.floor else float("nan")
 
     @property
-    def ratio(self) -> float:
-        return self.ours / self.floor if self.floor else float("nan")
+    def met(self) -> bool | None:
+        if self.target is None or self.ratio is None or not math.isfinite(self.ratio):
+            return None
+        return self.ratio <= self.target if self.better == "lower" else self.ratio >= self.target
 
 
 @dataclass
@@ -254,7 +266,7 @@ def write_result(
         "params": params or {},
         "rows": [asdict(r) for r in rows],
         "targets": [{**asdict(t), "met": t.met} for t in targets],
-        "headline": [{**asdict(h), "ratio": h.ratio} for h in headline],
+        "headline": [{**asdict(h), "met": h.met} for h in headline],
         "series": [asdict(s) for s in series],
         "notes": list(notes),
         "extra": extra or {},
