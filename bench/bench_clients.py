@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -48,7 +49,15 @@ from bench.results import Row, median_row, with_ratios, write_result  # noqa: E4
 SIZE = 100
 PAYLOAD = (b"kafkatest" * 20)[:SIZE]  # the 2016 notebook's payload
 MIB = 1024 * 1024
-CLIENTS = ("confluent-kafka", "kafka-python", "aiokafka", "pykafka")
+CLIENTS = ("confluent-kafka", "kafka-python", "aiokafka", "pykafka", "pykafka (rdkafka)")
+# pykafka's newest protocol knowledge; its own requests stay at the versions it knows, but its
+# librdkafka backend negotiates them (with the default "0.9.0" it pins librdkafka to old ones).
+PYKAFKA_BROKER_VERSION = "2.0.0"
+NO_RDKAFKA = (
+    "pykafka's librdkafka extension is not built: its source distribution builds it only where "
+    "librdkafka's headers are installed (Debian: apt-get install librdkafka-dev, then pip install "
+    "--no-cache-dir --force-reinstall --no-binary pykafka pykafka==2.8.0)"
+)
 CONSUMERS = (*CLIENTS, "confluent-kafka consume(1000)")
 # The 2016 post (1,000,000 messages, Kafka 0.9, MacBook Pro 2.2 GHz i7 in Vagrant): msgs/s.
 PUBLISHED_PRODUCE = {
@@ -123,11 +132,20 @@ def produce_aiokafka(bootstrap: str, topic: str, count: int) -> float:
     return asyncio.run(run())
 
 
-def produce_pykafka(bootstrap: str, topic: str, count: int) -> float:
+def pykafka_client(bootstrap: str, rdkafka: bool) -> Any:
     from pykafka import KafkaClient
 
-    client = KafkaClient(hosts=bootstrap)
-    producer = client.topics[topic.encode()].get_producer(required_acks=1)
+    if rdkafka:
+        try:
+            from pykafka.rdkafka import _rd_kafka  # noqa: F401
+        except ImportError:
+            raise RuntimeError(NO_RDKAFKA) from None
+    return KafkaClient(hosts=bootstrap, broker_version=PYKAFKA_BROKER_VERSION)
+
+
+def produce_pykafka(bootstrap: str, topic: str, count: int, rdkafka: bool = False) -> float:
+    client = pykafka_client(bootstrap, rdkafka)
+    producer = client.topics[topic.encode()].get_producer(required_acks=1, use_rdkafka=rdkafka)
     started = time.perf_counter()
     for _ in range(count):
         producer.produce(PAYLOAD)
@@ -210,16 +228,18 @@ def consume_aiokafka(bootstrap: str, topic: str, count: int) -> tuple[float, int
     return asyncio.run(run())
 
 
-def consume_pykafka(bootstrap: str, topic: str, count: int) -> tuple[float, int]:
-    from pykafka import KafkaClient
+def consume_pykafka(bootstrap: str, topic: str, count: int, rdkafka: bool = False) -> tuple[float, int]:
     from pykafka.common import OffsetType
 
-    client = KafkaClient(hosts=bootstrap)
+    client = pykafka_client(bootstrap, rdkafka)
     kafka_topic = client.topics[topic.encode()]
     seen = size = 0
     started = time.perf_counter()
     consumer = kafka_topic.get_simple_consumer(
-        auto_offset_reset=OffsetType.EARLIEST, reset_offset_on_start=True, consumer_timeout_ms=60_000
+        auto_offset_reset=OffsetType.EARLIEST,
+        reset_offset_on_start=True,
+        consumer_timeout_ms=60_000,
+        use_rdkafka=rdkafka,
     )
     while seen < count:
         msg = consumer.consume()
@@ -237,6 +257,7 @@ PRODUCERS: dict[str, Callable[[str, str, int], float]] = {
     "kafka-python": produce_kafka_python,
     "aiokafka": produce_aiokafka,
     "pykafka": produce_pykafka,
+    "pykafka (rdkafka)": lambda b, t, n: produce_pykafka(b, t, n, rdkafka=True),
 }
 READERS: dict[str, Callable[[str, str, int], tuple[float, int]]] = {
     "confluent-kafka": consume_confluent,
@@ -244,6 +265,7 @@ READERS: dict[str, Callable[[str, str, int], tuple[float, int]]] = {
     "kafka-python": consume_kafka_python,
     "aiokafka": consume_aiokafka,
     "pykafka": consume_pykafka,
+    "pykafka (rdkafka)": lambda b, t, n: consume_pykafka(b, t, n, rdkafka=True),
 }
 
 
@@ -357,7 +379,7 @@ def main() -> int:
     bootstrap = settings.kafka.bootstrap_servers
     log = Path(settings.stack.state_dir) / "logs" / "kafka.log"
     chosen = [c for c in args.clients.split(",") if c]
-    consumers = [c for c in CONSUMERS if c.split(" ")[0] in chosen]
+    consumers = [c for c in CONSUMERS if c.removesuffix(" consume(1000)") in chosen]
     timeout_s = 120 + args.messages / 2000  # the slowest client here did ~10k msgs/s
     tag = f"bench-clients-{uuid.uuid4().hex[:8]}"
     produced: dict[str, list[tuple[float, float]]] = {c: [] for c in chosen}
@@ -381,7 +403,7 @@ def main() -> int:
                         continue  # a client that cannot talk to this broker is not retried every run
                     topic = source
                     if direction == "produce":
-                        topic = f"{tag}-{client.split(' ')[0]}-{run}"
+                        topic = f"{tag}-{re.sub(r'[^a-z0-9]+', '-', client).strip('-')}-{run}"
                         make_topic(settings, topic)
                         topics.append(topic)
                     try:
@@ -412,6 +434,9 @@ def main() -> int:
     def rate(value: float | None) -> str:
         return "-" if value is None else f"{value:,.0f}"
 
+    def cpu(values: list[tuple[float, float]]) -> str:
+        return f"{statistics.median(c for _, c in values) * 1e6 / args.messages:.1f}" if values else "-"
+
     table = Table(
         title=f"Python Kafka clients, {args.messages:,} x {SIZE} B, one partition, median of {args.runs} "
         f"(2016: {SOURCE}; 1,000,000 messages, Kafka 0.9)"
@@ -420,15 +445,18 @@ def main() -> int:
         "client",
         "produce msgs/s",
         "MiB/s",
+        "CPU us/msg",
         "2016",
         "2016 MiB/s",
         "consume msgs/s",
         "MiB/s",
+        "CPU us/msg",
         "2016",
         "2016 MiB/s",
     ):
         table.add_column(column, justify="left" if column == "client" else "right")
-    for client in [*chosen, "confluent-kafka consume(1000)", "pykafka (rdkafka)"]:
+    published_only = [c for c in PUBLISHED_PRODUCE if c not in chosen]
+    for client in [*chosen, "confluent-kafka consume(1000)", *published_only]:
         ours_p = med(produced.get(client, []))
         ours_c = med(consumed.get(client, []))
         pub_p, pub_c = PUBLISHED_PRODUCE.get(client), PUBLISHED_CONSUME.get(client)
@@ -438,19 +466,18 @@ def main() -> int:
             client,
             "FAILED" if f"produce {client}" in failures else rate(ours_p),
             mib(ours_p),
+            cpu(produced.get(client, [])),
             rate(pub_p),
             mib(pub_p),
             "FAILED" if f"consume {client}" in failures else rate(ours_c),
             mib(ours_c),
+            cpu(consumed.get(client, [])),
             rate(pub_c),
             mib(pub_c),
         )
-    Console(width=160).print(table)
+    Console(width=180).print(table)
     for key, reason in failures.items():
         print(f"{key}: {reason}")
-    print(
-        "pykafka (rdkafka): not measured: pykafka's librdkafka extension is not built by its wheel-less sdist"
-    )
 
     # Each client's row next to its 2016 row, producing then consuming; CPU per message apart.
     rows: list[Row] = []
@@ -471,7 +498,8 @@ def main() -> int:
         for client, values in measured.items():
             if values:
                 cpu_us = [c * 1e6 / args.messages for _, c in values]
-                rows.append(median_row(client, cpu_us, "CPU us/msg", "peer", f"{direction}, CPU per message"))
+                role = "baseline" if client == "confluent-kafka" else "peer"
+                rows.append(median_row(client, cpu_us, "CPU us/msg", role, f"{direction}, CPU per message"))
     write_result(
         "clients",
         f"Python Kafka clients: {args.messages:,} messages of {SIZE} B produced and consumed "

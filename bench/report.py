@@ -161,11 +161,11 @@ def plot_bench(doc: dict[str, Any], out: Path) -> Path | None:
             label = fmt(row["value"], row.get("unit", "")) + (
                 f"  ({ratio:.2f}x)" if ratio is not None else ""
             )
-            ax.text(row["value"], i, "  " + label, va="center", fontsize=8)
+            ax.text(max([row["value"], *runs]), i, "  " + label, va="center", fontsize=8)  # past the dots
         ax.set_yticks(range(len(rows)), [f"{r['name']}\n[{r.get('role', 'ours')}]" for r in rows], fontsize=8)
         ax.invert_yaxis()
         peak = max([r["value"] for r in rows] + [v for r in rows for v in r.get("runs") or []])
-        ax.set_xlim(0, peak * 1.35 if peak > 0 else 1)
+        ax.set_xlim(0, peak * 1.45 if peak > 0 else 1)
         unit = rows[0].get("unit", "")
         ax.set_xlabel(f"{group} ({unit})" if group else unit, fontsize=9)
     fig.suptitle(doc.get("title", doc["bench"]), fontsize=10)
@@ -176,12 +176,45 @@ def plot_bench(doc: dict[str, Any], out: Path) -> Path | None:
     return path
 
 
+TIME_KEYS = ("t", "t_s", "elapsed_s", "seconds")
+
+
+def found_curves(value: Any, path: str = "", depth: int = 0) -> list[dict[str, Any]]:
+    """Lag curves in a JSON not written by bench/results.py: lists of samples (dicts) that have a
+    time key and keys with "lag" in their name, anywhere a few levels down."""
+    if depth > 5:
+        return []
+    if isinstance(value, dict):
+        return [c for k, v in value.items() for c in found_curves(v, f"{path} {k}".strip(), depth + 1)]
+    if not isinstance(value, list) or not value:
+        return []
+    if all(isinstance(v, dict) for v in value):
+        time_key = next((k for k in TIME_KEYS if all(k in v for v in value)), None)
+        lag_keys = [
+            k for k in value[0] if "lag" in k and all(isinstance(v.get(k), int | float) for v in value)
+        ]
+        if time_key and lag_keys:
+            return [
+                {
+                    "name": f"{path} {key}".strip(),
+                    "kind": "lag",
+                    "x": [v[time_key] for v in value],
+                    "y": [v[key] for v in value],
+                    "x_label": "seconds",
+                    "y_label": "records behind",
+                }
+                for key in lag_keys
+            ]
+    return [c for i, v in enumerate(value) for c in found_curves(v, f"{path} {i + 1}", depth + 1)]
+
+
 def plot_series(docs: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     import matplotlib.pyplot as plt
 
     by_kind: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
     for doc in docs:
-        for series in doc.get("series") or []:
+        curves = doc.get("series") if "rows" in doc else found_curves(doc)
+        for series in curves or []:
             by_kind[series.get("kind") or "series"].append((doc["bench"], series))
     paths = {}
     for kind, items in by_kind.items():
@@ -258,9 +291,8 @@ def summary(docs: list[dict[str, Any]], plots: dict[str, Path], headline: Path |
 def bench_section(doc: dict[str, Any], plot: Path | None) -> list[str]:
     lines = [f'<a id="{doc["bench"]}"></a>', f"## {doc.get('title', doc['bench'])}", ""]
     if "rows" not in doc:
-        scalars = {k: v for k, v in doc.items() if isinstance(v, int | float) and not k.startswith("_")}
         lines += [f"`{doc['_file']}` is not in the results format of `bench/results.py`; its numbers:", ""]
-        lines += [f"- {k}: {fmt(float(v))}" for k, v in scalars.items()] or ["- (none)"]
+        lines += [f"- {k}: {fmt(float(v))}" for k, v in scalars(doc)] or ["- (none)"]
         return [*lines, ""]
     git = doc.get("git") or {}
     commit = (git.get("commit") or "?")[:10] + (" (uncommitted changes)" if git.get("dirty") else "")
@@ -292,6 +324,22 @@ def bench_section(doc: dict[str, Any], plot: Path | None) -> list[str]:
         )
     lines += [f"- {note}" for note in doc.get("notes") or []]
     return [*lines, ""]
+
+
+def scalars(value: Any, path: str = "", depth: int = 0) -> list[tuple[str, float]]:
+    """The numbers of a JSON object, nested objects flattened a few levels deep (lists left out)."""
+    if isinstance(value, bool) or depth > 3:
+        return []
+    if isinstance(value, int | float):
+        return [(path, float(value))]
+    if isinstance(value, dict):
+        return [
+            pair
+            for k, v in value.items()
+            if not str(k).startswith("_")
+            for pair in scalars(v, f"{path}.{k}" if path else str(k), depth + 1)
+        ]
+    return []
 
 
 def main() -> int:

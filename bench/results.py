@@ -141,12 +141,12 @@ def median_row(name: str, runs: Sequence[float], unit: str, role: str = "ours", 
 
 def with_ratios(rows: Iterable[Row], reference: str) -> list[Row]:
     """``rows`` with ``ratio`` = value / the value of the row named ``reference`` in the same group
-    (groups without that row are left as they are)."""
+    (groups without that row, and ``published`` rows, measured elsewhere, are left as they are)."""
     rows = list(rows)
     refs = {row.group: row.value for row in rows if row.name == reference}
     for row in rows:
         ref = refs.get(row.group)
-        if ref:
+        if ref and row.role != "published":
             row.ratio = row.value / ref
     return rows
 

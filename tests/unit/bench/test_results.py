@@ -82,7 +82,8 @@ def test_the_summary_has_the_headline_table_each_bench_and_foreign_files(results
         ],
         notes=["a note"],
     )
-    (results / "lag.json").write_text(json.dumps({"events": 10, "caught_up_s": 2.5, "name": "x"}))
+    foreign = {"events": 10, "summary": {"docs": {"caught_up_s": 2.5}}, "name": "x"}
+    (results / "lag.json").write_text(json.dumps(foreign))
     (results / "broken.json").write_text("{not json")
     docs = report.load(results)
     assert [d["bench"] for d in docs] == ["crawl", "lag"]
@@ -95,7 +96,7 @@ def test_the_summary_has_the_headline_table_each_bench_and_foreign_files(results
     assert "- target: cpu: 1.10 x <= 1.05 x: **not met**" in text
     assert "- a note" in text
     assert "`lag.json` is not in the results format" in text
-    assert "- caught_up_s: 2.50" in text
+    assert "- summary.docs.caught_up_s: 2.50" in text
 
 
 def test_lower_is_better_figures_are_turned_for_the_headline_plot() -> None:
@@ -104,3 +105,23 @@ def test_lower_is_better_figures_are_turned_for_the_headline_plot() -> None:
     )
     assert score == pytest.approx(0.8)
     assert target == pytest.approx(0.8)
+
+
+def test_lag_curves_are_found_in_results_of_another_shape() -> None:
+    doc = {
+        "runs": {
+            "docs": [
+                {
+                    "lag_curve": [
+                        {"t": 0.0, "stage_lag": 5, "raw_end": 9},
+                        {"t": 1.0, "stage_lag": 0, "raw_end": 9},
+                    ]
+                }
+            ]
+        },
+        "other": [{"t": 1, "value": 2}],
+    }
+    curves = report.found_curves(doc)
+    assert [(c["name"], c["x"], c["y"], c["kind"]) for c in curves] == [
+        ("runs docs 1 lag_curve stage_lag", [0.0, 1.0], [5, 0], "lag")
+    ]
