@@ -6,8 +6,9 @@ started. Each bench writes ``bench/results/<bench>.json`` through :mod:`bench.re
 is shown as it runs, under a ``[i/n]`` header with the time taken. A bench that fails is reported
 and the others still run; the exit status is 1 when any failed.
 
-Modes: full (default; each bench's own defaults, about an hour here) and ``--quick`` (smaller
-sizes and fewer rounds, :data:`QUICK`; about 15 minutes: figures to look at, not to quote). A new
+Modes: full (default; each bench's own defaults, about an hour here; results in ``bench/results``)
+and ``--quick`` (smaller sizes and fewer rounds, :data:`QUICK`; about 15 minutes: figures to look
+at, not to quote, so they go to ``bench/results/quick`` and never replace a full run's). A new
 bench gets ``--quick`` passed in quick mode when it accepts that option.
 Usage: ``.venv/bin/python bench/run_all.py [--quick] [--only crawl,clients] [--skip url_state]``.
 """
@@ -83,6 +84,11 @@ def main() -> int:
     if not args.no_stack:
         crawlstream("stack", "up")
     mode = "quick" if args.quick else "full"
+    from bench.results import RESULTS_ENV, results_dir
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if args.quick and RESULTS_ENV not in os.environ:
+        env[RESULTS_ENV] = str(results_dir() / "quick")
     print(f"\n{len(chosen)} benches, {mode} mode: {', '.join(p.stem for p in chosen)}\n", flush=True)
     outcomes: list[tuple[str, str, float]] = []
     for i, path in enumerate(chosen, 1):
@@ -94,7 +100,7 @@ def main() -> int:
             if path.stem in NEEDS_WORKERS and not workers_running():
                 crawlstream("workers", "up")
                 started_workers = True
-            code = subprocess.run(argv, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+            code = subprocess.run(argv, cwd=REPO, env=env).returncode
         except (subprocess.CalledProcessError, OSError) as exc:
             print(f"{path.stem}: {exc}", file=sys.stderr)
             code = -1
@@ -109,7 +115,7 @@ def main() -> int:
     for name, status, elapsed in outcomes:
         print(f"{name:26s} {status:20s} {elapsed / 60:7.1f}")
     if not args.no_report:
-        subprocess.run([sys.executable, "bench/report.py"], cwd=REPO, check=False)
+        subprocess.run([sys.executable, "bench/report.py"], cwd=REPO, env=env, check=False)
     return 0 if all(status == "ok" for _, status, _ in outcomes) else 1
 
 
