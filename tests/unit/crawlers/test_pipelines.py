@@ -108,6 +108,24 @@ def test_producer_config_is_safe_and_sized() -> None:
     assert config["bootstrap.servers"] == settings.kafka.bootstrap_servers
 
 
+@pytest.mark.parametrize(("topic", "linger_ms"), [(None, 100), ("elsewhere.small", 20)])
+def test_batches_are_longer_only_for_catalog_topics(topic: str | None, linger_ms: int) -> None:
+    # A topic outside the catalog may refuse a batch that holds several records which fit alone.
+    crawler = get_crawler(
+        settings_dict={"CRAWLSTREAM_SETTINGS": Settings(), **({"CRAWLSTREAM_TOPIC": topic} if topic else {})}
+    )
+    pipeline = KafkaPagePipeline.from_crawler(crawler)
+    configs: list[dict[str, Any]] = []
+
+    def make(config: dict[str, Any]) -> ProducerLike:
+        configs.append(config)
+        return FakeProducer()
+
+    pipeline.make_producer = make  # type: ignore[method-assign]
+    pipeline.open_spider()
+    assert configs[0]["linger.ms"] == linger_ms
+
+
 def test_key_and_value_and_delivery_counts() -> None:
     producer = FakeProducer()
     pipeline, stats = _pipeline(producer)
