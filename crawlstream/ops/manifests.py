@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource
 
 from crawlstream.errors import ConfigError
 from crawlstream.settings import ENV_PREFIX, Settings
@@ -46,19 +48,16 @@ GENERATED_HEADER = (
 )
 
 
-class _DeploymentSettings(Settings):
-    """Settings from the given values only: a deployment's files, not this shell's environment."""
+class _ValuesSource(EnvSettingsSource):
+    """The environment source every process uses, reading the given values instead of
+    ``os.environ``: the same parsing (nested ``__`` names, JSON for lists and dicts)."""
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, str]) -> None:
+        self._values = {name.lower(): value for name, value in values.items()}
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return self._values
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -97,16 +96,33 @@ def settings_field(name: str) -> tuple[str, ...] | None:
 
 def deployment_settings(values: dict[str, str]) -> Settings:
     """Settings from ``CRAWLSTREAM_*`` values; a name that is no setting is an error."""
-    nested: dict[str, Any] = {}
-    for name, value in values.items():
-        path = settings_field(name)
-        if path is None:
+    for name in values:
+        if settings_field(name) is None:
             raise ConfigError(f"{name} is not a crawlstream setting (crawlstream/settings.py)")
-        node = nested
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return _DeploymentSettings(**nested)
+
+    class DeploymentSettings(Settings):
+        """Settings from ``values`` only: a deployment's files, not this shell's environment."""
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (_ValuesSource(settings_cls, values),)
+
+    try:
+        return DeploymentSettings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc']))} ({ENV_PREFIX}{'__'.join(map(str, err['loc'])).upper()}): "
+            f"{err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid deployment settings: {problems}") from None
 
 
 def k8s_name(name: str) -> str:
