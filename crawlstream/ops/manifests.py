@@ -307,6 +307,15 @@ class _PlainDumper(yaml.SafeDumper):
         return True
 
 
+def _text_block(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    # A file carried in a ConfigMap (the jobs file) stays readable: a literal block, not one
+    # quoted line with escapes.
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None)
+
+
+_PlainDumper.add_representer(str, _text_block)
+
+
 def dump_yaml(resources: list[dict[str, Any]]) -> str:
     return yaml.dump_all(resources, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False, width=110)
 

@@ -103,6 +103,24 @@ def test_compose_file_is_valid_for_the_compose_specification() -> None:
     assert len(errors) == 2
 
 
+def test_compose_references_resolve() -> None:
+    """What `docker compose config` checks beyond the schema: services named in depends_on and
+    network_mode exist, named volumes are declared, env files exist."""
+    model = compose_model()
+    services, volumes = model["services"], set(model.get("volumes", {}))
+    for name, service in services.items():
+        assert set(service.get("depends_on", {})) <= set(services), name
+        mode = service.get("network_mode", "")
+        if mode.startswith("service:"):
+            assert mode.removeprefix("service:") in services, name
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith(("/", ".")):
+                assert source in volumes, (name, source)
+        for env_file in service.get("env_file", []):
+            assert (COMPOSE.parent / env_file).is_file(), (name, env_file)
+
+
 def test_compose_carries_the_whole_platform() -> None:
     services = compose_model()["services"]
     assert {"kafka-1", "kafka-2", "kafka-3", "postgres", "connect", "topics", "migrate"} <= set(services)
