@@ -124,9 +124,10 @@ def topics_export(
             "k8s: every generated file of deploy/k8s/generated (topics, connectors, CronJobs)",
         ),
     ] = "strimzi",
-    deploy_dir: Annotated[Path, typer.Option(help="the deploy folder (k8s, connect, jobs.toml)")] = Path(
-        "deploy"
-    ),
+    deploy_dir: Annotated[
+        Path | None,
+        typer.Option(help="the deploy folder (k8s, connect, jobs.toml); default: the installed one"),
+    ] = None,
     write: Annotated[bool, typer.Option("--write", help="k8s: rewrite the generated files")] = False,
     check: Annotated[
         bool, typer.Option("--check", help="k8s: exit 1 when a generated file is stale")
@@ -135,7 +136,9 @@ def topics_export(
     """The catalog as deployment resources, with the settings of deploy/k8s/settings.env (not this
     shell's environment), so the Kubernetes topics are the embedded stack's topics."""
     from crawlstream.ops import manifests
+    from crawlstream.stack.deploy_data import deploy_dir as installed_deploy_dir
 
+    deploy_dir = deploy_dir if deploy_dir is not None else installed_deploy_dir()
     settings = manifests.deployment_settings(manifests.read_env_file(deploy_dir / "k8s" / "settings.env"))
     if fmt == "strimzi":
         typer.echo(manifests.dump_yaml(manifests.strimzi_topics(settings)), nl=False)

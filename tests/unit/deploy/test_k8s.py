@@ -358,3 +358,14 @@ def test_schema_data_names_its_source_and_licence() -> None:
         assert (SCHEMAS / folder / "LICENSE").is_file(), folder
         assert folder in readme
     assert (REPO / "tests" / "data" / "schemas" / "build_kubernetes_schemas.py").is_file()
+
+
+def test_topics_export_json_and_unknown_formats() -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["topics", "export", "--format", "json"])  # the installed deploy/
+    assert result.exit_code == 0, result.output
+    exported = {t["name"]: t["partitions"] for t in json.loads(result.output)}
+    assert exported == {spec.name: spec.partitions for spec in catalog(deploy_settings()).all()}
+    wrong = runner.invoke(app, ["topics", "export", "--format", "helm"])
+    assert wrong.exit_code == 2
+    assert "unknown format 'helm'" in wrong.output
