@@ -6,7 +6,8 @@ Sits beside the deployment files (deploy/k8s), above every stage: it reads the t
 
 - ``KafkaTopic`` (Strimzi) per catalog topic: name, partitions, configs, replicas;
 - ``KafkaConnector`` (Strimzi) per connector JSON file, its config unchanged;
-- ``CronJob`` per scheduled job of the jobs file, running ``crawlstream jobs run NAME``.
+- ``CronJob`` per scheduled job of the jobs file, running ``crawlstream jobs run NAME``;
+- ``PrometheusRule`` per alert rules file of deploy/prometheus/rules.
 
 The settings they are rendered with are the deployment's own: the ``CRAWLSTREAM_*`` variables of
 deploy/k8s/settings.env (what the workers' ConfigMap is generated from), read by the same
@@ -273,6 +274,21 @@ def crawl_cronjobs(jobs_file: Path, image: str = "crawlstream") -> list[dict[str
     return resources
 
 
+def prometheus_rules(rules_file: Path) -> list[dict[str, Any]]:
+    """deploy/prometheus/rules as a Prometheus Operator ``PrometheusRule``, groups unchanged; the
+    PodMonitors label each target's job with the pod's app.kubernetes.io/name (crawlstream-sink
+    ...), the job names the rules match on, as in deploy/prometheus/prometheus.yml."""
+    groups = yaml.safe_load(rules_file.read_text(encoding="utf-8"))["groups"]
+    return [
+        {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "PrometheusRule",
+            "metadata": {"name": f"crawlstream-{rules_file.stem}"},
+            "spec": {"groups": groups},
+        }
+    ]
+
+
 # Pod Security Standard "restricted": what every crawlstream pod and container declares.
 RESTRICTED_POD: dict[str, Any] = {
     "runAsNonRoot": True,
@@ -338,6 +354,14 @@ def generated_files(deploy_dir: Path) -> dict[Path, str]:
         ),
         k8s / "generated" / "crawl-cronjobs.yaml": _yaml_documents(
             crawl_cronjobs(deploy_dir / "jobs.toml"), "deploy/jobs.toml"
+        ),
+        k8s / "generated" / "prometheus-rules.yaml": _yaml_documents(
+            [
+                rule
+                for path in sorted((deploy_dir / "prometheus" / "rules").glob("*.yml"))
+                for rule in prometheus_rules(path)
+            ],
+            "deploy/prometheus/rules/*.yml",
         ),
     }
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from crawlstream.ops import manifests
-from crawlstream.settings import MetricsSettings, StreamsSettings
+from crawlstream.settings import FollowSettings, MetricsSettings, StreamsSettings
 from tests.unit.deploy.support import DEPLOY, REPO, SCHEMAS, by_kind, pod_specs
 
 COMPOSE = DEPLOY / "compose" / "docker-compose.yml"
@@ -162,6 +162,21 @@ def test_compose_uses_the_stacks_files_unchanged() -> None:
     }
     given = {f"targets/{p.name}" for p in (base / "prometheus-targets").glob("*.json")}
     assert wanted == given
+    # ... at the ports the processes listen on (the settings' defaults; compose overrides none).
+    metrics, web = MetricsSettings(), StreamsSettings().web_port
+    ports = {
+        "crawler": {metrics.crawler_port},
+        "streams": {metrics.streams_port},
+        "streams-faust": {web},
+        "sink": {metrics.sink_port},
+        "follow": {FollowSettings().metrics_port},
+        "scheduler": {metrics.scheduler_port},
+        "exporter": {metrics.exporter_port},
+    }
+    for path in (base / "prometheus-targets").glob("*.json"):
+        targets = [t for group in json.loads(path.read_text()) for t in group["targets"]]
+        assert {int(t.rsplit(":", 1)[1]) for t in targets} == ports[path.stem], path.name
+        assert {t.rsplit(":", 1)[0] for t in targets} <= set(services), path.name
     # The connector registration PUTs each JSON as crawlstream-<name>, the embedded stack's names.
     command = services["register-connectors"]["command"][0]
     assert "/connect/*.json" in command

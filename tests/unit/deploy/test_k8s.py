@@ -59,7 +59,7 @@ def kubeconform(path: Path) -> subprocess.CompletedProcess[str]:
 def test_kustomize_renders_without_relaxed_load_restrictions(rendered: list[dict[str, Any]]) -> None:
     kinds = {r["kind"] for r in rendered}
     assert {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaConnect", "KafkaConnector", "KafkaUser"} <= kinds
-    assert {"StatefulSet", "Deployment", "CronJob", "ScaledObject", "PodMonitor"} <= kinds
+    assert {"StatefulSet", "Deployment", "CronJob", "ScaledObject", "PodMonitor", "PrometheusRule"} <= kinds
     assert all(r["metadata"].get("namespace") == "crawlstream" for r in rendered if r["kind"] != "Namespace")
     # No file outside deploy/k8s is referenced (that is what the default restriction refuses).
     text = (DEPLOY / "k8s" / "kustomization.yaml").read_text()
@@ -299,6 +299,10 @@ def test_long_running_workers_have_probes_and_podmonitors_scrape_them(rendered: 
     workloads = {**by_kind(rendered, "Deployment"), **by_kind(rendered, "StatefulSet")}
     monitor = by_kind(rendered, "PodMonitor")["crawlstream-workers"]
     selector = monitor["spec"]["selector"]["matchLabels"]
+    # The job label is the job name deploy/prometheus/prometheus.yml gives the same process, which
+    # the alert rules match on.
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"] for job in prometheus["scrape_configs"]}
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     for name in workloads:
         (container,) = specs[name]["containers"]
@@ -307,6 +311,13 @@ def test_long_running_workers_have_probes_and_podmonitors_scrape_them(rendered: 
         assert endpoint["port"] in {p["name"] for p in container["ports"]}, name
         labels = workloads[name]["spec"]["template"]["metadata"]["labels"]
         assert selector.items() <= labels.items(), name
+        assert labels[monitor["spec"]["jobLabel"]] in jobs, name
+
+
+def test_alert_rules_are_the_stacks(rendered: list[dict[str, Any]]) -> None:
+    (rule,) = by_kind(rendered, "PrometheusRule").values()
+    stack = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "crawlstream.yml").read_text())
+    assert rule["spec"]["groups"] == stack["groups"]
 
 
 def test_secrets_are_referenced_never_written(rendered: list[dict[str, Any]]) -> None:
