@@ -380,3 +380,13 @@ def test_topics_export_json_and_unknown_formats() -> None:
     wrong = runner.invoke(app, ["topics", "export", "--format", "helm"])
     assert wrong.exit_code == 2
     assert "unknown format 'helm'" in wrong.output
+
+
+def test_table_views_are_open_to_stream_workers_only(rendered: list[dict[str, Any]]) -> None:
+    (policy,) = by_kind(rendered, "NetworkPolicy").values()
+    workers = {"app.kubernetes.io/name": "crawlstream-streams"}
+    assert policy["spec"]["podSelector"]["matchLabels"] == workers
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    rules = {tuple(p["port"] for p in rule["ports"]): rule.get("from") for rule in policy["spec"]["ingress"]}
+    assert rules[("web",)] == [{"podSelector": {"matchLabels": workers}}]
+    assert rules[("metrics",)] is None  # Prometheus, wherever it runs
