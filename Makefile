@@ -22,7 +22,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-install: prereqs $(STAMP) ## create .venv and install crawlstream with its dev tools
+# Go tools the deployment tests run (tests/unit/test_deploy_k8s.py), built from the Go module proxy
+# into .venv/bin: kustomize renders deploy/k8s, kubeconform validates it against tests/data/schemas.
+KUSTOMIZE_VERSION := v5.5.0
+KUBECONFORM_VERSION := v0.6.7
+GO_TOOLS_STAMP := $(VENV)/.go-tools-$(KUSTOMIZE_VERSION)-$(KUBECONFORM_VERSION)
+
+$(GO_TOOLS_STAMP): $(STAMP)
+	@command -v go >/dev/null || { echo "go is needed to build kustomize and kubeconform (https://go.dev/dl)"; exit 1; }
+	GOBIN=$(abspath $(VENV))/bin go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+	GOBIN=$(abspath $(VENV))/bin go install github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION)
+	@rm -f $(VENV)/.go-tools-* && touch $(GO_TOOLS_STAMP)
+
+install: prereqs $(STAMP) $(GO_TOOLS_STAMP) ## create .venv and install crawlstream with its dev tools
 
 up: install ## start the embedded stack (Kafka, PostgreSQL, Kafka Connect + Debezium)
 	$(CS) stack up
