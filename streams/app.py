@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import faust
 
+import streams.faustcompat  # noqa: F401  (checks at import the faust internals the stage uses)
 from crawlstream.errors import ConfigError
 from crawlstream.settings import Settings
 from streams import changes, content, frontier, ledger, near, outputs, stats, views
