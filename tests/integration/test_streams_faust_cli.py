@@ -1,7 +1,7 @@
 """``faust -A streams.app worker -l info``, as faust users run it, is the stage's worker.
 
 Started from a directory outside the repository, it must do what ``python -m streams worker``
-does on the real stack: serve our metrics port and carry a page from
+does on the real stack: serve our metrics port, join the stage's group and carry a page from
 ``pages.raw`` to ``pages.unique``. Uses the isolated pipeline of ``test_streams_stage.py``
 (own topic prefix, app id and ports).
 """
@@ -26,7 +26,13 @@ def test_faust_cli_worker_is_the_stage_worker(pipeline: Pipeline, tmp_path: Path
     log = tmp_path / "faust-worker.log"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {**pipeline.env, "CRAWLSTREAM_STREAMS__DATA_DIR": str(tmp_path / "streams-faust")}
+    env = {
+        **pipeline.env,
+        "CRAWLSTREAM_STREAMS__DATA_DIR": str(tmp_path / "streams-faust"),
+        # Outside the repository neither .env nor .crawlstream/stack.env is in reach: name the
+        # stack's broker, or the worker would look for one on the default port.
+        "CRAWLSTREAM_KAFKA__BOOTSTRAP_SERVERS": pipeline.settings.kafka.bootstrap_servers,
+    }
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [str(FAUST), "-A", "streams.app", "worker", "-l", "info"],
@@ -38,11 +44,14 @@ def test_faust_cli_worker_is_the_stage_worker(pipeline: Pipeline, tmp_path: Path
     worker = Worker(proc, log)
     pipeline.workers.append(worker)
     wait_for("our metrics port", lambda: worker.metrics_port() is not None, worker)
+    wait_for("the worker to join the stage's group", lambda: pipeline.group_members() == 1, worker)
     pipeline.produce([raw("json", (DOCS / "json.html").read_text(encoding="utf-8"))])
     wait_for("the stage to drain", pipeline.drained, worker)
     events = [
         PageEvent.model_validate_json(v or b"")
         for _, v in pipeline.read_all(pipeline.topics.unique_pages.name)
     ]
-    assert [(e.canonical_url, e.change) for e in events] == [("https://docs.example.org/json.html", "new")]
+    assert [(e.page.canonical_url, e.change) for e in events] == [
+        ("https://docs.example.org/json.html", "new")
+    ]
     assert worker.metric('streams_events_total{agent="detect_changes"}') >= 1  # our metrics, our agents
