@@ -25,7 +25,8 @@ def changed_line(name: str, path: Path) -> str:
         diff = get_diff_for_mutant(name, path=path)
     except Exception as exc:  # a report line, not a reason to lose the rest
         return f"(diff unavailable: {type(exc).__name__})"
-    added = [line[1:].strip() for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    lines = diff.splitlines()
+    added = [line[1:].strip() for line in lines if line.startswith("+") and not line.startswith("+++")]
     return added[0] if added else "(no line added)"
 
 
