@@ -122,9 +122,11 @@ class FakeStoreSink(PostgresSink[str]):
         return len(records)
 
     def _fence(self, cur: Cursor, batch: SinkBatch[str]) -> list[SinkRecord[str]]:
+        assert isinstance(cur, FakeCursor)  # inside the write's transaction
         return [r for r in batch.records if r.offset >= self.fake.offsets.get(r.partition, 0)]
 
     def _store_offsets(self, cur: Cursor, batch: SinkBatch[str]) -> None:
+        assert isinstance(cur, FakeCursor)  # in the same transaction as the rows
         if self.fake.offsets_error is not None:
             raise self.fake.offsets_error
         for (_topic, partition), offset in batch.next_offsets.items():
@@ -146,6 +148,7 @@ def test_a_clean_batch_is_one_transaction(sink: FakeStoreSink) -> None:
     assert sink.fake.rows == ["a", "b", "c"]
     assert sink.fake.offsets == {0: 3}
     assert sink.fake.commits == 1
+    assert sink.fake.statements == 1  # one statement: not stored again record by record
     assert sink.take_counts() == {"inserted": 3}
 
 
@@ -410,5 +413,13 @@ def test_a_batch_entirely_below_the_stored_offsets_keeps_nothing() -> None:
     sink = PostgresSink[str]("host=/nonexistent")
     replay = [SinkRecord("x", TOPIC, 0, o) for o in range(10)]
     assert sink._fence(cur, SinkBatch("g", replay, {(TOPIC, 0): 10})) == []
+    assert cur.statements == [LOCK_OFFSETS]  # the row exists: locked once, nothing created
     edge = [SinkRecord("y", TOPIC, 0, 9), SinkRecord("z", TOPIC, 0, 10)]
     assert sink._fence(cur, SinkBatch("g", edge, {(TOPIC, 0): 11})) == [edge[1]]  # at the offset: kept
+
+
+def test_a_batch_without_offsets_is_not_fenced() -> None:
+    cur = OffsetRowsCursor({})
+    records = [SinkRecord("x", TOPIC, 0, 3)]
+    assert PostgresSink[str]("host=/nonexistent")._fence(cur, SinkBatch("g", records, {})) == records
+    assert cur.statements == []
