@@ -1,11 +1,13 @@
 """Property-based tests (hypothesis) where the input space is too large for examples alone: URL
-canonicalisation, the address guard, record decoding and the dead-letter size rule.
+canonicalisation, the address guard, record decoding, the dead-letter size rule and the
+reconciliation.
 
 Each property is a rule the README promises: a canonical URL is a fixed point (the dedup key of a
 page must not change when the page is seen again); every representation of a forbidden address is
 forbidden; every URL the address guard lets through can be canonicalised; any bytes either
 decode or fail with RecordError (which the agents dead-letter), never another exception; a dead
-letter always fits its topic. Example counts are kept modest so the file runs in seconds;
+letter always fits its topic; a run reconciles whatever it replays, and a URL lost or doubled
+at any stage fails that stage. Example counts are kept modest so the file runs in seconds;
 hypothesis's database is off (no state between runs).
 """
 
@@ -23,6 +25,7 @@ from hypothesis import strategies as st
 from crawlstream.addresses import AddressPolicy, AddressRefused, forbidden_reason, host_and_port
 from crawlstream.deadletters import MAX_KEY_BYTES, Origin, build_dead_letter, fits
 from crawlstream.errors import RecordError
+from crawlstream.reconcile import CrawlCounts, StageCounts, reconcile
 from crawlstream.records import DeadLetter, decode_links_record, decode_page
 from crawlstream.urls import canonical_url
 
@@ -256,3 +259,59 @@ def test_a_dead_letter_always_fits_its_topic_and_names_its_origin(
     assert letter.original_value_bytes == (None if value is None else len(value))
     if not letter.truncated:
         assert letter.value_b64 == message.letter.value_b64
+
+
+# --- the reconciliation -----------------------------------------------------------------------
+
+
+def _run(urls: list[str], unique_replays: int, cdc_replays: int, event_replays: int) -> StageCounts:
+    """A run of new pages where everything arrived, with at-least-once repeats of one identity."""
+    every = frozenset(urls)
+    return StageCounts(
+        crawl=CrawlCounts(pages_fetched=len(urls), records_delivered=len(urls), urls=every),
+        raw_records=len(urls),
+        raw_urls=every,
+        unique_records=len(urls) + unique_replays,
+        unique_new_urls=every,
+        rows_new_urls=every,
+        cdc_create_records=len(urls) + cdc_replays,
+        cdc_creates={u: frozenset({i}) for i, u in enumerate(urls)},
+        page_event_records=len(urls) + event_replays,
+        page_events={u: frozenset({f"id-{i}"}) for i, u in enumerate(urls)},
+    )
+
+
+_run_urls = st.lists(st.integers(0, 10**6), min_size=1, max_size=30, unique=True).map(
+    lambda ns: [f"http://site.example/{n}" for n in ns]
+)
+
+
+@PROPERTY
+@given(_run_urls, st.integers(0, 5), st.integers(0, 5), st.integers(0, 5), st.data())
+def test_a_run_reconciles_with_replays_and_fails_naming_the_stage_that_lost_or_doubled_a_url(
+    urls: list[str], unique_replays: int, cdc_replays: int, event_replays: int, data: st.DataObject
+) -> None:
+    counts = _run(urls, unique_replays, cdc_replays, event_replays)
+    result = reconcile(counts)
+    assert result.ok, [c for c in result.checks if not c.ok]
+    assert result.replayed("streams") == unique_replays
+    assert result.replayed("cdc") == cdc_replays
+    assert result.replayed("events") == event_replays
+
+    lost = data.draw(st.sampled_from(urls))
+    rest = frozenset(urls) - {lost}
+    stage, broken = data.draw(
+        st.sampled_from(
+            [
+                ("kafka", {"raw_urls": rest, "raw_records": len(rest)}),
+                ("streams", {"unique_new_urls": rest, "unique_records": len(rest) + unique_replays}),
+                ("sink", {"rows_new_urls": rest}),
+                ("cdc", {"cdc_creates": {u: v for u, v in counts.cdc_creates.items() if u != lost}}),
+                ("events", {"page_events": {u: v for u, v in counts.page_events.items() if u != lost}}),
+                ("cdc", {"cdc_creates": {**counts.cdc_creates, lost: counts.cdc_creates[lost] | {-1}}}),
+                ("events", {"page_events": {**counts.page_events, lost: counts.page_events[lost] | {"x"}}}),
+            ]
+        )
+    )
+    failed = reconcile(StageCounts(**{**counts.__dict__, **broken})).failed_stages()
+    assert stage in failed, (stage, failed)
