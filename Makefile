@@ -8,7 +8,7 @@ BENCH_STAMP := $(VENV)/.bench-$(shell sha1sum pyproject.toml | cut -c1-12)
 # `make bench BENCH_ARGS="--only crawl,clients"`; `make bench-quick` for the quick mode.
 BENCH_ARGS ?=
 
-.PHONY: help prereqs install up down status run test test-unit lint bench bench-quick report clean
+.PHONY: help prereqs install up down status run test test-unit lint mutate bench bench-quick report clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -61,6 +61,13 @@ lint: install ## ruff (lint + format check) and mypy --strict
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# Not part of `make test` (about 40 minutes here): mutmut over [tool.mutmut] in pyproject.toml.
+mutate: install ## mutation testing of the exactness and politeness modules; writes tests/MUTATION.md
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children 2
+	$(PY) tests/support/mutation_report.py > tests/MUTATION.md
+	@head -20 tests/MUTATION.md
 
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,bench]'
