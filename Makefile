@@ -48,10 +48,13 @@ status: ## show the embedded stack's services
 run: install ## the main job: stack up, workers, crawl the demo site, reconcile every stage
 	$(CS) demo
 
+# Unit tests run in a random order (pytest-randomly prints the seed); integration and e2e tests
+# share one live stack and run in file order.
 test: install ## start the stack, run unit + integration + e2e tests, stop what was started
 	@was_up=0; $(CS) stack status --json >/dev/null 2>&1 && was_up=1; \
 	$(CS) stack up || exit 1; \
-	$(PY) -m pytest tests -p no:cacheprovider; rc=$$?; \
+	$(PY) -m pytest tests/unit -p no:cacheprovider && \
+	$(PY) -m pytest tests/integration tests/e2e -p no:cacheprovider -p no:randomly; rc=$$?; \
 	if [ $$was_up = 0 ]; then $(CS) stack down; fi; exit $$rc
 
 test-unit: install ## unit tests only (no services)
