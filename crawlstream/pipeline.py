@@ -147,7 +147,7 @@ class PipelineProbe:
         """(streams lag on the raw and its repartition topics, sink lag on the unique topic by its
         Postgres offsets)."""
         streams = offsets.lag(self.end(self.topics.raw_pages.name), self.streams_committed())
-        for spec in (self.topics.pages_by_content, self.topics.pages_by_band):
+        for spec in (self.topics.pages_by_band, self.topics.dedup_verdicts):
             committed = offsets.committed_offsets(self.settings, self.settings.streams.app_id, spec.name)
             streams += offsets.lag(self.end(spec.name), committed)
         sink = offsets.lag(self.end(self.topics.unique_pages.name), self.sink_stored())
@@ -303,9 +303,9 @@ def run_pipeline(
         raw_end = probe.end(t.raw_pages.name)
         if offsets.delta(raw_end, before[t.raw_pages.name]) >= delivered:
             stage_done("kafka")
-        # The stream stage has hops (raw -> by content -> by band -> unique); each sends its
-        # output, acknowledged, before committing its input, so lags read in that order are 0
-        # only once every hop is done with this run's records.
+        # The stream stage commits a raw record only once its outputs are delivered (its page
+        # waits in memory for the dedup hops' verdict: raw -> by band -> verdicts -> unique), so
+        # a raw lag of 0 means every hop is done with this run's records.
         streams_lag, sink_lag = probe.lags()
         if "kafka" in summary.caught_up_s and streams_lag == 0:
             stage_done("streams")

@@ -174,6 +174,12 @@ class StreamsSettings(BaseModel):
     # so events fetched just before the end still count; closes are checked at this interval.
     stats_grace_s: float = Field(default=10.0, ge=1, le=3600)
     stats_close_interval_s: float = Field(default=5.0, gt=0, le=60)
+    # Stats samples are summed per domain, run and minute and sent this often (their events are
+    # acked once they are sent): one record per group and flush instead of one per event.
+    stats_flush_interval_s: float = Field(default=0.5, gt=0, le=10)
+    # A page waits in memory for its dedup verdict; past this it is sent without dedup marks
+    # (counted: streams_verdicts_total{outcome="timed_out"}) rather than stall its partition.
+    dedup_timeout_s: float = Field(default=300.0, ge=10, le=3600)
 
 
 class SinkSettings(BaseModel):

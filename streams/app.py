@@ -1,9 +1,10 @@
 """The faust app of the stream stage, built from :class:`~crawlstream.settings.Settings`.
 
 ``new_app(settings)`` configures an app with no agents (unit tests register one agent on it);
-``create_app(settings)`` also registers every agent (raw -> changes -> content -> near ->
-unique; unique + touches -> stats; links -> requests; see each module) and the web views
-(:mod:`streams.views`); it is what ``python -m streams`` runs.
+``create_app(settings)`` also registers every agent (raw -> changes -> touches or unique, or
+dedup probes -> dedup hops -> verdicts -> unique; every outcome a stats sample -> stats; links ->
+requests; see each module) and the web views (:mod:`streams.views`); it is what
+``python -m streams`` runs.
 Agent modules take the app as an argument and never import this module, so there is no cycle.
 
 Settings used: ``kafka.bootstrap_servers|partitions|replication_factor|max_message_bytes|
@@ -18,7 +19,7 @@ import faust
 
 from crawlstream.errors import ConfigError
 from crawlstream.settings import Settings
-from streams import changes, content, frontier, near, outputs, stats, views
+from streams import changes, dedup, frontier, outputs, stats, verdicts, views
 from streams.recrawl import RecrawlPolicy
 from streams.topology import declare_topics
 
@@ -48,6 +49,10 @@ def new_app(settings: Settings) -> faust.App:
         datadir=str(streams.data_dir / streams.app_id),
         # At-least-once: exactly_once has open upstream bugs; the sink is idempotent on URL.
         processing_guarantee="at_least_once",
+        # Do not wait for unacked events on a rebalance or stop: events held for their dedup
+        # verdict (streams.verdicts) cannot complete while consumption is paused. They are not
+        # committed, so the partition's next owner replays them (at-least-once, as documented).
+        stream_wait_empty=False,
         # Commit processed offsets promptly so "caught up" checks (committed == end offsets
         # for group app_id) see progress within about a second.
         broker_commit_interval=streams.commit_interval_s,
@@ -79,10 +84,13 @@ def create_app(settings: Settings) -> faust.App:
     """The app with every agent registered: what a worker runs."""
     app = new_app(settings)
     topics = declare_topics(app, settings)
-    detected = changes.register(app, settings, topics, RecrawlPolicy())
-    content.register(app, settings, topics)
-    near.register(app, settings, topics)
+    aggregation = stats.register(app, settings, topics) if settings.streams.stats_enabled else None
+    sampler = aggregation.buffer.hold if aggregation is not None else None
+    awaiting = verdicts.AwaitingPages()
+    detected = changes.register(app, settings, topics, RecrawlPolicy(), awaiting, sampler)
+    dedup.register(app, settings, topics)
+    verdicts.register(app, settings, topics, awaiting, sampler)
     frontier.register(app, settings, topics, detected.urls)
-    if settings.streams.stats_enabled:
-        views.register(app, stats.register(app, settings, topics))
+    if aggregation is not None:
+        views.register(app, aggregation)
     return app

@@ -10,6 +10,8 @@ import pytest
 from crawlstream.errors import RecordError
 from crawlstream.records import DeadLetter, PageEvent, PageTouch
 from streams.changes import Change, classify, decode_keyed_page, fingerprint, replayed, stamped
+from streams.dedup import hop_plan
+from streams.fingerprints import band_keys
 from streams.recrawl import RecrawlPolicy
 from tests.unit.streams.harness import FETCHED, Harness, page, run, sample
 
@@ -56,11 +58,16 @@ def test_agent_new_then_unchanged_then_changed() -> None:
         await agent.put(page(A, body="", kind="metadata").to_bytes(), key=A.encode(), partition=1)
 
     h = run(lambda h: h.changes.agent, scenario)
-    routed = h.on("by_content")
-    assert len(routed) == 2
-    events = [PageEvent.model_validate_json(value) for _, value in routed]
+    # Pages with text wait for their verdict; their fingerprints go to band 0's partition.
+    events = h.held()
     assert [e.change for e in events] == ["new", "changed"]
-    assert [key.decode() for key, _ in routed] == [e.enrichment.content_hash for e in events if e.enrichment]
+    probes = h.probes()
+    assert [(p.url, p.partition, p.offset) for p in probes] == [(A, 1, 0), (A, 1, 2)]
+    assert [p.content_hash for p in probes] == [e.enrichment.content_hash for e in events if e.enrichment]
+    assert [key for key, _ in h.on("by_band")] == [band_keys(p.simhash, 4)[0].encode() for p in probes]
+    assert h.producer.partitions["by_band"] == [
+        hop_plan(band_keys(p.simhash, 4), 3)[0].partition for p in probes
+    ]
     [(key, touch)] = h.on("touches")
     assert key == A.encode()
     assert PageTouch.model_validate_json(touch).content_hash == events[0].enrichment.content_hash  # type: ignore[union-attr]
@@ -92,7 +99,7 @@ def test_agent_dead_letters_poison_and_keeps_going() -> None:
         2,
         b"{oops",
     )
-    assert len(h.on("by_content")) == 1
+    assert len(h.on("by_band")) == 1
 
 
 def test_replayed_tells_which_change_an_offset_already_applied() -> None:
@@ -122,7 +129,8 @@ def test_agent_resends_outputs_of_events_replayed_after_a_crash() -> None:
     h = run(lambda h: h.changes.agent, scenario)
     # offset 0 (overwritten by offset 1 since): resent as a page; offset 1: its own touch again;
     # offset 2 is new work: unchanged.
-    assert [PageEvent.model_validate_json(v).change for _, v in h.on("by_content")] == ["changed"]
+    assert [p.offset for p in h.probes()] == [0]
+    assert [e.change for e in h.held()] == ["changed"]
     assert len(h.on("touches")) == 2
     assert h.changes.urls[A]["o"] == 2
     assert sample("streams_replays_total", agent="detect_changes") - before == 2

@@ -40,23 +40,22 @@ def test_app_configuration_follows_settings() -> None:
     assert conf.datadir == Path("/tmp/state/unit-app")
     assert conf.topic_disable_leader
     assert conf.table_cleanup_interval == 5.0  # streams.stats_close_interval_s: windows close
+    assert conf.stream_wait_empty is False  # events held for their verdict cannot finish mid-rebalance
 
 
 def test_create_app_registers_the_chain_with_copartitioned_changelogs() -> None:
     app = create_app(settings())
-    assert [agent.name for agent in app.agents.values()] == [
-        "detect_changes",
-        "dedup_content",
-        "find_near_duplicates",
-        "plan_requests",
-        "sample_stats",
+    assert sorted(agent.name for agent in app.agents.values()) == [
         "aggregate_domains",
+        "apply_verdicts",
+        "detect_changes",
+        "find_duplicates",
+        "plan_requests",
         "track_runs",
     ]
     tables = (
         "urls",
-        "content_first",
-        "near_bands",
+        "dedup_index",
         "frontier_seen",
         "domain_1m",
         "domain_5m",
