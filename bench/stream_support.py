@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
 from crawlstream.records import PageRecord
@@ -100,16 +100,23 @@ class Worker:
 
 @contextmanager
 def worker(
-    env: dict[str, str], entry: Sequence[str] = ("-m", "streams"), ready_s: float = 180
+    env: dict[str, str],
+    entry: Sequence[str] = ("-m", "streams"),
+    ready_s: float = 180,
+    repo: Path = REPO,
+    data_dir: Path | None = None,
 ) -> Iterator[Worker]:
-    """A stream worker (``entry``: the module to run) with its own data dir, once it is ready."""
+    """A stream worker (``entry``: the module to run, from ``repo``) with its own data dir (a
+    temporary one unless given), once it is ready."""
     with tempfile.TemporaryDirectory(prefix="bench-streams-") as tmp:
-        env = {"CRAWLSTREAM_STREAMS__DATA_DIR": tmp, **env}
+        env = {**env, "CRAWLSTREAM_STREAMS__DATA_DIR": str(data_dir or tmp)}
+        if repo != REPO:
+            env["PYTHONPATH"] = str(repo)
         log = Path(tmp) / "worker.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, *entry, "worker", "-l", "info"],
-                cwd=REPO,
+                cwd=repo,
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -135,6 +142,10 @@ class Offsets:
             settings.kafka.librdkafka(**{"group.id": group, "enable.auto.commit": False})
         )
         self._parts: dict[str, list[int]] = {}
+        self.admin = AdminClient(settings.kafka.librdkafka())
+
+    def stage_inputs(self) -> list[str]:
+        return stage_inputs(self.settings, self.admin)
 
     def partitions(self, topic: str) -> list[int]:
         if topic not in self._parts:
@@ -159,31 +170,32 @@ class Offsets:
         self.consumer.close()
 
 
-def stage_inputs(settings: Settings) -> list[str]:
-    """Every topic the stream stage consumes (its lag is 0 once the stage is done), that exists."""
-    t = catalog(settings)
-    app = settings.streams.app_id
-    names = [t.raw_pages.name, t.pages_by_band.name, t.page_touches.name, t.unique_pages.name]
-    names += [t.dedup_verdicts.name] if hasattr(t, "dedup_verdicts") else []
-    names += [t.pages_by_content.name] if hasattr(t, "pages_by_content") else []
-    names += [f"{app}-stats-by-domain", f"{app}-stats-by-run"]
-    existing = AdminClient(settings.kafka.librdkafka()).list_topics(timeout=10).topics
-    return [n for n in names if n in existing]
+def stage_inputs(settings: Settings, admin: AdminClient | None = None) -> list[str]:
+    """Every topic the stream stage consumes: the raw topic and each topic its consumer group has
+    committed offsets on (whatever version of the stage runs: its agents commit what they read)."""
+    admin = admin or AdminClient(settings.kafka.librdkafka())
+    group = settings.streams.app_id
+    try:
+        answer = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(10)
+        committed = {tp.topic for tp in answer.topic_partitions or []}
+    except Exception:  # no group yet
+        committed = set()
+    return sorted({catalog(settings).raw_pages.name, *committed})
 
 
 def wait_drained(settings: Settings, offsets: Offsets, events: int, timeout_s: float, proc: Worker) -> float:
     """Seconds until the raw topic holds ``events`` records and every stage input is committed."""
     raw = catalog(settings).raw_pages.name
-    inputs = stage_inputs(settings)
     started = time.perf_counter()
     deadline = time.monotonic() + timeout_s
     while True:
-        if offsets.end(raw) >= events and offsets.lag(inputs) == 0:
+        if offsets.end(raw) >= events and offsets.lag(offsets.stage_inputs()) == 0:
             return time.perf_counter() - started
         if proc.proc.poll() is not None:
             raise SystemExit(f"worker exited:\n{proc.tail()}")
         if time.monotonic() > deadline:
-            raise SystemExit(f"not drained after {timeout_s}s (lag {offsets.lag(inputs)}):\n{proc.tail()}")
+            lag = offsets.lag(offsets.stage_inputs())
+            raise SystemExit(f"not drained after {timeout_s}s (lag {lag}):\n{proc.tail()}")
         time.sleep(0.05)  # poll interval
 
 
@@ -282,9 +294,10 @@ class LagRecorder:
     """Samples, about every ``interval_s``: the raw topic's end offset, the stream group's committed
     offset on it, and the lag summed over every stage input, from a background thread."""
 
-    def __init__(self, settings: Settings, interval_s: float = 1.0) -> None:
-        self.settings, self.interval_s = settings, interval_s
+    def __init__(self, settings: Settings, interval_s: float = 1.0, sizes: bool = False) -> None:
+        self.settings, self.interval_s, self.with_sizes = settings, interval_s, sizes
         self.samples: list[dict[str, float]] = []
+        self.sizes: dict[str, int] = {}  # the largest on-disk size seen per topic
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.started = time.monotonic()
@@ -304,7 +317,7 @@ class LagRecorder:
             while not self._stop.is_set():
                 at = time.monotonic() - self.started
                 try:
-                    inputs = stage_inputs(self.settings)
+                    inputs = offsets.stage_inputs()
                     sample = {
                         "t": round(at, 2),
                         "raw_end": offsets.end(raw),
@@ -312,6 +325,9 @@ class LagRecorder:
                         "stage_lag": offsets.lag(inputs),
                     }
                     self.samples.append(sample)
+                    if self.with_sizes:
+                        for topic, size in topic_bytes(self.settings).items():
+                            self.sizes[topic] = max(self.sizes.get(topic, 0), size)
                 except Exception as exc:  # a topic created meanwhile, a slow answer: next time
                     print(f"lag sample skipped: {exc}", file=sys.stderr)
                 self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - self.started - at)))

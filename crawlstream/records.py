@@ -188,7 +188,7 @@ class DedupProbe(_Record):
     content_hash: str | None = Field(
         default=None, min_length=1, alias="c", description="only until the first hop has used it"
     )
-    simhash: int = Field(ge=0, lt=2**64, alias="s")
+    simhash: int | None = Field(default=None, ge=0, lt=2**64, alias="s", description="not in verdicts")
     duplicate_of: str | None = Field(default=None, alias="d")
     near_duplicate_of: str | None = Field(default=None, alias="n")
     near_distance: int | None = Field(default=None, ge=0, le=64, alias="k")

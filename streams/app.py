@@ -59,6 +59,9 @@ def new_app(settings: Settings) -> faust.App:
         broker_commit_every=1000,
         broker_session_timeout=streams.session_timeout_s,
         producer_linger=streams.producer_linger_s,
+        # faust's own sends (windowed and run tables' changelogs, closed windows): compressed as
+        # the stage's librdkafka producer compresses its records.
+        producer_compression_type="zstd",
         # How often windowed tables check for windows to close (streams.stats).
         table_cleanup_interval=streams.stats_close_interval_s,
         consumer_auto_offset_reset="earliest",

@@ -447,6 +447,18 @@ class DeliveredTable(faust.Table[Any, Any]):
                 raise StoreError(f"table {self.name}: write failed: {exc}") from exc
         self._maybe_set_key_ttl(key, partition)
 
+    def put_local(self, partition: int | None, raw_key: bytes, raw_value: bytes) -> None:
+        """Store an entry in ``partition``'s store only, with no changelog record: for entries a
+        table derives from its changelog records, at once and again when it restores them."""
+        db = None if partition is None else self._rocksdb(partition)
+        if db is None:
+            self.data[raw_key] = raw_value  # a memory store (unit tests): bytes keys and values
+            return
+        try:
+            db.put(raw_key, raw_value)
+        except Exception as exc:
+            raise StoreError(f"table {self.name}: write failed: {exc}") from exc
+
     def _persisted(self, msg: Message) -> None:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         assert topic is not None
@@ -535,9 +547,12 @@ class Effects:
         return self
 
 
-def delivered_table(app: Any, outputs: Outputs, name: str, **kwargs: Any) -> Any:
-    """``app.Table(name, **kwargs)``, as a :class:`DeliveredTable` writing through ``outputs``."""
-    table = DeliveredTable(app, name=name, beacon=app.tables.beacon, **kwargs)
+def delivered_table(
+    app: Any, outputs: Outputs, name: str, table_class: type[DeliveredTable] | None = None, **kwargs: Any
+) -> Any:
+    """``app.Table(name, **kwargs)``, as a :class:`DeliveredTable` (or ``table_class``) writing
+    through ``outputs``."""
+    table = (table_class or DeliveredTable)(app, name=name, beacon=app.tables.beacon, **kwargs)
     table.outputs = outputs
     table._delivered_offsets = {}
     outputs.tables.append(table)

@@ -240,7 +240,11 @@ def test_pages_by_band_garbage_is_dead_lettered() -> None:
         ("unit.streams.pages-by-band", elsewhere, len(garbage) + 1, "key_mismatch"),
     ]
     assert sorted(h.dedup.index.data) == sorted(
-        [b"c|c1", *(b"b|" + keys[b].encode() + b"|" + A.encode() for b in hop_plan(keys, 3)[0].bands)]
+        [
+            b"c|c1",
+            b"p|" + A.encode(),
+            *(b"b|" + keys[b].encode() + b"|" + A.encode() for b in hop_plan(keys, 3)[0].bands),
+        ]
     )
     assert len(h.on("by_band")) + len(h.on("verdicts")) == 1
 
