@@ -37,6 +37,9 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from rich.console import Console
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.stream_support import write_results
 from crawlstream import offsets
 from crawlstream.records import PageRecord
 from crawlstream.settings import Settings, load_settings
@@ -231,6 +234,24 @@ def main() -> int:
         runs = " ".join(str(round(r)) for r in rates)
         table.add_row(name, f"{median:,.0f}", f"{median / plain_median:.2f}", runs, target)
     Console(width=140).print(table)
+    path = write_results(
+        "bench_dedup",
+        {
+            "events": EVENTS,
+            "records": "metadata-only page records (no body), half recrawls",
+            "runs": {
+                "faust detect_changes": ours,
+                "faust no-op agent": floor,
+                "plain confluent-kafka": plain,
+            },
+            "medians": {
+                "faust detect_changes": statistics.median(ours),
+                "faust no-op agent": statistics.median(floor),
+                "plain confluent-kafka": plain_median,
+            },
+        },
+    )
+    print(f"results: {path}")
     return 0
 
 

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import lxml.html
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.stream_support import write_results
 from streams.enrich import clear_caches, enrich_html
 
 DOCS = Path("/usr/share/doc/python3.11/html")
@@ -73,6 +76,20 @@ def main() -> int:
     ratio = statistics.median(o[0] / b[0] for o, b in zip(ours, base, strict=True))
     print(f"ratio enrich/baseline: {ratio:.2f} (median of per-run ratios, CPU time)")
     print(f"enrich_html per run:   {' '.join(f'{o[0]:.0f}' for o in ours)} pages/s per core")
+    path = write_results(
+        "bench_enrich",
+        {
+            "pages": len(work),
+            "mean_html_bytes": size,
+            "enrich_pages_per_cpu_s": [o[0] for o in ours],
+            "enrich_pages_per_wall_s": [o[1] for o in ours],
+            "lxml_pages_per_cpu_s": [b[0] for b in base],
+            "lxml_pages_per_wall_s": [b[1] for b in base],
+            "median_ratio": ratio,
+            "target_pages_per_cpu_s": 300,
+        },
+    )
+    print(f"results: {path}")
     return 0
 
 

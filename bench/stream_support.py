@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient
 
 from crawlstream.records import PageRecord
 from crawlstream.settings import Settings, load_settings
@@ -112,22 +112,31 @@ def worker(
         env = {**env, "CRAWLSTREAM_STREAMS__DATA_DIR": str(data_dir or tmp)}
         if repo != REPO:
             env["PYTHONPATH"] = str(repo)
-        log = Path(tmp) / "worker.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, *entry, "worker", "-l", "info"],
-                cwd=repo,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        running = Worker(proc, log)
-        try:
+        for attempt in range(3):
+            log = Path(tmp) / f"worker-{attempt}.log"
+            with log.open("wb") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, *entry, "worker", "-l", "info"],
+                    cwd=repo,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            running = Worker(proc, log)
             deadline = time.monotonic() + ready_s
             while b"Worker ready" not in log.read_bytes():  # faust's line once recovery is done
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"worker did not start:\n{running.tail()}")
+                    break
                 time.sleep(0.2)  # poll interval
+            else:
+                break
+            running.stop()
+            # A topic the worker created a moment ago may not have a leader yet: start again.
+            print(f"worker did not start (attempt {attempt + 1}):\n{running.tail(5)}", file=sys.stderr)
+            time.sleep(2)
+        else:
+            raise SystemExit(f"worker did not start:\n{running.tail()}")
+        try:
             yield running
         finally:
             running.stop()

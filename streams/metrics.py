@@ -16,6 +16,10 @@ EVENTS = Counter("streams_events_total", "Events consumed by an agent", ["agent"
 CHANGES = Counter(
     "streams_changes_total", "Pages classified by the URL table: new, changed or unchanged", ["change"]
 )
+SAME_BODY = Counter(
+    "streams_same_body_total",
+    "Recrawls whose HTML body was byte for byte the one last classified: unchanged without enrichment",
+)
 DUPLICATES = Counter(
     "streams_duplicates_total", "Duplicates found: url (unchanged recrawl), content (exact), near", ["kind"]
 )

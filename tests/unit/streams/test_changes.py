@@ -134,3 +134,34 @@ def test_agent_resends_outputs_of_events_replayed_after_a_crash() -> None:
     assert len(h.on("touches")) == 2
     assert h.changes.urls[A]["o"] == 2
     assert sample("streams_replays_total", agent="detect_changes") - before == 2
+
+
+def test_a_recrawl_with_the_same_body_is_unchanged_without_being_parsed_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streams import changes
+
+    parsed: list[str] = []
+    real = changes.enrich_html
+
+    def counting(html: str, url: str) -> Any:
+        parsed.append(html)
+        return real(html, url)
+
+    monkeypatch.setattr(changes, "enrich_html", counting)
+    before = sample("streams_same_body_total")
+    body, reformatted = "<p>one two three</p>", "<p>One, two  three!</p>"
+
+    async def scenario(h: Harness, agent: Any) -> None:
+        for text in (body, body, reformatted, reformatted, body):
+            await agent.put(page(A, body=text).to_bytes(), key=A.encode(), partition=1)
+
+    h = run(lambda h: h.changes.agent, scenario)
+    # Parsed: the first fetch, the first reformatted one (same text: unchanged), and the body
+    # again (its digest is no longer the one last classified). Skipped: the two exact repeats.
+    assert parsed == [body, reformatted, body]
+    assert sample("streams_same_body_total") - before == 2
+    touches = [PageTouch.model_validate_json(v) for _, v in h.on("touches")]
+    assert len(touches) == 4
+    assert {t.content_hash for t in touches} == {h.held()[0].enrichment.content_hash}  # type: ignore[union-attr]
+    assert h.changes.urls[A]["b"] == changes.body_digest(page(A, body=body))
