@@ -15,7 +15,8 @@ Figures per site, medians of ``--runs``:
                        the one output the sink needs (target <= 2.5)
   caught up after end  seconds from the crawl process's exit until the stage has committed every
                        raw record and has no lag on any topic it reads (target <= 5 s)
-The lag curve of each run and every topic's bytes go to bench/results/bench_stream_crawl.json.
+The lag curve of each run and every topic's bytes go to bench/results/bench_stream_crawl.json,
+and the lag curves of the first run to bench/results/bench_stream_crawl-<site>.png (matplotlib).
 ``--worker-repo DIR`` runs the worker of another checkout (e.g. main before a change) for a
 before/after in the same session.
 """
@@ -42,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.stream_support import (
     DOCS,
     REPO,
+    RESULTS,
     LagRecorder,
     Offsets,
     isolated,
@@ -121,6 +123,36 @@ def one_run(site: str, pages: int, worker_repo: Path, timeout_s: float) -> dict[
         finally:
             server.shutdown()
             server.server_close()
+
+
+def plot(site: str, result: dict[str, Any], label: str) -> None:
+    """The run's lag curve: raw records produced and committed by the stage, and the stage's lag."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = result["lag_curve"]
+    t = [s["t"] for s in curve]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    top.plot(t, [s["raw_end"] for s in curve], label="raw topic end offset (crawled)")
+    top.plot(t, [s["raw_committed"] for s in curve], label="committed by the stream stage")
+    top.set_ylabel("records")
+    top.legend(loc="upper left")
+    bottom.plot(
+        t, [s["stage_lag"] for s in curve], color="tab:red", label="lag over every topic the stage reads"
+    )
+    bottom.set_ylabel("records behind")
+    bottom.set_xlabel("seconds since the crawl started")
+    bottom.legend(loc="upper left")
+    for axis in (top, bottom):
+        axis.axvline(result["crawl_s"], color="grey", linestyle="--")
+    title = f"stream stage lag, {site} crawl ({result['pages_fetched']} pages), one worker"
+    fig.suptitle(f"{title}; caught up {result['caught_up_after_end_s']} s after the crawl's end {label}")
+    fig.tight_layout()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(RESULTS / f"{BENCH}-{site}{'-' + label if label else ''}.png", dpi=100)
+    plt.close(fig)
 
 
 def short(topic: str, result: dict[str, Any]) -> str:
@@ -203,6 +235,8 @@ def main() -> int:
             "pages": pages,
         }
     Console(width=160).print(table)
+    for site, results in runs.items():
+        plot(site, results[0], args.label)
     path = write_results(
         BENCH + (f"-{args.label}" if args.label else ""),
         {
