@@ -37,9 +37,6 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.stream_support import write_results
 from crawlstream import offsets
 from crawlstream.records import PageRecord
 from crawlstream.settings import Settings, load_settings
@@ -234,24 +231,45 @@ def main() -> int:
         runs = " ".join(str(round(r)) for r in rates)
         table.add_row(name, f"{median:,.0f}", f"{median / plain_median:.2f}", runs, target)
     Console(width=140).print(table)
-    path = write_results(
-        "bench_dedup",
-        {
-            "events": EVENTS,
-            "records": "metadata-only page records (no body), half recrawls",
-            "runs": {
-                "faust detect_changes": ours,
-                "faust no-op agent": floor,
-                "plain confluent-kafka": plain,
-            },
-            "medians": {
-                "faust detect_changes": statistics.median(ours),
-                "faust no-op agent": statistics.median(floor),
-                "plain confluent-kafka": plain_median,
-            },
-        },
+    sys.path.insert(0, str(REPO))
+    from bench.results import Headline, Target, median_row, with_ratios, write_result
+
+    noop = statistics.median(floor)
+    write_result(
+        "dedup",
+        f"URL dedup: one stream worker on a {EVENTS:,}-event backlog, next to faust's no-op agent",
+        with_ratios(
+            [
+                median_row("faust detect_changes (RocksDB)", ours, "events/s", "ours", "events/s"),
+                median_row("faust no-op agent", floor, "events/s", "floor", "events/s"),
+                median_row("plain confluent-kafka loop", plain, "events/s", "baseline", "events/s"),
+            ],
+            "faust no-op agent",
+        ),
+        targets=[
+            Target(
+                "detect_changes over the no-op agent (issue 13)",
+                statistics.median(ours) / noop,
+                ">=",
+                0.6,
+                "x",
+            ),
+            Target("detect_changes events/s (issue 5)", statistics.median(ours), ">=", 20_000, "events/s"),
+        ],
+        headline=[
+            Headline(
+                "dedup hop",
+                statistics.median(ours),
+                noop,
+                "events/s",
+                "detect_changes",
+                "faust no-op",
+                target=0.6,
+            )
+        ],
+        params={"events": EVENTS, "runs": RUNS},
+        notes=["Ratios are to faust's own no-op agent on the same records (the floor of issue 13)."],
     )
-    print(f"results: {path}")
     return 0
 
 

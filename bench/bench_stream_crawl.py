@@ -15,10 +15,12 @@ Figures per site, medians of ``--runs``:
                        the one output the sink needs (target <= 2.5)
   caught up after end  seconds from the crawl process's exit until the stage has committed every
                        raw record and has no lag on any topic it reads (target <= 5 s)
-The lag curve of each run and every topic's bytes go to bench/results/bench_stream_crawl.json,
-and the lag curves of the first run to bench/results/bench_stream_crawl-<site>.png (matplotlib).
+Everything goes through bench/results.py to bench/results/stream_crawl.json: the medians and
+runs, the targets, the stage's lag curve of every run (``Series`` of kind ``lag``, drawn by
+bench/report.py into curves-lag.png) and, in ``extra``, every topic's bytes per run.
 ``--worker-repo DIR`` runs the worker of another checkout (e.g. main before a change) for a
-before/after in the same session.
+before/after in the same session (``--label before`` names its result file apart).
+``--quick``: a 2,000-page demo site and one run.
 """
 
 from __future__ import annotations
@@ -40,23 +42,22 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.results import Headline, Row, Series, Target, median_row, with_ratios, write_result
 from bench.stream_support import (
     DOCS,
     REPO,
-    RESULTS,
     LagRecorder,
     Offsets,
     isolated,
     stage_written,
     topic_bytes,
     worker,
-    write_results,
 )
 from crawlstream.demosite import generate_demo_site, serve_directory
 from crawlstream.settings import Settings
 from crawlstream.topics import catalog
 
-BENCH = "bench_stream_crawl"
+BENCH = "stream_crawl"
 
 
 def crawl(
@@ -125,36 +126,6 @@ def one_run(site: str, pages: int, worker_repo: Path, timeout_s: float) -> dict[
             server.server_close()
 
 
-def plot(site: str, result: dict[str, Any], label: str) -> None:
-    """The run's lag curve: raw records produced and committed by the stage, and the stage's lag."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    curve = result["lag_curve"]
-    t = [s["t"] for s in curve]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    top.plot(t, [s["raw_end"] for s in curve], label="raw topic end offset (crawled)")
-    top.plot(t, [s["raw_committed"] for s in curve], label="committed by the stream stage")
-    top.set_ylabel("records")
-    top.legend(loc="upper left")
-    bottom.plot(
-        t, [s["stage_lag"] for s in curve], color="tab:red", label="lag over every topic the stage reads"
-    )
-    bottom.set_ylabel("records behind")
-    bottom.set_xlabel("seconds since the crawl started")
-    bottom.legend(loc="upper left")
-    for axis in (top, bottom):
-        axis.axvline(result["crawl_s"], color="grey", linestyle="--")
-    title = f"stream stage lag, {site} crawl ({result['pages_fetched']} pages), one worker"
-    fig.suptitle(f"{title}; caught up {result['caught_up_after_end_s']} s after the crawl's end {label}")
-    fig.tight_layout()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    fig.savefig(RESULTS / f"{BENCH}-{site}{'-' + label if label else ''}.png", dpi=100)
-    plt.close(fig)
-
-
 def short(topic: str, result: dict[str, Any]) -> str:
     """A topic's name without its run's prefix."""
     return topic.split(".", 1)[1] if topic.startswith("bench-") and "." in topic else topic.split("-", 4)[-1]
@@ -178,7 +149,10 @@ def main() -> int:
     )
     parser.add_argument("--worker-repo", type=Path, default=REPO, help="checkout whose stream worker runs")
     parser.add_argument("--label", default="", help="a name for this run in the results (e.g. before)")
+    parser.add_argument("--quick", action="store_true", help="a 2,000-page demo site, one run")
     args = parser.parse_args()
+    if args.quick:
+        args.pages, args.runs = min(args.pages, 2000), 1
     sites = ["demo", "docs"] if args.site == "both" else [args.site]
     runs: dict[str, list[dict[str, Any]]] = {site: [] for site in sites}
     for _ in range(args.runs):
@@ -235,19 +209,81 @@ def main() -> int:
             "pages": pages,
         }
     Console(width=160).print(table)
+    rows: list[Row] = []
+    targets: list[Target] = []
+    headline: list[Headline] = []
+    series: list[Series] = []
     for site, results in runs.items():
-        plot(site, results[0], args.label)
-    path = write_results(
+        amp, after = summary[site]["write_amplification"], summary[site]["caught_up_after_end_s"]
+        group = f"{site}: bytes written per raw byte"
+        rows += with_ratios(
+            [
+                median_row(
+                    f"{site}: stream stage", [r["write_amplification"] for r in results], "B/B", "ours", group
+                ),
+                median_row(
+                    f"{site}: pages.unique alone",
+                    [r["unique_amplification"] for r in results],
+                    "B/B",
+                    "floor",
+                    group,
+                ),
+            ],
+            f"{site}: pages.unique alone",
+        )
+        group = f"{site}: seconds"
+        rows += [
+            median_row(
+                f"{site}: caught up after the crawl's end",
+                [r["caught_up_after_end_s"] for r in results],
+                "s",
+                "ours",
+                group,
+            ),
+            median_row(f"{site}: crawl", [r["crawl_s"] for r in results], "s", "baseline", group),
+        ]
+        targets += [
+            Target(f"{site}: stream stage bytes per raw byte (issue 13)", amp, "<=", 2.5, "B/B"),
+            Target(f"{site}: caught up after the crawl's end (issue 13)", after, "<=", 5.0, "s"),
+        ]
+        # The floor of a write amplification is the raw topic itself: 1 byte per raw byte.
+        headline.append(
+            Headline(
+                f"stream writes ({site})", amp, 1.0, "B per raw B", "stream stage", "pages.raw", "lower", 2.5
+            )
+        )
+        for n, result in enumerate(results, 1):
+            curve = result["lag_curve"]
+            series.append(
+                Series(
+                    f"{site} run {n}: stream stage lag (crawl ended at {result['crawl_s']:.0f} s)",
+                    "lag",
+                    [float(s["t"]) for s in curve],
+                    [float(s["stage_lag"]) for s in curve],
+                    "seconds since the crawl started",
+                    "records behind",
+                )
+            )
+    write_result(
         BENCH + (f"-{args.label}" if args.label else ""),
-        {
-            "label": args.label,
+        f"Stream stage on a real crawl, one worker: bytes per raw byte, catch-up {args.label}".strip(),
+        rows,
+        targets=targets,
+        headline=headline,
+        series=series,
+        params={
+            "sites": sites,
+            "demo_pages": args.pages,
+            "runs": args.runs,
             "worker_repo": str(args.worker_repo),
-            "summary": summary,
-            "runs": runs,
-            "targets": {"write_amplification": 2.5, "caught_up_after_end_s": 5.0},
         },
+        notes=[
+            "Bytes are the broker's log segments per topic (compressed, as stored; the largest seen "
+            "during the run, windowed changelogs shrink as windows expire).",
+            "Caught up: the stage has committed every raw record and has no lag on any topic it reads.",
+        ],
+        extra={"summary": summary, "runs": runs},
     )
-    print(f"results: {path}")
     return 0
 
 

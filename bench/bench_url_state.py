@@ -20,10 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.stream_support import write_results
-
 URLS = 1_000_000
 RUNS = 3
 
@@ -86,18 +82,20 @@ def main() -> int:
     print(f"rocksdb (workers): {ram:7.1f} B RAM/URL (target <= 150)  {disk:6.1f} B disk/URL")
     print(f"memory (dict):     {base:7.1f} B RAM/URL (baseline)")
     print(f"ratio RAM rocksdb/memory: {ram / base:.3f}")
-    path = write_results(
-        "bench_url_state",
-        {
-            "urls": URLS,
-            "rocksdb_ram_bytes_per_url": ram,
-            "rocksdb_disk_bytes_per_url": disk,
-            "memory_ram_bytes_per_url": base,
-            "runs": {"rocksdb": rocks, "memory": memory},
-            "target_ram_bytes_per_url": 150,
-        },
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.results import Row, Target, median_row, write_result
+
+    write_result(
+        "url_state",
+        f"URL state: bytes per URL in the urls table at {URLS:,} URLs",
+        [
+            median_row("rocksdb (workers)", [r / URLS for r, _ in rocks], "B RAM/URL", "ours", "RAM"),
+            median_row("memory (dict)", [r / URLS for r, _ in memory], "B RAM/URL", "baseline", "RAM"),
+            Row("rocksdb (workers)", disk, "B disk/URL", "ours", "disk", [d / URLS for _, d in rocks]),
+        ],
+        targets=[Target("RAM per URL (rocksdb)", ram, "<=", 150, "B")],
+        params={"urls": URLS, "runs": RUNS},
     )
-    print(f"results: {path}")
     return 0
 
 

@@ -9,9 +9,7 @@ afterwards; workers are ``python -m streams worker`` subprocesses (or the no-op 
 
 from __future__ import annotations
 
-import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,10 +18,9 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -342,30 +339,3 @@ class LagRecorder:
                 self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - self.started - at)))
         finally:
             offsets.close()
-
-
-# ----------------------------------------------------------------------------------- results
-
-
-@dataclass
-class Figure:
-    """One figure of a bench run: its runs, and what it is compared with."""
-
-    name: str
-    unit: str
-    runs: list[float] = field(default_factory=list)
-    floor: str | None = None  # the name of the figure it is divided by
-    target: str = ""
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.runs) if self.runs else float("nan")
-
-
-def write_results(bench: str, payload: dict[str, Any]) -> Path:
-    """``bench/results/<bench>.json`` (the directory is created; results are not committed)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{bench}.json"
-    payload = {"bench": bench, "written_at": datetime.now(UTC).isoformat(), "cpus": os.cpu_count(), **payload}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path

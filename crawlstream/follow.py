@@ -430,6 +430,7 @@ def run(
                 "group.id": settings.follow.group_id,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest" if from_beginning else "latest",
+                "session.timeout.ms": round(settings.kafka.consumer_session_timeout_s * 1000),
             }
         )
     )

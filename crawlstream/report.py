@@ -19,69 +19,81 @@ def _rate(value: float | None) -> str:
 def render_summary(summary: RunSummary, console: Console) -> None:
     crawl = summary.crawl
     stages = Table(title=f"crawlstream run {summary.run_id}", title_justify="left")
-    for column in ("stage", "records", "throughput", "caught up after", "detail"):
-        stages.add_column(column, justify="right" if column != "stage" and column != "detail" else "left")
+    for column in ("stage", "records", "throughput", "caught up after", "replayed", "detail"):
+        stages.add_column(column, justify="left" if column in ("stage", "detail") else "right")
+    rec = summary.reconciliation
 
     def caught(stage: str) -> str:
         seconds = summary.caught_up_s.get(stage)
         return f"{seconds:.1f}s" if seconds is not None else "NOT REACHED"
 
+    def row(stage: str, label: str, records: int, rate_of: int, detail: str) -> None:
+        replayed = rec.replayed(stage)
+        stages.add_row(
+            label,
+            f"{records:,}",
+            _rate(summary.throughput(stage, rate_of)),
+            caught(stage),
+            f"{replayed:,}" if replayed else "-",
+            detail,
+        )
+
     fetched = int(crawl.get("pages_fetched", 0))
-    stages.add_row(
+    row(
+        "crawl",
         "crawl (pages fetched)",
-        f"{fetched:,}",
-        _rate(summary.throughput("crawl", fetched)),
-        caught("crawl"),
+        fetched,
+        fetched,
         f"{crawl.get('responses_total', 0)} responses, {crawl.get('non_html', 0)} non-HTML, "
         f"{crawl.get('robots_denied', 0)} robots denials, {crawl.get('fetch_errors', 0)} fetch errors",
     )
-    stages.add_row(
+    row(
+        "kafka",
         "kafka (raw topic)",
-        f"{summary.raw_records:,}",
-        _rate(summary.throughput("kafka", summary.raw_records)),
-        caught("kafka"),
+        summary.raw_records,
+        summary.raw_records,
+        f"{len(summary.counts.raw_urls):,} distinct URLs, "
         f"{crawl.get('delivery_failures', 0)} delivery failures",
     )
-    stages.add_row(
+    row(
+        "streams",
         "streams (unique)",
-        f"{summary.unique_new:,}",
-        _rate(summary.throughput("streams", summary.raw_records)),
-        caught("streams"),
-        f"{summary.duplicates_dropped} duplicates dropped, {summary.dead_letters} dead letters",
+        summary.unique_new,
+        summary.raw_records,
+        f"{summary.duplicates_dropped} recrawls touched, {summary.dead_letters} dead letters",
     )
-    stages.add_row(
+    row(
+        "sink",
         "sink (stored)",
-        f"{summary.rows_new:,}",
-        _rate(summary.throughput("sink", summary.unique_new)),
-        caught("sink"),
+        summary.rows_new,
+        summary.unique_new,
         f"{summary.rows_for_crawl} of the crawl's URLs in pages",
     )
-    stages.add_row(
-        "cdc (change events)",
-        f"{summary.cdc_creates:,}",
-        _rate(summary.throughput("cdc", summary.cdc_creates)),
-        caught("cdc"),
-        "Debezium create events",
-    )
+    row("cdc", "cdc (change events)", summary.cdc_creates, summary.cdc_creates, "Debezium create events")
+    row("events", "events (outbox)", summary.page_events, summary.page_events, "page events, distinct ids")
     console.print(stages)
 
-    checks = Table(title="reconciliation", title_justify="left")
+    checks = Table(title="reconciliation (distinct keys)", title_justify="left")
     for column in ("stage", "check", "expected", "actual", "ok"):
         checks.add_column(column)
     for c in summary.checks:
         checks.add_row(
-            c.stage, c.what, str(c.expected), str(c.actual), "[green]yes[/]" if c.ok else "[red]NO[/]"
+            c.stage, c.what, c.expected_text, str(c.actual), "[green]yes[/]" if c.ok else "[red]NO[/]"
         )
     console.print(checks)
+    for replay in summary.replays:
+        console.print(f"[cyan]{replay.line()}[/]", highlight=False)
     console.print(f"crawl log: {summary.crawl_log}")
     for note in summary.notes:
         console.print(f"[yellow]{note}[/]")
     if summary.ok:
-        console.print("[green]All counts reconcile.[/]")
+        replayed = sum(r.records for r in summary.replays)
+        extra = f" ({replayed} replayed records, none lost or duplicated)" if replayed else ""
+        console.print(f"[green]All counts reconcile{extra}.[/]")
     else:
         console.print(
-            "[red]Counts do not reconcile: lost or doubled records at "
-            f"{', '.join(summary.failed_stages())}[/]"
+            "[red]Counts do not reconcile: lost or duplicated records at "
+            f"{', '.join(summary.failed_stages()) or 'no stage (no checks ran)'}[/]"
         )
 
 
@@ -107,7 +119,27 @@ def render_endpoints(settings: Settings, console: Console) -> None:
 
 
 def summary_json(summary: RunSummary) -> dict[str, Any]:
-    data = asdict(summary)
-    data["crawl"] = {k: v for k, v in summary.crawl.items() if k != "canonical_urls"}
-    data["ok"] = summary.ok
-    return data
+    """The summary for scripts: figures, checks, replays; URL sets as their sizes."""
+    return {
+        "run_id": summary.run_id,
+        "ok": summary.ok,
+        "failed_stages": summary.failed_stages(),
+        "crawl": {k: v for k, v in summary.crawl.items() if k != "canonical_urls"},
+        "figures": {
+            "raw_records": summary.raw_records,
+            "raw_distinct_urls": len(summary.counts.raw_urls),
+            "unique_new": summary.unique_new,
+            "duplicates_dropped": summary.duplicates_dropped,
+            "touches": summary.touches,
+            "dead_letters": summary.dead_letters,
+            "rows_new": summary.rows_new,
+            "rows_for_crawl": summary.rows_for_crawl,
+            "cdc_creates": summary.cdc_creates,
+            "page_events": summary.page_events,
+        },
+        "checks": [asdict(c) | {"ok": c.ok} for c in summary.checks],
+        "replays": [asdict(r) for r in summary.replays],
+        "caught_up_s": summary.caught_up_s,
+        "notes": summary.notes,
+        "crawl_log": summary.crawl_log,
+    }

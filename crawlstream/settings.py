@@ -33,6 +33,9 @@ class KafkaSettings(BaseModel):
     # Extra librdkafka settings (security.protocol, sasl.*, ...) for managed clusters.
     client_config: dict[str, str] = Field(default_factory=dict)
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024 * 1024)
+    # How long a consumer killed without leaving its group keeps its partitions (librdkafka's
+    # default is 45 s: a sink or follower killed by kill -9 stalled its partitions that long).
+    consumer_session_timeout_s: float = Field(default=10.0, ge=6, le=300)
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -60,6 +63,12 @@ class PostgresSettings(BaseModel):
     cdc_password: SecretStr = SecretStr("")
     publication: str = "crawlstream_pages"
     slot_name: str = "crawlstream_pages"
+    # The page sink emits each page event as a transactional logical decoding message with this
+    # prefix (pg_logical_emit_message); the outbox connector reads only this prefix
+    # (message.prefix.include.list) through its own publication, which holds ``cdc_heartbeat``
+    # only (migration 0007): the connector needs no table rows, only the messages and heartbeats.
+    event_message_prefix: str = Field(default="crawlstream.outbox", pattern=r"^[A-Za-z0-9._-]+$")
+    events_publication: str = "crawlstream_events"
 
     @field_validator("url", "owner_url")
     @classmethod
@@ -146,6 +155,25 @@ class CrawlSettings(BaseModel):
     delivery_timeout_s: float = Field(default=60.0, gt=0)
 
 
+class FrontierSettings(BaseModel):
+    """Frontier jobs (``source = "frontier"``): the requests topic, host state, completion."""
+
+    # Partitions of <prefix>.requests and <prefix>.hosts (one host, one partition, one crawler at
+    # a time): more than kafka.partitions so that crawler processes split the hosts evenly.
+    request_partitions: int = Field(default=12, ge=1, le=1024)
+    # Requests a crawler process reads ahead into its per-host queues before it pauses the topic.
+    read_ahead: int = Field(default=5000, ge=10)
+    # A crawler that fails this many fetches in a row on a host backs off from it, doubling from
+    # backoff_initial_s up to backoff_max_s.
+    backoff_after_errors: int = Field(default=3, ge=1)
+    backoff_initial_s: float = Field(default=5.0, gt=0)
+    backoff_max_s: float = Field(default=300.0, gt=0)
+    # robots.txt kept in the host state is used for this long before it is fetched again.
+    robots_max_age_s: float = Field(default=86_400.0, gt=0)
+    # How often a run's runner checks completion and prints progress.
+    poll_interval_s: float = Field(default=0.5, gt=0, le=10)
+
+
 class StreamsSettings(BaseModel):
     # Also the Kafka consumer group id and the prefix of faust's changelog topics.
     app_id: str = Field(default="crawlstream-streams", pattern=r"^[A-Za-z0-9._-]+$")
@@ -192,6 +220,11 @@ class SinkSettings(BaseModel):
     # Backoff while PostgreSQL is unavailable: doubles from initial up to max between retries.
     retry_backoff_initial_s: float = Field(default=0.5, gt=0)
     retry_backoff_max_s: float = Field(default=30.0, gt=0)
+    # When every record of a batch fails with an error of our own statements (SQLSTATE 42xxx:
+    # schema, grants or SQL wrong, e.g. a migration not run yet), the batch is retried with the
+    # backoff above for this long (alert: sink_statement_errors_total), then dead-lettered, so
+    # that no partition stops for ever. 0 dead-letters at once.
+    statement_retry_s: float = Field(default=600.0, ge=0)
 
 
 class FollowSettings(BaseModel):
@@ -275,6 +308,7 @@ class Settings(BaseSettings):
     stack: StackSettings = Field(default_factory=StackSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     crawl: CrawlSettings = Field(default_factory=CrawlSettings)
+    frontier: FrontierSettings = Field(default_factory=FrontierSettings)
     streams: StreamsSettings = Field(default_factory=StreamsSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
     follow: FollowSettings = Field(default_factory=FollowSettings)

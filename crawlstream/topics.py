@@ -7,9 +7,17 @@ tables need their changelog partitions to match their source topic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 from crawlstream.errors import StackError
 from crawlstream.settings import Settings
@@ -25,6 +33,9 @@ class TopicSpec:
     key: str
     description: str
     config: dict[str, str] = field(default_factory=dict)
+    # An existing topic with fewer partitions gets more (ensure_topics) instead of an error: no
+    # table is co-partitioned with it (a key may move partition, which these topics tolerate).
+    growable: bool = False
 
     @property
     def max_message_bytes(self) -> int:
@@ -51,6 +62,10 @@ class TopicCatalog:
     # Debezium heartbeat records of the two connectors (topic.heartbeat.prefix.topic.prefix).
     cdc_heartbeat: TopicSpec
     outbox_heartbeat: TopicSpec
+    # Frontier jobs: each run's ledger (input of streams.ledger), its progress, host state.
+    frontier_ledger: TopicSpec
+    frontier_progress: TopicSpec
+    hosts: TopicSpec
 
     def all(self) -> list[TopicSpec]:
         return [
@@ -68,10 +83,28 @@ class TopicCatalog:
             self.page_events,
             self.cdc_heartbeat,
             self.outbox_heartbeat,
+            self.frontier_ledger,
+            self.frontier_progress,
+            self.hosts,
         ]
 
 
 def catalog(settings: Settings) -> TopicCatalog:
+    """Every topic, each with an explicit ``max.message.bytes``: the limit producers check against
+    (:attr:`TopicSpec.max_message_bytes`) is the one the broker enforces, whatever its own default."""
+    specs = _catalog(settings)
+    return TopicCatalog(
+        **{
+            name: replace(
+                spec,
+                config={"max.message.bytes": str(BROKER_DEFAULT_MAX_MESSAGE_BYTES), **spec.config},
+            )
+            for name, spec in vars(specs).items()
+        }
+    )
+
+
+def _catalog(settings: Settings) -> TopicCatalog:
     prefix = settings.kafka.topic_prefix
     parts = settings.kafka.partitions
     big = {"max.message.bytes": str(settings.kafka.max_message_bytes), "compression.type": "producer"}
@@ -120,9 +153,10 @@ def catalog(settings: Settings) -> TopicCatalog:
         ),
         requests=TopicSpec(
             f"{prefix}.requests",
-            parts,
+            settings.frontier.request_partitions,
             "host",
             "URLs to fetch for distributed crawlers; one host, one partition (CrawlRequest JSON)",
+            growable=True,
         ),
         runs=TopicSpec(
             f"{prefix}.runs",
@@ -153,11 +187,43 @@ def catalog(settings: Settings) -> TopicCatalog:
             "outbox.event.page",
             parts,
             "canonical URL (outbox aggregateid)",
-            "page created/changed/gone events from the outbox table (payload JSON; type in header eventType)",
+            "page created/changed/gone events from the page sink's WAL messages (JSON; header eventType)",
         ),
         cdc_heartbeat=heartbeat_topic(settings, settings.connect.cdc_topic_prefix),
         outbox_heartbeat=heartbeat_topic(settings, settings.connect.outbox_topic_prefix),
+        frontier_ledger=TopicSpec(
+            f"{prefix}.frontier.ledger",
+            parts,
+            "run id",
+            "a frontier run's candidates, closed requests and commands, in order (LedgerEntry JSON)",
+        ),
+        frontier_progress=TopicSpec(
+            f"{prefix}.frontier.progress",
+            1,
+            "run id",
+            "the latest state of each frontier run's ledger (RunProgress JSON; compacted)",
+            {**_compacted(), "retention.ms": str(30 * 24 * 3600 * 1000)},
+        ),
+        hosts=TopicSpec(
+            f"{prefix}.hosts",
+            settings.frontier.request_partitions,
+            "host",
+            "per-host politeness state: robots.txt, Crawl-delay, cooldowns, backoff (HostState JSON; "
+            "compacted; partitioned like the requests topic)",
+            _compacted(),
+            growable=True,
+        ),
     )
+
+
+def _compacted() -> dict[str, str]:
+    # Compacted often enough that a restore reads about one record per key.
+    return {
+        "cleanup.policy": "compact",
+        "segment.ms": str(3600 * 1000),
+        "min.cleanable.dirty.ratio": "0.1",
+        "delete.retention.ms": str(24 * 3600 * 1000),
+    }
 
 
 def heartbeat_topic(settings: Settings, connector_topic_prefix: str) -> TopicSpec:
@@ -175,17 +241,32 @@ def heartbeat_topic(settings: Settings, connector_topic_prefix: str) -> TopicSpe
 def ensure_topics(
     settings: Settings, specs: list[TopicSpec] | None = None, timeout_s: float = 30.0
 ) -> list[str]:
-    """Create missing topics; verify partition counts of existing ones. Returns created names."""
+    """Create missing topics; verify partition counts of existing ones and bring their declared
+    configs (``max.message.bytes``, retention...) in line with the catalog. Returns created names."""
     specs = specs if specs is not None else catalog(settings).all()
     admin = AdminClient(settings.kafka.librdkafka())
     existing = admin.list_topics(timeout=timeout_s).topics
     problems = [
         f"topic {s.name} has {len(existing[s.name].partitions)} partitions, catalog says {s.partitions}"
         for s in specs
-        if s.name in existing and len(existing[s.name].partitions) != s.partitions
+        if s.name in existing
+        and len(existing[s.name].partitions) != s.partitions
+        and not (s.growable and len(existing[s.name].partitions) < s.partitions)
     ]
     if problems:
         raise StackError("; ".join(problems))
+    grow = [s for s in specs if s.name in existing and len(existing[s.name].partitions) < s.partitions]
+    if grow:
+        from confluent_kafka.admin import NewPartitions  # type: ignore[attr-defined]
+
+        for name, future in admin.create_partitions(
+            [NewPartitions(s.name, s.partitions) for s in grow], operation_timeout=timeout_s
+        ).items():
+            try:
+                future.result()
+            except Exception as exc:
+                raise StackError(f"cannot add partitions to topic {name}: {exc}") from exc
+    _align_configs(admin, [s for s in specs if s.name in existing and s.config], timeout_s)
     missing = [s for s in specs if s.name not in existing]
     if not missing:
         return []
@@ -202,3 +283,38 @@ def ensure_topics(
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise StackError(f"cannot create topic {name}: {exc}") from exc
     return created
+
+
+def _set(name: str, value: str) -> Any:
+    return ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+
+
+def _align_configs(admin: AdminClient, specs: list[TopicSpec], timeout_s: float) -> None:
+    """Set the catalog's configs on existing topics where they differ (a topic created by an
+    older catalog, or by hand); other configs of the topic are left alone."""
+    if not specs:
+        return
+    resources = [ConfigResource(ResourceType.TOPIC, s.name) for s in specs]
+    described = admin.describe_configs(resources, request_timeout=timeout_s)
+    changes = []
+    for spec, resource in zip(specs, resources, strict=True):
+        current = {name: entry.value for name, entry in described[resource].result(timeout_s).items()}
+        differ = {k: v for k, v in spec.config.items() if current.get(k) != v}
+        if differ:
+            changes.append(
+                ConfigResource(
+                    ResourceType.TOPIC,
+                    spec.name,
+                    incremental_configs=[
+                        ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
+                        for k, v in differ.items()
+                    ],
+                )
+            )
+    if not changes:
+        return
+    for resource, future in admin.incremental_alter_configs(changes, request_timeout=timeout_s).items():
+        try:
+            future.result(timeout_s)
+        except Exception as exc:
+            raise StackError(f"cannot set the catalog's configs on topic {resource.name}: {exc}") from exc

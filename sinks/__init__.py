@@ -9,7 +9,8 @@ publishes ``pages`` raw and routes ``outbox`` rows to ``outbox.event.page``.
 
 Modules: :mod:`sinks.base` (the contract and an in-memory sink), :mod:`sinks.tables` (schema),
 :mod:`sinks.rows` (records to rows, decoders), :mod:`sinks.postgres` (what every Postgres sink
-shares), :mod:`sinks.pages`, :mod:`sinks.touches`, :mod:`sinks.upserts` (the sinks),
-:mod:`sinks.families` (topic -> sink), :mod:`sinks.worker` (the consumer loop),
+shares), :mod:`sinks.sqlstate` (what a failed write means), :mod:`sinks.pages`,
+:mod:`sinks.touches`, :mod:`sinks.upserts` (the sinks), :mod:`sinks.families` (topic -> sink),
+:mod:`sinks.worker` (the consumer loop), :mod:`sinks.deadletters` (producing dead letters),
 :mod:`sinks.migrate` and :mod:`sinks.migration_ops` (alembic, run as the owner role).
 """

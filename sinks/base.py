@@ -48,14 +48,50 @@ class SinkError(CrawlstreamError):
 
 
 class SinkUnavailable(SinkError):
-    """The store is unreachable; nothing was stored. The worker retries the same batch."""
+    """Nothing was stored and the records are not at fault; the worker retries the same batch.
+
+    Usually the store is unreachable. ``statement`` marks the other kind: our own statements fail
+    outside any record (the offsets table is missing, a grant is lacking): retried as well, since
+    no record can be blamed and no progress can be stored, but loudly (``sqlstate`` names it)."""
+
+    def __init__(self, message: str, *, sqlstate: str | None = None, statement: bool = False) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.statement = statement
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A record the store refused, and why: what its dead letter carries."""
+
+    record: SinkRecord[Any]
+    reason: str  # e.g. sqlstate_54000, too_large, unprocessable
+    detail: str
+    error_class: str | None = None
+    sqlstate: str | None = None
 
 
 class RowsRejected(SinkError):
-    """Some records violate a constraint; nothing was stored. ``rejected`` names them."""
+    """Some records cannot be stored; nothing was stored. ``rejected`` names them: the worker
+    dead-letters them and writes the rest of the batch."""
 
-    def __init__(self, rejected: Sequence[tuple[SinkRecord[Any], str]]) -> None:
+    def __init__(self, rejected: Sequence[Rejection]) -> None:
         super().__init__(f"{len(rejected)} record(s) rejected by the store")
+        self.rejected = list(rejected)
+
+
+class StatementFailed(SinkError):
+    """Every record of the batch failed alone, with errors of our statements rather than of data
+    (e.g. SQLSTATE 42xxx): likely our SQL, schema or grants. Nothing was stored. The worker retries
+    for a bounded time (a deploy or migration may fix it), then dead-letters ``rejected``."""
+
+    def __init__(self, rejected: Sequence[Rejection]) -> None:
+        first = rejected[0] if rejected else None
+        super().__init__(
+            f"{len(rejected)} record(s) failed alike: {first.reason}: {first.detail}"
+            if first
+            else "no records"
+        )
         self.rejected = list(rejected)
 
 
@@ -71,8 +107,9 @@ class Sink(Protocol[R]):
         """Store the records and the offsets in one atomic step; return how many rows changed.
 
         Idempotent: records before the stored offsets are skipped, and a record equal to what
-        is stored changes nothing. Raises SinkUnavailable (retry later) or RowsRejected (drop
-        the named records, retry the rest).
+        is stored changes nothing. Raises SinkUnavailable (retry later), RowsRejected (dead-letter
+        the named records, write the rest) or StatementFailed (retry for a while, then as
+        RowsRejected).
         """
 
     def stored_offsets(self, group: str, topic: str) -> dict[int, int]:
@@ -83,7 +120,8 @@ class Sink(Protocol[R]):
 
 class InMemorySink(Generic[R]):
     """A Sink in a dict, for tests of the worker: the last value per ``key`` wins, a value equal
-    to the stored one changes nothing. ``reject`` and ``fail_writes`` inject faults."""
+    to the stored one changes nothing. ``reject`` (a reason per value, or None), ``fail_writes``
+    and ``fail_statements`` inject faults."""
 
     def __init__(self, key: Callable[[R], Hashable], reject: Callable[[R], str | None] | None = None) -> None:
         self.rows: dict[Hashable, R] = {}
@@ -91,6 +129,7 @@ class InMemorySink(Generic[R]):
         self.key = key
         self.reject = reject
         self.fail_writes = 0  # the next N writes raise SinkUnavailable
+        self.fail_statements = 0  # the next N writes raise StatementFailed (every record, 42601)
         self.batches: list[SinkBatch[R]] = []
         self.opened = self.closed = False
 
@@ -104,8 +143,20 @@ class InMemorySink(Generic[R]):
         if self.fail_writes > 0:
             self.fail_writes -= 1
             raise SinkUnavailable("injected outage")
+        if self.fail_statements > 0 and batch.records:
+            self.fail_statements -= 1
+            raise StatementFailed(
+                [
+                    Rejection(r, "sqlstate_42601", "injected syntax error", None, "42601")
+                    for r in batch.records
+                ]
+            )
         if self.reject is not None:
-            rejected = [(r, why) for r in batch.records if (why := self.reject(r.value)) is not None]
+            rejected = [
+                Rejection(r, why, f"rejected by the in-memory store: {why}", "InMemorySink")
+                for r in batch.records
+                if (why := self.reject(r.value)) is not None
+            ]
             if rejected:
                 raise RowsRejected(rejected)
         # All checks passed: from here on, apply everything (the "commit").

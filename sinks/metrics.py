@@ -1,7 +1,8 @@
 """Prometheus metrics of the sink workers, served on ``settings.metrics.sink_port``.
 
 Base units, ``_total`` counters, bounded labels: ``family`` (pages, touches, stats, runs; see
-:mod:`sinks.families`), the dead-letter ``reason`` and the parked-touch ``action``. A registry can
+:mod:`sinks.families`), the dead-letter ``reason`` (``sqlstate_<code>`` or a record error's
+reason), the ``sqlstate`` of statement errors and the parked-touch ``action``. A registry can
 be passed so tests read their own counters instead of the process-wide default registry.
 """
 
@@ -54,6 +55,26 @@ class SinkMetrics:
             "sink_db_retries_total",
             "Batch writes retried because the database was unavailable",
             family,
+            registry=registry,
+        )
+        self.statement_errors = Counter(
+            "sink_statement_errors_total",
+            "Writes that failed with an error of our own statements (SQLSTATE 42xxx and unknown: SQL, "
+            "schema or grants), retried for sink.statement_retry_s before their records are dead-lettered",
+            ["family", "sqlstate"],
+            registry=registry,
+        )
+        self.dead_letter_retries = Counter(
+            "sink_dead_letter_retries_total",
+            "Rounds of dead letters the broker did not take, retried with backoff before the batch is stored",
+            family,
+            registry=registry,
+        )
+        self.dead_letters_unproducible = Counter(
+            "sink_dead_letters_unproducible_total",
+            "Dead letters refused for their size even without key and payload: logged with their "
+            "origin (the record stays there) and skipped",
+            ["family", "reason"],
             registry=registry,
         )
         self.last_commit = Gauge(

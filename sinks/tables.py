@@ -1,10 +1,12 @@
 """The sink stage's schema as SQLAlchemy 2.0 declarative models.
 
 ``pages`` holds the current version of each canonical URL (the Kafka record key) and is what
-Debezium publishes raw (``cdc.public.pages``); ``page_history`` the superseded versions (the view
+Debezium publishes raw (``cdc.public.pages``). Rows keyed by URL are keyed by ``url_hash``, the
+sha256 of the URL's UTF-8 bytes (:data:`URL_HASH_SQL`, :func:`sinks.rows.url_hash`), not by the
+URL itself: a btree entry holds at most about 2,700 bytes and URLs can be much longer (migration
+0006); ``url`` keeps the full URL. ``page_history`` the superseded versions (the view
 ``page_versions`` adds the current ones: one row per content change, each body stored once);
 ``page_touches_pending`` touches that arrived before their page row;
-``outbox`` the domain events Debezium's EventRouter republishes (``outbox.event.page``);
 ``domain_stats`` closed aggregation windows; ``crawl_runs`` job runs; ``sink_offsets`` the next
 Kafka offset per consumer group and partition; ``cdc_heartbeat`` one row per Debezium slot,
 written by the connectors' heartbeat.action.query so idle slots still confirm WAL (migration 0003).
@@ -14,15 +16,33 @@ checks that they still agree. How records become rows is in :mod:`sinks.rows`.
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, MetaData, SmallInteger, Text, func
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    Text,
+    func,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 Timestamp = DateTime(timezone=True)
+URL_HASH_COMMENT = "sha256 of url (UTF-8): the key, as a URL may exceed a btree entry"
+
+
+def url_hash_sql(url: str) -> str:
+    """SQL for the ``url_hash`` of the text expression ``url`` (one definition for every statement;
+    ``convert_to`` gives the UTF-8 bytes whatever the client encoding)."""
+    return f"sha256(convert_to({url}, 'UTF8'))"
+
+
+URL_HASH_SQL = url_hash_sql("url")
 
 
 class Base(DeclarativeBase):
@@ -35,8 +55,11 @@ def _now() -> Mapped[datetime]:
 
 class Page(Base):
     __tablename__ = "pages"
+    # Every writer computes url_hash from url with URL_HASH_SQL; the check makes any other value fail.
+    __table_args__ = (CheckConstraint(f"url_hash = {URL_HASH_SQL}", name="pages_url_hash_check"),)
 
-    url: Mapped[str] = mapped_column(Text, primary_key=True, comment="canonical URL (the Kafka record key)")
+    url_hash: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True, comment=URL_HASH_COMMENT)
+    url: Mapped[str] = mapped_column(Text, comment="canonical URL (the Kafka record key)")
     final_url: Mapped[str] = mapped_column(Text)
     status: Mapped[int] = mapped_column(SmallInteger)
     content_type: Mapped[str] = mapped_column(Text)
@@ -77,7 +100,13 @@ class PageHistory(Base):
 
     __tablename__ = "page_history"
 
-    url: Mapped[str] = mapped_column(Text, ForeignKey("pages.url", ondelete="CASCADE"), primary_key=True)
+    url_hash: Mapped[bytes] = mapped_column(
+        LargeBinary,
+        ForeignKey("pages.url_hash", ondelete="CASCADE"),
+        primary_key=True,
+        comment=URL_HASH_COMMENT,
+    )
+    url: Mapped[str] = mapped_column(Text)
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     status: Mapped[int] = mapped_column(SmallInteger)
     title: Mapped[str] = mapped_column(Text)
@@ -97,22 +126,10 @@ class PageTouchPending(Base):
 
     __tablename__ = "page_touches_pending"
 
-    url: Mapped[str] = mapped_column(Text, primary_key=True, comment="canonical URL without a pages row yet")
+    url_hash: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True, comment=URL_HASH_COMMENT)
+    url: Mapped[str] = mapped_column(Text, comment="canonical URL without a pages row yet")
     seen: Mapped[datetime] = mapped_column(Timestamp, comment="latest touch time")
     parked_at: Mapped[datetime] = _now()
-
-
-class Outbox(Base):
-    """Debezium outbox: rows are inserted and deleted in the same transaction (the WAL keeps them)."""
-
-    __tablename__ = "outbox"
-
-    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
-    aggregatetype: Mapped[str] = mapped_column(Text)
-    aggregateid: Mapped[str] = mapped_column(Text)
-    type: Mapped[str] = mapped_column(Text)
-    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
-    created_at: Mapped[datetime] = _now()
 
 
 class DomainStatsRow(Base):

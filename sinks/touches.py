@@ -30,24 +30,29 @@ import psycopg2.extras
 from crawlstream.records import PageTouch
 from sinks.base import SinkRecord
 from sinks.postgres import Cursor, PostgresSink
+from sinks.tables import url_hash_sql
 
+# Rows are found by url_hash (the key; url itself is not indexed: migration 0006).
 MISSING = (
-    "SELECT t.url FROM unnest(%s::text[]) AS t(url) "
-    "WHERE NOT EXISTS (SELECT 1 FROM pages p WHERE p.url = t.url)"
+    "SELECT t.url FROM unnest(%s::text[]) AS t(url) "  # noqa: S608 - our own SQL, no data
+    f"WHERE NOT EXISTS (SELECT 1 FROM pages p WHERE p.url_hash = {url_hash_sql('t.url')})"
 )
 LOCK_PENDING = "LOCK TABLE page_touches_pending IN SHARE ROW EXCLUSIVE MODE"
-# The UPDATE's join decides its row order; taking the row locks first in URL order, as the page
-# upsert takes them (ORDER BY s.url), keeps the two sinks from deadlocking on shared pages.
-LOCK_ROWS = "SELECT 1 FROM pages WHERE url = ANY(%s::text[]) ORDER BY url FOR UPDATE"
+# The UPDATE's join decides its row order; taking the row locks first in key order, as the page
+# upsert takes them (ORDER BY url_hash), keeps the two sinks from deadlocking on shared pages.
+LOCK_ROWS = (
+    "SELECT 1 FROM pages WHERE url_hash = ANY(ARRAY("  # noqa: S608
+    f"SELECT {url_hash_sql('u')} FROM unnest(%s::text[]) AS u)) ORDER BY url_hash FOR UPDATE"
+)
 TOUCH = (
-    "UPDATE pages AS p SET last_seen = t.seen FROM (VALUES %s) AS t(url, seen) "
-    "WHERE p.url = t.url AND p.last_seen < t.seen RETURNING 1"
+    "UPDATE pages AS p SET last_seen = t.seen FROM (VALUES %s) AS t(url, seen) "  # noqa: S608
+    f"WHERE p.url_hash = {url_hash_sql('t.url')} AND p.last_seen < t.seen RETURNING 1"
 )
 PARK = (
-    "INSERT INTO page_touches_pending AS q (url, seen) "
-    "SELECT t.url, t.seen FROM (VALUES %s) AS t(url, seen) "
-    "WHERE NOT EXISTS (SELECT 1 FROM pages p WHERE p.url = t.url) "
-    "ON CONFLICT (url) DO UPDATE SET seen = EXCLUDED.seen WHERE q.seen < EXCLUDED.seen RETURNING 1"
+    "INSERT INTO page_touches_pending AS q (url_hash, url, seen) "  # noqa: S608
+    f"SELECT {url_hash_sql('t.url')}, t.url, t.seen FROM (VALUES %s) AS t(url, seen) "
+    f"WHERE NOT EXISTS (SELECT 1 FROM pages p WHERE p.url_hash = {url_hash_sql('t.url')}) "
+    "ON CONFLICT (url_hash) DO UPDATE SET seen = EXCLUDED.seen WHERE q.seen < EXCLUDED.seen RETURNING 1"
 )
 TEMPLATE = "(%s, %s::timestamptz)"
 
@@ -66,7 +71,7 @@ class PostgresTouchSink(PostgresSink[PageTouch]):
         missing = {url for (url,) in cur.fetchall()}
         if missing:
             cur.execute(LOCK_PENDING)
-        cur.execute(LOCK_ROWS, ([url for url, _ in rows],))  # URL order, as the page upsert
+        cur.execute(LOCK_ROWS, ([url for url, _ in rows],))  # key order, as the page upsert
         found = psycopg2.extras.execute_values(cur, TOUCH, rows, template=TEMPLATE, fetch=True)
         if missing:
             park = [row for row in rows if row[0] in missing]

@@ -5,6 +5,17 @@ Reads the family's topic as the family's group (``settings.sink.group_id`` for p
 undecodable or rejected records to catalog(settings).dead_letter; batches by
 ``settings.sink.batch_size`` / ``batch_max_latency_s``; retries with ``settings.sink.retry_backoff_*``.
 
+No record stops a partition. Each boundary handles whatever a record makes it raise: decoding
+(any exception, not only RecordError: the record is dead-lettered with reason, error class and
+origin), preparing (a failure leaves the batch unprepared: the write encodes it again and isolates
+the record), writing (the sink names the records it cannot store, RowsRejected, and they are
+dead-lettered while the rest is stored; see :mod:`sinks.postgres`). Only the infrastructure is
+retried with backoff: the database (SinkUnavailable) and the broker when dead letters cannot be
+delivered. When every record of a batch fails alike with an error of our own statements
+(StatementFailed), the batch is retried loudly for ``settings.sink.statement_retry_s``, then
+dead-lettered. Dead letters are built by :mod:`crawlstream.deadletters` to fit their topic, key
+included; one refused for its size anyway is sent bare, or logged and counted (sinks.deadletters).
+
 Exactly-once into the store: the sink commits each batch's rows together with the next offset
 per partition, and on every assignment the worker seeks to those stored offsets. After that
 commit the same offsets are committed to Kafka too, but only so that lag tools (kafka_exporter,
@@ -30,12 +41,20 @@ from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import KafkaException, Message, TopicPartition
 from confluent_kafka import Producer as KafkaProducer
 
-from crawlstream.errors import RecordError
-from crawlstream.records import DeadLetter
+from crawlstream.deadletters import DeadLetterMessage, Origin, build_dead_letter, dead_letter_for_exception
 from crawlstream.settings import Settings
 from crawlstream.topics import catalog
-from sinks.base import RowsRejected, Sink, SinkBatch, SinkError, SinkRecord, SinkUnavailable
-from sinks.deadletters import DeadLetterProducer, Producer, dead_letter
+from sinks.base import (
+    Rejection,
+    RowsRejected,
+    Sink,
+    SinkBatch,
+    SinkError,
+    SinkRecord,
+    SinkUnavailable,
+    StatementFailed,
+)
+from sinks.deadletters import STAGE, DeadLetterProducer, Producer
 from sinks.families import Family
 from sinks.metrics import SinkMetrics
 
@@ -86,10 +105,11 @@ class SinkWorker(Generic[R]):
         self.topic = family.topic(settings)
         self.group = family.group(settings)
         self._cfg = settings.sink
-        self._max_message_bytes = settings.kafka.max_message_bytes
         self._sink = sink
         self._consumer = consumer
-        self._dead_letters = DeadLetterProducer(producer, topics.dead_letter.name)
+        self._dead_letters = DeadLetterProducer(
+            producer, topics.dead_letter.name, topics.dead_letter.max_message_bytes
+        )
         self.metrics = metrics if metrics is not None else SinkMetrics()
         self._clock = clock
         self._stop = threading.Event()
@@ -110,6 +130,7 @@ class SinkWorker(Generic[R]):
                     "client.id": f"crawlstream-sink-{family.name}",
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",
+                    "session.timeout.ms": round(settings.kafka.consumer_session_timeout_s * 1000),
                     "max.partition.fetch.bytes": max_bytes,
                     "fetch.max.bytes": fetch_max,
                     "receive.message.max.bytes": fetch_max
@@ -146,7 +167,10 @@ class SinkWorker(Generic[R]):
             while not self._stop.is_set():
                 messages = self._collect()
                 if messages:
-                    batch, by_position = self._decode(messages)
+                    decoded = self._decode(messages)
+                    if decoded is None:  # stopping while its dead letters could not be delivered
+                        break
+                    batch, by_position = decoded
                     self._finish_write()
                     self._writing = writer.submit(self._write, batch, by_position)
                     idle_since = self._clock()
@@ -194,12 +218,13 @@ class SinkWorker(Generic[R]):
         batch, self._pending = self._pending, []
         return batch
 
-    def _decode(self, messages: list[Message]) -> tuple[SinkBatch[R], dict[Position, Message]]:
-        """The batch to write, prepared, after dead-lettering the undecodable messages."""
+    def _decode(self, messages: list[Message]) -> tuple[SinkBatch[R], dict[Position, Message]] | None:
+        """The batch to write, prepared, after dead-lettering the messages that cannot be decoded
+        (for any reason); None if a stop came while those dead letters could not be delivered."""
         by_position: dict[Position, Message] = {}
         next_offsets: dict[tuple[str, int], int] = {}
         records: list[SinkRecord[R]] = []
-        letters: list[tuple[bytes | None, DeadLetter]] = []
+        letters: list[DeadLetterMessage] = []
         for i, msg in enumerate(messages):
             if i % YIELD_EVERY == 0:
                 time.sleep(0)  # see YIELD_EVERY
@@ -207,11 +232,20 @@ class SinkWorker(Generic[R]):
             by_position[position] = msg
             next_offsets[(topic, partition)] = max(next_offsets.get((topic, partition), 0), offset + 1)
             try:
-                records.append(SinkRecord(self.family.decode(msg.value()), topic, partition, offset))
-            except RecordError as exc:
-                letters.append((msg.key(), self._letter(exc, msg)))
-        self._send_dead_letters(letters)
-        return self._sink.prepare(SinkBatch(self.group, records, next_offsets)), by_position
+                value = self.family.decode(msg.value())
+            except Exception as exc:  # RecordError, and anything else a record makes the decoder raise
+                letters.append(self._letter_for_exception(exc, msg))
+                continue
+            records.append(SinkRecord(value, topic, partition, offset))
+        if not self._send_dead_letters(letters):
+            return None
+        batch = SinkBatch(self.group, records, next_offsets)
+        try:
+            return self._sink.prepare(batch), by_position
+        except Exception:
+            # Preparing is an optimisation: the write encodes again and isolates what a record caused.
+            log.exception("preparing a batch of %d failed; writing it unprepared", len(records))
+            return batch, by_position
 
     def _finish_write(self) -> None:
         """Wait for the write in flight, if any; raise what it raised, else commit its offsets to
@@ -232,22 +266,48 @@ class SinkWorker(Generic[R]):
     def _write(self, batch: SinkBatch[R], by_position: dict[Position, Message]) -> NextOffsets | None:
         """Store the batch (writer thread); its next offsets once stored, None if stopped before."""
         started = time.perf_counter()
+        failing_since: float | None = None  # when StatementFailed first came for this batch
+        delay = self._cfg.retry_backoff_initial_s
         while True:
             try:
                 changed = self._retry_while_unavailable("write a batch", partial(self._sink.write, batch))
                 break
             except RowsRejected as exc:
-                rejected = {(r.topic, r.partition, r.offset) for r, _ in exc.rejected}
-                self._send_dead_letters(
-                    [
-                        (msg.key(), self._letter(RecordError("constraint_violation", why), msg))
-                        for r, why in exc.rejected
-                        if (msg := by_position[(r.topic, r.partition, r.offset)])
-                    ]
+                rejected = exc.rejected
+            except StatementFailed as exc:
+                first = exc.rejected[0]
+                self.metrics.statement_errors.labels(self.family.name, first.sqlstate or "none").inc()
+                now = self._clock()
+                failing_since = now if failing_since is None else failing_since
+                if now - failing_since < self._cfg.statement_retry_s:
+                    log.error(
+                        "every record of a batch of %d fails with %s (%s): our SQL, schema or grants? "
+                        "retrying in %.1fs; dead-lettering them %.0fs after the first failure",
+                        len(exc.rejected),
+                        first.reason,
+                        first.detail,
+                        delay,
+                        self._cfg.statement_retry_s,
+                    )
+                    if self._stop.wait(delay):
+                        return None
+                    delay = min(delay * 2, self._cfg.retry_backoff_max_s)
+                    continue
+                log.error(
+                    "every record of a batch of %d still fails with %s after %.0fs: dead-lettering them",
+                    len(exc.rejected),
+                    first.reason,
+                    now - failing_since,
                 )
-                # A new batch, not replace(): what Sink.prepare made was for the old records.
-                kept = [r for r in batch.records if (r.topic, r.partition, r.offset) not in rejected]
-                batch = SinkBatch(batch.group, kept, batch.next_offsets)
+                rejected = exc.rejected
+            letters = [self._letter_for_rejection(r, by_position) for r in rejected]
+            if not self._send_dead_letters(letters):
+                log.warning("stopping while dead letters cannot be delivered: the batch stays unwritten")
+                return None
+            # A new batch, not replace(): what Sink.prepare made was for the old records.
+            gone = {_record_position(r.record) for r in rejected}
+            kept = [r for r in batch.records if _record_position(r) not in gone]
+            batch = SinkBatch(batch.group, kept, batch.next_offsets)
         if changed is None:
             log.warning(
                 "stopping while the sink is unavailable: %d messages left unwritten", len(by_position)
@@ -265,23 +325,60 @@ class SinkWorker(Generic[R]):
                 self.metrics.touches_pending.labels(family, event.removeprefix("touches_")).inc(n)
         return batch.next_offsets
 
-    def _letter(self, error: RecordError, msg: Message) -> DeadLetter:
+    def _letter_for_exception(self, exc: Exception, msg: Message) -> DeadLetterMessage:
         topic, partition, offset = _position(msg)
-        return dead_letter(
-            error,
-            topic=topic,
-            partition=partition,
-            offset=offset,
+        return dead_letter_for_exception(
+            exc,
+            stage=STAGE,
             key=msg.key(),
             value=msg.value(),
-            max_bytes=self._max_message_bytes,
+            max_bytes=self._dead_letters.max_bytes,
+            origin=Origin(topic, partition, offset),
         )
 
-    def _send_dead_letters(self, letters: list[tuple[bytes | None, DeadLetter]]) -> None:
+    def _letter_for_rejection(
+        self, rejection: Rejection, by_position: dict[Position, Message]
+    ) -> DeadLetterMessage:
+        msg = by_position[_record_position(rejection.record)]
+        topic, partition, offset = _position(msg)
+        return build_dead_letter(
+            stage=STAGE,
+            reason=rejection.reason,
+            detail=rejection.detail,
+            key=msg.key(),
+            value=msg.value(),
+            max_bytes=self._dead_letters.max_bytes,
+            origin=Origin(topic, partition, offset),
+            error_class_name=rejection.error_class,
+        )
+
+    def _send_dead_letters(self, letters: list[DeadLetterMessage]) -> bool:
+        """Produce the letters and confirm their delivery, retrying what the broker did not take
+        with backoff (an outage); False if a stop was requested first (nothing may be stored then)."""
+        delay = self._cfg.retry_backoff_initial_s
+        family = self.family.name
         with self._letters_lock:  # decoding and writer threads both send; a flush serves any callback
-            self._dead_letters.send(letters)
-        for _key, letter in letters:
-            self.metrics.dead_letters.labels(family=self.family.name, reason=letter.reason).inc()
+            while letters:
+                outcome = self._dead_letters.send(letters)
+                for message in outcome.delivered:
+                    self.metrics.dead_letters.labels(family=family, reason=message.letter.reason).inc()
+                for message in outcome.unproducible:
+                    self.metrics.dead_letters_unproducible.labels(
+                        family=family, reason=message.letter.reason
+                    ).inc()
+                letters = outcome.undelivered
+                if letters:
+                    self.metrics.dead_letter_retries.labels(family).inc()
+                    log.warning(
+                        "%d dead letter(s) undelivered to %s; retrying in %.1fs",
+                        len(letters),
+                        self._dead_letters.topic,
+                        delay,
+                    )
+                    if self._stop.wait(delay):
+                        return False
+                    delay = min(delay * 2, self._cfg.retry_backoff_max_s)
+        return True
 
     def _commit_to_kafka(self, next_offsets: NextOffsets) -> None:
         offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(next_offsets.items())]
@@ -302,7 +399,11 @@ class SinkWorker(Generic[R]):
             except SinkUnavailable as exc:
                 attempt += 1
                 self.metrics.db_retries.labels(self.family.name).inc()
-                log.warning("cannot %s (attempt %d, retrying in %.1fs): %s", what, attempt, delay, exc)
+                if exc.statement:  # our statements, not an outage: loud
+                    self.metrics.statement_errors.labels(self.family.name, exc.sqlstate or "none").inc()
+                    log.error("cannot %s (attempt %d, retrying in %.1fs): %s", what, attempt, delay, exc)
+                else:
+                    log.warning("cannot %s (attempt %d, retrying in %.1fs): %s", what, attempt, delay, exc)
                 if self._stop.wait(delay):
                     return None
                 delay = min(delay * 2, self._cfg.retry_backoff_max_s)
@@ -332,6 +433,10 @@ class SinkWorker(Generic[R]):
             dropped = len(self._pending) - len(kept)
             log.info("revoked %d partition(s); dropped %d unwritten messages", len(revoked), dropped)
         self._pending = kept
+
+
+def _record_position(record: SinkRecord[Any]) -> Position:
+    return record.topic, record.partition, record.offset
 
 
 def _position(msg: Message) -> Position:

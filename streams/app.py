@@ -3,7 +3,7 @@
 ``new_app(settings)`` configures an app with no agents (unit tests register one agent on it);
 ``create_app(settings)`` also registers every agent (raw -> changes -> touches or unique, or
 dedup probes -> dedup hops -> verdicts -> unique; every outcome a stats sample -> stats; links ->
-requests; see each module) and the web views (:mod:`streams.views`); it is what
+ledger -> requests; see each module) and the web views (:mod:`streams.views`); it is what
 ``python -m streams`` runs.
 Agent modules take the app as an argument and never import this module, so there is no cycle.
 
@@ -19,7 +19,7 @@ import faust
 
 from crawlstream.errors import ConfigError
 from crawlstream.settings import Settings
-from streams import changes, dedup, frontier, outputs, stats, verdicts, views
+from streams import changes, dedup, frontier, ledger, outputs, stats, verdicts, views
 from streams.recrawl import RecrawlPolicy
 from streams.topology import declare_topics
 
@@ -94,6 +94,7 @@ def create_app(settings: Settings) -> faust.App:
     dedup.register(app, settings, topics)
     verdicts.register(app, settings, topics, awaiting, sampler)
     frontier.register(app, settings, topics, detected.urls)
+    ledger.register(app, settings, topics)
     if aggregation is not None:
         views.register(app, aggregation)
     return app

@@ -13,6 +13,9 @@ Writes ``<prefix>.pages.touches``        (key: canonical URL, PageTouch) for unc
        its topic, ...; :mod:`streams.agent`).
 Samples each touch and page event is a stats sample (:mod:`streams.stats`), which holds its
        event until the sample is sent.
+A 304 (Not Modified, from a conditional recrawl of a frontier job) of a known URL keeps its
+fingerprint (and the digest of the body last classified): an unchanged recrawl, a touch (no new
+version, no change event).
 Table  ``urls``: canonical URL -> {h: fingerprint, f: first seen, l: last seen, i: recrawl
        interval s, o: offset of the raw record that last updated the entry, c: its change
        (n/c/u), b: digest of the HTML body classified}; changelog ``<app_id>-urls-changelog``,
@@ -234,7 +237,13 @@ def register(
         entry = urls.get(record.canonical_url)
         change = replayed(entry, offset)
         digest = body_digest(record)
-        if (
+        if record.status == 304 and entry is not None and "h" in entry:
+            # Not Modified (a conditional recrawl): the page is what it was, a touch; the body
+            # last classified is still the one the entry's digest names.
+            enrichment, print_ = None, str(entry["h"])
+            digest = entry.get("b")
+            effects = streams_outputs.Effects()
+        elif (
             digest is not None
             and entry is not None
             and entry.get("b") == digest
@@ -252,7 +261,9 @@ def register(
             result = classify(entry, print_, record.fetched_at, policy)
             change = result.change
             written = stamped(result.entry, offset, change)
-            effects.write(urls, record.canonical_url, written if digest is None else {**written, "b": digest})
+            if digest is not None:
+                written["b"] = str(digest)
+            effects.write(urls, record.canonical_url, written)
             effects.after(metrics.CHANGES.labels(change.value).inc)
         else:
             effects.after(metrics.REPLAYS.labels(AGENT).inc)

@@ -5,8 +5,9 @@ every partition assignment, seeks to those stored offsets; the offsets it also c
 Kafka are only a mirror for lag tools. So resetting the sink group in Kafka alone changes
 nothing, and the worker's upsert (``GREATEST``) never moves a stored offset backwards. The
 offsets tool therefore rewrites these rows itself (``--apply-to-store``), with the workers of
-that group stopped, in one transaction. Replays are harmless: pages are inserted
-``ON CONFLICT (url) DO NOTHING``, so no row and no change event comes from a replay.
+that group stopped, in one transaction. Replays are harmless: the page upsert
+(``ON CONFLICT (url_hash)``) leaves a page whose body is unchanged alone, so no row changes and
+no change event comes from a replay.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ PostgreSQL refuses to run as root, so as root every server command goes through
 
 Roles (names from ``postgres.app_role`` / ``postgres.cdc_user``): ``crawlstream_owner`` owns the
 database and runs migrations; the app role gets DML from the migration; the CDC role has
-REPLICATION and gets SELECT from the migration. Passwords are generated once and kept only in
-``<state_dir>/secrets.json`` (0600) and ``stack.env``.
+REPLICATION and gets SELECT from the migration. Neither may create objects: CREATE on every schema
+of the database is revoked from them and from PUBLIC, whatever the PostgreSQL version. Passwords
+are generated once and kept only in ``<state_dir>/secrets.json`` (0600) and ``stack.env``.
 """
 
 from __future__ import annotations
@@ -202,6 +203,44 @@ def postmaster_pid(layout: PgLayout) -> int | None:
         return None
 
 
+def cluster_processes(layout: PgLayout) -> list[int]:
+    """Live processes of this cluster: the postmaster and its children all run in the data
+    directory, so their ``/proc/<pid>/cwd`` names it (zombies have no cwd and do not count)."""
+    data_dir = str(layout.data_dir.resolve())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(entry / "cwd") == data_dir:
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile, a zombie, or not ours to inspect
+            continue
+    return sorted(found)
+
+
+def stale_lock_reason(layout: PgLayout) -> str | None:
+    """Clear the way for a start after a crash; None when the server may start, else why not.
+
+    A server killed with SIGKILL leaves its lock files behind (``postmaster.pid`` in the data
+    directory, ``.s.PGSQL.<port>.lock`` beside its socket). PostgreSQL ignores a lock whose pid
+    is gone, but refuses while that pid still exists, and a killed postmaster stays a zombie
+    until its parent (init, once ``pg_ctl`` exited) reaps it, which took minutes here; its
+    backends notice the death and exit within moments. So: wait until no process of the
+    cluster is alive, then the locks name a dead server and are removed. PostgreSQL itself
+    still refuses to start while its old shared memory is attached anywhere.
+    """
+    locks = [layout.data_dir / "postmaster.pid", layout.socket_dir / f".s.PGSQL.{layout.port}.lock"]
+    if not any(lock.exists() for lock in locks):
+        return None
+    alive = cluster_processes(layout)
+    if alive:
+        return f"processes of the previous server are still running: {alive}"
+    for lock in locks:
+        lock.unlink(missing_ok=True)
+    return None
+
+
 def health(layout: PgLayout) -> str | None:
     """None when the server accepts TCP connections, else the reason."""
     proc = subprocess.run(
@@ -304,9 +343,28 @@ def bootstrap_sql(settings: Settings, passwords: dict[str, str]) -> str:
         f"WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{DB_NAME}') \\gexec",
         f"ALTER DATABASE {DB_NAME} OWNER TO {OWNER_ROLE};",
         f"REVOKE ALL ON DATABASE {DB_NAME} FROM PUBLIC;",
+        f"REVOKE CREATE ON DATABASE {DB_NAME} FROM {app}, {cdc};",
         f"GRANT CONNECT ON DATABASE {DB_NAME} TO {app}, {cdc};",
+        *revoke_create_sql(app, cdc),
     ]
     return "\n".join(lines) + "\n"
+
+
+def revoke_create_sql(app: str, cdc: str) -> list[str]:
+    """psql lines, run as superuser: in the crawlstream database, neither PUBLIC nor the app and
+    CDC roles may create objects in any schema. PostgreSQL 15+ no longer grants PUBLIC CREATE on
+    ``public``; older versions do, so it is revoked explicitly (the schema's owner, a superuser
+    there, can). The owner role keeps CREATE on ``public`` for the migrations."""
+    # Role names passed _IDENT in bootstrap_sql: no injection path.
+    return [
+        f"\\connect {DB_NAME}",
+        f"GRANT USAGE, CREATE ON SCHEMA public TO {OWNER_ROLE};",
+        "DO $$ DECLARE s name; BEGIN"  # noqa: S608
+        " FOR s IN SELECT nspname FROM pg_namespace"
+        " WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema' LOOP"
+        f" EXECUTE format('REVOKE CREATE ON SCHEMA %I FROM PUBLIC, {app}, {cdc}', s);"
+        " END LOOP; END $$;",
+    ]
 
 
 def publication_exists(layout: PgLayout, settings: Settings) -> bool:
@@ -316,6 +374,25 @@ def publication_exists(layout: PgLayout, settings: Settings) -> bool:
     query = f"SELECT 1 FROM pg_publication WHERE pubname = '{name}';"  # noqa: S608 - checked by _IDENT
     out = psql(layout, query, db=DB_NAME)
     return out.strip() == "1"
+
+
+def current_wal_lsn(layout: PgLayout) -> str:
+    return psql(layout, "SELECT pg_current_wal_lsn();", db=DB_NAME).strip()
+
+
+def slot_passed(layout: PgLayout, slot: str, lsn: str) -> str | None:
+    """None once replication slot ``slot`` has confirmed WAL up to ``lsn`` (or does not exist),
+    else where it stands."""
+    if not _IDENT.match(slot) or not re.fullmatch(r"[0-9A-F]+/[0-9A-F]+", lsn):
+        raise StackError(f"slot {slot!r} or LSN {lsn!r} is malformed")
+    query = (
+        f"SELECT confirmed_flush_lsn, confirmed_flush_lsn >= '{lsn}' FROM pg_replication_slots "  # noqa: S608
+        f"WHERE slot_name = '{slot}';"  # both checked above
+    )
+    out = psql(layout, query, db=DB_NAME).strip()
+    if not out or out.endswith("|t"):
+        return None
+    return f"slot {slot} has confirmed {out.split('|')[0]}, not yet {lsn}"
 
 
 def url(settings: Settings, role: str, password: str | None) -> str:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,16 @@ def _step(console: Console, message: str) -> None:
     console.print(f"[bold cyan]stack[/] {message}", highlight=False)
 
 
-def _require_free(service: str, port: int, setting: str) -> None:
+# A process killed a moment ago (kill -9) may hold its listening socket until its last thread
+# has exited: the JVM's main thread is already a zombie while the others still tear down.
+PORT_RELEASE_S = 30.0
+
+
+def _require_free(service: str, port: int, setting: str, *, crashed: bool = False) -> None:
+    """Fail when ``port`` is taken; after a crash of our own process, wait for its release first."""
+    deadline = time.monotonic() + (PORT_RELEASE_S if crashed else 0.0)
+    while kafka.port_open(port) and time.monotonic() < deadline:
+        time.sleep(0.2)  # polling interval of a deadline-bounded wait
     if kafka.port_open(port):
         raise StackError(
             f"{service}: port {port} is already in use by a process this stack did not start; "
@@ -141,7 +152,18 @@ def up(
 
     _start_connect(settings, jvm, pm, passwords["cdc"], console, timeout)
     if postgres.publication_exists(layout, settings):
+        migrated_at = postgres.current_wal_lsn(layout)
         for name, config in connectors.items():
+            if connect.moves_publication(connect.registered_config(settings, name), config):
+                slot = config["slot.name"]
+                _step(console, f"connector {name}: slot {slot} drains its old publication to {migrated_at}")
+                wait_until(
+                    partial(postgres.slot_passed, layout, slot, migrated_at),
+                    service=f"connector {name}",
+                    log_path=pm.log_path("connect"),
+                    timeout_s=timeout,
+                    alive=lambda: pm.running("connect"),
+                )
             _register_connector(settings, name, config, pm, console, timeout)
     else:
         _step(
@@ -154,11 +176,12 @@ def up(
 
 
 def _launch_kafka(settings: Settings, jvm: JvmLayout, pm: ProcessManager, console: Console) -> None:
+    crashed = pm.pidfile("kafka").exists()  # a pidfile left behind: it died without `stack down`
     if (pid := pm.pid("kafka")) is not None:
         _step(console, f"kafka already running (pid {pid})")
         return
-    _require_free("kafka", settings.stack.kafka_port, "KAFKA_PORT")
-    _require_free("kafka controller", settings.stack.controller_port, "CONTROLLER_PORT")
+    _require_free("kafka", settings.stack.kafka_port, "KAFKA_PORT", crashed=crashed)
+    _require_free("kafka controller", settings.stack.controller_port, "CONTROLLER_PORT", crashed=crashed)
     props = kafka.write_server_properties(settings)
     if not kafka.formatted(settings):
         _step(console, "formatting Kafka KRaft storage (first start)")
@@ -171,16 +194,25 @@ def _start_postgres(
     settings: Settings, layout: postgres.PgLayout, pm: ProcessManager, console: Console, timeout: float
 ) -> dict[str, str]:
     log = pm.log_path("postgres")
+    crashed = pm.pidfile("postgres").exists()
     orphan = postgres.postmaster_pid(layout)
     if pm.pid("postgres") is None and orphan and str(layout.data_dir) in " ".join(read_cmdline(orphan) or []):
         pm.adopt("postgres", orphan)  # our cluster, but its pidfile was lost
     if (pid := pm.pid("postgres")) is not None:
         _step(console, f"postgres already running (pid {pid})")
     else:
-        _require_free("postgres", settings.stack.postgres_port, "POSTGRES_PORT")
+        _require_free("postgres", settings.stack.postgres_port, "POSTGRES_PORT", crashed=crashed)
         if not postgres.initialised(layout):
             _step(console, f"initdb {layout.data_dir}")
             postgres.initdb(layout, log)
+        elif postgres.postmaster_pid(layout) is not None:
+            _step(console, "postgres was not shut down cleanly: waiting for its last processes to exit")
+            wait_until(
+                lambda: postgres.stale_lock_reason(layout),
+                service="postgres",
+                log_path=log,
+                timeout_s=timeout,
+            )
         postgres.write_config(layout, settings)
         postgres.run_logged(postgres.start_command(layout), log, "pg_ctl start", timeout_s=120)
 
@@ -214,10 +246,11 @@ def _start_connect(
     console: Console,
     timeout: float,
 ) -> None:
+    crashed = pm.pidfile("connect").exists()
     if (pid := pm.pid("connect")) is not None:
         _step(console, f"connect already running (pid {pid})")
     else:
-        _require_free("connect", settings.stack.connect_port, "CONNECT_PORT")
+        _require_free("connect", settings.stack.connect_port, "CONNECT_PORT", crashed=crashed)
         props = connect.write_worker_properties(settings, jvm)
         pid = pm.start(
             "connect", connect.worker_command(jvm, props), env=connect.worker_env(settings, cdc_password)
@@ -243,11 +276,21 @@ def _register_connector(
     submitted = connect.register(settings, config, name)
     _step(console, f"connector {name} {'submitted' if submitted else 'already configured'}")
     log = pm.log_path("connect")
+    restarted = False
 
     def connector_running() -> str | None:
+        nonlocal restarted
         status = connect.connector_status(settings, name)
         summary, trace = connect.describe(status)
         if trace is not None:
+            if not restarted:
+                # A task fails for good when its database or broker was gone longer than its
+                # retries (a crash of either): restart what failed, once, as an operator would.
+                # A second failure is an event it cannot process: see README, Operations.
+                restarted = True
+                connect.restart_failed(settings, name)
+                _step(console, f"connector {name} had failed ({summary}): restarted its failed parts")
+                return summary
             excerpt = "\n".join(trace.splitlines()[:15])
             raise StackError(f"connector {name} FAILED ({summary}); log: {log}\n--- trace ---\n{excerpt}")
         return None if connect.running(status) else summary

@@ -9,4 +9,20 @@ CREATE ROLE crawlstream_cdc LOGIN REPLICATION PASSWORD :'cdc_pw';
 
 CREATE DATABASE crawlstream OWNER crawlstream_owner ENCODING 'UTF8';
 REVOKE ALL ON DATABASE crawlstream FROM PUBLIC;
+REVOKE CREATE ON DATABASE crawlstream FROM crawlstream_app, crawlstream_cdc;
 GRANT CONNECT ON DATABASE crawlstream TO crawlstream_app, crawlstream_cdc;
+
+-- The app and CDC roles create no objects, whatever the PostgreSQL version: before 15, PUBLIC
+-- may CREATE in schema public; 15+ revokes that by default. Revoked here from PUBLIC and from
+-- both roles in every schema of the database; the owner keeps CREATE on public for migrations.
+-- (The app role's TEMPORARY privilege, granted by migration 0002, is for the page sink's
+-- session-local staging table only.)
+\connect crawlstream
+GRANT USAGE, CREATE ON SCHEMA public TO crawlstream_owner;
+DO $$
+DECLARE s name;
+BEGIN
+  FOR s IN SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\_%' AND nspname <> 'information_schema' LOOP
+    EXECUTE format('REVOKE CREATE ON SCHEMA %I FROM PUBLIC, crawlstream_app, crawlstream_cdc', s);
+  END LOOP;
+END $$;

@@ -2,7 +2,8 @@
 # Installs the system packages the embedded stack and the tests need, when they are missing:
 # a Java 17+ runtime and Maven (Kafka, Kafka Connect, Debezium come from Maven Central),
 # the PostgreSQL server, Debian's python3.11-doc (a real site for e2e tests), Prometheus, nginx-light
-# (the static server of bench/bench_crawl.py).
+# (the static server of bench/bench_crawl.py) and kcat (the e2e tests write garbage to every topic
+# with a Kafka client nobody here wrote).
 # Debian/Ubuntu with apt only; elsewhere it prints what to install and stops.
 set -euo pipefail
 
@@ -13,6 +14,7 @@ ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 [ -d /usr/share/doc/python3.11/html ] || need+=(python3.11-doc)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)  # bench/bench_crawl.py
+command -v kcat >/dev/null 2>&1 || need+=(kcat)  # tests/e2e/test_garbage_topics.py
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 def _crawl(settings: Settings, base_url: str) -> RunSummary:
     args = CrawlArgs(
         start_urls=[f"{base_url}/index.html"],
-        allow_private_hosts=[base_url],  # that host on its port only
+        allow_private_hosts=[base_url],  # that host, on its port only
         job_id="e2e-demo",
         run_id=uuid.uuid4().hex,
     )

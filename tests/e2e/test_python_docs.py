@@ -51,7 +51,7 @@ def test_crawl_reaches_every_page_linked_from_the_index(stack_settings: Settings
         linked = _pages_linked_from_index(base_url)
         args = CrawlArgs(
             start_urls=[f"{base_url}/index.html"],
-            allow_private_hosts=[base_url],  # that host on its port only
+            allow_private_hosts=[base_url],  # that host, on its port only
             job_id="e2e-python-docs",
             run_id=uuid.uuid4().hex,
         )

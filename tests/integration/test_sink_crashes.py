@@ -84,8 +84,8 @@ def test_kill_9_at_random_points_stores_every_record_exactly_once(
         )
         assert_stream_stored_exactly(owner, tag, N_URLS, N_CHANGED)
         letters = {d.reason: d for d in dead_letters_of(settings, dead.name, unique.name, count=2)}
-        assert set(letters) == {"invalid_json", "constraint_violation"}
-        assert "out of range" in letters["constraint_violation"].error
+        assert set(letters) == {"invalid_json", "sqlstate_22003"}
+        assert "out of range" in letters["sqlstate_22003"].error
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0, log_path.read_text()[-3000:]
     finally:

@@ -8,7 +8,9 @@ never dropped.
 
 from __future__ import annotations
 
+import random
 import signal
+import string
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -25,11 +27,13 @@ from confluent_kafka.admin import AdminClient
 from pydantic import SecretStr
 from sqlalchemy import create_engine
 
+from crawlstream.errors import CrawlstreamError
 from crawlstream.settings import Settings
 from crawlstream.topics import catalog, ensure_topics
 from sinks.base import RowsRejected, SinkBatch, SinkRecord
 from sinks.migrate import alembic_config, downgrade, upgrade
 from sinks.pages import PostgresPageSink
+from sinks.rows import url_hash
 from sinks.tables import metadata
 from tests.integration.sinks_support import (
     admin_watermarks,
@@ -60,6 +64,7 @@ def test_migration_cycle_grants_and_publication_in_a_scratch_schema(settings: Se
                 update={
                     "owner_url": SecretStr(with_options(settings.postgres.dsn(owner=True), path)),
                     "publication": schema,
+                    "events_publication": f"{schema}_events",
                 }
             )
         }
@@ -82,7 +87,13 @@ def test_migration_cycle_grants_and_publication_in_a_scratch_schema(settings: Se
                 "SELECT tablename FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s",
                 (schema, schema),
             )
-            assert sorted(cur.fetchall()) == [("cdc_heartbeat",), ("outbox",), ("pages",)]
+            assert sorted(cur.fetchall()) == [("cdc_heartbeat",), ("pages",)]
+            # The outbox connector's publication: page events are messages, only heartbeats are rows.
+            cur.execute(
+                "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
+                (f"{schema}_events",),
+            )
+            assert cur.fetchall() == [(schema, "cdc_heartbeat")]
             cur.execute(
                 "SELECT has_table_privilege(%s, %s, 'SELECT'), has_table_privilege(%s, %s, 'INSERT')",
                 (
@@ -105,7 +116,7 @@ def test_migration_cycle_grants_and_publication_in_a_scratch_schema(settings: Se
 
         app = psycopg2.connect(with_options(settings.postgres.dsn(), path))
         try:
-            sink = PostgresPageSink(with_options(settings.postgres.dsn(), path))
+            sink = PostgresPageSink(with_options(settings.postgres.dsn(), path), event_prefix=schema)
             url = f"https://{tag}.invalid/a"
             assert sink.write(SinkBatch("g", [SinkRecord(event(url), "t", 0, 0)], {("t", 0): 1})) == 1
             assert sink.stored_offsets("g", "t") == {0: 1}
@@ -124,12 +135,13 @@ def test_migration_cycle_grants_and_publication_in_a_scratch_schema(settings: Se
                 (f"{schema}.pages", f"{schema}.sink_offsets", f"{schema}.outbox"),
             )
             assert cur.fetchone() == (None, None, None)
-            cur.execute("SELECT count(*) FROM pg_publication WHERE pubname = %s", (schema,))
+            publications = (schema, f"{schema}_events")
+            cur.execute("SELECT count(*) FROM pg_publication WHERE pubname IN %s", (publications,))
             assert cur.fetchone() == (0,)
         upgrade(scratch)  # and back up again after a downgrade
     finally:
         with admin.cursor() as cur:
-            cur.execute(f"DROP PUBLICATION IF EXISTS {schema}")
+            cur.execute(f"DROP PUBLICATION IF EXISTS {schema}, {schema}_events")
             cur.execute(f"DROP SCHEMA {schema} CASCADE")
         admin.close()
 
@@ -202,7 +214,7 @@ def test_a_prepared_batch_is_written_from_its_prepared_rows(
     def encode_again(*_args: Any) -> None:
         raise AssertionError("rows encoded again in write()")
 
-    monkeypatch.setattr(sink, "_rows", encode_again)
+    monkeypatch.setattr(sink, "_rounds", encode_again)
     assert sink.write(batch) == 3
     assert count_pages(owner, tag) == 3
     sink.close()
@@ -241,7 +253,8 @@ def test_rows_violating_constraints_are_named_and_nothing_is_stored(
     topic, group = f"{tag}.pages.unique", tag
     good = SinkRecord(event(f"https://{tag}.invalid/good"), topic, 0, 0)
     too_big = SinkRecord(event(f"https://{tag}.invalid/big", body_bytes=2**40), topic, 0, 1)  # > int4
-    nul = SinkRecord(event(f"https://{tag}.invalid/nul", body="a\x00b"), topic, 0, 2)  # text has no NUL
+    # text has no NUL: in content it is stored as U+FFFD (test_sink_hostile), in a URL it is a bad row
+    nul = SinkRecord(event(f"https://{tag}.invalid/n\x00ul"), topic, 0, 2)
     # A lone surrogate (JSON "\ud800") is not UTF-8: a bad row, not an aborted COPY retried forever.
     surrogate = SinkRecord(event(f"https://{tag}.invalid/sur", body="a\ud800b"), topic, 0, 3)
     sink = PostgresPageSink.from_settings(settings)
@@ -250,14 +263,20 @@ def test_rows_violating_constraints_are_named_and_nothing_is_stored(
     with pytest.raises(RowsRejected) as caught:
         sink.write(sink.prepare(batch) if prepared else batch)
 
-    assert [r.offset for r, _ in caught.value.rejected] == [1, 2, 3]
-    assert "out of range" in caught.value.rejected[0][1]
-    assert "invalid byte sequence" in caught.value.rejected[2][1]
+    rejected = caught.value.rejected
+    assert [(r.record.offset, r.reason) for r in rejected] == [
+        (1, "sqlstate_22003"),  # numeric_value_out_of_range
+        (2, "sqlstate_22021"),  # character_not_in_repertoire: NUL
+        (3, "sqlstate_22021"),  # and invalid UTF-8
+    ]
+    assert "out of range" in rejected[0].detail
+    assert rejected[0].error_class == "psycopg2.errors.NumericValueOutOfRange"
+    assert "invalid byte sequence" in rejected[2].detail
     assert count_pages(owner, tag) == 0
     assert sink.stored_offsets(group, topic) == {}
     # As the worker retries: the same batch without the rejected records (what was prepared for
     # all four is not used).
-    kept = [r for r in batch.records if r.offset not in {r.offset for r, _ in caught.value.rejected}]
+    kept = [r for r in batch.records if r.offset not in {r.record.offset for r in rejected}]
     assert sink.write(replace(sink.prepare(batch) if prepared else batch, records=kept)) == 1
     assert count_pages(owner, tag) == 1
     sink.close()
@@ -371,6 +390,7 @@ def test_migration_0004_moves_current_versions_out_of_the_history_and_back(
                     "url": SecretStr(with_options(pg.dsn(), path)),
                     "owner_url": SecretStr(with_options(pg.dsn(owner=True), path)),
                     "publication": schema,
+                    "events_publication": f"{schema}_events",  # never the stack's own
                 }
             )
         }
@@ -412,6 +432,106 @@ def test_migration_0004_moves_current_versions_out_of_the_history_and_back(
             assert cur.fetchall() == [*everything[:2], ("a", 3, "a3"), ("b", 1, "b1")]
     finally:
         with admin.cursor() as cur:
-            cur.execute(f"DROP PUBLICATION IF EXISTS {schema}")
+            cur.execute(f"DROP PUBLICATION IF EXISTS {schema}, {schema}_events")
+            cur.execute(f"DROP SCHEMA {schema} CASCADE")
+        admin.close()
+
+
+def test_migration_0006_keys_rows_by_url_hash_on_data_of_0005_and_back(settings: Settings, tag: str) -> None:
+    """Pages, their history and parked touches written under 0005 get their url_hash (sha256 of
+    the URL) as key through the upgrade; a URL too long for a btree is then stored; the downgrade
+    refuses, changing nothing, while such a URL is stored, and restores the URL keys once not."""
+    schema = tag.replace("-", "_")
+    path = f"-csearch_path%3D{schema}"
+    pg = settings.postgres
+    scratch = settings.model_copy(
+        update={
+            "postgres": pg.model_copy(
+                update={
+                    "url": SecretStr(with_options(pg.dsn(), path)),
+                    "owner_url": SecretStr(with_options(pg.dsn(owner=True), path)),
+                    "publication": schema,
+                    "events_publication": f"{schema}_events",  # never the stack's own
+                }
+            )
+        }
+    )
+    admin = psycopg2.connect(pg.dsn(owner=True))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE SCHEMA {schema}")
+    versions = "SELECT url, version, body FROM page_versions ORDER BY 1, 2"
+    keys = (
+        "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE contype IN ('p', 'f') AND connamespace = %s::regnamespace "
+        "AND conrelid::regclass::text IN ('pages', 'page_history', 'page_touches_pending') ORDER BY 1, 2"
+    )
+    try:
+        upgrade(scratch, "0005")
+        with admin.cursor() as cur:
+            cur.execute(f"SET search_path = {schema}")
+            cur.execute(
+                "INSERT INTO pages (url, final_url, status, content_type, encoding, title, body, "
+                "body_truncated, body_bytes, fetched_at, fetch_latency_s, depth, job_id, run_id) "
+                "VALUES ('a', 'a', 200, '', '', '', 'a1', false, 2, now(), 0, 0, 'j', 'r'), "
+                "('b', 'b', 200, '', '', '', 'b1', false, 2, now(), 0, 0, 'j', 'r')"
+            )
+            cur.execute("UPDATE pages SET body = 'a2', version = 2 WHERE url = 'a'")  # archives a1
+            cur.execute("INSERT INTO page_touches_pending (url, seen) VALUES ('c', now())")
+            everything = [("a", 1, "a1"), ("a", 2, "a2"), ("b", 1, "b1")]
+            cur.execute(keys, (schema,))
+            before = cur.fetchall()
+
+            upgrade(scratch)
+
+            for table in ("pages", "page_history", "page_touches_pending"):
+                cur.execute(f"SELECT url, url_hash FROM {table}")
+                found = cur.fetchall()
+                assert found
+                assert all(bytes(h) == url_hash(u) for u, h in found), table
+            cur.execute(keys, (schema,))
+            assert cur.fetchall() == [
+                ("page_history", "FOREIGN KEY (url_hash) REFERENCES pages(url_hash) ON DELETE CASCADE"),
+                ("page_history", "PRIMARY KEY (url_hash, version)"),
+                ("page_touches_pending", "PRIMARY KEY (url_hash)"),
+                ("pages", "PRIMARY KEY (url_hash)"),
+            ]
+            cur.execute(versions)
+            assert cur.fetchall() == everything
+            cur.execute("SELECT count(*) FROM page_versions WHERE url_hash = %s", (url_hash("a"),))
+            assert cur.fetchone() == (2,)
+            with pytest.raises(psycopg2.errors.CheckViolation):  # a url_hash that is not the URL's
+                cur.execute("UPDATE pages SET url_hash = %s WHERE url = 'b'", (url_hash("a"),))
+            long_url = f"https://{tag}.invalid/" + "".join(random.choices(string.ascii_letters, k=3000))
+            sink = PostgresPageSink(scratch.postgres.dsn(), event_prefix=schema)  # not the stack's
+            records = [SinkRecord(event(long_url), "t", 0, 0), SinkRecord(event("b", body="b2"), "t", 0, 1)]
+            assert sink.write(SinkBatch("g", records, {("t", 0): 2})) == 2
+            sink.close()
+            cur.execute("SELECT url, version FROM pages WHERE url_hash = %s", (url_hash(long_url),))
+            assert cur.fetchall() == [(long_url, 1)]
+
+            cur.execute("SELECT version_num FROM alembic_version")
+            head = cur.fetchall()
+            with pytest.raises(CrawlstreamError, match="too long to be a btree key"):
+                downgrade(scratch, "0005")
+            cur.execute("SELECT version_num FROM alembic_version")
+            assert cur.fetchall() == head  # one transaction: nothing changed
+            cur.execute("DELETE FROM pages WHERE url = %s", (long_url,))
+
+            downgrade(scratch, "0005")
+
+            cur.execute(keys, (schema,))
+            assert cur.fetchall() == before
+            cur.execute(versions)
+            assert cur.fetchall() == [*everything, ("b", 2, "b2")]
+            cur.execute("SELECT url FROM page_touches_pending")
+            assert cur.fetchall() == [("c",)]
+            cur.execute("UPDATE pages SET body = 'a3', version = 3 WHERE url = 'a'")  # 0005's trigger
+            cur.execute("SELECT count(*) FROM page_history WHERE url = 'a'")
+            assert cur.fetchone() == (2,)
+            upgrade(scratch)  # and up again
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP PUBLICATION IF EXISTS {schema}, {schema}_events")
             cur.execute(f"DROP SCHEMA {schema} CASCADE")
         admin.close()

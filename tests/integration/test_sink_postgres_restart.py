@@ -68,6 +68,8 @@ class PrivatePostgres:
 
     def stop(self) -> None:
         postgres.run_logged(postgres.stop_command(self.layout), self.log, "pg_ctl stop", timeout_s=60)
+        # pg_ctl -W returns at once: a start before the postmaster is gone finds its lock file.
+        wait_for(lambda: postgres.postmaster_pid(self.layout) is None, 60, "postgres to stop", every_s=0.1)
 
     def start(self) -> None:
         postgres.run_logged(postgres.start_command(self.layout), self.log, "pg_ctl start", timeout_s=60)

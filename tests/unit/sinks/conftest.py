@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from crawlstream.records import PageEvent, PageRecord
@@ -147,25 +147,39 @@ class FakeConsumer:
 
 
 class FakeProducer:
-    """Delivers on flush(); with ``fail=True`` every delivery reports an error."""
+    """Delivers on flush(), as librdkafka reports deliveries. ``fail_flushes``: the next N flushes
+    report a transport error for every message (a broker outage); ``max_bytes``: the broker's
+    limit (larger key + value report MSG_SIZE_TOO_LARGE); ``local_max_bytes``: produce() itself
+    refuses larger messages (librdkafka's message.max.bytes)."""
 
     def __init__(self) -> None:
         self.queued: list[tuple[str, bytes | None, bytes | None, Any]] = []
         self.delivered: list[tuple[str, bytes | None, bytes | None]] = []
-        self.fail = False
+        self.fail_flushes = 0
+        self.max_bytes: int | None = None
+        self.local_max_bytes: int | None = None
+        self.flushes = 0
 
     def produce(
         self, topic: str, value: bytes | None = None, key: bytes | None = None, *, on_delivery: Any = None
     ) -> None:
+        size = len(value or b"") + len(key or b"")
+        if self.local_max_bytes is not None and size > self.local_max_bytes:
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
         self.queued.append((topic, value, key, on_delivery))
 
     def poll(self, timeout: float) -> int:
         return 0
 
     def flush(self, timeout: float) -> int:
+        self.flushes += 1
+        failing = self.fail_flushes > 0
+        self.fail_flushes -= 1 if failing else 0
         for topic, value, key, callback in self.queued:
-            if self.fail:
-                callback("broker down", None)
+            if failing:
+                callback(KafkaError(KafkaError._TRANSPORT, "broker down"), None)
+            elif self.max_bytes is not None and len(value or b"") + len(key or b"") > self.max_bytes:
+                callback(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), None)
             else:
                 self.delivered.append((topic, value, key))
                 callback(None, None)
@@ -222,3 +236,8 @@ def make_rig() -> type[Rig]:
 @pytest.fixture
 def make_page() -> Callable[..., PageRecord]:
     return page
+
+
+@pytest.fixture
+def make_producer() -> type[FakeProducer]:
+    return FakeProducer

@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from crawlstream.records import DeadLetter, PageRecord
-from sinks.base import SinkError
+from sinks.base import SinkError, SinkUnavailable
 from sinks.worker import IDLE_POLL_S
 
 UNIQUE = "t.pages.unique"
@@ -135,21 +135,24 @@ def test_stored_offsets_win_over_kafka_committed_ones(rig: Any, make_page: MakeP
     assert list(rig.sink.pages) == ["https://a.test/3"]
 
 
-def test_rejected_rows_become_constraint_violation_dead_letters(make_rig: Any, make_page: MakePage) -> None:
-    rig = make_rig(reject=lambda p: "integer out of range" if p.body_bytes > 2**31 else None)
+def test_rejected_rows_become_dead_letters_with_their_reason_and_class(
+    make_rig: Any, make_page: MakePage
+) -> None:
+    rig = make_rig(reject=lambda p: "sqlstate_22003" if p.body_bytes > 2**31 else None)
     rig.consumer.append(0, make_page("https://a.test/big", body_bytes=2**40).to_bytes(), key=b"big")
     fill(rig, make_page, 0, ["https://a.test/ok"])
 
     rig.worker.run(max_idle_s=5)
 
     letters = dead_letters(rig)
-    assert [(d.reason, d.error, d.source_offset) for d in letters] == [
-        ("constraint_violation", "integer out of range", 0)
+    assert [(d.reason, d.error_class, d.source_offset) for d in letters] == [
+        ("sqlstate_22003", "InMemorySink", 0)
     ]
+    assert "sqlstate_22003" in letters[0].error
     assert rig.producer.delivered[0][2] == b"big"
     assert list(rig.sink.pages) == ["https://a.test/ok"]
     assert rig.sink.stored_offsets(GROUP, UNIQUE) == {0: 2}
-    assert rig.metric("sink_dead_letters_total", reason="constraint_violation") == 1
+    assert rig.metric("sink_dead_letters_total", reason="sqlstate_22003") == 1
 
 
 def test_unavailable_sink_is_retried_without_advancing_offsets(rig: Any, make_page: MakePage) -> None:
@@ -208,14 +211,49 @@ def test_stop_finishes_the_current_batch_then_returns(rig: Any, make_page: MakeP
     assert rig.sink.stored_offsets(GROUP, UNIQUE) == {0: 3}
 
 
-def test_undelivered_dead_letters_stop_the_worker_before_offsets_are_stored(rig: Any) -> None:
+def test_undelivered_dead_letters_are_retried_before_the_offsets_are_stored(
+    rig: Any, make_page: MakePage
+) -> None:
     rig.consumer.append(0, b"garbage")
-    rig.producer.fail = True
+    fill(rig, make_page, 0, ["https://a.test/ok"])
+    rig.producer.fail_flushes = 3  # the broker is unreachable for a while
+    delivered_at_write: list[int] = []
+    original_write = rig.sink.write
 
-    with pytest.raises(SinkError, match="undelivered"):
-        rig.worker.run(max_idle_s=5)
+    def write(batch: Any) -> int:
+        delivered_at_write.append(len(rig.producer.delivered))
+        return original_write(batch)
 
+    rig.sink.write = write
+
+    rig.worker.run(max_idle_s=5)
+
+    assert rig.producer.flushes == 4
+    assert [(d.reason, d.source_offset) for d in dead_letters(rig)] == [("invalid_json", 0)]
+    assert delivered_at_write == [1]  # the batch is written only once its dead letter is delivered
+    assert rig.sink.stored_offsets(GROUP, UNIQUE) == {0: 2}
+    assert list(rig.sink.pages) == ["https://a.test/ok"]
+    assert rig.metric("sink_dead_letter_retries_total") == 3
+    assert rig.metric("sink_dead_letters_total", reason="invalid_json") == 1
+
+
+def test_stop_while_dead_letters_cannot_be_delivered_stores_nothing(rig: Any, make_page: MakePage) -> None:
+    rig.consumer.append(0, b"garbage")
+    fill(rig, make_page, 0, ["https://a.test/ok"])
+    rig.producer.fail_flushes = 10**9
+    flush = rig.producer.flush
+
+    def flush_then_stop(timeout: float) -> int:
+        rig.worker.request_stop()  # SIGTERM arrives while the broker is down
+        return flush(timeout)
+
+    rig.producer.flush = flush_then_stop
+
+    rig.worker.run()
+
+    assert rig.sink.batches == []
     assert rig.sink.stored_offsets(GROUP, UNIQUE) == {}
+    assert rig.consumer.commits == []
     assert rig.consumer.closed
 
 
@@ -512,3 +550,131 @@ def test_the_kafka_commit_follows_the_store_before_waiting_for_more(rig: Any, ma
     assert calls[:2] == [(IDLE_POLL_S, 0), (0.0, 0)]
     assert set(calls[2:]) == {(IDLE_POLL_S, 1)}
     assert rig.consumer.commits == [[(UNIQUE, 0, 3)]]
+
+
+def test_any_exception_of_the_decoder_dead_letters_the_record_with_its_class(
+    rig: Any, make_page: MakePage
+) -> None:
+    decode = rig.worker.family.decode
+
+    def fragile_decode(value: bytes | None) -> Any:
+        if value == b"boom":
+            raise KeyError("a field the decoder did not expect")  # not a RecordError
+        return decode(value)
+
+    rig.worker.family = replace(rig.worker.family, decode=fragile_decode)
+    rig.consumer.append(0, b"boom", key=b"k")
+    fill(rig, make_page, 0, ["https://a.test/ok"])
+
+    rig.worker.run(max_idle_s=5)
+
+    (letter,) = dead_letters(rig)
+    assert (letter.reason, letter.error_class, letter.source_offset) == ("unprocessable", "KeyError", 0)
+    assert letter.original_value() == b"boom"
+    assert list(rig.sink.pages) == ["https://a.test/ok"]
+    assert rig.sink.stored_offsets(GROUP, UNIQUE) == {0: 2}
+
+
+def test_a_failing_prepare_leaves_the_batch_to_be_written_unprepared(rig: Any, make_page: MakePage) -> None:
+    def prepare(_batch: Any) -> Any:
+        raise ValueError("a record the encoder cannot take")
+
+    rig.sink.prepare = prepare
+    fill(rig, make_page, 0, ["https://a.test/1", "https://a.test/2"])
+
+    rig.worker.run(max_idle_s=5)
+
+    assert sorted(rig.sink.pages) == ["https://a.test/1", "https://a.test/2"]
+    assert [b.prepared for b in rig.sink.batches] == [None]
+
+
+def test_a_huge_key_still_makes_a_dead_letter_that_fits(rig: Any) -> None:
+    rig.consumer.append(0, b"[" * 100_000, key=b"k" * 2_000_000)  # deeply nested, and a 2 MB key
+
+    rig.worker.run(max_idle_s=5)
+
+    ((_, value, key),) = rig.producer.delivered
+    letter = DeadLetter.model_validate_json(value)
+    assert (letter.reason, letter.source_offset, letter.original_key_bytes) == ("invalid_json", 0, 2_000_000)
+    assert key is not None
+    assert len(key) <= 1024
+    assert len(value) + len(key) <= rig.settings.kafka.max_message_bytes
+    assert rig.sink.stored_offsets(GROUP, UNIQUE) == {0: 1}
+
+
+def test_statement_errors_of_every_record_are_retried_then_dead_lettered(
+    rig: Any, make_page: MakePage
+) -> None:
+    fill(rig, make_page, 0, ["https://a.test/1", "https://a.test/2"])
+    rig.sink.fail_statements = 10**9  # e.g. a migration that never runs
+    write = rig.sink.write
+
+    def write_as_time_passes(batch: Any) -> int:
+        rig.clock.now += 100.0
+        return write(batch)
+
+    rig.sink.write = write_as_time_passes
+
+    rig.worker.run(max_idle_s=5)
+
+    budget = rig.settings.sink.statement_retry_s
+    attempts = rig.metric("sink_statement_errors_total", sqlstate="42601")
+    assert attempts == budget // 100 + 1  # retried for the whole budget, then given up
+    letters = dead_letters(rig)
+    assert [(d.reason, d.source_offset) for d in letters] == [("sqlstate_42601", 0), ("sqlstate_42601", 1)]
+    assert rig.sink.pages == {}
+    assert rig.sink.stored_offsets(GROUP, UNIQUE) == {0: 2}  # the partition moves on
+
+
+def test_statement_errors_that_heal_within_the_budget_lose_nothing(rig: Any, make_page: MakePage) -> None:
+    fill(rig, make_page, 0, ["https://a.test/1", "https://a.test/2"])
+    rig.sink.fail_statements = 2  # a deploy finishes its migration meanwhile
+
+    rig.worker.run(max_idle_s=5)
+
+    assert rig.producer.delivered == []
+    assert sorted(rig.sink.pages) == ["https://a.test/1", "https://a.test/2"]
+    assert rig.metric("sink_statement_errors_total", sqlstate="42601") == 2
+
+
+def test_statement_errors_outside_records_are_retried_loudly(rig: Any, make_page: MakePage) -> None:
+    fill(rig, make_page, 0, ["https://a.test/1"])
+    write = rig.sink.write
+    failures = [SinkUnavailable("cannot store offsets: sqlstate_42P01", sqlstate="42P01", statement=True)]
+
+    def write_once_failing(batch: Any) -> int:
+        if failures:
+            raise failures.pop()
+        return write(batch)
+
+    rig.sink.write = write_once_failing
+
+    rig.worker.run(max_idle_s=5)
+
+    assert list(rig.sink.pages) == ["https://a.test/1"]
+    assert rig.metric("sink_db_retries_total") == 1
+    assert rig.metric("sink_statement_errors_total", sqlstate="42P01") == 1
+
+
+def test_a_failing_offset_read_in_the_assign_callback_is_retried(rig: Any, make_page: MakePage) -> None:
+    fill(rig, make_page, 0, [f"https://a.test/{i}" for i in range(4)])
+    rig.sink.offsets[(GROUP, UNIQUE, 0)] = 2
+    failures = [
+        SinkUnavailable("PostgreSQL unavailable: connection refused"),
+        SinkUnavailable("cannot read the stored offsets: sqlstate_42501", sqlstate="42501", statement=True),
+    ]
+    stored_offsets = rig.sink.stored_offsets
+
+    def flaky_stored_offsets(group: str, topic: str) -> dict[int, int]:
+        if failures:
+            raise failures.pop()
+        return dict(stored_offsets(group, topic))
+
+    rig.sink.stored_offsets = flaky_stored_offsets
+
+    rig.worker.run(max_idle_s=5)
+
+    assert rig.consumer.assigned_offsets == [(UNIQUE, 0, 2)]  # the stored offset, after two retries
+    assert sorted(rig.sink.pages) == ["https://a.test/2", "https://a.test/3"]
+    assert rig.metric("sink_db_retries_total") == 2
+    assert rig.metric("sink_statement_errors_total", sqlstate="42501") == 1

@@ -20,7 +20,8 @@ from prometheus_client import REGISTRY
 
 from crawlstream.records import DedupProbe, PageEvent, PageRecord
 from crawlstream.settings import CrawlSettings, KafkaSettings, Settings, StreamsSettings
-from streams import changes, dedup, frontier, outputs, stats, verdicts
+from crawlstream.topics import catalog
+from streams import changes, dedup, frontier, ledger, outputs, stats, verdicts
 from streams.app import new_app
 from streams.recrawl import RecrawlPolicy
 from streams.topology import declare_topics
@@ -126,11 +127,14 @@ class Harness:
         self.dedup = dedup.register(self.app, settings, self.topics)
         self.verdicts = verdicts.register(self.app, settings, self.topics, self.awaiting, sampler)
         self.frontier = frontier.register(self.app, settings, self.topics, self.changes.urls)
+        self.ledger = ledger.register(self.app, settings, self.topics)
         self.app.finalize()
         self.sent: list[tuple[str, bytes, bytes]] = []
         names = {getattr(self.topics, n).get_topic_name(): n for n in self.topics.__dataclass_fields__}
         app_id = settings.streams.app_id
         names |= {f"{app_id}-stats-by-domain": "by_domain", f"{app_id}-stats-by-run": "by_run"}
+        specs = catalog(settings)
+        names |= {specs.frontier_ledger.name: "ledger", specs.frontier_progress.name: "progress"}
         self.producer = FakeProducer(names, self.sent)
         outputs.of(self.app)._producer = self.producer  # type: ignore[assignment]
         for name in ("unique", "touches", "by_band", "verdicts", "dead_letter", "requests", "stats"):
@@ -138,7 +142,15 @@ class Harness:
             topic.send = AsyncMock(side_effect=self._sender(name))
         self.crashes: list[BaseException] = []
         self.app.crash = self._crash  # type: ignore[method-assign]
-        tables = (self.changes.urls, self.dedup.index, self.frontier.seen)
+        tables = (
+            self.changes.urls,
+            self.dedup.index,
+            self.frontier.seen,
+            self.frontier.urls,
+            self.ledger.runs,
+            self.ledger.urls,
+            self.ledger.hosts,
+        )
         for table in (
             *tables,
             self.stats.domain_1m.table,

@@ -165,3 +165,32 @@ def test_a_recrawl_with_the_same_body_is_unchanged_without_being_parsed_again(
     assert len(touches) == 4
     assert {t.content_hash for t in touches} == {h.held()[0].enrichment.content_hash}  # type: ignore[union-attr]
     assert h.changes.urls[A]["b"] == changes.body_digest(page(A, body=body))
+
+
+def test_a_304_keeps_the_digest_of_the_body_last_classified(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams import changes
+
+    parsed: list[str] = []
+    real = changes.enrich_html
+
+    def counting(html: str, url: str) -> Any:
+        parsed.append(html)
+        return real(html, url)
+
+    monkeypatch.setattr(changes, "enrich_html", counting)
+    body = "<main><p>the page as it was first fetched, with words</p></main>"
+    first = page(A, body=body)
+    not_modified = first.model_copy(update={"status": 304, "body": "", "kind": "metadata"})
+
+    async def scenario(h: Harness, agent: Any) -> None:
+        for record in (first, not_modified, first):
+            await agent.put(record.to_bytes(), key=A.encode(), partition=1)
+
+    h = run(lambda h: h.changes.agent, scenario)
+    # The 304 is a touch with the page's fingerprint, and the 200 after it, the same body, is
+    # known without parsing it again: the 304 did not replace the digest with one of no body.
+    assert parsed == [body]
+    touches = [PageTouch.model_validate_json(v) for _, v in h.on("touches")]
+    assert [t.status for t in touches] == [304, 200]
+    assert {t.content_hash for t in touches} == {h.held()[0].enrichment.content_hash}  # type: ignore[union-attr]
+    assert h.changes.urls[A]["b"] == changes.body_digest(first)

@@ -50,6 +50,7 @@ def test_create_app_registers_the_chain_with_copartitioned_changelogs() -> None:
         "apply_verdicts",
         "detect_changes",
         "find_duplicates",
+        "frontier_ledger",
         "plan_requests",
         "track_runs",
     ]
@@ -57,6 +58,10 @@ def test_create_app_registers_the_chain_with_copartitioned_changelogs() -> None:
         "urls",
         "dedup_index",
         "frontier_seen",
+        "frontier_urls",
+        "ledger_runs",
+        "ledger_urls",
+        "ledger_hosts",
         "domain_1m",
         "domain_5m",
         "run_progress",
