@@ -73,3 +73,23 @@ def decode_probe(raw: bytes | None, max_url_length: int) -> DedupProbe:
         if url is not None:
             check_url(url, max_url_length, field)
     return probe
+
+
+def internal_inputs(app: faust.App) -> list[TopicSpec]:
+    """The app's own topics its agents read (``internal=True``, not in the catalog: the stats
+    samples of :mod:`streams.stats`), as specs for ``ensure_topics``.
+
+    faust creates them at start, but after its consumer fetched the cluster's metadata: the group
+    leader then ignores them as missing ("Ignoring missing topic") until the consumer's next
+    metadata refresh (``metadata.max.age.ms``, 5 minutes), so a new stage aggregated nothing for
+    its first minutes. A worker creates them before faust starts, with faust's partition count.
+    """
+    specs: dict[str, TopicSpec] = {}
+    for agent in app.agents.values():
+        channel = agent.channel
+        if not getattr(channel, "internal", False):
+            continue
+        partitions = channel.partitions or app.conf.topic_partitions
+        for name in channel.topics:
+            specs[name] = TopicSpec(name, partitions, "json", "an internal topic of the stream stage")
+    return sorted(specs.values(), key=lambda spec: spec.name)

@@ -75,3 +75,15 @@ def test_create_app_registers_the_chain_with_copartitioned_changelogs() -> None:
 def test_security_client_config_is_refused_naming_the_field() -> None:
     with pytest.raises(ConfigError, match=r"kafka\.client_config"):
         new_app(settings(client_config={"security.protocol": "SASL_SSL"}))
+
+
+def test_the_internal_topics_agents_read_are_specs_a_worker_creates_before_faust_starts() -> None:
+    from streams.topology import internal_inputs
+
+    specs = internal_inputs(create_app(settings()))
+    # The stats samples' topics: faust would create them only after its consumer's metadata,
+    # which then ignores them for minutes; catalog topics are not in this list.
+    assert [(s.name, s.partitions) for s in specs] == [
+        ("unit-app-stats-by-domain", 6),
+        ("unit-app-stats-by-run", 6),
+    ]
