@@ -80,6 +80,14 @@ _COORDINATOR_NOT_READY = (
     KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
     KafkaError.COORDINATOR_NOT_AVAILABLE,
 )
+# A topic created a moment ago (a worker's internal topics) answers these until its partitions
+# have a leader.
+_NOT_READY = (
+    *_COORDINATOR_NOT_READY,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+)
 
 
 def commit_start_where_absent(
@@ -93,7 +101,8 @@ def commit_start_where_absent(
     joining were skipped for good. With a committed start everywhere, every assignment seeks back.
     Offsets can only be committed this way while the group has no members; when it has, its
     members commit soon anyway, and nothing is committed here. While the group coordinator is not
-    ready (a new broker creates ``__consumer_offsets`` on first use) it retries for ``timeout_s``.
+    ready (a new broker creates ``__consumer_offsets`` on first use), or a topic created a moment
+    ago has no partition leader yet, it retries for ``timeout_s``.
     """
     deadline = time.monotonic() + timeout_s
     while True:
@@ -101,10 +110,14 @@ def commit_start_where_absent(
             with _inspector(settings, group) as consumer:
                 return _commit_start(consumer, group, topics)
         except KafkaException as exc:
-            if exc.args[0].code() not in _COORDINATOR_NOT_READY or time.monotonic() > deadline:
+            if exc.args[0].code() not in _NOT_READY or time.monotonic() > deadline:
                 raise
-            log.info("group coordinator for %s not ready (%s); retrying", group, exc.args[0].str())
-            time.sleep(0.5)  # retry interval while the coordinator loads
+            log.info(
+                "group coordinator or partition leaders for %s not ready (%s); retrying",
+                group,
+                exc.args[0].str(),
+            )
+            time.sleep(0.5)  # retry interval while the coordinator loads or leaders are elected
 
 
 def _commit_start(consumer: Consumer, group: str, topics: list[str]) -> dict[tuple[str, int], int]:
