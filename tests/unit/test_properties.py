@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import string
 from urllib.parse import parse_qsl, urlsplit
 
@@ -29,8 +30,14 @@ from crawlstream.reconcile import CrawlCounts, StageCounts, reconcile
 from crawlstream.records import DeadLetter, decode_links_record, decode_page
 from crawlstream.urls import canonical_url
 
+# derandomize: every run tries the same examples, so a failure in CI repeats on any machine (an
+# exploratory run: CRAWLSTREAM_HYPOTHESIS_EXPLORE=1 draws new ones each time).
 PROPERTY = settings(
-    max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=300,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=not os.environ.get("CRAWLSTREAM_HYPOTHESIS_EXPLORE"),
 )
 
 # --- URL canonicalisation --------------------------------------------------------------------
