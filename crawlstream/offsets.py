@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -18,6 +19,7 @@ from crawlstream.errors import StackError
 from crawlstream.settings import Settings
 
 Offsets = dict[int, int]
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -53,16 +55,23 @@ _LEADERSHIP_MOVING = (
 )
 
 
-def _retrying(what: str, read: Callable[[], Offsets], timeout_s: float) -> Offsets:
+def _retrying(
+    what: str,
+    read: Callable[[], T],
+    timeout_s: float,
+    codes: tuple[int, ...] = _LEADERSHIP_MOVING,
+    interval_s: float = 0.2,
+) -> T:
+    """``read()``, asked again while it fails with one of ``codes``, for up to ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             return read()
         except KafkaException as exc:
-            if exc.args[0].code() not in _LEADERSHIP_MOVING or time.monotonic() > deadline:
+            if exc.args[0].code() not in codes or time.monotonic() > deadline:
                 raise
             log.info("%s: %s; asking again", what, exc.args[0].str())
-            time.sleep(0.2)  # retry interval while leadership moves
+            time.sleep(interval_s)  # retry interval while leadership or the coordinator moves
 
 
 def end_offsets(settings: Settings, topic: str, timeout_s: float = 10.0) -> Offsets:
@@ -138,20 +147,18 @@ def commit_start_where_absent(
     ready (a new broker creates ``__consumer_offsets`` on first use), or a topic created a moment
     ago has no partition leader yet, it retries for ``timeout_s``.
     """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with _inspector(settings, group) as consumer:
-                return _commit_start(consumer, group, topics)
-        except KafkaException as exc:
-            if exc.args[0].code() not in _NOT_READY or time.monotonic() > deadline:
-                raise
-            log.info(
-                "group coordinator or partition leaders for %s not ready (%s); retrying",
-                group,
-                exc.args[0].str(),
-            )
-            time.sleep(0.5)  # retry interval while the coordinator loads or leaders are elected
+
+    def commit() -> dict[tuple[str, int], int]:
+        with _inspector(settings, group) as consumer:
+            return _commit_start(consumer, group, topics)
+
+    return _retrying(
+        f"start offsets of {group} (group coordinator or partition leaders not ready)",
+        commit,
+        timeout_s,
+        _NOT_READY,
+        interval_s=0.5,
+    )
 
 
 def _commit_start(consumer: Consumer, group: str, topics: list[str]) -> dict[tuple[str, int], int]:

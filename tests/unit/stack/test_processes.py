@@ -83,13 +83,17 @@ def test_reused_pid_is_never_signalled(pm: ProcessManager) -> None:
 def test_a_process_that_rewrites_its_command_line_is_still_ours(pm: ProcessManager) -> None:
     # faust's worker retitles itself with setproctitle (when installed): /proc/<pid>/cmdline
     # changes, the process does not. An exec in place changes the command line the same way.
+    # The child rewrites itself only once the file appears, after its pidfile is written (as faust).
+    go = pm.state_dir / "go"
     retitled = [
         sys.executable,
         "-c",
-        "import os, sys, time; time.sleep(0.3); "
+        f"import os, sys, pathlib\nwhile not pathlib.Path({str(go)!r}).exists(): os.sched_yield()\n"
         "os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(120)', 'x'])",
     ]
     pid = pm.start("faustish", retitled)
+    assert pm.pid("faustish") == pid
+    go.touch()
     wait_until(
         lambda: None if read_cmdline(pid) and read_cmdline(pid)[-1] == "x" else "not yet",
         service="faustish",
