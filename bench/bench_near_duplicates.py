@@ -5,10 +5,11 @@ Takes library pages of /usr/share/doc/python3.11/html and, for each, altered cop
   sentence     one sentence of the main text edited,
   reordered    two sections of the main text swapped.
 Every copy is labelled a near-duplicate of its original; every other pair is unrelated (the
-originals are different pages). Detection is what :mod:`streams.near` does: LSH bands of the
+originals are different pages). Detection is what :mod:`streams.dedup` does: LSH bands of the
 64-bit SimHash propose candidates, a Hamming distance <= ``near_duplicate_distance`` confirms.
 Prints precision and recall (targets P >= 0.95, R >= 0.90) next to a baseline measured on the
-same set: exact content-hash equality (what :mod:`streams.content` alone would catch).
+same set: exact content-hash equality (what the content entries of :mod:`streams.dedup` alone
+would catch).
 """
 
 from __future__ import annotations

@@ -123,6 +123,14 @@ _COORDINATOR_NOT_READY = (
     KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
     KafkaError.COORDINATOR_NOT_AVAILABLE,
 )
+# A topic created a moment ago (a worker's internal topics) answers these until its partitions
+# have a leader.
+_NOT_READY = (
+    *_COORDINATOR_NOT_READY,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+)
 
 
 def commit_start_where_absent(
@@ -136,7 +144,8 @@ def commit_start_where_absent(
     joining were skipped for good. With a committed start everywhere, every assignment seeks back.
     Offsets can only be committed this way while the group has no members; when it has, its
     members commit soon anyway, and nothing is committed here. While the group coordinator is not
-    ready (a new broker creates ``__consumer_offsets`` on first use) it retries for ``timeout_s``.
+    ready (a new broker creates ``__consumer_offsets`` on first use), or a topic created a moment
+    ago has no partition leader yet, it retries for ``timeout_s``.
     """
 
     def commit() -> dict[tuple[str, int], int]:
@@ -144,10 +153,10 @@ def commit_start_where_absent(
             return _commit_start(consumer, group, topics)
 
     return _retrying(
-        f"start offsets of {group} (group coordinator not ready)",
+        f"start offsets of {group} (group coordinator or partition leaders not ready)",
         commit,
         timeout_s,
-        _COORDINATOR_NOT_READY,
+        _NOT_READY,
         interval_s=0.5,
     )
 

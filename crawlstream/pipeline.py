@@ -162,7 +162,7 @@ class PipelineProbe:
     def streams_lag(self) -> int:
         """Records of the raw topic and of the stage's repartition topics not yet committed."""
         lag = offsets.lag(self.end(self.topics.raw_pages.name), self.streams_committed())
-        for spec in (self.topics.pages_by_content, self.topics.pages_by_band):
+        for spec in (self.topics.pages_by_band, self.topics.dedup_verdicts):
             committed = offsets.committed_offsets(self.settings, self.settings.streams.app_id, spec.name)
             lag += offsets.lag(self.end(spec.name), committed)
         return lag
@@ -546,9 +546,9 @@ def wait_caught_up(
     while True:
         if reader.raw_delta() >= crawl.records_delivered:
             stage_done("kafka")
-        # The stream stage has hops (raw -> by content -> by band -> unique); each sends its
-        # output, acknowledged, before committing its input, so lags read in that order are 0
-        # only once every hop is done with this run's records.
+        # The stream stage commits a raw record only once its outputs are delivered (its page
+        # waits in memory for the dedup hops' verdict: raw -> by band -> verdicts -> unique), so
+        # a raw lag of 0 means every hop is done with this run's records.
         streams_lag = probe.streams_lag() if "kafka" in caught_up_s else -1
         if streams_lag == 0:
             stage_done("streams")

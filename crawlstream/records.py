@@ -165,6 +165,38 @@ class PageEvent(_Record):
     near_distance: int | None = Field(default=None, ge=0, le=64)
 
 
+class DedupProbe(_Record):
+    """A page's fingerprints on their way through the stream stage's dedup tables, and back.
+
+    Internal to the stream stage (``streams.changes`` -> ``streams.dedup`` -> ``streams.verdicts``):
+    the stage keeps the page itself in memory and sends only this through the hops (topic
+    ``<prefix>.streams.pages-by-band``, key: the LSH band key of the hop); each hop fills in
+    what its tables say. After the last hop it is the page's verdict, sent back to the page's raw
+    partition (topic ``<prefix>.streams.dedup-verdicts``, key: canonical URL). Its JSON uses
+    one-letter names (``v``, ``u``, ``p``, ...): it is written several times per page, and the
+    names would be most of its bytes.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
+    )
+
+    schema_version: Literal[1] = Field(default=1, alias="v")
+    url: str = Field(min_length=1, alias="u", description="canonical URL of the page")
+    partition: int = Field(ge=0, alias="p", description="raw-topic partition of the page's event")
+    offset: int = Field(ge=0, alias="o", description="raw-topic offset of the page's event")
+    content_hash: str | None = Field(
+        default=None, min_length=1, alias="c", description="only until the first hop has used it"
+    )
+    simhash: int | None = Field(default=None, ge=0, lt=2**64, alias="s", description="not in verdicts")
+    duplicate_of: str | None = Field(default=None, alias="d")
+    near_duplicate_of: str | None = Field(default=None, alias="n")
+    near_distance: int | None = Field(default=None, ge=0, le=64, alias="k")
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode("utf-8")
+
+
 class PageTouch(_Record):
     """A recrawl of a known URL whose content did not change (topic ``<prefix>.pages.touches``)."""
 

@@ -188,9 +188,12 @@ class StreamsSettings(BaseModel):
     # A worker killed without leaving the group holds its partitions this long (faust's default
     # is 60 s); heartbeats run on the consumer thread, so a busy event loop does not expire it.
     session_timeout_s: float = Field(default=10.0, ge=6, le=90)
-    # Outputs and changelog records wait this long to share a produce request (faust's
-    # producer_linger; 0 sends each at once: many tiny requests, measured in bench_dedup.py).
-    producer_linger_s: float = Field(default=0.005, ge=0, le=1)
+    # Outputs and changelog records wait this long to share a batch (librdkafka's linger.ms and
+    # faust's producer_linger). At crawl rates most stage records would travel alone in a batch
+    # (61 bytes of header, nothing for zstd to share): on a 3,000-page demo crawl at ~40 pages/s
+    # the stage wrote 2.30 bytes per raw byte at 5 ms, 1.62 at 50 ms, 1.34 at 100 ms
+    # (bench/bench_stream_crawl.py). Each hop of a page (about 4) waits up to this long.
+    producer_linger_s: float = Field(default=0.05, ge=0, le=1)
     # The worker's asyncio event loop: uvloop (libuv) or Python's own ("aio").
     event_loop: Literal["uvloop", "aio"] = "uvloop"
     # Pages whose SimHashes differ in at most this many bits are near-duplicates (LSH banding
@@ -202,6 +205,12 @@ class StreamsSettings(BaseModel):
     # so events fetched just before the end still count; closes are checked at this interval.
     stats_grace_s: float = Field(default=10.0, ge=1, le=3600)
     stats_close_interval_s: float = Field(default=5.0, gt=0, le=60)
+    # Stats samples are summed per domain, run and minute and sent this often (their events are
+    # acked once they are sent): one record per group and flush instead of one per event.
+    stats_flush_interval_s: float = Field(default=1.0, gt=0, le=10)
+    # A page waits in memory for its dedup verdict; past this it is sent without dedup marks
+    # (counted: streams_verdicts_total{outcome="timed_out"}) rather than stall its partition.
+    dedup_timeout_s: float = Field(default=300.0, ge=10, le=3600)
 
 
 class SinkSettings(BaseModel):

@@ -54,9 +54,9 @@ class TopicCatalog:
     requests: TopicSpec
     runs: TopicSpec
     stats: TopicSpec
-    # The stream stage's repartition topics (content hash, LSH band keys): internal to it.
-    pages_by_content: TopicSpec
+    # The stream stage's dedup hops (LSH band keys) and their verdicts: internal to it.
     pages_by_band: TopicSpec
+    dedup_verdicts: TopicSpec
     # Debezium's outbox EventRouter writes here (deploy/connect/outbox-cdc.json).
     page_events: TopicSpec
     # Debezium heartbeat records of the two connectors (topic.heartbeat.prefix.topic.prefix).
@@ -78,8 +78,8 @@ class TopicCatalog:
             self.requests,
             self.runs,
             self.stats,
-            self.pages_by_content,
             self.pages_by_band,
+            self.dedup_verdicts,
             self.page_events,
             self.cdc_heartbeat,
             self.outbox_heartbeat,
@@ -170,19 +170,18 @@ def _catalog(settings: Settings) -> TopicCatalog:
             "domain",
             "closed per-domain aggregation windows (DomainStats JSON)",
         ),
-        pages_by_content=TopicSpec(
-            f"{prefix}.streams.pages-by-content",
-            parts,
-            "content hash",
-            "new/changed pages routed to their content hash's partition (PageEvent JSON)",
-            dict(big),
-        ),
         pages_by_band=TopicSpec(
             f"{prefix}.streams.pages-by-band",
             parts,
-            "LSH band key <index>:<hex>",
-            "pages routed band by band through the near-duplicate tables (PageEvent JSON)",
-            dict(big),
+            "LSH band key <index>:<hex> (partition chosen by the stage: see streams.dedup)",
+            "dedup probes of new/changed pages, hop by hop through the content and band tables "
+            "(DedupProbe JSON)",
+        ),
+        dedup_verdicts=TopicSpec(
+            f"{prefix}.streams.dedup-verdicts",
+            parts,
+            "canonical URL (partition: the page's raw partition)",
+            "dedup verdicts back to the worker holding their page (DedupProbe JSON)",
         ),
         page_events=TopicSpec(
             "outbox.event.page",

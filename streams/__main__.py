@@ -3,8 +3,9 @@
 Reads settings once, serves our Prometheus metrics on ``metrics.host:metrics.streams_port`` (port 0
 picks a free one) and faust's own (``faust_*``, in ms) on the faust web server's ``/metrics``, then
 hands the command line to faust (``worker``, ``tables``, ...).
-A worker creates missing catalog topics (``crawlstream.topics.ensure_topics``) first; faust
-creates only its changelog topics.
+A worker creates missing catalog topics (``crawlstream.topics.ensure_topics``) and the internal
+topics its agents read (:func:`streams.topology.internal_inputs`) first; faust creates only its
+changelog topics.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from crawlstream.offsets import commit_start_where_absent
 from crawlstream.settings import load_settings
 from crawlstream.topics import ensure_topics
 from streams.app import create_app
+from streams.topology import internal_inputs
 
 
 def main() -> None:
@@ -33,6 +35,8 @@ def main() -> None:
     if "worker" in sys.argv[1:]:
         # The stage's repartition topics are catalog topics a stack created before them may lack.
         ensure_topics(settings)
+        # ...and the internal topics its agents read, before faust's consumer looks them up.
+        ensure_topics(settings, internal_inputs(app))
         # A new group starts from committed offsets, never from faust's position (see the function).
         inputs = sorted({t for agent in app.agents.values() for t in getattr(agent.channel, "topics", ())})
         commit_start_where_absent(settings, settings.streams.app_id, inputs)

@@ -1,9 +1,11 @@
 """Pure per-domain aggregation for :mod:`streams.stats`: samples, accumulators, DomainStats.
 
-A *sample* is what one page event or touch contributes (a small JSON dict on the app's internal
-``<app_id>-stats-by-domain`` / ``-stats-by-run`` topics); an *accumulator* is a window's (or a
-run's) running totals, a JSON dict stored in faust tables. Fetch latency is kept as a log-bucket
-histogram (``LATENCY_RATIO`` apart, about 9 %), so p95 stays bounded in size and mergeable.
+A *sample* is what one page event or touch contributes (a small JSON dict); an *accumulator* is
+the running totals of several samples: a window's or a run's, stored in faust tables, or the
+samples of one domain, run and minute summed before they are sent (on the app's internal
+``<app_id>-stats-by-domain`` / ``-stats-by-run`` topics, in the sample's shape with the
+accumulator's latency fields). Fetch latency is kept as a log-bucket histogram
+(``LATENCY_RATIO`` apart, about 9 %), so p95 stays bounded in size and mergeable.
 No Kafka, no faust: everything here is unit-tested directly.
 
 Samples cross a topic, so they are checked on both sides (:func:`check_sample`): what the stage
@@ -41,7 +43,9 @@ COUNTERS = (
     "changed",
     "unchanged",
 )
-_SAMPLE_FIELDS = frozenset({"d", "r", "t", "lat", *COUNTERS})
+_SAMPLE_FIELDS = frozenset({"d", "r", "t", "lat", "lat_n", "lat_sum", "lat_hist", *COUNTERS})
+MAX_BUCKETS = 512  # latency histogram buckets of one summed sample (about 1e-4 s to 1e6 s is 330)
+_BUCKET_RANGE = range(-1000, 1001)
 
 
 MAX_RUN_ID_CHARS = 256
@@ -81,7 +85,24 @@ def check_sample(sample: Any, now: float | None = None) -> dict[str, Any]:
             raise bad(f"{name} must be an integer in [0, 2**53]")
     if "lat" in sample and not (_number(sample["lat"]) and sample["lat"] >= 0):
         raise bad("lat (fetch latency) must be a finite number >= 0")
+    if "lat_n" in sample or "lat_sum" in sample or "lat_hist" in sample:
+        _check_summed_latency(sample, bad)
     return sample
+
+
+def _check_summed_latency(sample: dict[str, Any], bad: Any) -> None:
+    count, total, hist = sample.get("lat_n"), sample.get("lat_sum", -1), sample.get("lat_hist")
+    if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_COUNT:
+        raise bad("lat_n must be an integer in [0, 2**53]")
+    if not (_number(total) and total >= 0):
+        raise bad("lat_sum must be a finite number >= 0")
+    if not isinstance(hist, dict) or len(hist) > MAX_BUCKETS:
+        raise bad(f"lat_hist must be an object of at most {MAX_BUCKETS} buckets")
+    for bucket, n in hist.items():
+        if not (isinstance(bucket, str) and bucket.lstrip("-").isdigit() and int(bucket) in _BUCKET_RANGE):
+            raise bad("lat_hist buckets must be integers in [-1000, 1000]")
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_COUNT:
+            raise bad("lat_hist counts must be integers in [0, 2**53]")
 
 
 def parse_sample(raw: bytes | None) -> dict[str, Any]:
@@ -145,7 +166,8 @@ def sample_of_touch(touch: PageTouch) -> dict[str, Any]:
 
 
 def add(acc: dict[str, Any] | None, sample: dict[str, Any]) -> dict[str, Any]:
-    """``acc`` plus ``sample`` (a new dict; ``acc`` is not modified)."""
+    """``acc`` plus ``sample``, one sample (``lat``) or summed ones (``lat_n``, ``lat_sum``,
+    ``lat_hist``): a new dict; ``acc`` is not modified."""
     out: dict[str, Any] = dict(acc or {})
     for name in COUNTERS:
         if name in sample:
@@ -157,7 +179,25 @@ def add(acc: dict[str, Any] | None, sample: dict[str, Any]) -> dict[str, Any]:
         bucket = str(latency_bucket(sample["lat"]))  # JSON object keys are strings
         hist[bucket] = hist.get(bucket, 0) + 1
         out["lat_hist"] = hist
+    if sample.get("lat_n"):
+        out["lat_n"] = out.get("lat_n", 0) + sample["lat_n"]
+        out["lat_sum"] = out.get("lat_sum", 0.0) + sample["lat_sum"]
+        hist = dict(out.get("lat_hist", {}))
+        for bucket, n in sample["lat_hist"].items():
+            hist[bucket] = hist.get(bucket, 0) + n
+        out["lat_hist"] = hist
     return out
+
+
+def summed(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Samples of one domain, run and minute as one sample (counters and latencies summed; the
+    domain, run and the earliest time of the first)."""
+    first = samples[0]
+    out: dict[str, Any] = {"d": first["d"], "r": first["r"], "t": min(s["t"] for s in samples)}
+    acc: dict[str, Any] = {}
+    for sample in samples:
+        acc = add(acc, sample)
+    return {**out, **acc}
 
 
 def latency_quantile(hist: dict[str, int], q: float) -> float:

@@ -1,9 +1,10 @@
 """The faust app of the stream stage, built from :class:`~crawlstream.settings.Settings`.
 
 ``new_app(settings)`` configures an app with no agents (unit tests register one agent on it);
-``create_app(settings)`` also registers every agent (raw -> changes -> content -> near ->
-unique; unique + touches -> stats; links -> ledger -> requests; see each module) and the web views
-(:mod:`streams.views`); it is what ``python -m streams`` runs.
+``create_app(settings)`` also registers every agent (raw -> changes -> touches or unique, or
+dedup probes -> dedup hops -> verdicts -> unique; every outcome a stats sample -> stats; links ->
+ledger -> requests; see each module) and the web views (:mod:`streams.views`); it is what
+``python -m streams`` runs.
 Agent modules take the app as an argument and never import this module, so there is no cycle.
 
 Settings used: ``kafka.bootstrap_servers|partitions|replication_factor|max_message_bytes|
@@ -19,7 +20,7 @@ import faust
 import streams.faustcompat  # noqa: F401  (checks at import the faust internals the stage uses)
 from crawlstream.errors import ConfigError
 from crawlstream.settings import Settings
-from streams import changes, content, frontier, ledger, near, outputs, stats, views
+from streams import changes, dedup, frontier, ledger, outputs, stats, verdicts, views
 from streams.faustcli import __getattr__  # noqa: F401  (`faust -A streams.app`: the lazy `app`)
 from streams.recrawl import RecrawlPolicy
 from streams.topology import declare_topics
@@ -50,12 +51,19 @@ def new_app(settings: Settings) -> faust.App:
         datadir=str(streams.data_dir / streams.app_id),
         # At-least-once: exactly_once has open upstream bugs; the sink is idempotent on URL.
         processing_guarantee="at_least_once",
+        # Do not wait for unacked events on a rebalance or stop: events held for their dedup
+        # verdict (streams.verdicts) cannot complete while consumption is paused. They are not
+        # committed, so the partition's next owner replays them (at-least-once, as documented).
+        stream_wait_empty=False,
         # Commit processed offsets promptly so "caught up" checks (committed == end offsets
         # for group app_id) see progress within about a second.
         broker_commit_interval=streams.commit_interval_s,
         broker_commit_every=1000,
         broker_session_timeout=streams.session_timeout_s,
         producer_linger=streams.producer_linger_s,
+        # faust's own sends (windowed and run tables' changelogs, closed windows): compressed as
+        # the stage's librdkafka producer compresses its records.
+        producer_compression_type="zstd",
         # How often windowed tables check for windows to close (streams.stats).
         table_cleanup_interval=streams.stats_close_interval_s,
         consumer_auto_offset_reset="earliest",
@@ -81,11 +89,14 @@ def create_app(settings: Settings) -> faust.App:
     """The app with every agent registered: what a worker runs."""
     app = new_app(settings)
     topics = declare_topics(app, settings)
-    detected = changes.register(app, settings, topics, RecrawlPolicy())
-    content.register(app, settings, topics)
-    near.register(app, settings, topics)
+    aggregation = stats.register(app, settings, topics) if settings.streams.stats_enabled else None
+    sampler = aggregation.buffer.hold if aggregation is not None else None
+    awaiting = verdicts.AwaitingPages()
+    detected = changes.register(app, settings, topics, RecrawlPolicy(), awaiting, sampler)
+    dedup.register(app, settings, topics)
+    verdicts.register(app, settings, topics, awaiting, sampler)
     frontier.register(app, settings, topics, detected.urls)
     ledger.register(app, settings, topics)
-    if settings.streams.stats_enabled:
-        views.register(app, stats.register(app, settings, topics))
+    if aggregation is not None:
+        views.register(app, aggregation)
     return app

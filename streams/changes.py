@@ -2,21 +2,29 @@
 
 Reads  ``<prefix>.pages.raw``            (key: canonical URL, value: PageRecord JSON).
 Writes ``<prefix>.pages.touches``        (key: canonical URL, PageTouch) for unchanged recrawls,
-       ``<prefix>.streams.pages-by-content`` (key: content hash, PageEvent) for new/changed HTML
-       with text, to :mod:`streams.content`,
+       ``<prefix>.streams.pages-by-band`` (key: band 0's LSH key, DedupProbe) for new/changed
+       HTML with text: only its fingerprints go through the dedup hops (:mod:`streams.dedup`);
+       the page waits here, its raw event held unacked (:mod:`streams.verdicts`), until its
+       verdict comes back and it goes to ``<prefix>.pages.unique`` with its marks,
        ``<prefix>.pages.unique``         (key: canonical URL, PageEvent) for new/changed pages
        without text (metadata records, empty pages): nothing to deduplicate on,
        ``<prefix>.deadletter``           (any record it cannot handle: undecodable, wrong key,
        URLs or fetch time no crawler produces (:mod:`streams.checks`), an output too large for
        its topic, ...; :mod:`streams.agent`).
+Samples each touch and page event is a stats sample (:mod:`streams.stats`), which holds its
+       event until the sample is sent.
 A 304 (Not Modified, from a conditional recrawl of a frontier job) of a known URL keeps its
-fingerprint: an unchanged recrawl, a touch (no new version, no change event).
+fingerprint (and the digest of the body last classified): an unchanged recrawl, a touch (no new
+version, no change event).
 Table  ``urls``: canonical URL -> {h: fingerprint, f: first seen, l: last seen, i: recrawl
        interval s, o: offset of the raw record that last updated the entry, c: its change
-       (n/c/u)}; changelog ``<app_id>-urls-changelog``, co-partitioned with the raw topic.
+       (n/c/u), b: digest of the HTML body classified}; changelog ``<app_id>-urls-changelog``,
+       co-partitioned with the raw topic. A recrawl whose body is byte for byte the one last
+       classified is unchanged without being parsed again (enrichment is most of a page's cost).
 
-At-least-once (:mod:`streams.outputs`): an event is acknowledged when the broker has its output
-and its changelog record, so its offset is committed only then. :func:`register`'s handler
+At-least-once (:mod:`streams.outputs`): an event is acknowledged when the broker has its outputs
+(for a page with text: its page event, after the verdict) and its changelog record, so its offset
+is committed only then. :func:`register`'s handler
 computes the entry and the output first (enrichment, classification, encoding) and the boundary
 (:mod:`streams.agent`) checks both records' sizes before the table is written, so an event that
 fails leaves the table as it was. The table is written before the output is delivered, so after a
@@ -34,18 +42,23 @@ import hashlib
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
+from crawlstream.deadletters import check_fits
 from crawlstream.errors import RecordError
-from crawlstream.records import Enrichment, PageEvent, PageRecord, PageTouch, decode_page
+from crawlstream.records import DedupProbe, Enrichment, PageEvent, PageRecord, PageTouch, decode_page
 from crawlstream.settings import Settings
-from streams import metrics
+from streams import aggregate, metrics
 from streams import outputs as streams_outputs
 from streams.agent import Boundary
 from streams.checks import check_page
+from streams.dedup import hop_plan
 from streams.enrich import enrich_html
+from streams.fingerprints import band_count, band_keys
 from streams.recrawl import RecrawlPolicy, next_interval
 from streams.topology import StageTopics
+from streams.verdicts import AwaitingPages, Sampler, page_output
 
 AGENT = "detect_changes"
 
@@ -135,6 +148,14 @@ def replayed(entry: dict[str, Any] | None, offset: int) -> Change | None:
     return Change.CHANGED
 
 
+def body_digest(record: PageRecord) -> str | None:
+    """A digest of an HTML page's body (8 bytes of BLAKE2b: the same URL's bodies are compared,
+    so a collision is a 2**-64 chance per recrawl); None for metadata records."""
+    if record.kind != "html":
+        return None
+    return hashlib.blake2b(record.body.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
 def touch_for(record: PageRecord, print_: str) -> PageTouch:
     return PageTouch(
         canonical_url=record.canonical_url,
@@ -157,16 +178,29 @@ def page_event(change: Change, record: PageRecord, enrichment: Enrichment | None
     return PageEvent(change=change.value, page=record, enrichment=enrichment)
 
 
+def marks_room(max_url_length: int) -> int:
+    """Bytes a page event may grow by when its verdict marks it: two URLs (4 bytes a character at
+    most in JSON, as UTF-8) and a distance, with their names."""
+    return 2 * (4 * max_url_length + 32) + 32
+
+
 @dataclass(frozen=True)
 class ChangesAgent:
     agent: Any
     urls: Any
 
 
-def register(app: Any, settings: Settings, topics: StageTopics, policy: RecrawlPolicy) -> ChangesAgent:
+def register(
+    app: Any,
+    settings: Settings,
+    topics: StageTopics,
+    policy: RecrawlPolicy,
+    awaiting: AwaitingPages,
+    sampler: Sampler | None,
+) -> ChangesAgent:
     """Declare the ``urls`` table and the change-detection agent on ``app``."""
     outputs = streams_outputs.of(app)
-    touches, by_content = topics.touches.get_topic_name(), topics.by_content.get_topic_name()
+    touches, by_band = topics.touches.get_topic_name(), topics.by_band.get_topic_name()
     unique = topics.unique.get_topic_name()
     urls = streams_outputs.delivered_table(
         app,
@@ -180,34 +214,85 @@ def register(app: Any, settings: Settings, topics: StageTopics, policy: RecrawlP
     metrics.watch_table(app, "urls", urls)
     max_url_length = settings.crawl.max_url_length
     event_lag = metrics.EVENT_LAG.labels(AGENT)
+    bands, partitions = band_count(settings.streams.near_duplicate_distance), topics.by_band.partitions
+    room = marks_room(max_url_length)
+    boundary = Boundary(app, settings, AGENT)
+
+    def sample_of(event: Any, make: Any, effects: streams_outputs.Effects) -> dict[str, Any] | None:
+        """The event's stats sample; one it cannot make (a run id too long for the stats) is a
+        dead letter of its own, and the page or touch goes on."""
+        if sampler is None:
+            return None
+        try:
+            sample: dict[str, Any] = make()
+        except RecordError as exc:
+            effects.after(partial(boundary.dead_letter, event, exc))
+            return None
+        return sample
 
     def detect(event: Any) -> streams_outputs.Effects:
         record = decode_keyed_page(event.key, event.value, max_url_length)
         event_lag.observe(event_lag_seconds(record, datetime.now(UTC)))
         offset = event.message.offset
         entry = urls.get(record.canonical_url)
+        change = replayed(entry, offset)
+        digest = body_digest(record)
         if record.status == 304 and entry is not None and "h" in entry:
-            # Not Modified (a conditional recrawl): the page is what it was, a touch.
+            # Not Modified (a conditional recrawl): the page is what it was, a touch; the body
+            # last classified is still the one the entry's digest names.
             enrichment, print_ = None, str(entry["h"])
+            digest = entry.get("b")
+            effects = streams_outputs.Effects()
+        elif (
+            digest is not None
+            and entry is not None
+            and entry.get("b") == digest
+            and "h" in entry
+            and (change in (None, Change.UNCHANGED))
+        ):
+            # The bytes last classified: unchanged, and no need to parse them again.
+            enrichment, print_ = None, str(entry["h"])
+            effects = streams_outputs.Effects().after(metrics.SAME_BODY.inc)
         else:
             enrichment = enrich(record)
             print_ = fingerprint(record, enrichment)
-        change = replayed(entry, offset)
-        effects = streams_outputs.Effects()
+            effects = streams_outputs.Effects()
         if change is None:
             result = classify(entry, print_, record.fetched_at, policy)
             change = result.change
-            effects.write(urls, record.canonical_url, stamped(result.entry, offset, change))
+            written = stamped(result.entry, offset, change)
+            if digest is not None:
+                written["b"] = str(digest)
+            effects.write(urls, record.canonical_url, written)
             effects.after(metrics.CHANGES.labels(change.value).inc)
         else:
             effects.after(metrics.REPLAYS.labels(AGENT).inc)
         if change is Change.UNCHANGED:
             effects.after(metrics.DUPLICATES.labels("url").inc)
-            return effects.send(touches, event.key, touch_for(record, print_).to_bytes())
-        value = page_event(change, record, enrichment).to_bytes()
-        if enrichment is not None and enrichment.content_hash:
-            return effects.send(by_content, enrichment.content_hash.encode("utf-8"), value)
-        return effects.send(unique, event.key, value)
+            touch = touch_for(record, print_)
+            effects.send(touches, event.key, touch.to_bytes())
+            sample = sample_of(event, lambda: aggregate.sample_of_touch(touch), effects)
+            if sample is not None and sampler is not None:
+                effects.hold(sampler(sample))
+            return effects
+        page = page_event(change, record, enrichment)
+        value = page.to_bytes()
+        sample = sample_of(event, lambda: aggregate.sample_of_event(page), effects)
+        if enrichment is None or not enrichment.content_hash:
+            return page_output(effects, unique, page, value, sample, sampler)
+        # The page waits here for its verdict, with room left for the marks it may get.
+        check_fits(event.key, value, outputs.limit(unique) - room, unique)
+        partition = event.message.partition
+        probe = DedupProbe(
+            url=record.canonical_url,
+            partition=partition,
+            offset=offset,
+            content_hash=enrichment.content_hash,
+            simhash=enrichment.simhash,
+        )
+        keys = band_keys(enrichment.simhash, bands)
+        first = hop_plan(keys, partitions)[0]
+        effects.send(by_band, keys[0].encode("ascii"), probe.to_bytes(), partition=first.partition)
+        return effects.hold(awaiting.hold(partition, offset, page, value, sample))
 
-    boundary = Boundary(app, settings, AGENT)
     return ChangesAgent(app.agent(topics.raw, name=AGENT)(boundary.agent(detect)), urls)

@@ -2,8 +2,8 @@
 
 The crawlers only produce http(s) URLs no longer than ``crawl.max_url_length``, fetched now; a
 record on a stage topic that breaks this was not written by them (or by a broken one), and is
-refused before it reaches a table or an output. Agents taking pages (:mod:`streams.changes`,
-:mod:`streams.content`, :mod:`streams.near`, :mod:`streams.stats`) dead-letter such a record
+refused before it reaches a table or an output. The agent taking pages (:mod:`streams.changes`;
+:mod:`streams.stats` checks fetch times with the same bound) dead-letters such a record
 (:func:`check_page`, raising RecordError); the frontier (:mod:`streams.frontier`) refuses a link
 whose URL breaks it and counts the refusal by reason (:func:`url_refusal`).
 

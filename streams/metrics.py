@@ -16,6 +16,10 @@ EVENTS = Counter("streams_events_total", "Events consumed by an agent", ["agent"
 CHANGES = Counter(
     "streams_changes_total", "Pages classified by the URL table: new, changed or unchanged", ["change"]
 )
+SAME_BODY = Counter(
+    "streams_same_body_total",
+    "Recrawls whose HTML body was byte for byte the one last classified: unchanged without enrichment",
+)
 DUPLICATES = Counter(
     "streams_duplicates_total", "Duplicates found: url (unchanged recrawl), content (exact), near", ["kind"]
 )
@@ -57,6 +61,17 @@ DELIVERY_FAILURES = Counter(
     "event is replayed); records it refused for their size or timestamp are dead letters instead",
     ["agent"],
 )
+VERDICTS = Counter(
+    "streams_verdicts_total",
+    "Dedup verdicts by outcome: applied (its page sent), stale (no page waiting for it: a replay "
+    "probes again), timed_out (a page sent without marks after streams.dedup_timeout_s), "
+    "too_large (marks left off a page that would not fit with them)",
+    ["outcome"],
+)
+AWAITING_PAGES = Gauge("streams_awaiting_pages", "Pages held in memory waiting for their dedup verdict")
+AWAITING_BYTES = Gauge(
+    "streams_awaiting_bytes", "Bytes of the page events held in memory waiting for their dedup verdict"
+)
 REPLAYS = Counter(
     "streams_replays_total",
     "Events seen again after a restart whose table update was already stored (output re-sent)",
@@ -82,3 +97,13 @@ def watch_table(app: Any, name: str, table: Any, interval_s: float = 10.0) -> No
         TABLE_KEYS.labels(name).set(table_size(table))
 
     app.timer(interval_s, name=f"streams.metrics.table_keys.{name}")(report_table_keys)
+
+
+def watch_awaiting(app: Any, awaiting: Any, interval_s: float = 5.0) -> None:
+    """Set the awaiting-pages gauges every ``interval_s`` (see :mod:`streams.verdicts`)."""
+
+    async def report_awaiting() -> None:
+        AWAITING_PAGES.set(len(awaiting.pages))
+        AWAITING_BYTES.set(awaiting.bytes)
+
+    app.timer(interval_s, name="streams.metrics.awaiting")(report_awaiting)

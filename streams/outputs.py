@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -74,30 +75,97 @@ class StoreError(CrawlstreamError):
     """A table's store failed (disk full, I/O error): infrastructure, the worker stops."""
 
 
-class _Pending:
-    """The deliveries an event still waits for; the event is acked when none is left.
+class Pending:
+    """The deliveries an event still waits for; the event is acked when none is left and every
+    earlier event of its agent and partition is acked (see :class:`AckOrder`).
 
     ``on_refused(pending, reason, err, msg)`` is called when the broker refuses one of them for
     what it is (:data:`REFUSALS`); it returns False when it cannot handle it (the worker stops).
     """
 
-    __slots__ = ("agent", "bare_letter", "closed", "count", "dead_lettered", "event", "on_refused")
+    __slots__ = (
+        "abandoned",
+        "agent",
+        "bare_letter",
+        "closed",
+        "count",
+        "dead_lettered",
+        "done",
+        "event",
+        "on_refused",
+        "order",
+    )
 
-    def __init__(self, agent: str, event: Any, on_refused: OnRefused | None) -> None:
+    def __init__(
+        self, agent: str, event: Any, on_refused: OnRefused | None, order: deque[Pending] | None = None
+    ) -> None:
         self.agent, self.event, self.count, self.closed = agent, event, 0, False
-        self.on_refused = on_refused
-        self.dead_lettered = self.bare_letter = False
+        self.on_refused, self.order = on_refused, order
+        self.dead_lettered = self.bare_letter = self.done = self.abandoned = False
 
     def delivered(self) -> None:
         self.count -= 1
         if self.closed and self.count == 0:
-            self.event.ack()
+            self.finish()
+
+    def hold(self) -> Pending:
+        """Keep the event unacked until :meth:`release` (its work goes on after its handler)."""
+        self.count += 1
+        return self
+
+    release = delivered
+
+    def finish(self) -> None:
+        """Everything of this event is delivered: ack it, and the finished events after it, once
+        every event before it is acked (``order``: its agent's unacked events of its partition)."""
+        self.done = True
+        order = self.order
+        if order is None:
+            if not self.abandoned:
+                self.event.ack()
+            return
+        while order and order[0].done:
+            head = order.popleft()
+            if not head.abandoned:
+                head.event.ack()
 
 
-OnRefused = Callable[[_Pending, str, KafkaError, Message], bool]
+class AckOrder:
+    """Acks in offset order, per agent and partition.
+
+    faust-streaming 0.15 commits past an unacked event when the events after it are acked first
+    (``Consumer._new_offset`` takes a single missing offset at the head for a compacted-topic gap:
+    faust-streaming issue 606), and here an event's ack waits for its own deliveries, which may
+    come after a later event's, or for a dedup verdict (streams.verdicts). Acking each partition's
+    events in the order they came keeps every committed offset behind the first event not done.
+    """
+
+    def __init__(self) -> None:
+        self._queues: dict[tuple[str, str, int], deque[Pending]] = {}
+
+    def queue(self, agent: str, event: Any) -> deque[Pending]:
+        message = event.message
+        key = (agent, message.topic, message.partition)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+        return queue
+
+    def abandon(self, partitions: set[tuple[str, int]]) -> int:
+        """Forget the unacked events of revoked (topic, partition)s: they are never acked (their
+        partition's next owner replays them). Returns how many were abandoned."""
+        abandoned = 0
+        for key in [k for k in self._queues if (k[1], k[2]) in partitions]:
+            for pending in self._queues.pop(key):
+                pending.abandoned = True
+                abandoned += 1
+        return abandoned
 
 
-_current: ContextVar[_Pending | None] = ContextVar("streams_outputs_pending", default=None)
+OnRefused = Callable[[Pending, str, KafkaError, Message], bool]
+
+
+_current: ContextVar[Pending | None] = ContextVar("streams_outputs_pending", default=None)
 
 
 class Outputs:
@@ -121,7 +189,16 @@ class Outputs:
         self._producer_max = settings.kafka.max_message_bytes
         self._limits = {spec.name: spec.max_message_bytes for spec in catalog(settings).all()}
         self.tables: list[DeliveredTable] = []
+        self.order = AckOrder()
         app.timer(POLL_INTERVAL_S, name="streams.outputs.poll")(self._poll)
+        app.on_partitions_revoked.connect(self._on_revoked)
+
+    async def _on_revoked(self, sender: Any, revoked: Any, **_kwargs: Any) -> None:
+        abandoned = self.order.abandon({(tp.topic, tp.partition) for tp in revoked})
+        if abandoned:
+            log.info(
+                "%d unacked events of revoked partitions abandoned (their next owner replays them)", abandoned
+            )
 
     @property
     def producer(self) -> Producer:
@@ -140,12 +217,14 @@ class Outputs:
         return min(self._limits.get(topic, BROKER_DEFAULT_MAX_MESSAGE_BYTES), self._producer_max)
 
     @contextmanager
-    def acking(self, agent: str, event: Any, on_refused: OnRefused | None = None) -> Iterator[_Pending]:
+    def acking(self, agent: str, event: Any, on_refused: OnRefused | None = None) -> Iterator[Pending]:
         """Collect what is produced for ``event`` in this block; ack it once all is delivered.
 
         An exception leaves the event unacked (the worker stops and it is replayed).
         """
-        pending = _Pending(agent, event, on_refused)
+        order = self.order.queue(agent, event)
+        pending = Pending(agent, event, on_refused, order)
+        order.append(pending)
         token = _current.set(pending)
         try:
             yield pending
@@ -153,24 +232,43 @@ class Outputs:
             _current.reset(token)
         pending.closed = True
         if pending.count == 0:
-            event.ack()
+            pending.finish()
 
     def apply(self, effects: Effects) -> None:
         """Check every record of ``effects`` against its topic's limit, then write the tables and
         produce: a record that does not fit raises RecordError ``too_large`` before anything
         happened. What can still fail afterwards is the infrastructure (store, broker), or a
         broker refusing a record the check let through (a topic configured below the catalog):
-        see the module docstring."""
+        see the module docstring.
+
+        The records count for ``effects.behalf`` if set (an event held earlier, whose work this
+        event completes), else for the event of the enclosing :meth:`acking` block. Then each
+        ``hold`` receives that event's pending deliveries, held (it is not acked before the
+        callee releases them), ``then`` runs, and ``release`` releases earlier holds."""
         for send in effects.sends:
             check_fits(send.key, send.value, self.limit(send.topic), send.topic)
         for write in effects.writes:
             check_fits(write.raw_key, write.raw_value, self.limit(write.changelog), write.changelog)
         for write in effects.writes:
             write.table.write_encoded(write.key, write.value, write.raw_key, write.raw_value)
+        owner = effects.behalf if effects.behalf is not None else _current.get()
         for send in effects.sends:
-            self.send(send.topic, send.key, send.value, send.partition, timestamp_ms=send.timestamp_ms)
+            self.send(
+                send.topic,
+                send.key,
+                send.value,
+                send.partition,
+                timestamp_ms=send.timestamp_ms,
+                pending=owner,
+            )
+        if effects.holds:
+            assert owner is not None, "Effects.hold outside an acking block"
+            for hold in effects.holds:
+                hold(owner.hold())
         for then in effects.then:
             then()
+        for held in effects.releases:
+            held.release()
 
     def send(
         self,
@@ -181,7 +279,7 @@ class Outputs:
         on_delivered: Callable[[Message], None] | None = None,
         *,
         timestamp_ms: int | None = None,
-        pending: _Pending | None = None,
+        pending: Pending | None = None,
     ) -> None:
         """Produce a record for the event of the enclosing :meth:`acking` block (or ``pending``).
 
@@ -214,7 +312,7 @@ class Outputs:
 
     def _delivered(
         self,
-        pending: _Pending | None,
+        pending: Pending | None,
         on_delivered: Callable[[Message], None] | None,
         err: KafkaError | None,
         msg: Message,
@@ -290,11 +388,40 @@ class DeliveredTable(faust.Table[Any, Any]):
             raw = db.get(raw_key)
         except Exception as exc:  # rocksdict raises plain Exception ("IO error: ...")
             raise StoreError(f"table {self.name}: read failed: {exc}") from exc
-        return default if raw is None else json.loads(raw)
+        if raw is None:
+            return default
+        return raw if self.value_serializer == "raw" else json.loads(raw)
+
+    def scan(self, prefix: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` entries whose key starts with ``prefix``, in key order, from the event's
+        partition (a table of ``bytes`` keys and values: ``key_type=bytes, value_type=bytes``).
+
+        RocksDB seeks to the prefix and reads on; a memory store (unit tests) filters its keys.
+        """
+        partition = self._event_partition()
+        db = None if partition is None else self._rocksdb(partition)
+        if db is None:
+            found = sorted((k, v) for k, v in self.data.items() if k.startswith(prefix))
+            return found[:limit]
+        out: list[tuple[bytes, bytes]] = []
+        try:
+            it = db.iter()
+            it.seek(prefix)
+            while it.valid() and len(out) < limit:
+                key = it.key()
+                if not key.startswith(prefix):
+                    break
+                out.append((key, it.value()))
+                it.next()
+        except Exception as exc:
+            raise StoreError(f"table {self.name}: scan failed: {exc}") from exc
+        return out
 
     def encode(self, key: Any, value: Any) -> tuple[bytes, bytes]:
         """The changelog (and store) bytes of ``key`` and ``value``."""
         store: Any = self.data
+        if self.value_serializer == "raw":
+            return store._encode_key(key), bytes(value)
         return store._encode_key(key), json.dumps(value, separators=(",", ":")).encode()
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -319,6 +446,18 @@ class DeliveredTable(faust.Table[Any, Any]):
             except Exception as exc:
                 raise StoreError(f"table {self.name}: write failed: {exc}") from exc
         self._maybe_set_key_ttl(key, partition)
+
+    def put_local(self, partition: int | None, raw_key: bytes, raw_value: bytes) -> None:
+        """Store an entry in ``partition``'s store only, with no changelog record: for entries a
+        table derives from its changelog records, at once and again when it restores them."""
+        db = None if partition is None else self._rocksdb(partition)
+        if db is None:
+            self.data[raw_key] = raw_value  # a memory store (unit tests): bytes keys and values
+            return
+        try:
+            db.put(raw_key, raw_value)
+        except Exception as exc:
+            raise StoreError(f"table {self.name}: write failed: {exc}") from exc
 
     def _persisted(self, msg: Message) -> None:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
@@ -360,16 +499,22 @@ class Effects:
     """What handling one event does, computed before any of it happens (see :meth:`Outputs.apply`).
 
     ``send``: an output record; ``write``: a :class:`DeliveredTable` entry (encoded now, so its
-    changelog record is checked with the outputs); ``then``: what runs once the records are
-    handed over (metrics, faust's own tables), in order.
+    changelog record is checked with the outputs); ``hold``: work that goes on after the handler
+    (the event stays unacked until it releases what it was given); ``then``: what runs once the
+    records are handed over (metrics, faust's own tables), in order; ``release``: an earlier
+    hold this event completes. ``behalf``: the held event the records count for, if not the
+    event being handled.
     """
 
-    __slots__ = ("sends", "then", "writes")
+    __slots__ = ("behalf", "holds", "releases", "sends", "then", "writes")
 
-    def __init__(self) -> None:
+    def __init__(self, behalf: Pending | None = None) -> None:
+        self.behalf = behalf
         self.sends: list[Send] = []
         self.writes: list[Write] = []
+        self.holds: list[Callable[[Pending], object]] = []
         self.then: list[Callable[[], object]] = []
+        self.releases: list[Pending] = []
 
     def send(
         self,
@@ -389,14 +534,25 @@ class Effects:
         self.writes.append(Write(table, key, value, raw_key, raw_value, changelog))
         return self
 
+    def hold(self, hold: Callable[[Pending], object]) -> Effects:
+        self.holds.append(hold)
+        return self
+
     def after(self, then: Callable[[], object]) -> Effects:
         self.then.append(then)
         return self
 
+    def release(self, held: Pending) -> Effects:
+        self.releases.append(held)
+        return self
 
-def delivered_table(app: Any, outputs: Outputs, name: str, **kwargs: Any) -> Any:
-    """``app.Table(name, **kwargs)``, as a :class:`DeliveredTable` writing through ``outputs``."""
-    table = DeliveredTable(app, name=name, beacon=app.tables.beacon, **kwargs)
+
+def delivered_table(
+    app: Any, outputs: Outputs, name: str, table_class: type[DeliveredTable] | None = None, **kwargs: Any
+) -> Any:
+    """``app.Table(name, **kwargs)``, as a :class:`DeliveredTable` (or ``table_class``) writing
+    through ``outputs``."""
+    table = (table_class or DeliveredTable)(app, name=name, beacon=app.tables.beacon, **kwargs)
     table.outputs = outputs
     table._delivered_offsets = {}
     outputs.tables.append(table)

@@ -1,11 +1,17 @@
 """Per-domain windowed aggregation and per-run progress: the last agents of the stage.
 
-Reads  ``<prefix>.pages.unique`` (PageEvent: new/changed, duplicate marks) and
-       ``<prefix>.pages.touches`` (PageTouch: unchanged) and turns each into a sample
-       (:mod:`streams.aggregate`), sent to the app's internal topics ``<app_id>-stats-by-domain``
-       (key: JSON domain, the key encoding of the windowed tables, so web views route to the
-       owner) and ``<app_id>-stats-by-run`` (key: JSON run id), with the fetch time as the
-       message timestamp: windows are in event time.
+Samples   each page event and touch the stage outputs is a sample (:mod:`streams.aggregate`),
+       made where its outcome is known (:mod:`streams.changes`, :mod:`streams.verdicts`) and
+       given to the worker's :class:`SampleBuffer`, which holds its event unacked; every
+       ``streams.stats_flush_interval_s`` the buffer sends the samples of each (domain, run,
+       minute) summed as one to the app's internal topics ``<app_id>-stats-by-domain`` (key: JSON
+       domain, the key encoding of the windowed tables, so web views route to the owner) and
+       ``<app_id>-stats-by-run`` (key: JSON run id), with the earliest fetch time as the message
+       timestamp (windows are in event time, and a minute lies in the same windows whatever its
+       second), and releases the events once both are delivered. So the aggregation agents see
+       about one sample per domain, run and minute per flush instead of one per event, and the
+       windowed tables write that many changelog records. A crash before a flush loses nothing:
+       the held events were not acked, so they come again.
 Tables ``domain_1m`` (tumbling 60 s) and ``domain_5m`` (hopping 300 s by 60 s), domain ->
        accumulator; ``run_progress``: run id -> accumulator (not windowed).
 Writes ``<prefix>.stats`` (key: domain, DomainStats) when a window closes: faust closes it
@@ -32,20 +38,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
-from pydantic import ValidationError
 
 from crawlstream.errors import RecordError
-from crawlstream.records import PageTouch
 from crawlstream.settings import Settings
 from streams import aggregate, metrics
+from streams import outputs as streams_outputs
 from streams.agent import Boundary, is_infrastructure
-from streams.checks import MAX_FUTURE_S, check_touch
-from streams.outputs import Effects
-from streams.topology import RAW, StageTopics, decode_event
+from streams.checks import MAX_FUTURE_S
+from streams.outputs import Effects, Pending
+from streams.topology import RAW, StageTopics
 
 log = logging.getLogger(__name__)
 
-AGENT = "sample_stats"
 # Tables serialize keys as JSON (faust's default), so the internal topics are keyed by JSON
 # text too: a view's key then hashes to the partition that holds it.
 
@@ -100,22 +104,6 @@ class EveryWindowTable:
             self._set_key(window_key, op(current, value))  # type: ignore[attr-defined]
 
 
-def decode_sample(
-    topic: str, touches_topic: str, raw: bytes | None, max_url_length: int = 0
-) -> dict[str, Any]:
-    """The aggregation sample of a unique-topic PageEvent or a PageTouch; RecordError if bad."""
-    if topic != touches_topic:
-        return aggregate.sample_of_event(decode_event(raw, max_url_length))
-    if raw is None:
-        raise RecordError("null_value", "message has no value")
-    try:
-        touch = PageTouch.model_validate_json(raw)
-    except ValidationError as exc:
-        raise RecordError("invalid_touch", str(exc.errors()[0]["msg"])[:500]) from None
-    check_touch(touch, max_url_length)
-    return aggregate.sample_of_touch(touch)
-
-
 def json_key(text: str) -> bytes:
     return json.dumps(text).encode("utf-8")
 
@@ -134,9 +122,79 @@ def check_event_time(event: Any) -> None:
         raise RecordError("invalid_time", f"message timestamp {at} is before 1970 or in the future")
 
 
+class SampleBuffer:
+    """The samples of a worker's events since the last flush, each holding its event unacked.
+
+    :meth:`hold` (an :meth:`Effects.hold <streams.outputs.Effects.hold>` callback) keeps a sample
+    with its event's pending deliveries; :meth:`flush` (a timer, and when ``max_samples`` are
+    waiting) sums them per (domain, run, minute) and sends each sum to both stats topics; once all
+    are delivered the events are released. Samples of abandoned events (their partition was
+    revoked: the next owner replays them) are left out.
+    """
+
+    def __init__(
+        self, app: Any, settings: Settings, by_domain: str, by_run: str, max_samples: int = 10_000
+    ) -> None:
+        self.outputs = streams_outputs.of(app)
+        self.by_domain, self.by_run = by_domain, by_run
+        self.partitions, self.max_samples = settings.kafka.partitions, max_samples
+        self.samples: list[tuple[dict[str, Any], Pending]] = []
+        self.app = app
+
+        async def flush_timer() -> None:
+            try:
+                self.flush()
+            except Exception as exc:  # the producer failed: stop, the held events are replayed
+                log.exception("stats: could not send the summed samples; stopping")
+                await app.crash(exc)
+
+        app.timer(settings.streams.stats_flush_interval_s, name="streams.stats.flush")(flush_timer)
+
+    def hold(self, sample: dict[str, Any]) -> Callable[[Pending], object]:
+        def held(pending: Pending) -> None:
+            self.samples.append((sample, pending))
+            if len(self.samples) >= self.max_samples:
+                self.flush()
+
+        return held
+
+    def flush(self) -> None:
+        if not self.samples:
+            return
+        samples, self.samples = self.samples, []
+        groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+        for sample, pending in samples:
+            if not pending.abandoned:
+                groups.setdefault((sample["d"], sample["r"], int(sample["t"] // 60)), []).append(sample)
+        released = Pending("stats_flush", _Release([pending for _, pending in samples]), None)
+        for group in groups.values():
+            summed = aggregate.summed(group)
+            value, at_ms = (
+                json.dumps(summed, separators=(",", ":")).encode("utf-8"),
+                round(summed["t"] * 1000),
+            )
+            for topic, key in ((self.by_domain, json_key(summed["d"])), (self.by_run, json_key(summed["r"]))):
+                partition = faust_partition(key, self.partitions)
+                self.outputs.send(topic, key, value, partition, timestamp_ms=at_ms, pending=released)
+        released.closed = True
+        if released.count == 0:
+            released.finish()
+
+
+class _Release:
+    """The 'event' of a flush: its ack releases the held events whose samples it sent."""
+
+    def __init__(self, held: list[Pending]) -> None:
+        self.held = held
+
+    def ack(self) -> None:
+        for pending in self.held:
+            pending.release()
+
+
 @dataclass(frozen=True)
 class StatsAgents:
-    sampler: Any
+    buffer: SampleBuffer
     domains: Any
     runs: Any
     domain_1m: Any
@@ -184,18 +242,7 @@ def register(app: Any, settings: Settings, topics: StageTopics) -> StatsAgents:
     run_progress = app.Table(
         "run_progress", default=dict, partitions=partitions, help="run id -> totals", key_type=str
     )
-    touches_name = topics.touches.get_topic_name()
-    max_url_length = settings.crawl.max_url_length
-    by_domain_name, by_run_name = by_domain.get_topic_name(), by_run.get_topic_name()
-
-    def sample_stats(event: Any) -> Effects:
-        sample = decode_sample(event.message.topic, touches_name, event.value, max_url_length)
-        value, at_ms = json.dumps(sample).encode("utf-8"), round(sample["t"] * 1000)
-        domain, run = json_key(sample["d"]), json_key(sample["r"])
-        effects = Effects()
-        for topic, key in ((by_domain_name, domain), (by_run_name, run)):
-            effects.send(topic, key, value, partition=faust_partition(key, partitions), timestamp_ms=at_ms)
-        return effects
+    buffer = SampleBuffer(app, settings, by_domain.get_topic_name(), by_run.get_topic_name())
 
     def aggregate_domains(event: Any) -> Effects:
         sample = aggregate.parse_sample(event.value)
@@ -217,7 +264,7 @@ def register(app: Any, settings: Settings, topics: StageTopics) -> StatsAgents:
         return app.agent(channel, name=name)(Boundary(app, settings, name).agent(handle))
 
     return StatsAgents(
-        agent(app.topic(topics.unique.get_topic_name(), touches_name, **RAW), AGENT, sample_stats),
+        buffer,
         agent(by_domain, "aggregate_domains", aggregate_domains),
         agent(by_run, "track_runs", track_runs),
         domain_1m,

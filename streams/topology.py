@@ -14,10 +14,10 @@ import faust
 from pydantic import ValidationError
 
 from crawlstream.errors import RecordError
-from crawlstream.records import PageEvent
+from crawlstream.records import DedupProbe
 from crawlstream.settings import Settings
 from crawlstream.topics import TopicSpec, catalog
-from streams.checks import check_page
+from streams.checks import check_url
 
 RAW: dict[str, Any] = {
     "key_type": bytes,
@@ -33,8 +33,8 @@ class StageTopics:
     unique: Any
     touches: Any
     dead_letter: Any
-    by_content: Any
     by_band: Any
+    verdicts: Any
     links: Any
     requests: Any
     stats: Any
@@ -51,22 +51,45 @@ def declare_topics(app: faust.App, settings: Settings) -> StageTopics:
         unique=topic(specs.unique_pages),
         touches=topic(specs.page_touches),
         dead_letter=topic(specs.dead_letter),
-        by_content=topic(specs.pages_by_content),
         by_band=topic(specs.pages_by_band),
+        verdicts=topic(specs.dedup_verdicts),
         links=topic(specs.links),
         requests=topic(specs.requests),
         stats=topic(specs.stats),
     )
 
 
-def decode_event(raw: bytes | None, max_url_length: int) -> PageEvent:
-    """A PageEvent of the stage's repartition topics or of ``pages.unique``, its page checked
-    (:func:`streams.checks.check_page`), or RecordError with a short reason."""
+def decode_probe(raw: bytes | None, max_url_length: int) -> DedupProbe:
+    """A DedupProbe of the dedup hops or verdicts, its URLs checked (:func:`streams.checks.url_refusal`),
+    or RecordError with a short reason."""
     if raw is None:
         raise RecordError("null_value", "message has no value")
     try:
-        event = PageEvent.model_validate_json(raw)
+        probe = DedupProbe.model_validate_json(raw)
     except ValidationError as exc:
-        raise RecordError("invalid_event", str(exc.errors()[0]["msg"])[:500]) from None
-    check_page(event.page, max_url_length)
-    return event
+        raise RecordError("invalid_probe", str(exc.errors()[0]["msg"])[:500]) from None
+    check_url(probe.url, max_url_length, "url")
+    for field, url in (("duplicate_of", probe.duplicate_of), ("near_duplicate_of", probe.near_duplicate_of)):
+        if url is not None:
+            check_url(url, max_url_length, field)
+    return probe
+
+
+def internal_inputs(app: faust.App) -> list[TopicSpec]:
+    """The app's own topics its agents read (``internal=True``, not in the catalog: the stats
+    samples of :mod:`streams.stats`), as specs for ``ensure_topics``.
+
+    faust creates them at start, but after its consumer fetched the cluster's metadata: the group
+    leader then ignores them as missing ("Ignoring missing topic") until the consumer's next
+    metadata refresh (``metadata.max.age.ms``, 5 minutes), so a new stage aggregated nothing for
+    its first minutes. A worker creates them before faust starts, with faust's partition count.
+    """
+    specs: dict[str, TopicSpec] = {}
+    for agent in app.agents.values():
+        channel = agent.channel
+        if not getattr(channel, "internal", False):
+            continue
+        partitions = channel.partitions or app.conf.topic_partitions
+        for name in channel.topics:
+            specs[name] = TopicSpec(name, partitions, "json", "an internal topic of the stream stage")
+    return sorted(specs.values(), key=lambda spec: spec.name)

@@ -133,7 +133,7 @@ class Chaos:
         probe, t, s = self.probe, self.probe.topics, self.settings
         raw = offsets.total(probe.end(t.raw_pages.name))
         streams = 0
-        for spec in (t.raw_pages, t.pages_by_content, t.pages_by_band):
+        for spec in (t.raw_pages, t.pages_by_band, t.dedup_verdicts):
             streams += offsets.total(offsets.committed_offsets(s, s.streams.app_id, spec.name))
         events_end = probe.end(t.page_events.name)
         follow = offsets.committed_offsets(s, s.follow.group_id, t.page_events.name)

@@ -4,9 +4,10 @@ kcat (Debian's, a client nobody here wrote) writes records the crawlers never wo
 are not JSON, JSON of the wrong shape, null values and keys, 100k nested arrays, keys and values
 near the topics' limits, keys that do not match, URLs with odd schemes, lengths and control
 characters, fetch times in the future, a 1 MB page of control characters (a 12 MB event once
-escaped), to ``pages.raw``, ``links``, the stage's repartition topics (``pages-by-content``,
-``pages-by-band``), the sampler's inputs (``pages.unique``, ``pages.touches``) and the stats
-agents' internal topics. Then hostile but valid pages (odd ``<base href>``, broken hrefs, 100k
+escaped), to ``pages.raw``, ``links``, the stage's dedup topics (``pages-by-band``,
+``dedup-verdicts``) and the stats agents' internal topics. A well-formed verdict no page waits for
+is not garbage: it is counted (``streams_verdicts_total{outcome="stale"}``), not dead-lettered.
+Then hostile but valid pages (odd ``<base href>``, broken hrefs, 100k
 links, poisonous JSON-LD) and a normal page. Each garbage record must be in the dead-letter topic
 exactly once with its origin, every letter must fit, and the pages after the garbage must come out
 on ``pages.unique``: the worker did not stop. Uses the ``pipeline`` fixture of the stage tests (own
@@ -26,7 +27,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from crawlstream import offsets
 from crawlstream.deadletters import MAX_KEY_BYTES, RECORD_OVERHEAD
-from crawlstream.records import DeadLetter, Enrichment, LinkRecord, PageEvent, PageRecord, PageTouch
+from crawlstream.records import DeadLetter, DedupProbe, LinkRecord, PageEvent, PageRecord
 from crawlstream.settings import Settings
 from tests.integration.test_streams_stage import Pipeline, pipeline, wait_for  # noqa: F401
 from tests.integration.test_streams_stats import ready
@@ -107,13 +108,10 @@ def raw_page(url: str, body: str = "<main><p>Some words on a page.</p></main>", 
     return url.encode(), page(url, body, **update).to_bytes()
 
 
-def event(url: str = A, content: str = "c1") -> PageEvent:
-    return PageEvent(
-        change="new",
-        page=page(url),
-        # All bits set: no band key of it is "0:0000" (the band the garbage below claims).
-        enrichment=Enrichment(text="t", content_hash=content, simhash=2**64 - 1),
-    )
+def probe(**update: object) -> DedupProbe:
+    # All bits set: no band key of it is "0:0000" (the band the garbage below claims).
+    record = DedupProbe(url=A, partition=0, offset=0, content_hash="c1", simhash=2**64 - 1)
+    return record.model_copy(update=update)
 
 
 def link(url: str = A, **update: object) -> LinkRecord:
@@ -131,6 +129,11 @@ def garbage_by_topic(pipe: Pipeline) -> dict[str, Garbage]:
         (b'"garbage.example"', None, "null_value"),
         (b'"garbage.example"', NESTED, "invalid_json"),
         (b'"garbage.example"', b'{"d": "garbage.example", "r": "", "t": 1e30, "pages": 1}', "invalid_sample"),
+        (
+            b'"garbage.example"',
+            b'{"d": "garbage.example", "r": "", "t": 1e9, "lat_n": 1, "lat_sum": 0.1, "lat_hist": {"x": 1}}',
+            "invalid_sample",
+        ),
     ]
     return {
         t.raw_pages.name: [
@@ -151,18 +154,19 @@ def garbage_by_topic(pipe: Pipeline) -> dict[str, Garbage]:
             (A.encode(), b"{" + b"v" * (limit - 2 * MIB), "invalid_json"),  # a value near it
             (*raw_page(control, body="<p>" + "\x01" * MIB + "</p>"), "too_large"),  # 12 MB escaped
         ],
-        t.pages_by_content.name: [
-            (b"00", b"not json", "invalid_event"),
-            (b"00", None, "null_value"),
-            (b"00", NESTED, "invalid_event"),
-            (b"00", page(A).to_bytes(), "invalid_event"),
-            (b"ff", event().to_bytes(), "key_mismatch"),
-        ],
         t.pages_by_band.name: [
-            (b"0:0000", b"not json", "invalid_event"),
+            (b"0:0000", b"not json", "invalid_probe"),
             (b"0:0000", None, "null_value"),
-            (b"x:y", event().to_bytes(), "bad_band_key"),
-            (b"0:0000", event().to_bytes(), "key_mismatch"),
+            (b"0:0000", NESTED, "invalid_probe"),
+            (b"0:0000", probe().to_bytes(), "key_mismatch"),
+            (b"0:0000", probe(partition=99).to_bytes(), "invalid_probe"),
+            (b"0:0000", probe(url="javascript:alert(1)").to_bytes(), "scheme"),
+        ],
+        t.dedup_verdicts.name: [
+            (A.encode(), b"not json", "invalid_probe"),
+            (A.encode(), None, "null_value"),
+            (A.encode(), NESTED, "invalid_probe"),
+            (A.encode(), probe(duplicate_of="http://[::1/x").to_bytes(), "invalid_url"),
         ],
         t.links.name: [
             (A.encode(), b"{not json", "invalid_link"),
@@ -170,24 +174,6 @@ def garbage_by_topic(pipe: Pipeline) -> dict[str, Garbage]:
             (A.encode(), NESTED, "invalid_link"),
             (b"https://garbage.example/other", link().to_bytes(), "key_mismatch"),
             (A.encode(), link(host="elsewhere.example").to_bytes(), "host_mismatch"),
-        ],
-        t.unique_pages.name: [
-            (A.encode(), b"not json", "invalid_event"),
-            (A.encode(), None, "null_value"),
-            (A.encode(), NESTED, "invalid_event"),
-            (A.encode(), event("javascript:alert(1)").to_bytes(), "scheme"),
-        ],
-        t.page_touches.name: [
-            (A.encode(), b"not json", "invalid_touch"),
-            (A.encode(), None, "null_value"),
-            (A.encode(), NESTED, "invalid_touch"),
-            (
-                A.encode(),
-                PageTouch(
-                    canonical_url=A, fetched_at=datetime(9999, 1, 1, tzinfo=UTC), status=200
-                ).to_bytes(),
-                "invalid_time",
-            ),
         ],
         f"{app_id}-stats-by-domain": samples,
         f"{app_id}-stats-by-run": samples,
@@ -244,6 +230,8 @@ def test_garbage_on_every_input_topic_is_dead_lettered_once_and_the_stage_goes_o
         for (partition, offset, _key, value), (_, _, reason) in zip(sorted(written), records, strict=True):
             expected[(topic, partition, offset)] = reason
             values[(topic, partition, offset)] = value
+    stale_before = worker.metric('streams_verdicts_total{outcome="stale"}')
+    kcat(pipeline, pipeline.topics.dedup_verdicts.name, [(A.encode(), probe(offset=7).to_bytes())])
     links = pipeline.topics.links.name
     kcat(pipeline, links, [(r.canonical_url.encode(), r.to_bytes()) for r in REFUSED_LINKS.values()])
     kcat(pipeline, links, [(A.encode(), link().to_bytes())])
@@ -289,6 +277,7 @@ def test_garbage_on_every_input_topic_is_dead_lettered_once_and_the_stage_goes_o
             worker.metric(f'streams_frontier_refused_total{{reason="{reason}"}}') - refused_before[reason]
         )
         assert counted == 1.0, reason
+    assert worker.metric('streams_verdicts_total{outcome="stale"}') - stale_before == 1.0
     requests = records_of(pipeline.settings, pipeline.topics.requests.name)
     assert [key for _, _, key, _ in requests] == [b"garbage.example"]
     assert worker.proc.poll() is None

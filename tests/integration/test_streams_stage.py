@@ -146,7 +146,7 @@ class Pipeline:
     def drained(self) -> bool:
         """The worker group committed every record of each topic the stage reads."""
         t = self.topics
-        stage_inputs = (t.pages_by_content, t.pages_by_band, t.unique_pages, t.page_touches)
+        stage_inputs = (t.pages_by_band, t.dedup_verdicts)
         for topic in [t.raw_pages.name, *(spec.name for spec in stage_inputs)]:
             end = offsets.end_offsets(self.settings, topic)
             committed = offsets.committed_offsets(self.settings, self.settings.streams.app_id, topic)
@@ -332,10 +332,8 @@ def test_poison_on_each_input_topic_is_dead_lettered_and_the_stage_flows(pipelin
     t = pipeline.topics
     poison = {
         t.raw_pages.name: b"k",
-        t.pages_by_content.name: b"00",
         t.pages_by_band.name: b"0:0000",
-        t.unique_pages.name: b"k",  # the stats sampler's inputs
-        t.page_touches.name: b"k",
+        t.dedup_verdicts.name: b"k",
     }
     for topic, key in poison.items():
         pipeline.produce([(key, b"{not json")], topic=topic)

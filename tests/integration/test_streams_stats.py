@@ -200,7 +200,7 @@ def lag(pipe: Pipeline) -> str | None:
     if pipe.drained():
         return None
     t, group = pipe.topics, pipe.settings.streams.app_id
-    names = [t.raw_pages, t.pages_by_content, t.pages_by_band, t.unique_pages, t.page_touches]
+    names = [t.raw_pages, t.pages_by_band, t.dedup_verdicts]
     return "(end, committed) " + str(
         {
             spec.name: (

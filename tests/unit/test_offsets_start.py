@@ -71,3 +71,12 @@ def test_other_errors_and_a_coordinator_that_never_comes_are_raised(monkeypatch:
     use(monkeypatch, FakeConsumer([KafkaError(KafkaError.NOT_COORDINATOR)] * 3))
     with pytest.raises(KafkaException):
         offsets.commit_start_where_absent(Settings(_env_file=None), "g", ["t"], timeout_s=-1)
+
+
+def test_a_topic_whose_leaders_are_not_elected_yet_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The worker's internal topics are created just before: their first answers lack a leader.
+    consumer = FakeConsumer(
+        [KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION), KafkaError(KafkaError.LEADER_NOT_AVAILABLE)]
+    )
+    use(monkeypatch, consumer)
+    assert offsets.commit_start_where_absent(Settings(_env_file=None), "g", ["t"]) == {("t", 1): 2}

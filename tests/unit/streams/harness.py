@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any
 from unittest.mock import AsyncMock, MagicMock
@@ -17,10 +18,10 @@ from unittest.mock import AsyncMock, MagicMock
 from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import REGISTRY
 
-from crawlstream.records import PageRecord
+from crawlstream.records import DedupProbe, PageEvent, PageRecord
 from crawlstream.settings import CrawlSettings, KafkaSettings, Settings, StreamsSettings
 from crawlstream.topics import catalog
-from streams import changes, content, frontier, ledger, near, outputs, stats
+from streams import changes, dedup, frontier, ledger, outputs, stats, verdicts
 from streams.app import new_app
 from streams.recrawl import RecrawlPolicy
 from streams.topology import declare_topics
@@ -117,12 +118,16 @@ class Harness:
         )
         self.app = new_app(settings)
         self.topics = declare_topics(self.app, settings)
-        self.changes = changes.register(self.app, settings, self.topics, RecrawlPolicy())
-        self.content = content.register(self.app, settings, self.topics)
-        self.near = near.register(self.app, settings, self.topics)
+        self.stats = stats.register(self.app, settings, self.topics)
+        self.awaiting = verdicts.AwaitingPages()
+        sampler = self.stats.buffer.hold
+        self.changes = changes.register(
+            self.app, settings, self.topics, RecrawlPolicy(), self.awaiting, sampler
+        )
+        self.dedup = dedup.register(self.app, settings, self.topics)
+        self.verdicts = verdicts.register(self.app, settings, self.topics, self.awaiting, sampler)
         self.frontier = frontier.register(self.app, settings, self.topics, self.changes.urls)
         self.ledger = ledger.register(self.app, settings, self.topics)
-        self.stats = stats.register(self.app, settings, self.topics)
         self.app.finalize()
         self.sent: list[tuple[str, bytes, bytes]] = []
         names = {getattr(self.topics, n).get_topic_name(): n for n in self.topics.__dataclass_fields__}
@@ -132,15 +137,14 @@ class Harness:
         names |= {specs.frontier_ledger.name: "ledger", specs.frontier_progress.name: "progress"}
         self.producer = FakeProducer(names, self.sent)
         outputs.of(self.app)._producer = self.producer  # type: ignore[assignment]
-        for name in ("unique", "touches", "by_content", "by_band", "dead_letter", "requests", "stats"):
+        for name in ("unique", "touches", "by_band", "verdicts", "dead_letter", "requests", "stats"):
             topic = getattr(self.topics, name)
             topic.send = AsyncMock(side_effect=self._sender(name))
         self.crashes: list[BaseException] = []
         self.app.crash = self._crash  # type: ignore[method-assign]
         tables = (
             self.changes.urls,
-            self.content.content_first,
-            self.near.near_bands,
+            self.dedup.index,
             self.frontier.seen,
             self.frontier.urls,
             self.ledger.runs,
@@ -169,6 +173,13 @@ class Harness:
 
     def on(self, topic: str) -> list[tuple[bytes, bytes]]:
         return [(key, value) for name, key, value in self.sent if name == topic]
+
+    def held(self) -> list[PageEvent]:
+        """The page events waiting for their dedup verdict, in raw (partition, offset) order."""
+        return [self.awaiting.pages[key].event for key in sorted(self.awaiting.pages)]
+
+    def probes(self, topic: str = "by_band") -> list[DedupProbe]:
+        return [DedupProbe.model_validate_json(value) for _, value in self.on(topic)]
 
 
 async def put(
@@ -212,6 +223,28 @@ def run(
         channel = harness.app.channel(key_type=bytes, value_type=bytes)
         async with agent_of(harness).test_context(channel=channel) as agent:
             await scenario(harness, agent)
+        return harness
+
+    return asyncio.run(main())
+
+
+def run_agents(
+    agents_of: list[Callable[[Harness], Any]],
+    scenario: Callable[[Harness, list[Any]], Awaitable[None]],
+    settings: Settings | None = None,
+) -> Harness:
+    """:func:`run` for a scenario that feeds several agents (each through its own test context)."""
+
+    async def main() -> Harness:
+        harness = Harness(settings)
+        async with AsyncExitStack() as stack:
+            agents = []
+            for agent_of in agents_of:
+                channel = harness.app.channel(key_type=bytes, value_type=bytes)
+                agents.append(
+                    await stack.enter_async_context(agent_of(harness).test_context(channel=channel))
+                )
+            await scenario(harness, agents)
         return harness
 
     return asyncio.run(main())

@@ -148,7 +148,7 @@ def test_any_exception_from_a_record_is_a_dead_letter_with_its_class_and_origin(
     assert (letter.source_topic, letter.source_partition, letter.source_offset) == ("unit.pages.raw", 2, 0)
     assert sample("streams_dead_letters_total", agent="detect_changes", reason="unprocessable") - before == 1
     assert h.changes.urls[A]["o"] == 1  # the failed event left no entry; the next one wrote its own
-    assert len(h.on("by_content")) == 1
+    assert len(h.probes()) == 1
     assert h.crashes == []
 
 

@@ -10,6 +10,8 @@ import pytest
 from crawlstream.errors import RecordError
 from crawlstream.records import DeadLetter, PageEvent, PageTouch
 from streams.changes import Change, classify, decode_keyed_page, fingerprint, replayed, stamped
+from streams.dedup import hop_plan
+from streams.fingerprints import band_keys
 from streams.recrawl import RecrawlPolicy
 from tests.unit.streams.harness import FETCHED, Harness, page, run, sample
 
@@ -56,11 +58,16 @@ def test_agent_new_then_unchanged_then_changed() -> None:
         await agent.put(page(A, body="", kind="metadata").to_bytes(), key=A.encode(), partition=1)
 
     h = run(lambda h: h.changes.agent, scenario)
-    routed = h.on("by_content")
-    assert len(routed) == 2
-    events = [PageEvent.model_validate_json(value) for _, value in routed]
+    # Pages with text wait for their verdict; their fingerprints go to band 0's partition.
+    events = h.held()
     assert [e.change for e in events] == ["new", "changed"]
-    assert [key.decode() for key, _ in routed] == [e.enrichment.content_hash for e in events if e.enrichment]
+    probes = h.probes()
+    assert [(p.url, p.partition, p.offset) for p in probes] == [(A, 1, 0), (A, 1, 2)]
+    assert [p.content_hash for p in probes] == [e.enrichment.content_hash for e in events if e.enrichment]
+    assert [key for key, _ in h.on("by_band")] == [band_keys(p.simhash, 4)[0].encode() for p in probes]
+    assert h.producer.partitions["by_band"] == [
+        hop_plan(band_keys(p.simhash, 4), 3)[0].partition for p in probes
+    ]
     [(key, touch)] = h.on("touches")
     assert key == A.encode()
     assert PageTouch.model_validate_json(touch).content_hash == events[0].enrichment.content_hash  # type: ignore[union-attr]
@@ -92,7 +99,7 @@ def test_agent_dead_letters_poison_and_keeps_going() -> None:
         2,
         b"{oops",
     )
-    assert len(h.on("by_content")) == 1
+    assert len(h.on("by_band")) == 1
 
 
 def test_replayed_tells_which_change_an_offset_already_applied() -> None:
@@ -122,7 +129,68 @@ def test_agent_resends_outputs_of_events_replayed_after_a_crash() -> None:
     h = run(lambda h: h.changes.agent, scenario)
     # offset 0 (overwritten by offset 1 since): resent as a page; offset 1: its own touch again;
     # offset 2 is new work: unchanged.
-    assert [PageEvent.model_validate_json(v).change for _, v in h.on("by_content")] == ["changed"]
+    assert [p.offset for p in h.probes()] == [0]
+    assert [e.change for e in h.held()] == ["changed"]
     assert len(h.on("touches")) == 2
     assert h.changes.urls[A]["o"] == 2
     assert sample("streams_replays_total", agent="detect_changes") - before == 2
+
+
+def test_a_recrawl_with_the_same_body_is_unchanged_without_being_parsed_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streams import changes
+
+    parsed: list[str] = []
+    real = changes.enrich_html
+
+    def counting(html: str, url: str) -> Any:
+        parsed.append(html)
+        return real(html, url)
+
+    monkeypatch.setattr(changes, "enrich_html", counting)
+    before = sample("streams_same_body_total")
+    body, reformatted = "<p>one two three</p>", "<p>One, two  three!</p>"
+
+    async def scenario(h: Harness, agent: Any) -> None:
+        for text in (body, body, reformatted, reformatted, body):
+            await agent.put(page(A, body=text).to_bytes(), key=A.encode(), partition=1)
+
+    h = run(lambda h: h.changes.agent, scenario)
+    # Parsed: the first fetch, the first reformatted one (same text: unchanged), and the body
+    # again (its digest is no longer the one last classified). Skipped: the two exact repeats.
+    assert parsed == [body, reformatted, body]
+    assert sample("streams_same_body_total") - before == 2
+    touches = [PageTouch.model_validate_json(v) for _, v in h.on("touches")]
+    assert len(touches) == 4
+    assert {t.content_hash for t in touches} == {h.held()[0].enrichment.content_hash}  # type: ignore[union-attr]
+    assert h.changes.urls[A]["b"] == changes.body_digest(page(A, body=body))
+
+
+def test_a_304_keeps_the_digest_of_the_body_last_classified(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams import changes
+
+    parsed: list[str] = []
+    real = changes.enrich_html
+
+    def counting(html: str, url: str) -> Any:
+        parsed.append(html)
+        return real(html, url)
+
+    monkeypatch.setattr(changes, "enrich_html", counting)
+    body = "<main><p>the page as it was first fetched, with words</p></main>"
+    first = page(A, body=body)
+    not_modified = first.model_copy(update={"status": 304, "body": "", "kind": "metadata"})
+
+    async def scenario(h: Harness, agent: Any) -> None:
+        for record in (first, not_modified, first):
+            await agent.put(record.to_bytes(), key=A.encode(), partition=1)
+
+    h = run(lambda h: h.changes.agent, scenario)
+    # The 304 is a touch with the page's fingerprint, and the 200 after it, the same body, is
+    # known without parsing it again: the 304 did not replace the digest with one of no body.
+    assert parsed == [body]
+    touches = [PageTouch.model_validate_json(v) for _, v in h.on("touches")]
+    assert [t.status for t in touches] == [304, 200]
+    assert {t.content_hash for t in touches} == {h.held()[0].enrichment.content_hash}  # type: ignore[union-attr]
+    assert h.changes.urls[A]["b"] == changes.body_digest(first)

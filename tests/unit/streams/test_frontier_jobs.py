@@ -234,4 +234,4 @@ def test_a_304_of_a_known_page_is_a_touch_not_a_new_version() -> None:
 
     h = run(lambda h: h.changes.agent, scenario)
     assert len(h.on("touches")) == 1
-    assert len(h.on("by_content")) == 1  # the first fetch only
+    assert len(h.on("by_band")) == 1  # the first fetch's dedup probe only

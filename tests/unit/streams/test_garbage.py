@@ -9,14 +9,15 @@ hrefs, poisonous JSON-LD, 100k links) must flow as pages, readable by the next h
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from crawlstream.deadletters import MAX_KEY_BYTES, RECORD_OVERHEAD, capped_key
-from crawlstream.records import DeadLetter, Enrichment, LinkRecord, PageEvent, PageTouch
+from crawlstream.records import DeadLetter, DedupProbe, LinkRecord, PageEvent
+from streams.dedup import hop_plan
 from streams.fingerprints import band_keys
 from streams.stats import faust_partition, json_key
-from tests.unit.streams.harness import FETCHED, Harness, page, put, run, sample, settings_with
+from tests.unit.streams.harness import FETCHED, Harness, page, put, run, run_agents, sample, settings_with
 
 A, B = "https://example.org/a", "https://example.org/b"
 NESTED = b"[" * 100_000 + b"]" * 100_000
@@ -97,7 +98,7 @@ def test_raw_topic_garbage_is_dead_lettered_once_with_its_origin_and_changes_not
     assert sample("streams_dead_letters_total", agent="detect_changes", reason="scheme") - before == 3
     # Nothing of the garbage reached the table or an output; the valid page after it did.
     assert list(h.changes.urls.keys()) == [A]
-    assert [PageEvent.model_validate_json(v).page.canonical_url for _, v in h.on("by_content")] == [A]
+    assert [e.page.canonical_url for e in h.held()] == [p.url for p in h.probes()] == [A]
 
 
 def test_keys_and_values_over_the_limits_become_dead_letters_that_fit() -> None:
@@ -121,7 +122,7 @@ def test_keys_and_values_over_the_limits_become_dead_letters_that_fit() -> None:
     assert [d.truncated for d in (first, second, third)] == [True] * 3
     assert (first.original_key_bytes, second.original_value_bytes) == (len(big_key), len(big_value))
     assert third.original_key_bytes == len(near_key)
-    assert len(h.on("by_content")) == 1
+    assert len(h.probes()) == 1
 
 
 def test_a_page_too_large_once_escaped_is_dead_lettered_and_leaves_no_table_entry() -> None:
@@ -141,8 +142,7 @@ def test_a_page_too_large_once_escaped_is_dead_lettered_and_leaves_no_table_entr
     assert f"limit of {limit} bytes" in letter.error
     assert letter.original_value() == hostile
     assert list(h.changes.urls.keys()) == [B]
-    assert [key for key, _ in h.on("unique")] + [key for key, _ in h.on("by_content")] != []
-    assert all(b"example.org/a" not in value for _, value in h.on("by_content"))
+    assert [p.url for p in h.probes()] == [e.page.canonical_url for e in h.held()] == [B]
 
 
 X = '<a href="x.html">x</a>'
@@ -178,7 +178,8 @@ def test_hostile_but_valid_pages_flow_and_the_next_hop_can_read_them() -> None:
 
     h = run(lambda h: h.changes.agent, scenario)
     assert letters(h) == []
-    events = [PageEvent.model_validate_json(value) for _, value in h.on("by_content")]
+    # What the verdict sends on, as the next hop (the sink) reads it.
+    events = [PageEvent.model_validate_json(waiting.value) for _, waiting in sorted(h.awaiting.pages.items())]
     assert len(events) == len(names)
     for name, event in zip(names, events, strict=True):
         assert event.enrichment is not None
@@ -187,70 +188,85 @@ def test_hostile_but_valid_pages_flow_and_the_next_hop_can_read_them() -> None:
     assert len(events[-1].enrichment.outlinks) == 1000  # type: ignore[union-attr]
 
 
-def content_event(url: str, content: str = "c1", **update: Any) -> PageEvent:
-    event = PageEvent(
-        change="new",
-        page=page(url),
-        enrichment=Enrichment(text="t", content_hash=content, simhash=SIMHASH, word_count=1),
-    )
-    return event.model_copy(update=update)
+def probe(url: str = A, **update: Any) -> DedupProbe:
+    record = DedupProbe(url=url, partition=1, offset=0, content_hash="c1", simhash=SIMHASH)
+    return record.model_copy(update=update)
 
 
-def repartition_garbage(key: bytes) -> Garbage:
+def probe_garbage(key: bytes) -> Garbage:
     return [
-        (key, b"not json", "invalid_event"),
-        (key, page(A).to_bytes(), "invalid_event"),  # a PageRecord, not a PageEvent
-        (key, b"[]", "invalid_event"),
+        (key, b"not json", "invalid_probe"),
+        (key, page(A).to_bytes(), "invalid_probe"),  # a PageRecord, not a probe
+        (key, b"[]", "invalid_probe"),
         (key, None, "null_value"),
-        (key, NESTED, "invalid_event"),
-        (key, NESTED_OBJECTS, "invalid_event"),
-        *[(key, content_event(url).to_bytes(), reason) for url, reason in BAD_URLS],
+        (key, NESTED, "invalid_probe"),
+        (key, NESTED_OBJECTS, "invalid_probe"),
+        (key, b'{"v": 2, "u": "https://example.org/a", "p": 1, "o": 0, "s": 1}', "invalid_probe"),
+        (key, b'{"v": 1, "u": "https://example.org/a", "p": 1, "o": 0, "s": -1}', "invalid_probe"),
+        *[(key, probe(url).to_bytes(), reason) for url, reason in BAD_URLS],
+        *[(key, probe(duplicate_of=url).to_bytes(), reason) for url, reason in BAD_URLS],
+        *[
+            (key, probe(near_duplicate_of=url, near_distance=1).to_bytes(), reason)
+            for url, reason in BAD_URLS
+        ],
     ]
-
-
-def test_pages_by_content_garbage_is_dead_lettered() -> None:
-    garbage = [
-        *repartition_garbage(b"c1"),
-        (b"c2", content_event(A).to_bytes(), "key_mismatch"),
-        (None, content_event(A).to_bytes(), "key_mismatch"),
-        (b"c1", content_event(A, enrichment=None).to_bytes(), "key_mismatch"),
-        (b"\xff\xfe", content_event(A).to_bytes(), "key_mismatch"),
-    ]
-
-    async def scenario(h: Harness, agent: Any) -> None:
-        for key, value, _ in garbage:
-            await agent.put(value, key=key, partition=2)
-        await agent.put(content_event(A).to_bytes(), key=b"c1", partition=2)
-
-    h = run(lambda h: h.content.agent, scenario)
-    assert origins(h) == expected("unit.streams.pages-by-content", 2, garbage)
-    assert dict(h.content.content_first.items()) == {"c1": A}
-    assert len(h.on("by_band")) == 1
 
 
 def test_pages_by_band_garbage_is_dead_lettered() -> None:
-    key0 = band_keys(SIMHASH, 4)[0].encode()
-    valid = content_event(A).to_bytes()
+    keys = band_keys(SIMHASH, 4)
+    first = hop_plan(keys, 3)[0].partition
+    key0 = keys[0].encode()
+    valid = probe().to_bytes()
+    elsewhere = (first + 1) % 3  # band 0 lives in `first` only
     garbage = [
-        *repartition_garbage(key0),
-        (b"x:1", valid, "bad_band_key"),
-        (None, valid, "bad_band_key"),
-        (b"9:00", valid, "bad_band_key"),
-        (b"-1:00", valid, "bad_band_key"),
-        (b"\xff:00", valid, "bad_band_key"),
+        *probe_garbage(key0),
+        (b"x:1", valid, "key_mismatch"),
+        (None, valid, "key_mismatch"),
+        (b"\xff:00", valid, "key_mismatch"),
         (b"0:" + b"f" * 100_000, valid, "key_mismatch"),
-        (key0, content_event(A, enrichment=None).to_bytes(), "key_mismatch"),
+        (key0, probe(content_hash=None).to_bytes(), "invalid_probe"),  # the first hop needs it
+        (key0, probe(partition=3).to_bytes(), "invalid_probe"),  # no such raw partition
     ]
 
     async def scenario(h: Harness, agent: Any) -> None:
         for key, value, _ in garbage:
-            await agent.put(value, key=key, partition=0)
-        await agent.put(valid, key=key0, partition=0)
+            await put(agent, value, key, partition=first)
+        await put(agent, valid, key0, partition=first)
+        await put(agent, valid, key0, partition=elsewhere)  # a band 0 key in another partition
 
-    h = run(lambda h: h.near.agent, scenario)
-    assert origins(h) == expected("unit.streams.pages-by-band", 0, garbage)
-    assert list(h.near.near_bands.keys()) == [key0.decode()]
-    assert len(h.on("by_band")) == 1
+    h = run(lambda h: h.dedup.agent, scenario)
+    assert origins(h) == [
+        *expected("unit.streams.pages-by-band", first, garbage),
+        ("unit.streams.pages-by-band", elsewhere, len(garbage) + 1, "key_mismatch"),
+    ]
+    assert sorted(h.dedup.index.data) == sorted(
+        [
+            b"c|c1",
+            b"p|" + A.encode(),
+            *(b"b|" + keys[b].encode() + b"|" + A.encode() for b in hop_plan(keys, 3)[0].bands),
+        ]
+    )
+    assert len(h.on("by_band")) + len(h.on("verdicts")) == 1
+
+
+def test_verdicts_garbage_is_dead_lettered_and_releases_nothing() -> None:
+    garbage = probe_garbage(A.encode())
+
+    async def scenario(h: Harness, agents: list[Any]) -> None:
+        changes, verdicts = agents
+        await put(changes, page(A).to_bytes(), A.encode(), partition=1)
+        for key, value, _ in garbage:
+            await put(verdicts, value, key, partition=1)
+        assert h.on("unique") == []
+        stale = sample("streams_verdicts_total", outcome="stale")
+        await put(verdicts, probe(offset=5).to_bytes(), A.encode(), partition=1)  # for no page
+        assert sample("streams_verdicts_total", outcome="stale") - stale == 1
+        assert h.on("unique") == []
+        await put(verdicts, h.probes()[0].to_bytes(), A.encode(), partition=1)
+
+    h = run_agents([lambda h: h.changes.agent, lambda h: h.verdicts.agent], scenario)
+    assert origins(h) == expected("unit.streams.dedup-verdicts", 1, garbage)
+    assert [key for key, _ in h.on("unique")] == [A.encode()]
 
 
 LINK = LinkRecord(url=A, canonical_url=A, host="example.org", source_url="https://example.org/", depth=1)
@@ -280,58 +296,49 @@ def test_links_garbage_is_dead_lettered() -> None:
     assert [key for key, _ in h.on("requests")] == [b"example.org"]
 
 
-def stats_garbage(unique: str, touches: str) -> list[tuple[str, bytes | None, bytes | None, str]]:
-    event = content_event(A)
-    touch = PageTouch(canonical_url=A, fetched_at=FETCHED, status=200)
-
-    def page_update(**update: Any) -> bytes:
-        return event.model_copy(update={"page": event.page.model_copy(update=update)}).to_bytes()
-
-    return [
-        (unique, A.encode(), b"not json", "invalid_event"),
-        (unique, A.encode(), touch.to_bytes(), "invalid_event"),
-        (unique, A.encode(), None, "null_value"),
-        (unique, A.encode(), NESTED, "invalid_event"),
-        (unique, A.encode(), page_update(canonical_url="javascript:alert(1)"), "scheme"),
-        (unique, A.encode(), page_update(fetched_at=datetime(9999, 1, 1, tzinfo=UTC)), "invalid_time"),
-        (unique, A.encode(), page_update(body_bytes=10**20), "invalid_sample"),
-        (unique, A.encode(), page_update(run_id="r" * 10_000), "invalid_sample"),
-        (unique, A.encode(), page_update(canonical_url=f"https://{'h' * 300}.example/"), "invalid_url"),
-        (touches, A.encode(), b"not json", "invalid_touch"),
-        (touches, A.encode(), event.to_bytes(), "invalid_touch"),
-        (touches, A.encode(), None, "null_value"),
-        (touches, A.encode(), NESTED, "invalid_touch"),
-        (
-            touches,
-            A.encode(),
-            touch.model_copy(update={"canonical_url": "http://[x"}).to_bytes(),
-            "invalid_url",
-        ),
-        (touches, A.encode(), infinite_latency(touch.to_bytes()), "invalid_record"),
+def test_samples_are_summed_per_domain_run_and_minute_and_routed_as_faust_would() -> None:
+    pages = [
+        page(f"https://example.org/{n}", run_id="r1").model_copy(
+            update={"fetched_at": FETCHED + timedelta(seconds=n)}
+        )
+        for n in range(3)
     ]
-
-
-def test_unique_and_touches_garbage_is_dead_lettered_by_the_sampler() -> None:
-    unique, touches = "unit.pages.unique", "unit.pages.touches"
-    garbage = stats_garbage(unique, touches)
+    pages.append(
+        page("https://other.example/x", run_id="r1").model_copy(
+            update={"fetched_at": FETCHED + timedelta(seconds=70)}
+        )
+    )
+    long_run = page(B, run_id="r" * 10_000)  # its page goes on; its sample is a dead letter
 
     async def scenario(h: Harness, agent: Any) -> None:
-        for topic, key, value, _ in garbage:
-            await put(agent, value, key, partition=1, topic=topic)
-        await put(agent, content_event(A).to_bytes(), A.encode(), topic=unique)
-        touch = PageTouch(canonical_url=B, fetched_at=FETCHED, status=200)
-        await put(agent, touch.to_bytes(), B.encode(), topic=touches)
+        for record in [*pages, long_run]:
+            await put(
+                agent,
+                record.model_copy(update={"kind": "metadata", "body": ""}).to_bytes(),
+                record.canonical_url.encode(),
+                partition=1,
+            )
+        assert h.on("by_domain") == []  # held until the flush
+        h.stats.buffer.flush()
 
-    h = run(lambda h: h.stats.sampler, scenario)
-    assert origins(h) == [(topic, 1, n, reason) for n, (topic, _, _, reason) in enumerate(garbage)]
-    # The valid event and touch: one sample each per internal topic, in event time, routed as
-    # faust's producer would route them (views find the owner of a key).
-    by_domain = h.on("by_domain")
-    assert [json.loads(value)["d"] for _, value in by_domain] == ["example.org"] * 2
-    assert {key for key, _ in by_domain} == {json_key("example.org")}
+    h = run(lambda h: h.changes.agent, scenario)
+    assert len(h.on("unique")) == 5  # metadata records: no verdict to wait for
+    [letter] = letters(h)
+    assert (letter.reason, letter.source_topic, letter.source_offset) == (
+        "invalid_sample",
+        "unit.pages.raw",
+        4,
+    )
+    by_domain = {json.loads(key): json.loads(value) for key, value in h.on("by_domain")}
+    assert sorted(by_domain) == ["example.org", "other.example"]
+    assert (by_domain["example.org"]["pages"], by_domain["example.org"]["lat_n"]) == (3, 3)
+    assert by_domain["example.org"]["t"] == FETCHED.timestamp()  # the earliest of the minute
+    runs = [json.loads(value) for _, value in h.on("by_run")]
+    assert sorted(r["pages"] for r in runs) == [1, 3]  # one per domain and minute
+    domain_key = json_key("example.org")
+    assert faust_partition(domain_key, 3) in h.producer.partitions["by_domain"]
     at_ms = round(FETCHED.timestamp() * 1000)
-    assert [ts for name, ts in h.producer.timestamps if name in ("by_domain", "by_run")] == [at_ms] * 4
-    assert h.producer.partitions["by_domain"] == [faust_partition(json_key("example.org"), 3)] * 2
+    assert (("by_domain", at_ms)) in h.producer.timestamps
 
 
 def good_sample(**update: Any) -> dict[str, Any]:
@@ -358,6 +365,16 @@ def sample_garbage() -> list[tuple[bytes | None, float | None, str]]:
         (sample_bytes(evil=1), None, "invalid_sample"),
         (json.dumps(good_sample(lat=0.1)).encode().replace(b"0.1", b"NaN"), None, "invalid_sample"),
         (json.dumps(good_sample(lat=0.1)).encode().replace(b"0.1", b"Infinity"), None, "invalid_sample"),
+        (sample_bytes(lat_n=1, lat_sum=0.1, lat_hist={"x": 1}), None, "invalid_sample"),
+        (sample_bytes(lat_n=1, lat_sum=0.1, lat_hist={"5000": 1}), None, "invalid_sample"),
+        (sample_bytes(lat_n=1, lat_sum=-1, lat_hist={"5": 1}), None, "invalid_sample"),
+        (sample_bytes(lat_n=1, lat_sum=0.1, lat_hist={"5": -1}), None, "invalid_sample"),
+        (sample_bytes(lat_n=1, lat_sum=0.1), None, "invalid_sample"),
+        (
+            sample_bytes(lat_n=1, lat_sum=0.1, lat_hist={str(n): 1 for n in range(600)}),
+            None,
+            "invalid_sample",
+        ),
     ]
 
 

@@ -16,12 +16,14 @@ from tests.unit.streams.harness import FakeMessage, sample
 
 
 class FakeEvent:
-    def __init__(self) -> None:
+    def __init__(self, offset: int = 41, partition: int = 0, acked: list[int] | None = None) -> None:
         self.acks = 0
-        self.message = SimpleNamespace(topic="unit.pages.raw", partition=0, offset=41)
+        self.acked = acked if acked is not None else []
+        self.message = SimpleNamespace(topic="unit.pages.raw", partition=partition, offset=offset)
 
     def ack(self) -> bool:
         self.acks += 1
+        self.acked.append(self.message.offset)
         return True
 
 
@@ -106,3 +108,58 @@ def test_failed_delivery_leaves_the_event_unacked_and_stops_the_worker() -> None
     app = asyncio.run(main())
     assert len(app.crashes) == 1
     assert sample("streams_delivery_failures_total", agent="unit") - before == 1
+
+
+def test_events_of_a_partition_are_acked_in_their_order_whatever_order_they_finish_in() -> None:
+    """faust-streaming commits past an unacked event when the one after it is acked first
+    (issue 606): an event that finishes early waits for the ones before it."""
+    _, out, producer = stage_outputs()
+    acked: list[int] = []
+    first, second, third = (FakeEvent(offset, acked=acked) for offset in (10, 11, 12))
+    other = FakeEvent(10, partition=1, acked=acked)
+    with out.acking("unit", first) as pending:
+        held = pending.hold()  # its work goes on after the handler (a dedup verdict, a sample)
+    with out.acking("unit", second):
+        out.send("unit.pages.unique", b"k", b"v")
+    with out.acking("unit", third):
+        pass
+    with out.acking("unit", other):
+        pass
+    assert acked == [10]  # the other partition does not wait
+    producer.deliver()
+    assert acked == [10]  # 11 and 12 are done, but 10 (partition 0) is not
+    held.release()
+    assert acked == [10, 10, 11, 12]
+
+
+def test_abandoned_events_of_revoked_partitions_are_never_acked() -> None:
+    _, out, producer = stage_outputs()
+    acked: list[int] = []
+    first, second = FakeEvent(5, acked=acked), FakeEvent(6, acked=acked)
+    with out.acking("unit", first) as pending:
+        held = pending.hold()
+    with out.acking("unit", second):
+        out.send("unit.pages.unique", b"k", b"v")
+    assert out.order.abandon({("unit.pages.raw", 0)}) == 2
+    held.release()
+    producer.deliver()
+    assert acked == []  # the partition's next owner replays them
+    after = FakeEvent(5, acked=acked)  # the partition came back: replayed from its committed offset
+    with out.acking("unit", after):
+        pass
+    assert acked == [5]
+
+
+def test_records_sent_on_behalf_of_a_held_event_count_for_it() -> None:
+    _, out, producer = stage_outputs()
+    acked: list[int] = []
+    raw, verdict = FakeEvent(3, acked=acked), FakeEvent(7, partition=2, acked=acked)
+    holds: list[outputs.Pending] = []
+    with out.acking("raw", raw):
+        out.apply(outputs.Effects().hold(holds.append))
+    [held] = holds
+    with out.acking("verdicts", verdict):
+        out.apply(outputs.Effects(behalf=held).send("unit.pages.unique", b"k", b"v").release(held))
+    assert acked == [7]  # the verdict event itself has nothing to wait for
+    producer.deliver()
+    assert acked == [7, 3]

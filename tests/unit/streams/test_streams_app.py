@@ -40,24 +40,23 @@ def test_app_configuration_follows_settings() -> None:
     assert conf.datadir == Path("/tmp/state/unit-app")
     assert conf.topic_disable_leader
     assert conf.table_cleanup_interval == 5.0  # streams.stats_close_interval_s: windows close
+    assert conf.stream_wait_empty is False  # events held for their verdict cannot finish mid-rebalance
 
 
 def test_create_app_registers_the_chain_with_copartitioned_changelogs() -> None:
     app = create_app(settings())
-    assert [agent.name for agent in app.agents.values()] == [
-        "detect_changes",
-        "dedup_content",
-        "find_near_duplicates",
-        "plan_requests",
-        "frontier_ledger",
-        "sample_stats",
+    assert sorted(agent.name for agent in app.agents.values()) == [
         "aggregate_domains",
+        "apply_verdicts",
+        "detect_changes",
+        "find_duplicates",
+        "frontier_ledger",
+        "plan_requests",
         "track_runs",
     ]
     tables = (
         "urls",
-        "content_first",
-        "near_bands",
+        "dedup_index",
         "frontier_seen",
         "frontier_urls",
         "ledger_runs",
@@ -76,3 +75,15 @@ def test_create_app_registers_the_chain_with_copartitioned_changelogs() -> None:
 def test_security_client_config_is_refused_naming_the_field() -> None:
     with pytest.raises(ConfigError, match=r"kafka\.client_config"):
         new_app(settings(client_config={"security.protocol": "SASL_SSL"}))
+
+
+def test_the_internal_topics_agents_read_are_specs_a_worker_creates_before_faust_starts() -> None:
+    from streams.topology import internal_inputs
+
+    specs = internal_inputs(create_app(settings()))
+    # The stats samples' topics: faust would create them only after its consumer's metadata,
+    # which then ignores them for minutes; catalog topics are not in this list.
+    assert [(s.name, s.partitions) for s in specs] == [
+        ("unit-app-stats-by-domain", 6),
+        ("unit-app-stats-by-run", 6),
+    ]
