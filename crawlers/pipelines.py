@@ -41,6 +41,7 @@ from scrapy.crawler import Crawler
 
 from crawlers import metrics
 from crawlers.settings import crawlstream_settings
+from crawlstream import kafka as kafka_clients
 from crawlstream.deadletters import RECORD_OVERHEAD, DeadLetterMessage, build_dead_letter, fits
 from crawlstream.records import DeadLetter, LinkRecord, PageRecord
 from crawlstream.settings import Settings
@@ -95,7 +96,9 @@ class ProducerLike(Protocol):
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:
-    return settings.kafka.librdkafka(
+    return kafka_clients.producer_config(
+        settings,
+        "crawler",
         **{
             "client.id": "crawlstream-crawler",
             "enable.idempotence": True,  # retries cannot duplicate or reorder within a partition
@@ -106,7 +109,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
             "compression.type": "zstd",
             "linger.ms": 20,
             "message.max.bytes": settings.kafka.max_message_bytes,
-        }
+        },
     )
 
 

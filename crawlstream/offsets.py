@@ -15,16 +15,19 @@ from contextlib import contextmanager
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from crawlstream.errors import StackError
-from crawlstream.settings import Settings
+from crawlstream.kafka import consumer_config
+from crawlstream.settings import Settings, Stage
 
 Offsets = dict[int, int]
 log = logging.getLogger(__name__)
 
 
 @contextmanager
-def _inspector(settings: Settings, group: str = "crawlstream-inspector") -> Iterator[Consumer]:
+def _inspector(
+    settings: Settings, group: str = "crawlstream-inspector", stage: Stage = "admin"
+) -> Iterator[Consumer]:
     # A consumer that never subscribes: it reads metadata and offsets, it never joins the group.
-    consumer = Consumer(settings.kafka.librdkafka(**{"group.id": group, "enable.auto.commit": False}))
+    consumer = Consumer(consumer_config(settings, stage, group, **{"enable.auto.commit": False}))
     try:
         yield consumer
     finally:
@@ -75,7 +78,7 @@ _COORDINATOR_NOT_READY = (
 
 
 def commit_start_where_absent(
-    settings: Settings, group: str, topics: list[str], timeout_s: float = 60.0
+    settings: Settings, group: str, topics: list[str], timeout_s: float = 60.0, *, stage: Stage = "admin"
 ) -> dict[tuple[str, int], int]:
     """Commit each partition's first offset for ``group`` where the group has none; return them.
 
@@ -90,7 +93,7 @@ def commit_start_where_absent(
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            with _inspector(settings, group) as consumer:
+            with _inspector(settings, group, stage) as consumer:
                 return _commit_start(consumer, group, topics)
         except KafkaException as exc:
             if exc.args[0].code() not in _COORDINATOR_NOT_READY or time.monotonic() > deadline:

@@ -20,7 +20,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from crawlstream.errors import StackError
-from crawlstream.settings import Settings
+from crawlstream.kafka import admin_config
+from crawlstream.settings import Settings, Stage
 
 # Kafka's default max.message.bytes (broker message.max.bytes) for topics that set none.
 BROKER_DEFAULT_MAX_MESSAGE_BYTES = 1048588
@@ -83,11 +84,21 @@ def catalog(settings: Settings) -> TopicCatalog:
     """Every topic, each with an explicit ``max.message.bytes``: the limit producers check against
     (:attr:`TopicSpec.max_message_bytes`) is the one the broker enforces, whatever its own default."""
     specs = _catalog(settings)
+    # On a replicated cluster a write (acks=all) counts once this many replicas have it.
+    durability = (
+        {"min.insync.replicas": str(settings.kafka.min_insync_replicas)}
+        if settings.kafka.min_insync_replicas is not None
+        else {}
+    )
     return TopicCatalog(
         **{
             name: replace(
                 spec,
-                config={"max.message.bytes": str(BROKER_DEFAULT_MAX_MESSAGE_BYTES), **spec.config},
+                config={
+                    "max.message.bytes": str(BROKER_DEFAULT_MAX_MESSAGE_BYTES),
+                    **durability,
+                    **spec.config,
+                },
             )
             for name, spec in vars(specs).items()
         }
@@ -197,12 +208,17 @@ def heartbeat_topic(settings: Settings, connector_topic_prefix: str) -> TopicSpe
 
 
 def ensure_topics(
-    settings: Settings, specs: list[TopicSpec] | None = None, timeout_s: float = 30.0
+    settings: Settings,
+    specs: list[TopicSpec] | None = None,
+    timeout_s: float = 30.0,
+    *,
+    stage: Stage = "admin",
 ) -> list[str]:
     """Create missing topics; verify partition counts of existing ones and bring their declared
-    configs (``max.message.bytes``, retention...) in line with the catalog. Returns created names."""
+    configs (``max.message.bytes``, retention...) in line with the catalog. Returns created names.
+    ``stage``: whose principal does it (on a secured cluster a stage may manage only its own)."""
     specs = specs if specs is not None else catalog(settings).all()
-    admin = AdminClient(settings.kafka.librdkafka())
+    admin = AdminClient(admin_config(settings, stage))
     existing = admin.list_topics(timeout=timeout_s).topics
     problems = [
         f"topic {s.name} has {len(existing[s.name].partitions)} partitions, catalog says {s.partitions}"

@@ -54,6 +54,7 @@ from crawlers.settings import crawlstream_settings
 from crawlers.spiders.common import CountingLinkExtractor, RecordingMixin, _split_arg
 from crawlstream.deadletters import DeadLetterMessage, Origin, dead_letter_for_exception
 from crawlstream.errors import RecordError
+from crawlstream.kafka import consumer_config
 from crawlstream.records import CrawlRequest, LinkRecord, PageRecord
 from crawlstream.topics import catalog
 from crawlstream.urls import canonical_url, host_of
@@ -135,13 +136,15 @@ class DistributedSpider(RecordingMixin, Spider):
         settings = crawlstream_settings(self.crawler.settings)
         self.topic = catalog(settings).requests.name
         self.consumer = Consumer(
-            settings.kafka.librdkafka(
+            consumer_config(
+                settings,
+                "crawler",
+                self.group_id,
                 **{
-                    "group.id": self.group_id,
                     "auto.offset.reset": "earliest",
                     "enable.auto.offset.store": False,
                     "partition.assignment.strategy": "cooperative-sticky",
-                }
+                },
             )
         )
         self.consumer.subscribe([self.topic])
