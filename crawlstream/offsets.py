@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -42,20 +42,53 @@ def _partitions(consumer: Consumer, topic: str, timeout_s: float) -> list[int]:
     return sorted(info.partitions)
 
 
+# Answers of a cluster whose leaders or coordinators are moving (a broker died or came back):
+# the same question asked again a moment later, with fresh metadata, gets an answer.
+_LEADERSHIP_MOVING = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError._TRANSPORT,
+)
+
+
+def _retrying(what: str, read: Callable[[], Offsets], timeout_s: float) -> Offsets:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return read()
+        except KafkaException as exc:
+            if exc.args[0].code() not in _LEADERSHIP_MOVING or time.monotonic() > deadline:
+                raise
+            log.info("%s: %s; asking again", what, exc.args[0].str())
+            time.sleep(0.2)  # retry interval while leadership moves
+
+
 def end_offsets(settings: Settings, topic: str, timeout_s: float = 10.0) -> Offsets:
     """High watermark per partition."""
-    with _inspector(settings) as consumer:
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1]
-            for p in _partitions(consumer, topic, timeout_s)
-        }
+
+    def read() -> Offsets:
+        with _inspector(settings) as consumer:
+            return {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1]
+                for p in _partitions(consumer, topic, timeout_s)
+            }
+
+    return _retrying(f"end offsets of {topic}", read, timeout_s)
 
 
 def committed_offsets(settings: Settings, group: str, topic: str, timeout_s: float = 10.0) -> Offsets:
     """Committed offset per partition for ``group`` (0 where the group never committed)."""
-    with _inspector(settings, group) as consumer:
-        parts = [TopicPartition(topic, p) for p in _partitions(consumer, topic, timeout_s)]
-        return {tp.partition: max(tp.offset, 0) for tp in consumer.committed(parts, timeout=timeout_s)}
+
+    def read() -> Offsets:
+        with _inspector(settings, group) as consumer:
+            parts = [TopicPartition(topic, p) for p in _partitions(consumer, topic, timeout_s)]
+            return {tp.partition: max(tp.offset, 0) for tp in consumer.committed(parts, timeout=timeout_s)}
+
+    return _retrying(f"committed offsets of {group} on {topic}", read, timeout_s)
 
 
 def total(offsets: Offsets) -> int:
