@@ -4,11 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CS := $(VENV)/bin/crawlstream
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+BENCH_STAMP := $(VENV)/.bench-$(shell sha1sum pyproject.toml | cut -c1-12)
+# `make bench BENCH_ARGS="--only crawl,clients"`; `make bench-quick` for the quick mode.
+BENCH_ARGS ?=
 
-.PHONY: help prereqs install up down status run test test-unit lint bench clean
+.PHONY: help prereqs install up down status run test test-unit lint bench bench-quick report clean
 
 help: ## show this help
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 prereqs: ## install missing system packages (Java 17+, Maven, PostgreSQL, python3.11-doc, Prometheus, kcat)
 	@deploy/scripts/install-prereqs.sh
@@ -47,9 +50,18 @@ lint: install ## ruff (lint + format check) and mypy --strict
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: install ## benchmarks (print figures and ratios against a same-run baseline)
-	@for b in bench/bench_*.py; do [ -e "$$b" ] || { echo "no benchmarks yet"; break; }; \
-	  echo "== $$b"; $(PY) "$$b" || exit 1; done
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	@rm -f $(VENV)/.bench-* && touch $(BENCH_STAMP)
+
+bench: install $(BENCH_STAMP) ## every benchmark (about an hour), then plots + SUMMARY.md in bench/results/
+	$(PY) bench/run_all.py $(BENCH_ARGS)
+
+bench-quick: install $(BENCH_STAMP) ## the same with small sizes and few rounds (about 15 minutes)
+	$(PY) bench/run_all.py --quick $(BENCH_ARGS)
+
+report: install $(BENCH_STAMP) ## plots and SUMMARY.md from the results already in bench/results/
+	$(PY) bench/report.py
 
 clean: down ## stop everything and delete local state (.crawlstream/)
 	rm -rf .crawlstream

@@ -73,6 +73,30 @@ def main() -> int:
     ratio = statistics.median(o[0] / b[0] for o, b in zip(ours, base, strict=True))
     print(f"ratio enrich/baseline: {ratio:.2f} (median of per-run ratios, CPU time)")
     print(f"enrich_html per run:   {' '.join(f'{o[0]:.0f}' for o in ours)} pages/s per core")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.results import Headline, Target, median_row, with_ratios, write_result
+
+    base_cpu = statistics.median(b[0] for b in base)
+    write_result(
+        "enrich",
+        f"Enrichment: {len(work)} Python docs pages on one core, next to an lxml parse+text",
+        with_ratios(
+            [
+                median_row("enrich_html", [o[0] for o in ours], "pages/s per core", "ours", "CPU time"),
+                median_row("lxml parse+text", [b[0] for b in base], "pages/s per core", "floor", "CPU time"),
+                median_row("enrich_html", [o[1] for o in ours], "pages/s", "ours", "wall clock"),
+                median_row("lxml parse+text", [b[1] for b in base], "pages/s", "floor", "wall clock"),
+            ],
+            "lxml parse+text",
+        ),
+        targets=[Target("enrich_html pages/s per core", cpu, ">=", 300, "pages/s")],
+        headline=[
+            Headline(
+                "enrich", cpu, base_cpu, "pages/s per core", "enrich_html", "lxml parse+text", ratio=ratio
+            )
+        ],
+        params={"pages": len(work), "runs": RUNS},
+    )
     return 0
 
 

@@ -1,107 +1,108 @@
-"""Page sink throughput: rows/s of one PostgresPageSink next to a raw COPY of the same rows.
+"""Page sink throughput: the real worker path next to the floor of a page sink's work, same rows.
 
-Runs in a scratch schema of the running stack's PostgreSQL (migrated like the real one, with a
-scratch publication that no replication slot reads, so Debezium never sees these rows; dropped at
-the end). Each round writes ``--rows`` new pages (``--body-bytes`` of HTML each) in batches of
-``--batch`` and measures, on the same rows:
+Runs in a scratch schema of the running stack's PostgreSQL (bench/sink_support.py: migrated like
+the real one; scratch publications and a scratch event prefix, so Debezium publishes nothing of
+it). Each round writes ``--rows`` new pages (``--body-bytes`` of HTML each; ``--enriched`` adds
+what the stream stage extracts: text, 20 outlinks, hashes) in batches of ``--batch``, and
+measures on the same pages, in an order that rotates from round to round:
 
-- raw COPY: the rows COPYed into an empty (logged) table shaped like the staging table, a commit
-  per batch (the floor any loader pays); same encoder as the sink (sinks.pages.copy_chunks:
-  COPY text, encoded a chunk at a time while the server stores the previous one) and the same
-  TOAST compression (the sink's session setting), the rows built outside the clock. The ratios
-  are to this one;
-- raw COPY (pages shape, PK): the same into a table like ``pages`` (its defaults and primary
-  key), the floor of any loader that keeps one row per URL;
-- floor (staged INSERT + outbox event): the least the issue asks of a page sink, and nothing
-  else: the rows COPYed into the staging table (as the sink does), then one statement that
-  INSERTs them into ``pages`` and adds each page's outbox event (the sink's payload), a commit per
-  batch; no upsert, no touches, no outbox cleanup, no offsets, the rows built outside the clock
-  as for raw COPY. What the sink adds shows as the gap between this row and the sink's;
-- sink (COPY staging, the kept method): PostgresPageSink.write: page_row, COPY into the staging
-  table, one upsert statement into pages + outbox (page_history only on changes: none here),
-  outbox cleanup, offsets; every row new;
-- sink (INSERT staging): the same, with a multi-row INSERT (execute_values) loading the staging
-  table instead of COPY: the alternative the issue asks to measure;
-- worker path: SinkWorker.run over an in-memory consumer of the same rows as Kafka messages: decoding
-  (PageEvent JSON) and preparing the next batch while the COPY sink writes the previous one.
+- raw COPY: the pages' staging rows COPYed into an empty logged table of the same shape, a commit
+  per batch: the floor of any loader. Encoded inside the clock with the sink's encoder
+  (sinks.rows.page_copy_line: the row, its url_hash, its event parts), a chunk at a time while the
+  server stores the previous one; the same TOAST compression (the sink's session setting);
+- raw COPY (pages shape, PK): the same into a table like ``pages`` (its defaults, its primary key
+  and check constraint), the floor of any loader that keeps one row per URL;
+- floor: the least a page sink must do, given decoded pages, and nothing else: encode them as
+  above, COPY them into the staging table, then one statement that INSERTs them into ``pages`` and
+  emits one page event per page (the sink's event, a transactional logical decoding message),
+  a commit per batch. No decoding of Kafka records, no upsert (every page is new), no touches, no
+  offsets, no pipelining. What the worker path adds shows as the gap between the two rows;
+- floor + decoding the records: the same, each batch first decoded from its Kafka records (the
+  project's decoder), serially: the least a page sink reading Kafka must do, for comparison (the
+  target is set against the floor above, which leaves decoding to the sink);
+- floor with outbox rows: the same with an ``outbox`` row per event instead of a message, as
+  the sink wrote events before migration 0007 (a scratch table; the sink deleted the rows again
+  by ctid, which this row leaves out): why events are messages now;
+- sink: PostgresPageSink.write on the decoded pages: fence, encoding, COPY staging, the upsert
+  with its events, offsets; INSERT staging: the same loading the staging table with a multi-row
+  INSERT instead of COPY (the alternative COPY was chosen over);
+- worker path: SinkWorker.run over an in-memory consumer of the same pages as Kafka messages:
+  decoding, batching, preparing the next batch while the writer thread stores the previous one,
+  the Kafka offset commit (the target's row).
 
-Prints rows/s per round, then medians and the ratio to raw COPY. Targets (issue 5): sink >= 30,000
-rows/s and >= 0.5x raw COPY; on 2 shared cores the floor alone measures about 0.4x.
-Usage: ``.venv/bin/python bench/bench_sink.py [--rounds 3]``.
+Prints rows/s per round, then medians, the ratio to the floor, and the CPU each row cost per
+1,000 pages: this process (all threads), the database backend, and the walsenders of the two
+Debezium slots, which decode every WAL record the bench writes (read from /proc: the wall clock
+is shared with other work on this machine, CPU time much less so). Target (issue 13): worker
+path >= 0.8x the floor. Writes bench/results/sink.json.
+Usage: ``.venv/bin/python bench/bench_sink.py [--rounds 5] [--enriched]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 import uuid
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from functools import partial
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import psycopg2
+import psycopg2.extras
+from confluent_kafka import TopicPartition
+from prometheus_client import CollectorRegistry
+from sink_support import (
+    BenchConsumer,
+    BenchMessage,
+    Cpu,
+    NoDeadLetters,
+    Target,
+    backend_pid,
+    median_row,
+    page_events,
+    scratch_schema,
+    walsender_pids,
+    with_ratios,
+    write_results,
+)
 
-import psycopg2  # noqa: E402
-import psycopg2.extras  # noqa: E402
-from confluent_kafka import TopicPartition  # noqa: E402
-from prometheus_client import CollectorRegistry  # noqa: E402
-from pydantic import SecretStr  # noqa: E402
+from crawlstream.records import PageEvent
+from crawlstream.settings import KafkaSettings, Settings, SinkSettings, load_settings
+from sinks.base import SinkBatch, SinkRecord
+from sinks.families import FAMILIES
+from sinks.metrics import SinkMetrics
+from sinks.pages import (
+    COPY_STAGE,
+    CREATE_STAGE,
+    RETURNED,
+    STAGED,
+    CopyReader,
+    PostgresPageSink,
+    Staged,
+    copy_chunks,
+    emit_events,
+)
+from sinks.postgres import Cursor
+from sinks.rows import PAGE_COLUMNS, STAGE_COLUMNS, decode_page_event, page_row
+from sinks.worker import SinkWorker
 
-from crawlstream.records import PageEvent, PageRecord  # noqa: E402
-from crawlstream.settings import KafkaSettings, Settings, SinkSettings, load_settings  # noqa: E402
-from sinks.base import SinkBatch, SinkRecord  # noqa: E402
-from sinks.families import FAMILIES  # noqa: E402
-from sinks.metrics import SinkMetrics  # noqa: E402
-from sinks.migrate import upgrade  # noqa: E402
-from sinks.pages import COPY_STAGE, PAYLOAD, CopyReader, PostgresPageSink, Staged, copy_chunks  # noqa: E402
-from sinks.postgres import Cursor  # noqa: E402
-from sinks.rows import PAGE_COLUMNS, decode_page_event, page_row, url_hash  # noqa: E402
-from sinks.tables import url_hash_sql  # noqa: E402
-from sinks.worker import SinkWorker  # noqa: E402
+RAW, RAW_PK, FLOOR, DECODED, OUTBOX, SINK, INSERT, WORKER = (
+    "raw COPY",
+    "raw COPY (pages shape, PK)",
+    "floor (staged INSERT + event)",
+    "floor + decoding the records",
+    "floor with outbox rows (before 0007)",
+    "sink (COPY staging)",
+    "sink (INSERT staging)",
+    "worker path (decode + sink, pipelined)",
+)
 
 
 class InsertStagedPageSink(PostgresPageSink):
     def stage(self, cur: Cursor, staged: Staged) -> None:
-        sql = f"INSERT INTO page_stage ({', '.join(PAGE_COLUMNS)}) VALUES %s"
-        psycopg2.extras.execute_values(cur, sql, staged.rows, page_size=len(staged.rows))
-
-
-def with_schema(dsn: str, schema: str) -> str:
-    return f"{dsn}{'&' if '?' in dsn else '?'}options=-csearch_path%3D{schema}"
-
-
-def scratch_settings(settings: Settings, schema: str) -> Settings:
-    pg = settings.postgres.model_copy(
-        update={
-            "url": SecretStr(with_schema(settings.postgres.dsn(), schema)),
-            "owner_url": SecretStr(with_schema(settings.postgres.dsn(owner=True), schema)),
-            "publication": schema,
-        }
-    )
-    return settings.model_copy(update={"postgres": pg})
-
-
-def messages(round_: int, rows: int, body_bytes: int) -> list[bytes]:
-    filler = ("<p>" + "lorem ipsum dolor sit amet " * (body_bytes // 27 + 1))[:body_bytes]
-    now = datetime.now(UTC)
-    out = []
-    for i in range(rows):
-        url = f"https://bench.invalid/{round_}/{i}"
-        record = PageRecord(
-            url=url,
-            canonical_url=url,
-            final_url=url,
-            status=200,
-            fetched_at=now,
-            title=f"page {i}",
-            body=f"<html>{i}{filler}</html>",
-            body_bytes=body_bytes,
-        )
-        out.append(PageEvent(change="new", page=record).to_bytes())
-    return out
+        sql = f"INSERT INTO page_stage ({', '.join(STAGE_COLUMNS)}) VALUES %s"
+        rows = [page_row(e) for e in staged.events]
+        psycopg2.extras.execute_values(cur, sql, rows, page_size=len(rows))
 
 
 def batches(events: list[PageEvent], size: int, group: str) -> list[SinkBatch[PageEvent]]:
@@ -113,251 +114,253 @@ def batches(events: list[PageEvent], size: int, group: str) -> list[SinkBatch[Pa
     return out
 
 
-def timed_sink(sink: PostgresPageSink, events: list[PageEvent], size: int) -> float:
+def floor_sql(prefix: str, outbox: bool) -> str:
+    """One statement: INSERT the staged pages into pages (the body hash computed as the sink's
+    upsert computes it) and emit each page's event, built as the sink builds it from the stored
+    row and its staged parts (every page is new: version 1, type created)."""
+    insert = (
+        f"INSERT INTO pages AS p (url_hash, {', '.join(PAGE_COLUMNS)}, last_seen, last_changed) "
+        f"SELECT s.url_hash, {STAGED}, s.fetched_at, s.fetched_at FROM page_stage s"
+    )
+    if not outbox:
+        events = emit_events(prefix, "up JOIN page_stage s ON s.url_hash = up.url_hash", "'created'")
+        return f"WITH up AS ({insert} RETURNING {RETURNED}) SELECT {events}"
+    payload = (  # the sink's payload before 0007
+        "jsonb_build_object('url', up.url, 'version', up.version, 'status', up.status, "
+        "'fetched_at', up.fetched_at, 'body_hash', up.body_hash, 'content_hash', up.content_hash, "
+        "'simhash', lpad(to_hex(up.simhash), 16, '0'), 'run_id', up.run_id, 'type', e.type)"
+    )
+    return (
+        f"WITH up AS ({insert} RETURNING url, version, status, fetched_at, body_hash, content_hash, "
+        "simhash, run_id) INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) "
+        f"SELECT gen_random_uuid(), 'page', up.url, e.type, {payload} FROM up, (SELECT 'created' AS type) e"
+    )
+
+
+def timed_floor(
+    settings: Settings,
+    events: list[PageEvent],
+    size: int,
+    cpu: Cpu,
+    *,
+    outbox: bool = False,
+    raw: list[bytes] | None = None,
+) -> float:
+    """Staged INSERT into pages plus one event per page, a commit per batch, on a connection set
+    up as the sink's (its staging table and compression); given ``raw``, each batch is decoded
+    from the Kafka records first, inside the clock."""
+    dsn = settings.postgres.dsn()
+    sql = floor_sql(settings.postgres.event_message_prefix, outbox)
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        PostgresPageSink(dsn).setup(cur)
+        conn.commit()
+        cpu.backend = backend_pid(conn)
+        cpu.start()
+        started = time.perf_counter()
+        for start in range(0, len(events), size):
+            batch = events[start : start + size]
+            if raw is not None:
+                batch = [decode_page_event(m) for m in raw[start : start + size]]
+            cur.copy_expert(COPY_STAGE, CopyReader(copy_chunks(batch)))
+            cur.execute(sql)
+            conn.commit()  # the staging table deletes its rows on commit
+        elapsed = time.perf_counter() - started
+        cpu.stop()
+    conn.close()
+    return len(events) / elapsed
+
+
+def timed_raw_copy(
+    settings: Settings, events: list[PageEvent], size: int, cpu: Cpu, *, like_pages: bool = False
+) -> float:
+    conn = psycopg2.connect(settings.postgres.dsn())
+    with conn.cursor() as cur:
+        PostgresPageSink.set_compression(cur)  # compress bodies as the sink does
+        if like_pages:  # every column, default, constraint and index of pages, and the event parts
+            cur.execute("CREATE TABLE raw_copy (LIKE pages INCLUDING ALL, event_key text, event_tail text)")
+        else:
+            temporary = "TEMPORARY TABLE IF NOT EXISTS page_stage ON COMMIT DELETE ROWS"
+            cur.execute(CREATE_STAGE.replace(temporary, "TABLE raw_copy"))  # the staging rows' shape
+        conn.commit()
+        cpu.backend = backend_pid(conn)
+        cpu.start()
+        started = time.perf_counter()
+        for start in range(0, len(events), size):
+            copy = COPY_STAGE.replace("page_stage", "raw_copy")
+            cur.copy_expert(copy, CopyReader(copy_chunks(events[start : start + size])))
+            conn.commit()
+        elapsed = time.perf_counter() - started
+        cpu.stop()
+        cur.execute("DROP TABLE raw_copy")
+        conn.commit()
+    conn.close()
+    return len(events) / elapsed
+
+
+def timed_sink(
+    settings: Settings, sink_type: type[PostgresPageSink], events: list[PageEvent], size: int, cpu: Cpu
+) -> float:
+    sink = sink_type.from_settings(settings)
+    sink.open()
+    cpu.backend = backend_pid(sink._connection())  # the bench watches its backend
     work = batches(events, size, f"bench-{uuid.uuid4().hex[:8]}")
+    cpu.start()
     started = time.perf_counter()
     for batch in work:
         sink.write(batch)
-    return len(events) / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    cpu.stop()
+    sink.close()
+    return len(events) / elapsed
 
 
-class BenchMessage:
-    """The confluent_kafka.Message methods SinkWorker calls (as tests/unit/sinks/conftest.py fakes them)."""
-
-    def __init__(self, topic: str, offset: int, value: bytes) -> None:
-        self._topic, self._offset, self._value = topic, offset, value
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return None
-
-    def value(self) -> bytes:
-        return self._value
-
-    def error(self) -> None:
-        return None
-
-
-class BenchConsumer:
-    """An in-memory sinks.worker.Consumer: assigns ``partitions`` in the first consume() (as
-    librdkafka runs on_assign), serves ``messages`` as fast as asked, then nothing. Notes the time
-    of the last Kafka commit, which the worker makes once the last batch is stored."""
-
-    def __init__(self, messages: list[BenchMessage], partitions: list[Any]) -> None:
-        self.messages, self.partitions, self.served = messages, partitions, 0
-        self.on_assign: Any = None
-        self.last_commit = 0.0
-
-    def subscribe(self, topics: list[str], on_assign: Any = None, on_revoke: Any = None) -> None:
-        self.on_assign = on_assign
-
-    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[BenchMessage]:
-        if self.on_assign is not None:
-            on_assign, self.on_assign = self.on_assign, None
-            on_assign(self, self.partitions)
-        out = self.messages[self.served : self.served + num_messages]
-        self.served += len(out)
-        if not out:  # a drained consumer waits in consume(), off the GIL; briefly here
-            time.sleep(min(max(timeout, 0.0), 0.005))
-        return out
-
-    def assign(self, partitions: list[Any]) -> None:
-        pass
-
-    def commit(self, *, offsets: list[Any], asynchronous: bool) -> list[Any]:
-        self.last_commit = time.perf_counter()
-        return offsets
-
-    def close(self) -> None:
-        pass
-
-
-class NoDeadLetters:
-    """The producer for dead letters: the bench's records all decode and store."""
-
-    def produce(self, topic: str, value: Any = None, key: Any = None, *, on_delivery: Any = None) -> None:
-        raise AssertionError("the bench produced a dead letter")
-
-    def poll(self, timeout: float) -> int:
-        return 0
-
-    def flush(self, timeout: float) -> int:
-        return 0
-
-
-def timed_worker_path(sink: PostgresPageSink, raw: list[bytes], size: int) -> float:
+def timed_worker_path(settings: Settings, raw: list[bytes], size: int, cpu: Cpu) -> float:
     """SinkWorker.run (pages family) over an in-memory consumer of ``raw``: decoding, batching and
     the pipelined writes, to the worker's last Kafka commit (after its last stored batch)."""
-    settings = Settings(
+    run = Settings(
         _env_file=None,  # type: ignore[call-arg]
         kafka=KafkaSettings(topic_prefix="bench"),
         sink=SinkSettings(group_id=f"bench-{uuid.uuid4().hex[:8]}", batch_size=size),
     )
     family = FAMILIES["pages"]
-    topic = family.topic(settings)
+    topic = family.topic(run)
     consumer = BenchConsumer(
         [BenchMessage(topic, i, m) for i, m in enumerate(raw)], [TopicPartition(topic, 0)]
     )
-    worker = SinkWorker(settings, family, sink, consumer, NoDeadLetters(), SinkMetrics(CollectorRegistry()))
+    sink = PostgresPageSink.from_settings(settings)
+    sink.open()
+    cpu.backend = backend_pid(sink._connection())  # the bench watches its backend
+    worker = SinkWorker(run, family, sink, consumer, NoDeadLetters(), SinkMetrics(CollectorRegistry()))
+    cpu.start()
     started = time.perf_counter()
     worker.run(max_idle_s=0.05)
-    assert sink.stored_offsets(settings.sink.group_id, topic) == {0: len(raw)}
-    return len(raw) / (consumer.last_commit - started)
+    elapsed = consumer.last_commit - started
+    cpu.stop()
+    stored = PostgresPageSink.from_settings(settings)
+    assert stored.stored_offsets(run.sink.group_id, topic) == {0: len(raw)}
+    stored.close()
+    return len(raw) / elapsed
 
 
-FLOOR = f"""
-WITH up AS (
-    INSERT INTO pages (url_hash, {", ".join(PAGE_COLUMNS)}, last_seen, last_changed)
-    SELECT {url_hash_sql("url")}, {", ".join(PAGE_COLUMNS)}, fetched_at, fetched_at FROM page_stage
-    RETURNING url, version, status, fetched_at, body_hash, content_hash, simhash, run_id
-)
-INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload)
-SELECT gen_random_uuid(), 'page', up.url, e.type, {PAYLOAD} FROM up, (SELECT 'created' AS type) e
-"""
-
-
-def timed_floor(dsn: str, events: list[PageEvent], size: int) -> float:
-    """Staged INSERT into pages plus one outbox event per page, a commit per batch, on a
-    connection set up as the sink's (its staging table and compression)."""
-    rows = [page_row(e) for e in events]  # built outside the clock, as for raw COPY
-    conn = psycopg2.connect(dsn)
+def clear(settings: Settings) -> None:
+    conn = psycopg2.connect(settings.postgres.dsn(owner=True))
     with conn.cursor() as cur:
-        PostgresPageSink(dsn).setup(cur)
-        conn.commit()
-        started = time.perf_counter()
-        for start in range(0, len(rows), size):
-            cur.copy_expert(COPY_STAGE, CopyReader(copy_chunks(rows[start : start + size])))
-            cur.execute(FLOOR)
-            conn.commit()  # the staging table deletes its rows on commit
-        elapsed = time.perf_counter() - started
-    conn.close()
-    return len(rows) / elapsed
-
-
-def timed_raw_copy(dsn: str, events: list[PageEvent], size: int, *, like_pages: bool = False) -> float:
-    rows: list[tuple[Any, ...]] = [page_row(e) for e in events]  # built outside the clock: COPY alone
-    columns = PAGE_COLUMNS
-    if like_pages:  # pages is keyed by url_hash (migration 0006): COPY it, computed outside the clock
-        rows = [("\\x" + url_hash(row[0]).hex(), *row) for row in rows]
-        columns = ("url_hash", *PAGE_COLUMNS)
-    conn = psycopg2.connect(dsn)
-    with conn.cursor() as cur:
-        PostgresPageSink.set_compression(cur)  # compress bodies as the sink does
-        if like_pages:  # every column, default and index of pages (its primary key)
-            cur.execute("CREATE TABLE IF NOT EXISTS raw_copy (LIKE pages INCLUDING ALL)")
-        else:
-            cur.execute("CREATE TABLE IF NOT EXISTS raw_copy AS SELECT * FROM page_stage_shape WITH NO DATA")
-        cur.execute("TRUNCATE raw_copy")
-        conn.commit()
-        started = time.perf_counter()
-        for start in range(0, len(rows), size):
-            cur.copy_expert(
-                f"COPY raw_copy ({', '.join(columns)}) FROM STDIN",
-                CopyReader(copy_chunks(rows[start : start + size])),
-            )
-            conn.commit()
-        elapsed = time.perf_counter() - started
-        cur.execute("DROP TABLE raw_copy")
-        conn.commit()
-    conn.close()
-    return len(rows) / elapsed
-
-
-def clear(owner_dsn: str) -> None:
-    conn = psycopg2.connect(owner_dsn)
-    with conn.cursor() as cur:
-        cur.execute("TRUNCATE pages, page_history, page_touches_pending, outbox, sink_offsets")
+        cur.execute("TRUNCATE pages, page_history, page_touches_pending, sink_offsets, outbox")
     conn.commit()
     conn.close()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--body-bytes", type=int, default=2048)
+    parser.add_argument(
+        "--enriched", action="store_true", help="page events carry the stream stage's enrichment"
+    )
     args = parser.parse_args()
     base = load_settings()
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(base.postgres.dsn(owner=True))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE SCHEMA {schema}")
-    settings = scratch_settings(base, schema)
-    results: dict[str, list[float]] = {
-        "raw COPY": [],
-        "raw COPY (pages shape, PK)": [],
-        "floor (staged INSERT + outbox event)": [],
-        "sink (COPY staging)": [],
-        "sink (INSERT staging)": [],
-        "worker path (decode + sink)": [],
-    }
-    try:
-        upgrade(settings)
-        with admin.cursor() as cur:  # the raw COPY baseline's table shape, owned by the owner
+    names = [RAW, RAW_PK, FLOOR, DECODED, OUTBOX, SINK, INSERT, WORKER]
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    cpus: dict[str, list[Cpu]] = {n: [] for n in names}
+    with scratch_schema(base) as (settings, schema):
+        owner = psycopg2.connect(settings.postgres.dsn(owner=True))
+        with owner.cursor() as cur:  # the pre-0007 outbox, for the "floor with outbox rows" row
             cur.execute(
-                f"CREATE TABLE {schema}.page_stage_shape AS "
-                f"SELECT {', '.join(PAGE_COLUMNS)} FROM {schema}.pages WITH NO DATA"
+                "CREATE TABLE outbox (id uuid PRIMARY KEY, aggregatetype text NOT NULL, "
+                "aggregateid text NOT NULL, type text NOT NULL, payload jsonb NOT NULL, "
+                "created_at timestamptz NOT NULL DEFAULT now())"
             )
-            cur.execute(f"GRANT SELECT ON {schema}.page_stage_shape TO {base.postgres.app_role}")
-            cur.execute(f"GRANT CREATE ON SCHEMA {schema} TO {base.postgres.app_role}")  # scratch only
-        owner_dsn = settings.postgres.dsn(owner=True)
-        print(f"{args.rows} rows of ~{args.body_bytes} B per round, batches of {args.batch}, schema {schema}")
+            cur.execute(f"GRANT SELECT, INSERT, DELETE ON outbox TO {base.postgres.app_role}")
+        owner.commit()
+        owner.close()
+        walsenders = walsender_pids(settings.postgres.dsn())
+        enriched = " with enrichment" if args.enriched else ""
+        print(
+            f"{args.rows} pages of ~{args.body_bytes} B{enriched} per round, batches of {args.batch}, "
+            f"schema {schema}, {len(walsenders)} walsenders"
+        )
         for round_ in range(args.rounds):
-            raw = messages(round_, args.rows, args.body_bytes)
+            raw = page_events(round_, args.rows, args.body_bytes, enriched=args.enriched)
             events = [decode_page_event(m) for m in raw]
-            figures = {
-                "raw COPY": timed_raw_copy(settings.postgres.dsn(), events, args.batch),
-                "raw COPY (pages shape, PK)": timed_raw_copy(
-                    settings.postgres.dsn(), events, args.batch, like_pages=True
-                ),
+            runs: dict[str, Callable[[Cpu], float]] = {
+                RAW: partial(timed_raw_copy, settings, events, args.batch),
+                RAW_PK: partial(timed_raw_copy, settings, events, args.batch, like_pages=True),
+                FLOOR: partial(timed_floor, settings, events, args.batch),
+                DECODED: partial(timed_floor, settings, events, args.batch, raw=raw),
+                OUTBOX: partial(timed_floor, settings, events, args.batch, outbox=True),
+                SINK: partial(timed_sink, settings, PostgresPageSink, events, args.batch),
+                INSERT: partial(timed_sink, settings, InsertStagedPageSink, events, args.batch),
+                WORKER: partial(timed_worker_path, settings, raw, args.batch),
             }
-            clear(owner_dsn)
-            figures["floor (staged INSERT + outbox event)"] = timed_floor(
-                settings.postgres.dsn(), events, args.batch
-            )
-            for name, sink_type in (
-                ("sink (COPY staging)", PostgresPageSink),
-                ("sink (INSERT staging)", InsertStagedPageSink),
-            ):
-                clear(owner_dsn)
-                sink = sink_type.from_settings(settings)
-                figures[name] = timed_sink(sink, events, args.batch)
-                sink.close()
-            clear(owner_dsn)
-            sink = PostgresPageSink.from_settings(settings)
-            figures["worker path (decode + sink)"] = timed_worker_path(sink, raw, args.batch)
-            sink.close()
-            clear(owner_dsn)
-            for name, value in figures.items():
-                results[name].append(value)
-            print(f"round {round_ + 1}: " + ", ".join(f"{k} {v:,.0f} rows/s" for k, v in figures.items()))
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP PUBLICATION IF EXISTS {schema}")
-            cur.execute(f"DROP SCHEMA {schema} CASCADE")
-        admin.close()
-    copy = statistics.median(results["raw COPY"])
-    print(f"\nmedians of {args.rounds} rounds (ratio to raw COPY of the same rows in the same run):")
-    for name, values in results.items():
-        median = statistics.median(values)
-        print(f"  {name:38} {median:>10,.0f} rows/s  {median / copy:5.2f}x")
-    kept = statistics.median(results["sink (COPY staging)"])
-    print(
-        f"targets: sink >= 30,000 rows/s: {'met' if kept >= 30000 else 'NOT met'}; "
-        f">= 0.5x raw COPY: {'met' if kept >= 0.5 * copy else 'NOT met'}"
+            order = names[round_ % len(names) :] + names[: round_ % len(names)]  # drift spreads evenly
+            figures = {}
+            for name in order:
+                clear(settings)
+                cpu = Cpu(walsenders=walsenders)
+                figures[name] = runs[name](cpu)
+                rates[name].append(figures[name])
+                cpus[name].append(cpu)
+            clear(settings)
+            print(f"round {round_ + 1}: " + ", ".join(f"{n} {figures[n]:,.0f}" for n in names) + " rows/s")
+    report(args, rates, cpus)
+
+
+CPU_ATTRS = ("client_s", "backend_s", "walsenders_s")
+
+
+def per_1000(cpus: list[Cpu], rows: int, attr: str) -> float:
+    return statistics.median(getattr(c, attr) for c in cpus) / rows * 1000 * 1000
+
+
+def report(args: argparse.Namespace, rates: dict[str, list[float]], cpus: dict[str, list[Cpu]]) -> None:
+    roles = dict.fromkeys((RAW, RAW_PK, DECODED, OUTBOX, INSERT), "baseline") | {
+        FLOOR: "floor",
+        SINK: "ours",
+        WORKER: "ours",
+    }
+    rows = with_ratios([median_row(n, v, "rows/s", roles[n], "sink") for n, v in rates.items()], FLOOR)
+    for row in rows:
+        c = cpus[row.name]
+        client, backend, walsenders = (per_1000(c, args.rows, a) for a in CPU_ATTRS)
+        row.note = (
+            f"CPU per 1,000 pages: client {client:.1f} ms, backend {backend:.1f} ms, "
+            f"walsenders {walsenders:.1f} ms"
+        )
+    floor = statistics.median(rates[FLOOR])
+    print(f"\nmedians of {args.rounds} rounds (ratio to the floor, same pages, same run)")
+    print("and CPU ms per 1,000 pages (this process, its database backend, the walsenders):")
+    print(f"  {'':40} {'rows/s':>9} {'ratio':>6}   {'client':>7} {'backend':>7} {'walsend':>7}")
+    for row in rows:
+        c = cpus[row.name]
+        print(
+            f"  {row.name:40} {row.value:>9,.0f} {row.value / floor:5.2f}x   "
+            f"{per_1000(c, args.rows, 'client_s'):7.1f} {per_1000(c, args.rows, 'backend_s'):7.1f} "
+            f"{per_1000(c, args.rows, 'walsenders_s'):7.1f}"
+        )
+    worker = statistics.median(rates[WORKER])
+    target = Target("worker path / floor", worker / floor, ">=", 0.8)
+    verdict = "met" if target.met else "NOT met"
+    print(f"target: worker path >= 0.8x the floor: {worker / floor:.2f}x, {verdict}")
+    decoded = statistics.median(rates[DECODED])
+    print(f"worker path / floor + decoding the records: {worker / decoded:.2f}x (pipelined vs serial)")
+    write_results(
+        "sink",
+        "Page sink: worker path vs the floor of a page sink's work",
+        rows,
+        targets=[target],
+        params={k: v for k, v in vars(args).items()},
+        notes=[
+            "floor: given decoded pages: encode, COPY into the staging table, one INSERT into pages plus one "
+            "page event per page (logical decoding message), a commit per batch",
+            "CPU from /proc: client = this process (all threads), backend = its database connection, "
+            "walsenders = the two Debezium slots decoding the bench's WAL",
+        ],
     )
-    floor = statistics.median(results["floor (staged INSERT + outbox event)"])
-    print(f"the sink runs at {kept / floor:.2f}x the floor of its work ({floor / copy:.2f}x raw COPY)")
 
 
 if __name__ == "__main__":

@@ -82,6 +82,20 @@ def main() -> int:
     print(f"rocksdb (workers): {ram:7.1f} B RAM/URL (target <= 150)  {disk:6.1f} B disk/URL")
     print(f"memory (dict):     {base:7.1f} B RAM/URL (baseline)")
     print(f"ratio RAM rocksdb/memory: {ram / base:.3f}")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.results import Row, Target, median_row, write_result
+
+    write_result(
+        "url_state",
+        f"URL state: bytes per URL in the urls table at {URLS:,} URLs",
+        [
+            median_row("rocksdb (workers)", [r / URLS for r, _ in rocks], "B RAM/URL", "ours", "RAM"),
+            median_row("memory (dict)", [r / URLS for r, _ in memory], "B RAM/URL", "baseline", "RAM"),
+            Row("rocksdb (workers)", disk, "B disk/URL", "ours", "disk", [d / URLS for _, d in rocks]),
+        ],
+        targets=[Target("RAM per URL (rocksdb)", ram, "<=", 150, "B")],
+        params={"urls": URLS, "runs": RUNS},
+    )
     return 0
 
 

@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     dist.add_argument("--allowed-domain", action="append", default=[], dest="allowed_domains")
     dist.add_argument("--allow", action="append", default=[], help="URL regex requests must match")
     dist.add_argument("--deny", action="append", default=[], help="URL regex refused")
+    dist.add_argument("--frontier-run", default="", help="fetch only this frontier run's requests")
+    dist.add_argument("--parent-pid", type=int, default=0, help="close when this process is gone")
     dist.add_argument("--metrics-port", type=int, default=-1)
     dist.add_argument("--set", action="append", type=_setting, default=[], dest="scrapy_settings")
     dist.add_argument("--report", type=Path, required=True)
@@ -98,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = CrawlSpec(
         start_urls=[] if distributed else args.start_urls,
         allowed_domains=args.allowed_domains,
-        max_pages=None if distributed else args.max_pages,
+        # A frontier run's budgets are its ledger's: its crawlers do not stop at a count of their own.
+        max_pages=(0 if args.frontier_run else None) if distributed else args.max_pages,
         max_depth=None if distributed else args.max_depth,
         job_id=args.job_id,
         allow_private_hosts=args.allow_private_hosts,
@@ -108,7 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     if distributed:
         spec.source = "requests"
-        spec.spider_kwargs = {"group_id": args.group_id, "idle_exit_s": args.idle_exit_s}
+        spec.spider_kwargs = {
+            "group_id": args.group_id,
+            "idle_exit_s": args.idle_exit_s,
+            "frontier_run": args.frontier_run,
+            "parent_pid": args.parent_pid,
+        }
         spec.allow, spec.deny = args.allow, args.deny
     if args.run_id:
         spec.run_id = args.run_id

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,6 +33,9 @@ JobsFile = Annotated[
     Path, typer.Option("--jobs", envvar="CRAWLSTREAM_JOBS_FILE", help="the jobs file (TOML)")
 ]
 DEFAULT_JOBS = Path("deploy/jobs.toml")
+# How a frontier job runs: installed by the composition root (crawlstream.cli), which runs it
+# through the whole pipeline and reconciles it; returns the exit status.
+frontier_hook: Callable[[Any, Any, str, Path | None, bool], int] | None = None
 
 
 @jobs_app.command("list")
@@ -94,6 +98,13 @@ def jobs_run(
         setup_logging(settings.log_level, json_lines=settings.log_json)
     job = get_job(load_jobs(jobs), name)
     run_id = run_id or uuid.uuid4().hex
+    if job.source == "frontier":
+        if frontier_hook is None:
+            raise typer.BadParameter("frontier jobs run through `crawlstream jobs run`")
+        code = frontier_hook(settings, job, run_id, report_path, progress)
+        if code:
+            raise typer.Exit(code)
+        return
     extra: dict[str, Any] = {}
     if progress:
         log_file = Path(settings.stack.state_dir) / "logs" / f"job-{name}-{run_id}.log"
@@ -137,6 +148,16 @@ def jobs_run(
         raise typer.Exit(1)
     if report.dead_letters:
         raise typer.Exit(3)
+
+
+@jobs_app.command("stop")
+def jobs_stop(name: Annotated[str, typer.Argument(help="the job whose run to stop")]) -> None:
+    """Stop the running run of a frontier job: nothing more is admitted, requests in flight end and
+    are committed, its crawlers exit, and the run is announced finished (outcome stopped)."""
+    from crawlers.frontierrun import stop_job
+
+    pid, run = stop_job(load_settings(), name)
+    console.print(f"asked the runner of job {name} (pid {pid}, run {run}) to stop")
 
 
 def scheduler_command(

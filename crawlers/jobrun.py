@@ -32,6 +32,7 @@ def crawl_spec(settings: Settings, job: JobSpec, run_id: str, metrics_port: int 
     """The crawl a job describes; job fields become Scrapy settings at the highest priority."""
     scrapy: dict[str, Any] = {
         "CONCURRENT_REQUESTS_PER_DOMAIN": job.concurrency_per_domain,
+        **({"CONCURRENT_REQUESTS": job.concurrency} if job.concurrency else {}),
         "DOWNLOAD_DELAY": job.download_delay_s,
         # The job's delay is a minimum between requests to a host, not an average.
         "RANDOMIZE_DOWNLOAD_DELAY": False,

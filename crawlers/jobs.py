@@ -8,7 +8,7 @@ produces to the job's ``output_topic`` (default ``<prefix>.pages.raw``). Format 
     user_agent = "..."
 
     [jobs.docs]                # the table name is the job name
-    source = "site"            # site | sitemap | feed | api
+    source = "site"            # site | sitemap | feed | api | frontier
     start_urls = ["https://docs.example.org/"]
     schedule = "0 3 * * *"     # cron, optional
 
@@ -42,7 +42,7 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=JOB_NAME)
-    source: Literal["site", "sitemap", "feed", "api"] = "site"
+    source: Literal["site", "sitemap", "feed", "api", "frontier"] = "site"
     start_urls: list[str] = Field(default_factory=list)
     sitemap_urls: list[str] = Field(default_factory=list, description="sitemaps or robots.txt URLs")
     feed_urls: list[str] = Field(default_factory=list)
@@ -60,6 +60,18 @@ class JobSpec(BaseModel):
     max_url_length: int | None = Field(default=None, ge=64, le=65536, description="longer URLs refused")
     max_api_pages: int = Field(default=1000, ge=0, le=1_000_000, description="API pages read (0: no limit)")
     concurrency_per_domain: int = Field(default=8, ge=1, le=256)
+    # Frontier jobs (source = "frontier": a broad crawl from start_urls through the stream stage).
+    follow: Literal["same-host", "same-domain", "any"] = Field(
+        default="same-domain", description="frontier: links followed (registrable domain by the PSL)"
+    )
+    crawlers: int = Field(default=1, ge=1, le=64, description="frontier: crawler processes")
+    concurrency: int | None = Field(default=None, ge=1, le=1024, description="requests in flight per process")
+    max_hosts: int = Field(default=0, ge=0, description="frontier: distinct hosts (0: no limit)")
+    forget_after_s: float = Field(
+        default=30 * 86400.0,
+        gt=0,
+        description="frontier: known URLs no run reached for this long are dropped",
+    )
     download_delay_s: float = Field(default=0.0, ge=0, le=3600)
     autothrottle: bool = False
     user_agent: str | None = Field(default=None, min_length=1)
@@ -123,7 +135,13 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _source_has_input(self) -> JobSpec:
-        needs = {"site": "start_urls", "sitemap": "sitemap_urls", "feed": "feed_urls", "api": "api_endpoint"}
+        needs = {
+            "site": "start_urls",
+            "sitemap": "sitemap_urls",
+            "feed": "feed_urls",
+            "api": "api_endpoint",
+            "frontier": "start_urls",
+        }
         field = needs[self.source]
         if not getattr(self, field):
             raise ValueError(f"source {self.source!r} needs {field}")
@@ -132,6 +150,7 @@ class JobSpec(BaseModel):
     def seed_urls(self) -> list[str]:
         return {
             "site": self.start_urls,
+            "frontier": self.start_urls,
             "sitemap": self.sitemap_urls,
             "feed": self.feed_urls,
             "api": [self.api_endpoint] if self.api_endpoint else [],

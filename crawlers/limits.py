@@ -34,7 +34,6 @@ from scrapy.spidermiddlewares.base import BaseSpiderMiddleware
 
 from crawlers.refusals import Refused, refuse
 from crawlers.scope import CrawlScope
-from crawlstream.urls import host_of
 
 FULL_BODY = "crawlstream_full_body"  # request.meta: the spider parses the whole body
 NOT_A_LINK = "crawlstream_not_a_link"  # request.meta: pagination or structure, not an outlink
@@ -112,10 +111,10 @@ class ScopeSpiderMiddleware(BaseSpiderMiddleware):
             return request  # start requests: the downloader guard checks them
         stats = self.crawler.stats
         link = not request.meta.get(NOT_A_LINK)
-        reason = self.scope.refusal(request.url, link=link)
+        reason, host = self.scope.check(request.url, link=link)
         if reason is None:
             budget = getattr(self.crawler.spider, "host_budget_spent", None)
-            if budget is not None and budget(host_of(request.url)):
+            if budget is not None and budget(host):  # host_of(request.url), already parsed
                 reason = "host_budget"
         if reason is None and link:
             seen = response.meta.get(_LINKS_SEEN, 0) + 1

@@ -42,6 +42,8 @@ SELECTED_HEADERS = (
     "X-Robots-Tag",
     "Link",
 )
+# Each selected header's key as Scrapy's Headers stores it (title-cased bytes) and as records name it.
+_HEADER_KEYS = tuple((name.title().encode("latin-1"), name.lower()) for name in SELECTED_HEADERS)
 MAX_HEADER_CHARS = 1024
 MAX_TITLE_CHARS = 1024
 MAX_CANONICAL_LINK_CHARS = 2048
@@ -78,11 +80,14 @@ def cap_utf8(text: str, max_bytes: int) -> tuple[str, bool]:
 
 def selected_headers(response: Response) -> dict[str, str]:
     out: dict[str, str] = {}
-    for name in SELECTED_HEADERS:
-        values = response.headers.getlist(name)
+    # Scrapy's Headers is a dict of normalised keys to lists of values: look the stored keys up
+    # directly (getlist normalises the name again for each of the ten, on every page).
+    headers = response.headers
+    for key, name in _HEADER_KEYS:
+        values = dict.get(headers, key)
         if values:
             joined = ", ".join(v.decode("latin-1") for v in values)
-            out[name.lower()] = joined[:MAX_HEADER_CHARS]
+            out[name] = joined[:MAX_HEADER_CHARS]
     return out
 
 

@@ -1,6 +1,8 @@
 """KafkaPagePipeline: the crawl stage's writer, producing PageRecords to ``<prefix>.pages.raw``.
 
-LinkRecord items (the distributed spider's discovered links) go to ``<prefix>.links``.
+LinkRecord items (the distributed spider's discovered links) and FetchOutcome items (how it
+finished a frontier request) go to ``<prefix>.links``; :meth:`KafkaPagePipeline.links_through`
+is the highest offset delivered per links partition (an outcome carries it).
 Dead letters (``DeadLetterMessage`` items built by :mod:`crawlstream.deadletters`: fetch failures,
 records the distributed spider could not handle) go to ``<prefix>.deadletter``, and so does every
 record whose delivery failed after librdkafka's retries (reason ``delivery_failed``, the record as
@@ -43,7 +45,7 @@ from crawlers import metrics
 from crawlers.settings import crawlstream_settings
 from crawlstream import kafka as kafka_clients
 from crawlstream.deadletters import RECORD_OVERHEAD, DeadLetterMessage, build_dead_letter, fits
-from crawlstream.records import DeadLetter, LinkRecord, PageRecord
+from crawlstream.records import DeadLetter, FetchOutcome, LinkRecord, PageRecord
 from crawlstream.settings import Settings
 from crawlstream.topics import BROKER_DEFAULT_MAX_MESSAGE_BYTES, catalog
 
@@ -95,7 +97,17 @@ class ProducerLike(Protocol):
     def __len__(self) -> int: ...
 
 
-def producer_config(settings: Settings) -> dict[str, Any]:
+# Batches of a crawl's pace (100-300 pages/s here): at 20 ms nearly every batch held one or two
+# records, and librdkafka's threads spent ~70 us of CPU per page compressing and sending them; at
+# 100 ms ~30 us (issue 13). A record reaches the topic <= 0.1 s later. Catalog topics take 1 MiB or
+# more, above librdkafka's largest batch (batch.size, 1,000,000 bytes); a topic outside the catalog
+# may take less (its limit is unknown here, and the broker refuses a whole batch over it, records
+# that fit alone included), so records for such a topic keep the short batches they had before.
+LINGER_MS = 100
+LINGER_MS_OTHER_TOPIC = 20
+
+
+def producer_config(settings: Settings, linger_ms: int = LINGER_MS) -> dict[str, Any]:
     return kafka_clients.producer_config(
         settings,
         "crawler",
@@ -107,7 +119,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
             # (~300 records/s, issue 3): ~88 us CPU per record, lz4 ~58 us, but lz4 batches made the
             # e2e reconcile come up short downstream (streams, aiokafka) in 3 runs of 5: kept zstd.
             "compression.type": "zstd",
-            "linger.ms": 20,
+            "linger.ms": linger_ms,
             "message.max.bytes": settings.kafka.max_message_bytes,
         },
     )
@@ -133,6 +145,8 @@ class KafkaPagePipeline:
         self._letters_in_flight: dict[int, int] = {}
         self._pending_letters: list[tuple[DeadLetterMessage, int]] = []
         self._stuck: set[int] = set()  # records whose dead letter could not be delivered either
+        # Highest delivered offset per links partition (raised by links_floor at an assignment).
+        self._links_through: dict[int, int] = {}
         self._draining = False
 
     @classmethod
@@ -150,7 +164,9 @@ class KafkaPagePipeline:
 
     def open_spider(self) -> None:
         # Created here, not in __init__, so nothing connects until a crawl really starts.
-        self.producer = self.make_producer(producer_config(self.settings))
+        known = self.topic in {spec.name for spec in catalog(self.settings).all()}
+        linger_ms = LINGER_MS if known else LINGER_MS_OTHER_TOPIC
+        self.producer = self.make_producer(producer_config(self.settings, linger_ms))
         log.info("producing page records to %s", self.topic)
 
     # What a consumer of the crawl's input needs to commit at least once.
@@ -165,6 +181,17 @@ class KafkaPagePipeline:
         open_ += [covers for _letter, covers in self._pending_letters]
         return min(open_) - 1 if open_ else self._seq
 
+    def links_through(self) -> dict[int, int]:
+        """The highest offset per links partition that this process delivered or found at the
+        end of the partition when it was last assigned requests (see FetchOutcome)."""
+        return dict(self._links_through)
+
+    def links_floor(self, ends: dict[int, int]) -> None:
+        """Raise :meth:`links_through` to these end offsets (exclusive ends: -1 each)."""
+        for partition, end in ends.items():
+            if end - 1 > self._links_through.get(partition, -1):
+                self._links_through[partition] = end - 1
+
     def poll(self) -> None:
         """Serve delivery callbacks (and produce the dead letters they asked for)."""
         if self.producer is not None:
@@ -176,8 +203,9 @@ class KafkaPagePipeline:
             self.produce_dead_letter(item)
         elif isinstance(item, DeadLetter):  # a letter built elsewhere: refitted to the topic
             self.produce_dead_letter(_refit(item, self.dead_letter_limit))
-        elif isinstance(item, LinkRecord):  # the distributed spider's discoveries
-            self.stats.inc_value(STAT_LINKS_PRODUCED)
+        elif isinstance(item, (LinkRecord, FetchOutcome)):  # the distributed spider's discoveries
+            if isinstance(item, LinkRecord):
+                self.stats.inc_value(STAT_LINKS_PRODUCED)
             key, value = item.canonical_url.encode("utf-8"), item.to_bytes()
             if fits(key, value, self.links_limit):
                 self._produce(self.links_topic, key, value)
@@ -201,8 +229,9 @@ class KafkaPagePipeline:
         """The record's value, its body cut if it must be to fit the page topic; None if it can't."""
         key = record.canonical_url.encode("utf-8")
         value = record.to_bytes()
-        if fits(key, value, self.page_limit) or not record.body:
-            return value if fits(key, value, self.page_limit) else None
+        fit = fits(key, value, self.page_limit)
+        if fit or not record.body:
+            return value if fit else None
         # The JSON around the body has a known size; keep the longest body prefix whose escaped
         # form fits in the rest (binary search: escaping is not linear in characters).
         around = len(value) - len(pydantic_core.to_json(record.body))
@@ -253,6 +282,11 @@ class KafkaPagePipeline:
             self._in_flight[seq] = (topic, key, value, time.monotonic())
 
         def on_delivery(err: Any, _msg: Any) -> None:
+            if err is None and _msg is not None and topic == self.links_topic:
+                through = self._links_through
+                partition, offset = _msg.partition(), _msg.offset()
+                if offset is not None and offset > through.get(partition, -1):
+                    through[partition] = offset
             self._on_delivery(seq, err)
 
         while True:

@@ -13,6 +13,11 @@ Downloader components, enabled in :mod:`crawlers.settings`; no topic is read or 
   these set (AutoThrottle would otherwise tune a Crawl-delay away).
 
 Slots are keyed by host name (Scrapy's default), so a floor holds per host.
+
+In a frontier job the per-host table (:mod:`crawlers.hoststate`) is shared by the crawler
+processes: the robots.txt middleware takes a host's robots.txt from it while fresh (and stores
+what it fetches), and a Retry-After sets the host's cooldown there too, so the process that owns
+the host after a rebalance or a restart honours both.
 """
 
 from __future__ import annotations
@@ -31,8 +36,11 @@ from scrapy.extensions.throttle import AutoThrottle
 from scrapy.http import Response
 from scrapy.robotstxt import RobotParser
 from scrapy.utils.asyncio import call_later
+from scrapy.utils.httpobj import urlparse_cached
+from scrapy.utils.misc import build_from_crawler
 
 from crawlers import metrics
+from crawlers.hoststate import host_states_for
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +85,32 @@ class CrawlDelayRobotsTxtMiddleware(RobotsTxtMiddleware):
         super().__init__(crawler)
         self.crawler = crawler
         self.max_delay_s = crawler.settings.getfloat("CRAWLSTREAM_MAX_CRAWL_DELAY_S", 60.0)
+
+    async def robot_parser(self, request: Request) -> RobotParser | None:
+        states = host_states_for(self.crawler)
+        parts = urlparse_cached(request)
+        if states is not None and parts.netloc not in self._parsers:
+            body = states.robots_body(parts.hostname or "", parts.netloc)
+            if body is not None:  # fetched by this or another process, still fresh
+                self._parsers[parts.netloc] = build_from_crawler(
+                    self._parserimpl, self.crawler, body.encode("utf-8")
+                )
+        return await super().robot_parser(request)
+
+    async def _parse_robots(self, response: Response, netloc: str, request: Request) -> None:
+        await super()._parse_robots(response, netloc, request)
+        states = host_states_for(self.crawler)
+        if states is not None:
+            body = (
+                response.body[: 500 * 1024].decode("utf-8", errors="replace") if response.status < 500 else ""
+            )
+            states.update(
+                urlparse_cached(request).hostname or "",
+                robots_netloc=netloc,
+                robots_fetched_at=datetime.now(UTC),
+                robots_status=response.status,
+                robots_body=body,
+            )
 
     def process_request_2(self, rp: RobotParser | None, request: Request) -> None:
         super().process_request_2(rp, request)  # raises IgnoreRequest when disallowed
@@ -129,6 +163,9 @@ class RetryAfterMiddleware:
         if found is None:
             return response
         key, slot = found
+        states = host_states_for(self.crawler)
+        if states is not None:
+            states.cooldown(urlparse_cached(request).hostname or key, wait)
         now = time.monotonic()
         until = now + wait
         if until <= self._paused_until.get(key, 0.0):

@@ -33,6 +33,10 @@ REASONS = ADDRESS_REASONS | {
     "decompressed_too_large",  # DOWNLOAD_MAXSIZE, while decompressing
     "api_pages",  # the API spider's page budget (a next link that never ends)
     "not_before_too_far",
+    "offsite_host",  # a frontier job's scope (crawlstream.scope): not the page's host
+    "offsite_domain",  # ... nor its registrable domain
+    "too_deep",  # ... deeper than the scope's max_depth
+    "robots",  # robots.txt disallows it (frontier outcomes)
     "other",
 }
 # Scrapy's own counters of what it filtered, reported as refusals of ours.

@@ -14,11 +14,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from crawlstream.addresses import ALLOWED_SCHEMES
 
 DEFAULT_MAX_URL_LENGTH = 2048
+MAX_REMEMBERED_HOSTS = 10_000  # (scheme, netloc) verdicts a scope keeps; forgotten all at once past it
 
 
 class CrawlScope:
@@ -38,6 +39,7 @@ class CrawlScope:
         )
         self.allow = list(allow)
         self.deny = list(deny)
+        self._hosts: dict[tuple[str, str], tuple[str | None, str]] = {}
 
     @classmethod
     def for_spider(cls, spider: Any, settings: Any) -> CrawlScope:
@@ -50,26 +52,46 @@ class CrawlScope:
 
     def refusal(self, url: str, *, link: bool) -> str | None:
         """Why ``url`` is out of scope, or None when it may be fetched."""
+        return self.check(url, link=link)[0]
+
+    def check(self, url: str, *, link: bool) -> tuple[str | None, str]:
+        """(why ``url`` is out of scope or None, its lower-case host or "" when it has none)."""
         if len(url) > self.max_url_length:
-            return "url_too_long"
+            return "url_too_long", ""
         try:
             parts = urlsplit(url)
+        except ValueError:
+            return "invalid_url", ""
+        # Scheme, port, host and site depend on the scheme and netloc alone: judged once per pair
+        # (a crawl's links share a few hosts), not parsed again for each of its links.
+        key = (parts.scheme, parts.netloc)
+        verdict = self._hosts.get(key)
+        if verdict is None:
+            verdict = self._judge_host(parts)
+            if len(self._hosts) >= MAX_REMEMBERED_HOSTS:
+                self._hosts.clear()
+            self._hosts[key] = verdict
+        reason, host = verdict
+        if reason is None and link:
+            if self.allow and not any(p.search(url) for p in self.allow):
+                return "filtered", host
+            if any(p.search(url) for p in self.deny):
+                return "filtered", host
+        return reason, host
+
+    def _judge_host(self, parts: SplitResult) -> tuple[str | None, str]:
+        try:
             parts.port  # noqa: B018 - raises ValueError for a port that is not one
         except ValueError:
-            return "invalid_url"
+            return "invalid_url", ""
         if parts.scheme.lower() not in ALLOWED_SCHEMES:
-            return "scheme"
+            return "scheme", ""
         host = (parts.hostname or "").lower()
         if not host:
-            return "no_host"
+            return "no_host", ""
         if self._onsite is not None and not self._onsite.search(host):
-            return "offsite"
-        if link:
-            if self.allow and not any(p.search(url) for p in self.allow):
-                return "filtered"
-            if any(p.search(url) for p in self.deny):
-                return "filtered"
-        return None
+            return "offsite", host
+        return None, host
 
 
 def _domain(entry: str) -> str:

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from crawlers import cli as crawlers_cli
 from crawlers.cli import jobs_app, scheduler_command
 from crawlstream import __version__
 from crawlstream.cdc import cdc_app
@@ -82,6 +83,38 @@ def migrate(settings: Settings) -> None:
 
 
 stack_cli.migrate_hook = migrate
+
+
+def _frontier_job(settings: Settings, job: object, run_id: str, report: Path | None, progress: bool) -> int:
+    """``jobs run`` of a frontier job: the run through the whole pipeline, its summary printed."""
+    from crawlers.jobs import JobSpec
+    from crawlstream.frontierjob import run_frontier_job
+    from crawlstream.report import render_summary
+
+    assert isinstance(job, JobSpec)
+    console.print(f"frontier job {job.name}, run {run_id}: {job.crawlers} crawler process(es)")
+    summary = run_frontier_job(settings, job, run_id, on_progress=lambda m: console.log(m))
+    if report is not None:
+        report.write_text(json.dumps(summary.crawl, indent=2) + "\n", encoding="utf-8")
+    render_summary(summary, console)
+    _print_frontier(summary.crawl)
+    if summary.crawl.get("finish_reason") not in ("finished", "stopped"):
+        return 3
+    return 0 if summary.ok else 2
+
+
+def _print_frontier(report: dict[str, object]) -> None:
+    progress = report.get("frontier") or {}
+    assert isinstance(progress, dict)
+    console.print(
+        f"frontier: {report.get('finish_reason')}; admitted {progress.get('admitted', 0)}, "
+        f"closed {progress.get('closed', 0)}, fetched {progress.get('fetched', 0)}, "
+        f"not modified {progress.get('not_modified', 0)}, failed {progress.get('failed', 0)}, "
+        f"hosts {progress.get('hosts', 0)}, refused {progress.get('refused', {})}"
+    )
+
+
+crawlers_cli.frontier_hook = _frontier_job
 
 EXTERNAL_HELP = (
     "use the services and workers the settings point at (a production cluster): "
@@ -155,8 +188,16 @@ def run(
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the stages after the crawl")] = 300.0,
     external: Annotated[bool, typer.Option(help=EXTERNAL_HELP)] = False,
+    frontier: Annotated[
+        bool, typer.Option(help="a frontier job from URL: distributed crawlers fed by the stream stage")
+    ] = False,
+    crawlers: Annotated[int, typer.Option(help="--frontier: crawler processes")] = 1,
+    follow: Annotated[str, typer.Option(help="--frontier: same-host | same-domain | any")] = "same-domain",
 ) -> None:
     """Crawl URL through the whole pipeline and reconcile the counts stage by stage."""
+    if frontier:
+        _run_frontier(url, max_pages, max_depth, job_id, json_out, timeout, external, crawlers, follow)
+        return
     args = CrawlArgs(
         start_urls=[url],
         allow_private_hosts=[url],  # that URL's host, on that port only
@@ -166,6 +207,57 @@ def run(
         run_id=uuid.uuid4().hex,
     )
     _run(_settings(), args, json_out=json_out, timeout=timeout, external=external)
+
+
+def _run_frontier(
+    url: str,
+    max_pages: int,
+    max_depth: int,
+    job_id: str,
+    json_out: bool,
+    timeout: float,
+    external: bool,
+    crawlers: int,
+    follow: str,
+) -> None:
+    from crawlers.jobs import JobSpec
+    from crawlstream.frontierjob import run_frontier_job
+    from crawlstream.report import render_endpoints, render_summary, summary_json
+
+    settings = _settings()
+    try:
+        job = JobSpec.model_validate(
+            {
+                "name": job_id,
+                "source": "frontier",
+                "start_urls": [url],
+                "allow_private_hosts": [url],  # that URL's host, on that port only
+                "max_pages": max_pages,
+                "max_depth": max_depth,
+                "crawlers": crawlers,
+                "follow": follow,
+            }
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if not external:
+        from crawlstream.stack.supervisor import up
+        from crawlstream.workers import start_workers
+
+        up(settings, migrate=migrate, console=console)
+        settings = load_settings()
+        start_workers(settings, console)
+    run_id = uuid.uuid4().hex
+    console.print(f"frontier crawl from {url} (run {run_id}, {crawlers} crawler process(es))")
+    summary = run_frontier_job(settings, job, run_id, on_progress=lambda m: console.log(m), timeout_s=timeout)
+    if json_out:
+        print(json.dumps(summary_json(summary), default=str))
+    else:
+        render_summary(summary, console)
+        _print_frontier(summary.crawl)
+        render_endpoints(settings, console)
+    if not summary.ok or summary.crawl.get("finish_reason") != "finished":
+        raise typer.Exit(2)
 
 
 @app.command("demo")

@@ -80,6 +80,14 @@ def end_offsets(settings: Settings, topic: str, timeout_s: float = 10.0) -> Offs
     return _retrying(f"end offsets of {topic}", read, timeout_s)
 
 
+def end_offsets_of(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> Offsets:
+    """High watermark per partition, asked through an existing consumer."""
+    return {
+        p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)[1]
+        for p in _partitions(consumer, topic, timeout_s)
+    }
+
+
 def committed_offsets(settings: Settings, group: str, topic: str, timeout_s: float = 10.0) -> Offsets:
     """Committed offset per partition for ``group`` (0 where the group never committed)."""
 

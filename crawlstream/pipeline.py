@@ -576,14 +576,22 @@ def wait_caught_up(
         time.sleep(0.5)  # polling interval of a deadline-bounded wait
 
 
+CrawlStep = Callable[[CrawlArgs, Path, Path, Callable[[str], None]], int]
+
+
 def run_pipeline(
     settings: Settings,
     args: CrawlArgs,
     *,
     timeout_s: float = 180.0,
     on_progress: Callable[[str], None] = lambda _msg: None,
+    crawl: CrawlStep | None = None,
 ) -> RunSummary:
-    """Crawl, wait for every stage, and return the reconciled summary (see crawlstream.reconcile)."""
+    """Crawl, wait for every stage, and return the reconciled summary (see crawlstream.reconcile).
+
+    ``crawl`` replaces the crawl step (:func:`run_crawl_process`): it writes the crawl's report
+    (CrawlReport fields) to the path it is given and returns an exit status (a frontier job's
+    run, :mod:`crawlstream.frontierjob`)."""
     probe = PipelineProbe(settings)
     probe.wait_drained(timeout_s, on_progress)
     reader = RunReader(probe)
@@ -592,7 +600,7 @@ def run_pipeline(
     with tempfile.TemporaryDirectory(prefix="crawlstream-run-") as tmp:
         report_path = Path(tmp) / "report.json"
         crawl_log = Path(settings.stack.state_dir) / "logs" / f"crawl-{args.run_id or 'adhoc'}.log"
-        code = run_crawl_process(args, report_path, crawl_log, on_progress)
+        code = (crawl or run_crawl_process)(args, report_path, crawl_log, on_progress)
         if not report_path.exists():
             raise CrawlstreamError(
                 f"the crawl process exited with {code} and wrote no report; see {crawl_log}"
@@ -602,10 +610,10 @@ def run_pipeline(
         run_id=str(report.get("run_id", args.run_id)), crawl=report, crawl_log=str(crawl_log)
     )
     summary.caught_up_s["crawl"] = time.monotonic() - started
-    crawl = crawl_counts([report])
+    counted = crawl_counts([report])
     note = wait_caught_up(
         reader,
-        crawl,
+        counted,
         started=started,
         timeout_s=timeout_s,
         caught_up_s=summary.caught_up_s,
@@ -614,6 +622,6 @@ def run_pipeline(
     if note is not None:
         summary.notes.append(note)
     reader.poll()
-    summary.counts = reader.counts(crawl, args.expected_pages, args.expected_urls)
+    summary.counts = reader.counts(counted, args.expected_pages, args.expected_urls)
     summary.reconciliation = reconcile(summary.counts)
     return summary

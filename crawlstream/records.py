@@ -179,10 +179,30 @@ class PageTouch(_Record):
     fetch_latency_s: float = Field(default=0.0, ge=0)
 
 
+class Scope(_Record):
+    """What a frontier job may follow, carried by every request and link of its run.
+
+    ``follow``: a link is in scope when its host (``same-host``) or registrable domain
+    (``same-domain``, by the public suffix list) is the page's it was found on, or always
+    (``any``); seeds are always in scope. ``max_depth``: link hops from the seeds (0: no limit).
+    ``allow``/``deny``: URL regexes (a link must match one allow pattern, if any, and no deny
+    pattern). Judged by :func:`crawlstream.scope.link_refusal`, in the crawler and the frontier.
+    """
+
+    follow: Literal["same-host", "same-domain", "any"] = "same-domain"
+    max_depth: int = Field(default=16, ge=0)
+    allow: list[str] = Field(default_factory=list)
+    deny: list[str] = Field(default_factory=list)
+
+
 class LinkRecord(_Record):
-    """A link discovered by a crawler (topic ``<prefix>.links``, key: canonical URL)."""
+    """A link discovered by a crawler (topic ``<prefix>.links``, key: canonical URL).
+
+    Links of a frontier job carry its ``scope``; a seed is a link of depth 0 without a source.
+    """
 
     schema_version: Literal[1] = 1
+    type: Literal["link"] = "link"
     url: str = Field(min_length=1)
     canonical_url: str = Field(min_length=1)
     host: str
@@ -191,10 +211,15 @@ class LinkRecord(_Record):
     job_id: str = ""
     run_id: str = ""
     discovered_at: datetime = Field(default_factory=utcnow)
+    scope: Scope | None = None
 
 
 class CrawlRequest(_Record):
-    """A URL to fetch, for distributed crawlers (topic ``<prefix>.requests``, key: host)."""
+    """A URL to fetch, for distributed crawlers (topic ``<prefix>.requests``, key: host).
+
+    Requests of a frontier job carry its ``scope`` and, for a URL fetched before, the validators
+    of that response (sent as If-None-Match / If-Modified-Since: a 304 is recorded as such).
+    """
 
     schema_version: Literal[1] = 1
     url: str = Field(min_length=1)
@@ -205,6 +230,144 @@ class CrawlRequest(_Record):
     run_id: str = ""
     reason: Literal["seed", "link", "recrawl"] = "link"
     not_before: datetime | None = None
+    scope: Scope | None = None
+    etag: str | None = Field(default=None, max_length=1024)
+    last_modified: str | None = Field(default=None, max_length=128)
+
+
+class FetchOutcome(_Record):
+    """How a crawler finished a frontier request (topic ``<prefix>.links``, key: canonical URL).
+
+    Produced once the request's page and links are delivered, so ``links_through`` (the highest
+    offset per links partition this crawler process had delivered, and what it found at its last
+    assignment) bounds every link the request produced: the run's completion check waits until
+    the frontier has consumed past them. ``refused`` counts the links the crawler left out (scope,
+    links per page), by reason.
+    """
+
+    schema_version: Literal[1] = 1
+    type: Literal["outcome"] = "outcome"
+    url: str = Field(min_length=1)
+    canonical_url: str = Field(min_length=1)
+    host: str
+    depth: int = Field(default=0, ge=0)
+    job_id: str = ""
+    run_id: str = Field(min_length=1)
+    outcome: Literal["fetched", "not_modified", "failed", "refused", "skipped"]
+    status: int | None = None
+    reason: str = ""
+    etag: str | None = Field(default=None, max_length=1024)
+    last_modified: str | None = Field(default=None, max_length=128)
+    links: int = Field(default=0, ge=0)
+    refused: dict[str, int] = Field(default_factory=dict)
+    links_through: dict[int, int] = Field(default_factory=dict)
+    fetched_at: datetime = Field(default_factory=utcnow)
+
+
+class FrontierCommand(_Record):
+    """A command to the frontier's partition it is sent to (topic ``<prefix>.links``, explicit
+    partition): ``generate`` turns the job's known URLs (from earlier runs) into candidates of
+    this run, a chunk at a time after ``after`` (the key where the last chunk stopped)."""
+
+    schema_version: Literal[1] = 1
+    type: Literal["generate"] = "generate"
+    job_id: str = Field(min_length=1)
+    run_id: str = Field(min_length=1)
+    scope: Scope
+    after: str | None = None
+    forget_after_s: float = Field(default=30 * 86400.0, gt=0)
+
+
+class Budgets(_Record):
+    """A frontier run's budgets, enforced by its ledger (0: no limit)."""
+
+    max_pages: int = Field(default=0, ge=0, description="requests issued")
+    max_pages_per_host: int = Field(default=0, ge=0)
+    max_hosts: int = Field(default=0, ge=0)
+
+
+class LedgerEntry(_Record):
+    """One record of a frontier run's ledger (topic ``<prefix>.frontier.ledger``, key: run id).
+
+    ``start`` (budgets and scope; sent before the seeds), ``candidate`` (a URL first reached in
+    the run), ``closed`` (a request finished: its outcome), ``refused`` (links the frontier
+    refused), ``generated`` (a frontier partition finished turning known URLs into candidates),
+    ``stop`` (the run ends: nothing more is admitted). ``origin`` is the links record that caused
+    it (partition, offset) and ``index`` its position among that record's entries.
+    """
+
+    schema_version: Literal[1] = 1
+    type: Literal["start", "candidate", "closed", "refused", "generated", "stop"]
+    run_id: str = Field(min_length=1)
+    job_id: str = ""
+    url: str = ""
+    canonical_url: str = ""
+    host: str = ""
+    depth: int = Field(default=0, ge=0)
+    reason: str = ""
+    outcome: str = ""
+    status: int | None = None
+    etag: str | None = Field(default=None, max_length=1024)
+    last_modified: str | None = Field(default=None, max_length=128)
+    count: int = Field(default=1, ge=0)
+    refused: dict[str, int] = Field(default_factory=dict)
+    links_through: dict[int, int] = Field(default_factory=dict)
+    scope: Scope | None = None
+    budgets: Budgets | None = None
+    partitions: int = Field(default=0, ge=0, description="start: links partitions to generate from")
+    partition: int = Field(default=-1)
+    origin: tuple[int, int] | None = None
+    index: int = Field(default=0, ge=0)
+
+
+class RunProgress(_Record):
+    """A frontier run's state as its ledger sees it (topic ``<prefix>.frontier.progress``,
+    compacted, key: run id), written on every change; ``version`` counts the changes."""
+
+    schema_version: Literal[1] = 1
+    run_id: str = Field(min_length=1)
+    job_id: str = ""
+    version: int = Field(default=0, ge=0)
+    state: Literal["running", "stopped"] = "running"
+    admitted: int = Field(default=0, ge=0)
+    closed: int = Field(default=0, ge=0)
+    fetched: int = Field(default=0, ge=0)
+    not_modified: int = Field(default=0, ge=0)
+    failed: int = Field(default=0, ge=0)
+    hosts: int = Field(default=0, ge=0)
+    links: int = Field(default=0, ge=0)
+    refused: dict[str, int] = Field(default_factory=dict)
+    generating: int = Field(default=0, ge=0, description="frontier partitions still generating")
+    links_through: dict[int, int] = Field(default_factory=dict)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def in_flight(self) -> int:
+        return self.admitted - self.closed
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing admitted is still open and no partition is still generating."""
+        return self.admitted == self.closed and self.generating == 0
+
+
+class HostState(_Record):
+    """A host's politeness state, shared by the crawler processes of every job (topic
+    ``<prefix>.hosts``, compacted, key: host; partitioned like the requests topic, so the crawler
+    that owns a host's requests owns its state): robots.txt as fetched, ``Crawl-delay``, the end
+    of a cooldown (Retry-After, 429/503) and of an error backoff."""
+
+    schema_version: Literal[1] = 1
+    host: str = Field(min_length=1)
+    robots_netloc: str | None = Field(default=None, description="host:port whose robots.txt this is")
+    robots_fetched_at: datetime | None = None
+    robots_status: int | None = None
+    robots_body: str | None = Field(default=None, max_length=512 * 1024)
+    crawl_delay_s: float = Field(default=0.0, ge=0)
+    cooldown_until: datetime | None = None
+    errors: int = Field(default=0, ge=0, description="consecutive failed fetches")
+    backoff_until: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
 
 
 class RunEvent(_Record):
@@ -219,7 +382,7 @@ class RunEvent(_Record):
     pages: int = Field(default=0, ge=0)
     errors: int = Field(default=0, ge=0)
     delivery_failures: int = Field(default=0, ge=0)
-    outcome: Literal["running", "succeeded", "failed"] = "running"
+    outcome: Literal["running", "succeeded", "failed", "stopped"] = "running"
     detail: str = ""
 
 
@@ -248,8 +411,9 @@ class DomainStats(_Record):
 
 class PageChangeEvent(BaseModel):
     """A page event as Debezium's outbox EventRouter publishes it (topic ``outbox.event.page``,
-    key: the URL, header ``eventType``): the JSON payload the page sink writes into the outbox
-    (``sinks/pages.py`` PAYLOAD). Read by ``crawlstream follow`` and downstream services.
+    key: the URL, headers ``eventType`` and ``id``): the JSON payload of the logical decoding
+    message the page sink emits (``sinks/pages.py`` event_content). Read by ``crawlstream follow``
+    and downstream services.
 
     Fields unknown to this version are ignored (a tolerant reader: the payload may grow without
     breaking subscribers); the known ones are validated.
@@ -266,3 +430,33 @@ class PageChangeEvent(BaseModel):
     simhash: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$", description="64 bits, 16 hex digits")
     run_id: str | None = None
     type: Literal["created", "changed", "gone"]
+
+
+LinksTopicRecord = LinkRecord | FetchOutcome | FrontierCommand
+_LINKS_TOPIC: dict[str, type[LinkRecord] | type[FetchOutcome] | type[FrontierCommand]] = {
+    "link": LinkRecord,
+    "outcome": FetchOutcome,
+    "generate": FrontierCommand,
+}
+
+
+def links_record_type(raw: bytes) -> str:
+    """The ``type`` of a links-topic record from its bytes (records without one are links).
+
+    The JSON is not parsed for this: the writers here put ``type`` first after
+    ``schema_version`` (field order of the models), so a prefix look-up finds it; anything
+    else is parsed as a link, which refuses it if it is not one.
+    """
+    head = raw[:64]
+    for name in ("outcome", "generate"):
+        if b'"type":"' + name.encode() + b'"' in head:
+            return name
+    return "link"
+
+
+def decode_links_record(raw: bytes | None) -> LinksTopicRecord:
+    """A record of ``<prefix>.links``: a link, a fetch outcome or a frontier command, or
+    RecordError (as :func:`decode_record`)."""
+    if raw is None:
+        raise RecordError("null_value", "message has no value")
+    return decode_record(_LINKS_TOPIC[links_record_type(raw)], raw)

@@ -149,6 +149,12 @@ class PostgresSettings(BaseModel):
     cdc_password: SecretStr = SecretStr("")
     publication: str = "crawlstream_pages"
     slot_name: str = "crawlstream_pages"
+    # The page sink emits each page event as a transactional logical decoding message with this
+    # prefix (pg_logical_emit_message); the outbox connector reads only this prefix
+    # (message.prefix.include.list) through its own publication, which holds ``cdc_heartbeat``
+    # only (migration 0007): the connector needs no table rows, only the messages and heartbeats.
+    event_message_prefix: str = Field(default="crawlstream.outbox", pattern=r"^[A-Za-z0-9._-]+$")
+    events_publication: str = "crawlstream_events"
 
     @field_validator("url", "owner_url")
     @classmethod
@@ -277,6 +283,25 @@ class CrawlSettings(BaseModel):
     obey_robots: bool = True
     allow_private_addresses: bool = False
     delivery_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class FrontierSettings(BaseModel):
+    """Frontier jobs (``source = "frontier"``): the requests topic, host state, completion."""
+
+    # Partitions of <prefix>.requests and <prefix>.hosts (one host, one partition, one crawler at
+    # a time): more than kafka.partitions so that crawler processes split the hosts evenly.
+    request_partitions: int = Field(default=12, ge=1, le=1024)
+    # Requests a crawler process reads ahead into its per-host queues before it pauses the topic.
+    read_ahead: int = Field(default=5000, ge=10)
+    # A crawler that fails this many fetches in a row on a host backs off from it, doubling from
+    # backoff_initial_s up to backoff_max_s.
+    backoff_after_errors: int = Field(default=3, ge=1)
+    backoff_initial_s: float = Field(default=5.0, gt=0)
+    backoff_max_s: float = Field(default=300.0, gt=0)
+    # robots.txt kept in the host state is used for this long before it is fetched again.
+    robots_max_age_s: float = Field(default=86_400.0, gt=0)
+    # How often a run's runner checks completion and prints progress.
+    poll_interval_s: float = Field(default=0.5, gt=0, le=10)
 
 
 class StreamsSettings(BaseModel):
@@ -419,6 +444,7 @@ class Settings(BaseSettings):
     stack: StackSettings = Field(default_factory=StackSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     crawl: CrawlSettings = Field(default_factory=CrawlSettings)
+    frontier: FrontierSettings = Field(default_factory=FrontierSettings)
     streams: StreamsSettings = Field(default_factory=StreamsSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
     follow: FollowSettings = Field(default_factory=FollowSettings)

@@ -34,6 +34,9 @@ class TopicSpec:
     key: str
     description: str
     config: dict[str, str] = field(default_factory=dict)
+    # An existing topic with fewer partitions gets more (ensure_topics) instead of an error: no
+    # table is co-partitioned with it (a key may move partition, which these topics tolerate).
+    growable: bool = False
 
     @property
     def max_message_bytes(self) -> int:
@@ -60,6 +63,10 @@ class TopicCatalog:
     # Debezium heartbeat records of the two connectors (topic.heartbeat.prefix.topic.prefix).
     cdc_heartbeat: TopicSpec
     outbox_heartbeat: TopicSpec
+    # Frontier jobs: each run's ledger (input of streams.ledger), its progress, host state.
+    frontier_ledger: TopicSpec
+    frontier_progress: TopicSpec
+    hosts: TopicSpec
 
     def all(self) -> list[TopicSpec]:
         return [
@@ -77,6 +84,9 @@ class TopicCatalog:
             self.page_events,
             self.cdc_heartbeat,
             self.outbox_heartbeat,
+            self.frontier_ledger,
+            self.frontier_progress,
+            self.hosts,
         ]
 
 
@@ -154,9 +164,10 @@ def _catalog(settings: Settings) -> TopicCatalog:
         ),
         requests=TopicSpec(
             f"{prefix}.requests",
-            parts,
+            settings.frontier.request_partitions,
             "host",
             "URLs to fetch for distributed crawlers; one host, one partition (CrawlRequest JSON)",
+            growable=True,
         ),
         runs=TopicSpec(
             f"{prefix}.runs",
@@ -188,11 +199,43 @@ def _catalog(settings: Settings) -> TopicCatalog:
             "outbox.event.page",
             parts,
             "canonical URL (outbox aggregateid)",
-            "page created/changed/gone events from the outbox table (payload JSON; type in header eventType)",
+            "page created/changed/gone events from the page sink's WAL messages (JSON; header eventType)",
         ),
         cdc_heartbeat=heartbeat_topic(settings, settings.connect.cdc_topic_prefix),
         outbox_heartbeat=heartbeat_topic(settings, settings.connect.outbox_topic_prefix),
+        frontier_ledger=TopicSpec(
+            f"{prefix}.frontier.ledger",
+            parts,
+            "run id",
+            "a frontier run's candidates, closed requests and commands, in order (LedgerEntry JSON)",
+        ),
+        frontier_progress=TopicSpec(
+            f"{prefix}.frontier.progress",
+            1,
+            "run id",
+            "the latest state of each frontier run's ledger (RunProgress JSON; compacted)",
+            {**_compacted(), "retention.ms": str(30 * 24 * 3600 * 1000)},
+        ),
+        hosts=TopicSpec(
+            f"{prefix}.hosts",
+            settings.frontier.request_partitions,
+            "host",
+            "per-host politeness state: robots.txt, Crawl-delay, cooldowns, backoff (HostState JSON; "
+            "compacted; partitioned like the requests topic)",
+            _compacted(),
+            growable=True,
+        ),
     )
+
+
+def _compacted() -> dict[str, str]:
+    # Compacted often enough that a restore reads about one record per key.
+    return {
+        "cleanup.policy": "compact",
+        "segment.ms": str(3600 * 1000),
+        "min.cleanable.dirty.ratio": "0.1",
+        "delete.retention.ms": str(24 * 3600 * 1000),
+    }
 
 
 def heartbeat_topic(settings: Settings, connector_topic_prefix: str) -> TopicSpec:
@@ -223,10 +266,23 @@ def ensure_topics(
     problems = [
         f"topic {s.name} has {len(existing[s.name].partitions)} partitions, catalog says {s.partitions}"
         for s in specs
-        if s.name in existing and len(existing[s.name].partitions) != s.partitions
+        if s.name in existing
+        and len(existing[s.name].partitions) != s.partitions
+        and not (s.growable and len(existing[s.name].partitions) < s.partitions)
     ]
     if problems:
         raise StackError("; ".join(problems))
+    grow = [s for s in specs if s.name in existing and len(existing[s.name].partitions) < s.partitions]
+    if grow:
+        from confluent_kafka.admin import NewPartitions  # type: ignore[attr-defined]
+
+        for name, future in admin.create_partitions(
+            [NewPartitions(s.name, s.partitions) for s in grow], operation_timeout=timeout_s
+        ).items():
+            try:
+                future.result()
+            except Exception as exc:
+                raise StackError(f"cannot add partitions to topic {name}: {exc}") from exc
     _align_configs(admin, [s for s in specs if s.name in existing and s.config], timeout_s)
     missing = [s for s in specs if s.name not in existing]
     if not missing:

@@ -56,9 +56,11 @@ def canonical_url(url: str) -> str:
         netloc = f"{netloc}:{port}"
     if parts.username:
         netloc = f"{parts.username}@{netloc}"
-    query = urlencode(
-        [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not is_tracking_param(k)]
-    )
+    query = parts.query
+    if query:  # most URLs have none: skip parsing and re-encoding an empty query
+        query = urlencode(
+            [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if not is_tracking_param(k)]
+        )
     path = parts.path or "/"
     return canonicalize_url(urlunsplit((scheme, netloc, path, query, "")))
 

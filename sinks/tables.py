@@ -7,7 +7,6 @@ URL itself: a btree entry holds at most about 2,700 bytes and URLs can be much l
 0006); ``url`` keeps the full URL. ``page_history`` the superseded versions (the view
 ``page_versions`` adds the current ones: one row per content change, each body stored once);
 ``page_touches_pending`` touches that arrived before their page row;
-``outbox`` the domain events Debezium's EventRouter republishes (``outbox.event.page``);
 ``domain_stats`` closed aggregation windows; ``crawl_runs`` job runs; ``sink_offsets`` the next
 Kafka offset per consumer group and partition; ``cdc_heartbeat`` one row per Debezium slot,
 written by the connectors' heartbeat.action.query so idle slots still confirm WAL (migration 0003).
@@ -17,9 +16,7 @@ checks that they still agree. How records become rows is in :mod:`sinks.rows`.
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -33,7 +30,6 @@ from sqlalchemy import (
     Text,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 Timestamp = DateTime(timezone=True)
@@ -134,19 +130,6 @@ class PageTouchPending(Base):
     url: Mapped[str] = mapped_column(Text, comment="canonical URL without a pages row yet")
     seen: Mapped[datetime] = mapped_column(Timestamp, comment="latest touch time")
     parked_at: Mapped[datetime] = _now()
-
-
-class Outbox(Base):
-    """Debezium outbox: rows are inserted and deleted in the same transaction (the WAL keeps them)."""
-
-    __tablename__ = "outbox"
-
-    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
-    aggregatetype: Mapped[str] = mapped_column(Text)
-    aggregateid: Mapped[str] = mapped_column(Text)
-    type: Mapped[str] = mapped_column(Text)
-    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
-    created_at: Mapped[datetime] = _now()
 
 
 class DomainStatsRow(Base):

@@ -2,7 +2,7 @@
 
 ``new_app(settings)`` configures an app with no agents (unit tests register one agent on it);
 ``create_app(settings)`` also registers every agent (raw -> changes -> content -> near ->
-unique; unique + touches -> stats; links -> requests; see each module) and the web views
+unique; unique + touches -> stats; links -> ledger -> requests; see each module) and the web views
 (:mod:`streams.views`); it is what ``python -m streams`` runs.
 Agent modules take the app as an argument and never import this module, so there is no cycle.
 
@@ -21,7 +21,7 @@ import faust
 
 from crawlstream.kafka import aiokafka_security
 from crawlstream.settings import Settings
-from streams import changes, content, frontier, near, outputs, stats, views
+from streams import changes, content, frontier, ledger, near, outputs, stats, views
 from streams.recrawl import RecrawlPolicy
 from streams.topology import declare_topics
 
@@ -101,6 +101,7 @@ def create_app(settings: Settings) -> faust.App:
     content.register(app, settings, topics)
     near.register(app, settings, topics)
     frontier.register(app, settings, topics, detected.urls)
+    ledger.register(app, settings, topics)
     if settings.streams.stats_enabled:
         views.register(app, stats.register(app, settings, topics))
     return app

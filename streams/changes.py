@@ -9,6 +9,8 @@ Writes ``<prefix>.pages.touches``        (key: canonical URL, PageTouch) for unc
        ``<prefix>.deadletter``           (any record it cannot handle: undecodable, wrong key,
        URLs or fetch time no crawler produces (:mod:`streams.checks`), an output too large for
        its topic, ...; :mod:`streams.agent`).
+A 304 (Not Modified, from a conditional recrawl of a frontier job) of a known URL keeps its
+fingerprint: an unchanged recrawl, a touch (no new version, no change event).
 Table  ``urls``: canonical URL -> {h: fingerprint, f: first seen, l: last seen, i: recrawl
        interval s, o: offset of the raw record that last updated the entry, c: its change
        (n/c/u)}; changelog ``<app_id>-urls-changelog``, co-partitioned with the raw topic.
@@ -182,10 +184,14 @@ def register(app: Any, settings: Settings, topics: StageTopics, policy: RecrawlP
     def detect(event: Any) -> streams_outputs.Effects:
         record = decode_keyed_page(event.key, event.value, max_url_length)
         event_lag.observe(event_lag_seconds(record, datetime.now(UTC)))
-        enrichment = enrich(record)
-        print_ = fingerprint(record, enrichment)
         offset = event.message.offset
         entry = urls.get(record.canonical_url)
+        if record.status == 304 and entry is not None and "h" in entry:
+            # Not Modified (a conditional recrawl): the page is what it was, a touch.
+            enrichment, print_ = None, str(entry["h"])
+        else:
+            enrichment = enrich(record)
+            print_ = fingerprint(record, enrichment)
         change = replayed(entry, offset)
         effects = streams_outputs.Effects()
         if change is None:

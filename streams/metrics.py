@@ -22,10 +22,18 @@ DUPLICATES = Counter(
 DEAD_LETTERS = Counter(
     "streams_dead_letters_total", "Events sent to the dead-letter topic", ["agent", "reason"]
 )
-REQUESTS = Counter("streams_requests_total", "Crawl requests produced by the frontier", ["reason"])
+REQUESTS = Counter(
+    "streams_requests_total",
+    "Crawl requests produced by the frontier (link, recrawl, seed) and candidates it sent a frontier "
+    "job's ledger (candidate)",
+    ["reason"],
+)
 FRONTIER_REFUSED = Counter(
     "streams_frontier_refused_total",
-    "Links the frontier refused to request: too_deep, url_too_long, scheme, no_host, invalid_url",
+    "Links the frontier refused to request: too_deep, url_too_long, scheme, no_host, invalid_url; "
+    "for frontier jobs also offsite_host, offsite_domain, filtered, the ledger's budgets max_pages, "
+    "host_budget, max_hosts, run_stopped, entries of a run already purged (run_over) and known URLs "
+    "forgotten (expired)",
     ["reason"],
 )
 WINDOWS_CLOSED = Counter("streams_windows_closed_total", "Stats windows emitted on close", ["window"])

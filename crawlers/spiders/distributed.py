@@ -26,14 +26,37 @@ unfinished offset is stored (:mod:`crawlers.inflight`) and auto-committed; the c
 close. A crash re-delivers the unfinished requests. CrawlRequests whose ``not_before`` is in the
 future are held back by the process until then. The spider stays open while messages arrive and
 closes after ``idle_exit_s`` without any (0: never).
+
+Fair dispatch: consumed requests wait in per-host queues (breadth-first: lowest depth, then
+offset), read ahead up to ``frontier.read_ahead`` requests (then the topic is paused). Requests go
+to Scrapy round-robin over the hosts that are ready: fewer than ``CONCURRENT_REQUESTS_PER_DOMAIN``
+of theirs in flight in this process, no cooldown or backoff running, and at most
+``CONCURRENT_REQUESTS`` in flight in all. A host that waits (a Retry-After, a backoff) holds only
+its own queue, never another host's, and a huge host gets its turn like any other.
+
+Frontier jobs (``frontier_run``): only the requests of that run are fetched (others are skipped,
+offsets committed). Each request carries the run's scope; links out of it are left out and
+counted by reason (:func:`crawlstream.scope.link_refusal`), links this process already sent at
+the same or a lower depth are not sent again, and once the request's page and links are
+delivered its :class:`~crawlstream.records.FetchOutcome` goes to ``<prefix>.links`` (its offset
+is committable only once that is delivered too). A request with validators is sent with
+If-None-Match / If-Modified-Since, and a 304 is recorded as a metadata record with status 304
+(the stream stage keeps the page as it was: a touch). Per-host politeness state is the shared
+``<prefix>.hosts`` table (:mod:`crawlers.hoststate`): restored for the partitions assigned before
+any of their requests is dispatched, and after an assignment a host with a delay waits that delay
+first (its former owner may just have fetched it). On revocation the queued requests of the
+revoked partitions are dropped uncommitted (the new owner has them). ``parent_pid``: the spider
+closes when that process (its job's runner) is gone.
 """
 
 from __future__ import annotations
 
+import heapq
+import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -41,33 +64,49 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from pydantic import ValidationError
 from scrapy import Request, Spider, signals
 from scrapy.crawler import Crawler
-from scrapy.exceptions import CloseSpider, DontCloseSpider
+from scrapy.exceptions import CloseSpider, DontCloseSpider, IgnoreRequest
 from scrapy.http import Response, TextResponse
 from scrapy.linkextractors import LinkExtractor
+from scrapy.spidermiddlewares.httperror import HttpError
 from scrapy.utils.defer import deferred_from_coro
 from twisted.internet import task
 from twisted.python.failure import Failure
 
+from crawlers.hoststate import HostStates
 from crawlers.inflight import InFlightOffsets
+from crawlers.pages import metadata_record
 from crawlers.pipelines import pipeline_for
+from crawlers.refusals import Refused
 from crawlers.settings import crawlstream_settings
-from crawlers.spiders.common import CountingLinkExtractor, RecordingMixin, _split_arg
+from crawlers.spiders.common import (
+    DEAD_LETTER_STATUSES,
+    STAT_METADATA_RECORDS,
+    CountingLinkExtractor,
+    RecordingMixin,
+    _split_arg,
+)
 from crawlstream.deadletters import DeadLetterMessage, Origin, dead_letter_for_exception
 from crawlstream.errors import RecordError
 from crawlstream.kafka import consumer_config
-from crawlstream.records import CrawlRequest, LinkRecord, PageRecord
+from crawlstream.records import CrawlRequest, FetchOutcome, LinkRecord, PageRecord
+from crawlstream.scope import link_refusal
 from crawlstream.topics import catalog
 from crawlstream.urls import canonical_url, host_of
 
 STAT_REQUESTS_CONSUMED = "crawlstream/requests_consumed"
 STAT_REQUESTS_DEAD = "crawlstream/requests_dead_lettered"
+STAT_REQUESTS_OTHER_RUNS = "crawlstream/requests_of_other_runs"
 STAT_LINKS = "crawlstream/links"
-POLL_INTERVAL_S = 0.1
-BATCH = 100
+STAT_LINKS_KNOWN = "crawlstream/links_already_sent"
+STAT_OUTCOMES = "crawlstream/outcomes"
+POLL_INTERVAL_S = 0.05
+BATCH = 500
 MAX_HOLD_S = 3600.0  # a request due later than this would hold its partition's commits: dead letter
 MAX_ERROR_DETAIL = 300
+SENT_LINKS_CACHE = 200_000  # canonical URLs (and depth) of links this process sent
 
 OriginKey = tuple[str, int, int]  # topic, partition, offset
+Raw = tuple[bytes | None, bytes | None]
 
 
 @dataclass
@@ -79,6 +118,16 @@ class _Pending:
     items: int = 0
     finished: bool = False
     failed: bool = False
+
+
+@dataclass
+class _Host:
+    """A host's queue in this process: (depth, offset, partition, request, origin, raw), lowest
+    first: breadth-first, then in the order the requests were written."""
+
+    queue: list[tuple[int, int, int, CrawlRequest, OriginKey, Raw]] = field(default_factory=list)
+    in_flight: int = 0
+    not_before: float = 0.0  # epoch seconds: a delay owed after an assignment
 
 
 class DistributedSpider(RecordingMixin, Spider):
@@ -96,6 +145,8 @@ class DistributedSpider(RecordingMixin, Spider):
         allow: str | list[str] | None = None,
         deny: str | list[str] | None = None,
         max_hold_s: float | str = MAX_HOLD_S,
+        frontier_run: str = "",
+        parent_pid: int | str = 0,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("start_urls", None)
@@ -103,20 +154,38 @@ class DistributedSpider(RecordingMixin, Spider):
         self.group_id = group_id
         self.idle_exit_s = float(idle_exit_s or 0)
         self.max_hold_s = float(max_hold_s)
+        self.frontier_run = frontier_run
+        self.parent_pid = int(parent_pid or 0)
         self.allowed_domains = _split_arg(allowed_domains) or None
         self.set_patterns(allow, deny)
         self.link_extractor: LinkExtractor = LinkExtractor()  # from_crawler installs the counting one
         self.setup_recording(job_id, run_id, max_pages, max_body_bytes)
         self.consumer: Consumer | None = None
+        self.host_states: HostStates | None = None
         self.last_message = time.monotonic()
-        self.held: list[
-            tuple[datetime, tuple[CrawlRequest, OriginKey, tuple[bytes | None, bytes | None]]]
-        ] = []
+        self.held: list[tuple[datetime, tuple[CrawlRequest, OriginKey, Raw]]] = []
         self.offsets = InFlightOffsets()
         self.loop: task.LoopingCall | None = None
         self.max_depth = 0
         self._pending: dict[int, _Pending] = {}
-        self._settling: deque[tuple[int, OriginKey]] = deque()
+        self._settling: deque[tuple[int, OriginKey, CrawlRequest | None]] = deque()
+        # Dispatch.
+        self.hosts: dict[str, _Host] = {}
+        self._ring: deque[str] = deque()
+        self._in_ring: set[str] = set()
+        self.queued = 0
+        self.in_flight = 0
+        self.max_in_flight = 16
+        self.per_host = 8
+        self.delay_s = 0.0
+        self.read_ahead = 5000
+        self._paused = False
+        self._dispatched: dict[OriginKey, str] = {}
+        self._assigned_at: dict[int, float] = {}
+        # Frontier requests: the request of each origin, and what its outcome says.
+        self._frontier: dict[OriginKey, CrawlRequest] = {}
+        self._outcome: dict[OriginKey, dict[str, Any]] = {}
+        self._sent: OrderedDict[str, int] = OrderedDict()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> DistributedSpider:
@@ -124,6 +193,10 @@ class DistributedSpider(RecordingMixin, Spider):
         assert isinstance(spider, DistributedSpider)
         spider.link_extractor = CountingLinkExtractor(crawler)
         spider.max_depth = crawler.settings.getint("DEPTH_LIMIT")
+        spider.max_in_flight = crawler.settings.getint("CONCURRENT_REQUESTS")
+        spider.per_host = max(1, crawler.settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN"))
+        spider.delay_s = crawler.settings.getfloat("DOWNLOAD_DELAY")
+        spider.read_ahead = crawlstream_settings(crawler.settings).frontier.read_ahead
         crawler.signals.connect(spider.on_idle, signal=signals.spider_idle)
         crawler.signals.connect(spider.on_closed, signal=signals.spider_closed)
         crawler.signals.connect(spider.request_done, signal=signals.request_dropped)
@@ -134,7 +207,12 @@ class DistributedSpider(RecordingMixin, Spider):
 
     async def start(self) -> AsyncIterator[Request]:
         settings = crawlstream_settings(self.crawler.settings)
-        self.topic = catalog(settings).requests.name
+        topics = catalog(settings)
+        self.topic = topics.requests.name
+        self.links_topic = topics.links.name
+        if self.frontier_run:
+            self.host_states = HostStates(settings, self.group_id)
+            self.host_states.register(self.crawler)
         self.consumer = Consumer(
             consumer_config(
                 settings,
@@ -144,10 +222,13 @@ class DistributedSpider(RecordingMixin, Spider):
                     "auto.offset.reset": "earliest",
                     "enable.auto.offset.store": False,
                     "partition.assignment.strategy": "cooperative-sticky",
+                    # A crawler killed without leaving hands its hosts over after this long.
+                    "session.timeout.ms": 10_000,
+                    "heartbeat.interval.ms": 1_000,
                 },
             )
         )
-        self.consumer.subscribe([self.topic])
+        self.consumer.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked)
         self.logger.info("consuming %s as group %s", self.topic, self.group_id)
         self.loop = task.LoopingCall(self.poll)
         self.loop.start(POLL_INTERVAL_S).addErrback(self._loop_died)
@@ -157,9 +238,54 @@ class DistributedSpider(RecordingMixin, Spider):
     def _loop_died(self, failure: Failure) -> None:
         # Only the consumer itself can get here (records are handled inside their own boundary).
         self.logger.error("consumer loop failed: %s", failure.getTraceback())
+        self._close("consumer_failed")
+
+    def _close(self, reason: str) -> None:
         engine = self.crawler.engine
         if engine is not None:
-            deferred_from_coro(engine.close_spider_async(reason="consumer_failed"))
+            deferred_from_coro(engine.close_spider_async(reason=reason))
+
+    # Assignment (called inside consume(), on the reactor thread).
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        mine = [tp.partition for tp in partitions]
+        self.logger.info("assigned partitions %s of %s", mine, self.topic)
+        now = time.time()
+        for partition in mine:
+            self._assigned_at[partition] = now
+        if self.host_states is not None:
+            self.host_states.restore(mine)
+            pipeline = pipeline_for(self.crawler)
+            if pipeline is not None:
+                ends = {}
+                for partition in self._links_partitions(consumer):
+                    tp = TopicPartition(self.links_topic, partition)
+                    ends[partition] = consumer.get_watermark_offsets(tp, timeout=10)[1]
+                pipeline.links_floor(ends)
+
+    def _links_partitions(self, consumer: Consumer) -> list[int]:
+        info = consumer.list_topics(self.links_topic, timeout=10).topics.get(self.links_topic)
+        return sorted(info.partitions) if info is not None and info.partitions else []
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        gone = {tp.partition for tp in partitions}
+        self.logger.info("partitions %s of %s revoked", sorted(gone), self.topic)
+        dropped = 0
+        for host, queue in list(self.hosts.items()):
+            kept = [item for item in queue.queue if item[2] not in gone]
+            dropped += len(queue.queue) - len(kept)
+            heapq.heapify(kept)
+            queue.queue = kept
+            if not kept and queue.in_flight == 0:
+                del self.hosts[host]
+        self.queued -= dropped
+        self.held = [(when, r) for when, r in self.held if r[1][1] not in gone]
+        for partition in gone:
+            self.offsets.revoke(self.topic, partition)
+            self._assigned_at.pop(partition, None)
+        for origin in [o for o in self._frontier if o[1] in gone and o not in self._dispatched]:
+            self._frontier.pop(origin, None)
+        if self.host_states is not None:
+            self.host_states.revoke(sorted(gone))
 
     # Consuming: one boundary per record.
     def poll(self) -> None:
@@ -167,11 +293,22 @@ class DistributedSpider(RecordingMixin, Spider):
         pipeline = pipeline_for(self.crawler)
         if pipeline is not None:
             pipeline.poll()
+        if self.host_states is not None:
+            self.host_states.poll()
         self.release()
+        if self.parent_pid and os.getppid() != self.parent_pid:
+            self.logger.warning("the runner (pid %d) is gone: closing", self.parent_pid)
+            self.parent_pid = 0
+            self._close("runner_gone")
+            return
         now = datetime.now(UTC)
-        due = [r for when, r in self.held if when <= now]
-        self.held = [(when, r) for when, r in self.held if when > now]
-        for message in self.consumer.consume(BATCH, timeout=0):
+        if self.held:
+            due = [r for when, r in self.held if when <= now]
+            self.held = [(when, r) for when, r in self.held if when > now]
+            for request, origin, raw in due:
+                self.enqueue(request, origin, raw)
+        messages = [] if self._paused else self.consumer.consume(BATCH, timeout=0)
+        for message in messages:
             if message.error() is not None:
                 self.logger.warning("consumer: %s", message.error())
                 continue
@@ -181,31 +318,34 @@ class DistributedSpider(RecordingMixin, Spider):
             self.crawler.stats.inc_value(STAT_REQUESTS_CONSUMED)
             raw = (message.key(), message.value())
             try:
-                request = self.accept(raw[1], now)
+                request, refused = self.accept(raw[1], now)
             except Exception as exc:  # whatever the record causes: a dead letter, and move on
                 self.dead_letter(exc, raw, origin)
                 continue
-            if request is None:
-                self.done(origin)  # refused (counted)
+            if self.frontier_run and request.run_id != self.frontier_run:
+                self.crawler.stats.inc_value(STAT_REQUESTS_OTHER_RUNS)
+                self.done(origin)
+                continue
+            if request.scope is not None:
+                self._frontier[origin] = request
+            if refused is not None:
+                self.outcome(origin, outcome="refused", reason=refused)
+                self.done(origin)
             elif request.not_before is not None and request.not_before > now:
                 self.held.append((request.not_before, (request, origin, raw)))
             else:
-                due.append((request, origin, raw))
-        for request, origin, raw in due:
-            try:
-                self.crawler.engine.crawl(
-                    Request(
-                        request.url,
-                        callback=self.parse,
-                        errback=self.failed,
-                        meta={"depth": request.depth, "kafka_origin": origin, "kafka_record": raw},
-                    )
-                )
-            except Exception as exc:
-                self.dead_letter(exc, raw, origin)
+                self.enqueue(request, origin, raw)
+        self.dispatch()
+        if not self._paused and self.queued >= self.read_ahead:
+            self.consumer.pause(self.consumer.assignment())
+            self._paused = True
+        elif self._paused and self.queued <= self.read_ahead // 2:
+            self.consumer.resume(self.consumer.assignment())
+            self._paused = False
 
-    def accept(self, value: bytes | None, now: datetime) -> CrawlRequest | None:
-        """The CrawlRequest of a message, None when refused (counted); raises for a bad record."""
+    def accept(self, value: bytes | None, now: datetime) -> tuple[CrawlRequest, str | None]:
+        """The CrawlRequest of a message and why it is refused (None: it is not); raises for a
+        bad record."""
         try:
             request = CrawlRequest.model_validate_json(value or b"")
         except ValidationError as exc:
@@ -215,22 +355,108 @@ class DistributedSpider(RecordingMixin, Spider):
             raise RecordError("invalid_request", problems[:MAX_ERROR_DETAIL]) from None
         if request.not_before is not None and request.not_before.tzinfo is None:
             request = request.model_copy(update={"not_before": request.not_before.replace(tzinfo=UTC)})
-        reason = self.link_scope.refusal(request.url, link=True)
-        if reason is None and 0 < self.max_depth < request.depth:
+        if self.frontier_run and request.run_id != self.frontier_run:
+            return request, None  # not this run's: skipped, not judged
+        reason = self.link_scope.refusal(request.url, link=request.scope is None)
+        if reason is None and request.scope is None and 0 < self.max_depth < request.depth:
             reason = "depth"
         if reason is not None:
             self.refuse(reason)
-            return None
+            return request, reason
         if request.not_before is not None and request.not_before > now + timedelta(seconds=self.max_hold_s):
             raise RecordError(
                 "not_before_too_far",
                 f"not_before {request.not_before.isoformat()} is more than {self.max_hold_s:.0f}s ahead",
             )
-        return request
+        return request, None
 
-    def dead_letter(
-        self, exc: BaseException, raw: tuple[bytes | None, bytes | None], origin: OriginKey
-    ) -> None:
+    # Dispatching: per-host queues, round-robin over the ready hosts.
+    def enqueue(self, request: CrawlRequest, origin: OriginKey, raw: Raw) -> None:
+        host = request.host or host_of(request.url)
+        queue = self.hosts.get(host)
+        if queue is None:
+            queue = self.hosts[host] = _Host()
+            queue.not_before = self._owed_delay(host, origin[1])
+        heapq.heappush(queue.queue, (request.depth, origin[2], origin[1], request, origin, raw))
+        self.queued += 1
+        if host not in self._in_ring:
+            self._ring.append(host)
+            self._in_ring.add(host)
+
+    def _owed_delay(self, host: str, partition: int) -> float:
+        """When a host with a delay may be fetched first after its partition was assigned here:
+        its former owner may have fetched it just before."""
+        if self.host_states is None or self.host_states.get(host) is None:
+            return 0.0
+        state = self.host_states.get(host)
+        delay = max(self.delay_s, state.crawl_delay_s if state else 0.0)
+        return self._assigned_at.get(partition, 0.0) + delay if delay else 0.0
+
+    def _ready_at(self, host: str, queue: _Host) -> float:
+        ready = queue.not_before
+        if self.host_states is not None:
+            ready = max(ready, self.host_states.ready_at(host))
+        return ready
+
+    def dispatch(self) -> None:
+        engine = self.crawler.engine
+        if engine is None:
+            return
+        now = time.time()
+        idle = 0
+        while self._ring and self.in_flight < self.max_in_flight and idle < len(self._ring):
+            host = self._ring.popleft()
+            queue = self.hosts.get(host)
+            if queue is None or not queue.queue:
+                self._in_ring.discard(host)
+                idle = 0
+                continue
+            if queue.in_flight >= self.per_host or self._ready_at(host, queue) > now:
+                self._ring.append(host)
+                idle += 1
+                continue
+            idle = 0
+            *_order, request, origin, raw = heapq.heappop(queue.queue)
+            self.queued -= 1
+            self._ring.append(host)
+            try:
+                engine.crawl(self._request(request, origin, raw))
+            except Exception as exc:
+                self.dead_letter(exc, raw, origin)
+                continue
+            queue.in_flight += 1
+            self.in_flight += 1
+            self._dispatched[origin] = host
+
+    def _request(self, request: CrawlRequest, origin: OriginKey, raw: Raw) -> Request:
+        headers: dict[str, str] = {}
+        meta: dict[str, Any] = {"depth": request.depth, "kafka_origin": origin, "kafka_record": raw}
+        if request.etag:
+            headers["If-None-Match"] = request.etag
+        if request.last_modified:
+            headers["If-Modified-Since"] = request.last_modified
+        if headers:
+            meta["handle_httpstatus_list"] = [304]
+        return Request(request.url, callback=self.parse, errback=self.failed, meta=meta, headers=headers)
+
+    def _finished(self, origin: OriginKey) -> None:
+        host = self._dispatched.pop(origin, None)
+        if host is None:
+            return
+        self.in_flight -= 1
+        queue = self.hosts.get(host)
+        if queue is not None:
+            queue.in_flight -= 1
+            if not queue.queue and queue.in_flight == 0:
+                del self.hosts[host]
+        self.dispatch()
+
+    def outcome(self, origin: OriginKey, **fields: Any) -> None:
+        """Note what a frontier request's outcome will say (the first word stays)."""
+        if origin in self._frontier and origin not in self._outcome:
+            self._outcome[origin] = fields
+
+    def dead_letter(self, exc: BaseException, raw: Raw, origin: OriginKey) -> None:
         settings = crawlstream_settings(self.crawler.settings)
         message = dead_letter_for_exception(
             exc,
@@ -250,19 +476,28 @@ class DistributedSpider(RecordingMixin, Spider):
         pipeline = pipeline_for(self.crawler)
         if pipeline is not None:
             pipeline.produce_dead_letter(message)
+        self.outcome(origin, outcome="failed", reason=message.letter.reason)
         self.done(origin)
 
-    # Finishing: an offset is released once its request's output is settled.
+    # Finishing: an offset is released once its request's output (and outcome) is settled.
     def done(self, origin: OriginKey) -> None:
         pipeline = pipeline_for(self.crawler)
-        self._settling.append((pipeline.barrier() if pipeline is not None else 0, origin))
+        request = self._frontier.pop(origin, None)
+        self._settling.append((pipeline.barrier() if pipeline is not None else 0, origin, request))
         self.release()
 
     def release(self) -> None:
         pipeline = pipeline_for(self.crawler)
         settled = pipeline.delivered_through() if pipeline is not None else None
         while self._settling and (settled is None or self._settling[0][0] <= settled):
-            _barrier, origin = self._settling.popleft()
+            _barrier, origin, request = self._settling.popleft()
+            if request is not None and pipeline is not None:
+                # Its page and links are delivered: now its outcome, then its offset.
+                pipeline.process_item(self._outcome_record(request, origin, pipeline.links_through()))
+                self.crawler.stats.inc_value(STAT_OUTCOMES)
+                self._settling.append((pipeline.barrier(), origin, None))
+                settled = pipeline.delivered_through()
+                continue
             position = self.offsets.done(*origin)
             if self.consumer is not None and position > 0:
                 try:
@@ -271,10 +506,28 @@ class DistributedSpider(RecordingMixin, Spider):
                     self.logger.debug("offset not stored: %s", exc)
                     self.offsets.revoke(origin[0], origin[1])
 
+    def _outcome_record(
+        self, request: CrawlRequest, origin: OriginKey, through: dict[int, int]
+    ) -> FetchOutcome:
+        fields = self._outcome.pop(origin, None) or {"outcome": "failed", "reason": "unprocessable"}
+        return FetchOutcome(
+            url=request.url,
+            canonical_url=request.canonical_url,
+            host=request.host,
+            depth=request.depth,
+            job_id=request.job_id,
+            run_id=request.run_id,
+            links_through=through,
+            **fields,
+        )
+
     def request_done(self, request: Request, **_: Any) -> None:
         origin = request.meta.get("kafka_origin")
         if origin is not None:
-            self.done(tuple(origin))
+            origin = tuple(origin)
+            self._finished(origin)
+            self.outcome(origin, outcome="skipped", reason="duplicate")
+            self.done(origin)
 
     def _track(self, source: object, origin: OriginKey, items: Iterator[Any]) -> Iterator[Any]:
         pending = self._pending.setdefault(id(source), _Pending(source, origin))
@@ -294,6 +547,8 @@ class DistributedSpider(RecordingMixin, Spider):
         if pending.failed:
             # An item the pipeline could not take: keep the offset uncommitted (re-delivered).
             self.logger.error("request at %s[%d]@%d left uncommitted: an item failed", *pending.origin)
+            self._frontier.pop(pending.origin, None)
+            self._outcome.pop(pending.origin, None)
             return
         self.done(pending.origin)
 
@@ -315,7 +570,28 @@ class DistributedSpider(RecordingMixin, Spider):
         if origin is None:
             yield from self.fetch_failed(failure)
             return
-        yield from self._track(failure, tuple(origin), self.fetch_failed(failure))
+        origin = tuple(origin)
+        self._finished(origin)
+        self._note_failure(origin, failure)
+        yield from self._track(failure, origin, self.fetch_failed(failure))
+
+    def _note_failure(self, origin: OriginKey, failure: Failure) -> None:
+        error = failure.value
+        host = self._frontier[origin].host if origin in self._frontier else ""
+        if isinstance(error, HttpError):
+            status = int(error.response.status)
+            kind = "failed" if status in DEAD_LETTER_STATUSES else "fetched"
+            self.outcome(origin, outcome=kind, status=status)
+            if self.host_states is not None and host:
+                (self.host_states.failed if kind == "failed" else self.host_states.succeeded)(host)
+        elif isinstance(error, Refused):
+            self.outcome(origin, outcome="refused", reason=error.reason)
+        elif isinstance(error, IgnoreRequest):
+            self.outcome(origin, outcome="refused", reason="robots")
+        else:
+            self.outcome(origin, outcome="failed", reason=type(error).__name__)
+            if self.host_states is not None and host:
+                self.host_states.failed(host)
 
     def on_idle(self) -> None:
         self.release()
@@ -328,6 +604,8 @@ class DistributedSpider(RecordingMixin, Spider):
         self.release()  # the pipeline flushed at close: store what is now settled
         if self.consumer is not None:
             self.consumer.close()  # commits stored offsets and leaves the group
+        if self.host_states is not None:
+            self.host_states.close()
 
     # Handling a response.
     def parse(
@@ -337,11 +615,13 @@ class DistributedSpider(RecordingMixin, Spider):
         if origin is None:
             yield from self._handle(response)
             return
-        yield from self._track(response, tuple(origin), self._guarded(response, tuple(origin)))
+        origin = tuple(origin)
+        self._finished(origin)
+        yield from self._track(response, origin, self._guarded(response, origin))
 
     def _guarded(self, response: Response, origin: OriginKey) -> Iterator[Any]:
         try:
-            yield from self._handle(response)
+            yield from self._handle(response, self._frontier.get(origin), origin)
         except CloseSpider:
             raise  # max_pages: not the record's fault
         except Exception as exc:  # the response of this record broke something: its dead letter
@@ -349,6 +629,8 @@ class DistributedSpider(RecordingMixin, Spider):
             settings = crawlstream_settings(self.crawler.settings)
             self.crawler.stats.inc_value(STAT_REQUESTS_DEAD)
             self.logger.warning("handling %s failed: %r", response.url[:200], exc)
+            self._outcome.pop(origin, None)
+            self.outcome(origin, outcome="failed", reason="unprocessable")
             yield dead_letter_for_exception(
                 exc,
                 stage="crawl",
@@ -358,31 +640,83 @@ class DistributedSpider(RecordingMixin, Spider):
                 origin=Origin(*origin),
             )
 
-    def _handle(self, response: Response) -> Iterator[PageRecord | DeadLetterMessage | LinkRecord]:
+    def _handle(
+        self, response: Response, request: CrawlRequest | None = None, origin: OriginKey | None = None
+    ) -> Iterator[PageRecord | DeadLetterMessage | LinkRecord]:
+        if self.host_states is not None and request is not None:
+            self.host_states.succeeded(request.host)
+        if response.status == 304 and request is not None and origin is not None:
+            # Not modified: the page stays as it was (the stream stage makes it a touch).
+            self.crawler.stats.inc_value(STAT_METADATA_RECORDS)
+            yield metadata_record(response, job_id=self.job_id or request.job_id, run_id=self.run_id)
+            self.outcome(
+                origin,
+                outcome="not_modified",
+                status=304,
+                etag=_header(response, b"ETag") or request.etag,
+                last_modified=_header(response, b"Last-Modified") or request.last_modified,
+            )
+            return
+        if origin is not None:
+            self.outcome(
+                origin,
+                outcome="fetched",
+                status=response.status,
+                etag=_header(response, b"ETag"),
+                last_modified=_header(response, b"Last-Modified"),
+            )
         if not (yield from self.record(response)):
             return
         assert isinstance(response, TextResponse)
         depth = int(response.meta.get("depth", 0)) + 1
         links = self.link_extractor.extract_links(response)
-        if 0 < self.max_depth < depth:
+        if request is None and 0 < self.max_depth < depth:
             self.refuse("depth", len(links))
             return
         cap = self.crawler.settings.getint("CRAWLSTREAM_MAX_LINKS_PER_PAGE", 1000)
+        refused: dict[str, int] = {}
         in_scope = []
         for link in links:
-            reason = self.link_scope.refusal(link.url, link=True)
+            reason = self.link_scope.refusal(link.url, link=request is None)
+            if reason is None and request is not None and request.scope is not None:
+                reason = link_refusal(link.url, response.url, depth, request.scope)
             if reason is not None:
                 self.refuse(reason)
+                refused[reason] = refused.get(reason, 0) + 1
             else:
                 in_scope.append(link)
+        if len(in_scope) > cap:
+            refused["links_per_page"] = len(in_scope) - cap
+        sent = 0
         for link in self.capped(in_scope, cap):
+            canonical = canonical_url(link.url)
+            if request is not None:
+                known = self._sent.get(canonical)
+                if known is not None and known <= depth:
+                    self.crawler.stats.inc_value(STAT_LINKS_KNOWN)
+                    continue
+                self._sent[canonical] = depth
+                self._sent.move_to_end(canonical)
+                if len(self._sent) > SENT_LINKS_CACHE:
+                    self._sent.popitem(last=False)
             self.crawler.stats.inc_value(STAT_LINKS)
+            sent += 1
             yield LinkRecord(
                 url=link.url,
-                canonical_url=canonical_url(link.url),
+                canonical_url=canonical,
                 host=host_of(link.url),
                 source_url=response.url,
                 depth=depth,
-                job_id=self.job_id,
-                run_id=self.run_id,
+                job_id=self.job_id or (request.job_id if request else ""),
+                run_id=request.run_id if request is not None and request.scope else self.run_id,
+                scope=request.scope if request is not None else None,
             )
+        if origin is not None and origin in self._outcome:
+            self._outcome[origin].update(links=sent, refused=refused)
+
+
+def _header(response: Response, name: bytes) -> str | None:
+    value = response.headers.get(name)
+    if not value:
+        return None
+    return value.decode("latin-1")[:1024]

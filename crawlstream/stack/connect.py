@@ -16,6 +16,7 @@ Settings used: ``stack.connect_port``, ``connect.*``, ``postgres.publication``/`
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -104,6 +105,9 @@ def connector_config(
         "publication.name": settings.postgres.publication,
         "slot.name": settings.postgres.slot_name,
         "topic.heartbeat.prefix": settings.connect.heartbeat_topic_prefix,
+        # The page events are logical decoding messages (pgoutput passes every message to every
+        # slot): the raw connector must drop them, or it would publish them on cdc.message.
+        "message.prefix.exclude.list": ".*",
     }
     wrong = [
         f"{key}={config.get(key)!r} but settings say {value!r}"
@@ -119,14 +123,25 @@ def connector_config(
 
 
 def outbox_connector_config(settings: Settings, path: Path = OUTBOX_JSON) -> dict[str, str]:
+    """The outbox connector's JSON: the page events are logical decoding messages with the
+    prefix the page sink emits (settings.postgres.event_message_prefix), decoded and routed by
+    Debezium's SMTs; its publication holds no table but cdc_heartbeat (migration 0007)."""
     expected = {
         "topic.prefix": settings.connect.outbox_topic_prefix,
-        "publication.name": settings.postgres.publication,
+        "publication.name": settings.postgres.events_publication,
         "slot.name": settings.connect.outbox_slot_name,
-        "table.include.list": "public.outbox",
+        "table.exclude.list": ".*",
         "topic.heartbeat.prefix": settings.connect.heartbeat_topic_prefix,
     }
-    return connector_config(settings, path, expected)
+    config = connector_config(settings, path, expected)
+    prefixes = config.get("message.prefix.include.list", "")
+    prefix = settings.postgres.event_message_prefix
+    if not any(re.fullmatch(p.strip(), prefix) for p in prefixes.split(",") if p.strip()):
+        raise StackError(
+            f"{path} disagrees with settings: message.prefix.include.list={prefixes!r} does not "
+            f"match the page events' prefix {prefix!r} (postgres.event_message_prefix)"
+        )
+    return config
 
 
 def connectors(settings: Settings) -> dict[str, dict[str, str]]:
@@ -157,16 +172,34 @@ def health(settings: Settings) -> str | None:
     return None if isinstance(info, dict) and "version" in info else f"unexpected REST answer {info!r}"
 
 
-def register(settings: Settings, config: dict[str, str], name: str | None = None) -> bool:
-    """PUT the config unless Connect already holds exactly it; True when it was (re)submitted."""
+def registered_config(settings: Settings, name: str | None = None) -> dict[str, str] | None:
+    """The config Connect holds for the connector (without ``name``), None if not registered."""
     url = f"{rest_url(settings)}/connectors/{name or settings.connect.connector_name}/config"
     try:
         current = _request("GET", url)
     except urllib.error.HTTPError as exc:
         if exc.code != 404:
             raise StackError(f"connect: GET {url} failed: {exc.code} {exc.reason}") from exc
-        current = None
-    if isinstance(current, dict) and {k: v for k, v in current.items() if k != "name"} == config:
+        return None
+    return {k: str(v) for k, v in current.items() if k != "name"} if isinstance(current, dict) else None
+
+
+def moves_publication(current: dict[str, str] | None, config: dict[str, str]) -> bool:
+    """True when ``config`` reads another publication than the registered ``current`` through the
+    same slot. pgoutput looks publications up as of the WAL it decodes, so the slot must first
+    have passed the publication's creation (migration 0007), or decoding stops with "publication
+    ... does not exist": the old config drains up to there first (see the supervisor)."""
+    return (
+        current is not None
+        and current.get("slot.name") == config.get("slot.name")
+        and current.get("publication.name") != config.get("publication.name")
+    )
+
+
+def register(settings: Settings, config: dict[str, str], name: str | None = None) -> bool:
+    """PUT the config unless Connect already holds exactly it; True when it was (re)submitted."""
+    url = f"{rest_url(settings)}/connectors/{name or settings.connect.connector_name}/config"
+    if registered_config(settings, name) == config:
         return False
     try:
         _request("PUT", url, config, timeout_s=60)

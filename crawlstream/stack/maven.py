@@ -1,11 +1,12 @@
 """The JVM side of the embedded stack: find Java 17+, and resolve Kafka + Debezium jars with Maven.
 
-Reads deploy/maven/pom.xml (which pins kafka.version and debezium.version; found through
+Reads deploy/maven/pom.xml (which pins kafka.version and the Debezium versions; found through
 crawlstream/stack/deploy_data.py, so an installed package works too). Jars land in
 ``<jvm_dir>/lib`` (broker + Connect classpath) and ``<jvm_dir>/plugins`` (Connect plugin.path),
-where ``<jvm_dir>`` = ``settings.stack.cache_dir / f"jvm-{kafka_version}"``. A stamp file holding
-the pom's hash makes later runs skip Maven entirely. Settings used: ``stack.java_home``,
-``stack.cache_dir``.
+where ``<jvm_dir>`` = ``settings.stack.cache_dir / f"jvm-{kafka_version}-{pom hash}"``: each pom
+gets its own directory, so stacks of checkouts with different poms (branches, upgrades) share the
+cache without wiping each other's jars while they run. A stamp file holding the pom's hash makes
+later runs skip Maven entirely. Settings used: ``stack.java_home``, ``stack.cache_dir``.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def kafka_version(pom: Path = POM) -> str:
 
 
 def jvm_dir(settings: Settings, pom: Path = POM) -> Path:
-    return (settings.stack.cache_dir / f"jvm-{kafka_version(pom)}").expanduser().resolve()
+    """Where this pom's jars live: one directory per pom (see the module docstring)."""
+    name = f"jvm-{kafka_version(pom)}-{pom_hash(pom)[:12]}"
+    return (settings.stack.cache_dir / name).expanduser().resolve()
 
 
 def java_major(version_output: str) -> int | None:

@@ -376,6 +376,25 @@ def publication_exists(layout: PgLayout, settings: Settings) -> bool:
     return out.strip() == "1"
 
 
+def current_wal_lsn(layout: PgLayout) -> str:
+    return psql(layout, "SELECT pg_current_wal_lsn();", db=DB_NAME).strip()
+
+
+def slot_passed(layout: PgLayout, slot: str, lsn: str) -> str | None:
+    """None once replication slot ``slot`` has confirmed WAL up to ``lsn`` (or does not exist),
+    else where it stands."""
+    if not _IDENT.match(slot) or not re.fullmatch(r"[0-9A-F]+/[0-9A-F]+", lsn):
+        raise StackError(f"slot {slot!r} or LSN {lsn!r} is malformed")
+    query = (
+        f"SELECT confirmed_flush_lsn, confirmed_flush_lsn >= '{lsn}' FROM pg_replication_slots "  # noqa: S608
+        f"WHERE slot_name = '{slot}';"  # both checked above
+    )
+    out = psql(layout, query, db=DB_NAME).strip()
+    if not out or out.endswith("|t"):
+        return None
+    return f"slot {slot} has confirmed {out.split('|')[0]}, not yet {lsn}"
+
+
 def url(settings: Settings, role: str, password: str | None) -> str:
     auth = f"{role}:{password}" if password else role
     return f"postgresql://{auth}@127.0.0.1:{settings.stack.postgres_port}/{DB_NAME}"

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +198,18 @@ def up(
 
     _start_connect(ready, jvm, pm, passwords["cdc"], console, timeout)
     if postgres.publication_exists(layout, settings):
+        migrated_at = postgres.current_wal_lsn(layout)
         for name, config in connectors.items():
+            if connect.moves_publication(connect.registered_config(settings, name), config):
+                slot = config["slot.name"]
+                _step(console, f"connector {name}: slot {slot} drains its old publication to {migrated_at}")
+                wait_until(
+                    partial(postgres.slot_passed, layout, slot, migrated_at),
+                    service=f"connector {name}",
+                    log_path=pm.log_path("connect"),
+                    timeout_s=timeout,
+                    alive=lambda: pm.running("connect"),
+                )
             _register_connector(settings, name, config, pm, console, timeout)
     else:
         _step(

@@ -1,7 +1,8 @@
 """Distributed mode: two crawler processes in one consumer group share a crawl from the requests topic.
 
-Four small sites on 127.0.0.x loopback addresses, chosen so their host keys cover every
-partition (librdkafka's default partitioner: CRC32 of the key). Both processes join the group
+Small sites on 127.0.0.x loopback addresses, one per partition of the requests topic, chosen so
+their host keys cover every partition (librdkafka's default partitioner: CRC32 of the key). Both
+processes join the group
 first; then every page of every site is requested once. Asserts that each URL is fetched once
 between the two processes, that each host is fetched by one process only, and that discovered
 links reach the links topic. Needs only the stack's Kafka.
@@ -76,7 +77,8 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def sites() -> Iterator[tuple[list[str], list[_Logged]]]:
     settings = load_settings()
-    hosts = _hosts(settings.kafka.partitions)
+    partitions = catalog(settings).requests.partitions
+    hosts = _hosts(partitions, count=partitions)  # every partition has a host: both processes work
     servers = []
     for host in hosts:
         server = _Logged((host, 0), _Handler)
@@ -116,7 +118,7 @@ def test_two_processes_share_a_crawl_one_host_each(
     while True:  # both members joined and every partition assigned
         desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
         owned = [len(m.assignment.topic_partitions) for m in desc.members]
-        if len(owned) == 2 and sum(owned) == settings.kafka.partitions and min(owned) > 0:
+        if len(owned) == 2 and sum(owned) == topics.requests.partitions and min(owned) > 0:
             break
         assert time.monotonic() < deadline, f"group never had two members with partitions: {desc}"
         time.sleep(0.5)  # poll interval
@@ -191,7 +193,7 @@ def test_garbage_and_hostile_requests_are_handled_and_every_offset_committed(tmp
         while True:  # the member joined and owns every partition
             desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
             owned = sum(len(m.assignment.topic_partitions) for m in desc.members)
-            if owned == settings.kafka.partitions:
+            if owned == topics.requests.partitions:
                 break
             assert time.monotonic() < deadline, f"the crawler never joined: {desc}"
             time.sleep(0.5)  # poll interval

@@ -145,7 +145,8 @@ class Prom:
 
 
 @pytest.fixture
-def settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
+def settings(stack_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The running stack with its workers (their /metrics are scraped here)."""
     monkeypatch.chdir(REPO)
     return load_settings()
 
@@ -228,7 +229,7 @@ def test_prometheus_scrapes_a_crawl_and_evaluates_every_expression(
                 "--start-url",
                 f"{base_url}index.html",
                 "--allow-private-host",
-                "127.0.0.1",
+                base_url,  # that host, on its port only
                 "--metrics-port",
                 str(ports["crawler"]),
                 "--job-id",

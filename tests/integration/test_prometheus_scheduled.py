@@ -38,7 +38,7 @@ CRAWLER_BOARD = REPO / "deploy" / "grafana" / "dashboards" / "crawler.json"
 JOBS = """
 [jobs.minutely]
 start_urls = ["{base}index.html"]
-allow_private_hosts = ["127.0.0.1"]
+allow_private_hosts = ["{base}"]  # that host, on its port only
 max_pages = 30
 download_delay_s = 0.5
 concurrency_per_domain = 1

@@ -270,7 +270,7 @@ def test_the_frontier_and_a_distributed_crawler_crawl_each_page_once(
         "--run-id",
         "it-loop",
         "--allow-private-host",
-        "127.0.0.1",
+        f"127.0.0.1:{site.server_address[1]}",  # that host on the site's port only
         "--report",
         str(pipeline.tmp / "r.json"),
     ]
@@ -284,7 +284,7 @@ def test_the_frontier_and_a_distributed_crawler_crawl_each_page_once(
             desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
             return (
                 sum(len(m.assignment.topic_partitions) for m in desc.members)
-                == pipeline.settings.kafka.partitions
+                == pipeline.topics.requests.partitions
             )
 
         wait_for("the crawler to own the requests topic", crawler_joined, worker)

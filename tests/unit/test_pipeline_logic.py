@@ -72,8 +72,18 @@ def test_catalog_declares_every_topic_once(monkeypatch: pytest.MonkeyPatch, tmp_
         "outbox.event.page",
         "__debezium-heartbeat.cdc",
         "__debezium-heartbeat.outbox",
+        "acme.frontier.ledger",
+        "acme.frontier.progress",
+        "acme.hosts",
     ]
     assert len(set(names)) == len(names)
+    # Requests and host state are partitioned alike (one host, one crawler), on their own count.
+    assert topics.requests.partitions == topics.hosts.partitions == 12
+    assert (
+        topics.hosts.config["cleanup.policy"]
+        == topics.frontier_progress.config["cleanup.policy"]
+        == "compact"
+    )
     assert topics.raw_pages.partitions == topics.unique_pages.partitions == 6
     # Pages up to the body cap must fit, and a change event (a JSON-escaped row) even more so.
     raw_limit = int(topics.raw_pages.config["max.message.bytes"])

@@ -259,3 +259,24 @@ def test_redirects_to_other_schemes_are_counted() -> None:
     ok = HtmlResponse(request.url, status=200, body=b"<html></html>", request=request)
     mw.process_response(request, ok)
     assert stats.get_value(STAT_PREFIX + "scheme") == 2
+
+
+def test_the_scope_judges_a_host_once_but_every_url_and_link_on_its_own() -> None:
+    scope = CrawlScope(allowed_domains=["example.com"], deny=compile_patterns(["/private/"]))
+    assert scope.check("http://Example.COM/a", link=True) == (None, "example.com")
+    # Same scheme and netloc, so the host's verdict is remembered: the URL's own rules still apply.
+    assert scope.check("http://Example.COM/private/b", link=True) == ("filtered", "example.com")
+    assert scope.check("http://Example.COM/private/b", link=False) == (None, "example.com")
+    assert scope.check("http://Example.COM/" + "x" * 3000, link=True) == ("url_too_long", "")
+    for _ in range(2):  # a refused netloc stays refused when asked again
+        assert scope.check("http://example.com:99999/", link=True) == ("invalid_url", "")
+        assert scope.check("http://other.example/x", link=True) == ("offsite", "other.example")
+        assert scope.check("ftp://example.com/x", link=True) == ("scheme", "")
+
+
+def test_the_scope_forgets_hosts_past_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("crawlers.scope.MAX_REMEMBERED_HOSTS", 3)
+    scope = CrawlScope()
+    for n in range(10):
+        assert scope.check(f"http://host{n}.example/", link=True) == (None, f"host{n}.example")
+        assert len(scope._hosts) <= 3

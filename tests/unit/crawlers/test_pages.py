@@ -5,7 +5,15 @@ from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.internet.error import TimeoutError as TxTimeoutError
 from twisted.python.failure import Failure
 
-from crawlers.pages import canonical_link, failure_reason, fetch_dead_letter, metadata_record, page_record
+from crawlers.pages import (
+    MAX_HEADER_CHARS,
+    canonical_link,
+    failure_reason,
+    fetch_dead_letter,
+    metadata_record,
+    page_record,
+    selected_headers,
+)
 
 
 def _html(body: bytes, url: str = "http://example.com/a?utm_source=x&b=1#f", **headers: str) -> HtmlResponse:
@@ -83,3 +91,24 @@ def test_a_fetch_dead_letter_fits_its_topic_whatever_the_url() -> None:
     message = fetch_dead_letter(Failure(TxTimeoutError()), url, job_id="j", run_id="r", max_bytes=16 * 1024)
     assert len(message.value) + len(message.key or b"") <= 16 * 1024 - 1024
     assert message.letter.truncated
+
+
+def test_selected_headers_in_their_order_joined_and_capped() -> None:
+    response = HtmlResponse(
+        "http://example.com/",
+        body=b"<html></html>",
+        headers=[
+            ("x-robots-tag", "noindex"),
+            ("LINK", "<a>; rel=x"),
+            ("Link", "<b>; rel=y"),
+            ("Set-Cookie", "secret=1"),
+            ("etag", '"e"'),
+            ("Server", "s" * (MAX_HEADER_CHARS + 10)),
+            ("Content-Type", "text/html"),
+        ],
+    )
+    headers = selected_headers(response)
+    assert list(headers) == ["content-type", "etag", "server", "x-robots-tag", "link"]
+    assert headers["link"] == "<a>; rel=x, <b>; rel=y"  # every value of a repeated header
+    assert headers["x-robots-tag"] == "noindex"
+    assert headers["server"] == "s" * MAX_HEADER_CHARS

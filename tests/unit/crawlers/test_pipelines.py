@@ -25,12 +25,28 @@ from crawlstream.records import DeadLetter, PageRecord, decode_page
 from crawlstream.settings import Settings
 
 
+class Delivered:
+    """The message a delivery report carries: one partition, offsets in production order."""
+
+    def __init__(self, topic: str, offset: int) -> None:
+        self._topic, self._offset = topic, offset
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+
 class FakeProducer:
     """confluent_kafka.Producer's interface; the test decides when and how deliveries complete."""
 
     def __init__(self, queue_limit: int = 100) -> None:
         self.queue_limit = queue_limit
-        self.pending: list[tuple[bytes, DeliveryCallback]] = []
+        self.pending: list[tuple[bytes, DeliveryCallback, Delivered]] = []
         self.sent: list[tuple[str, bytes, bytes]] = []
         self.fail_keys: set[bytes] = set()
         self.polls: list[float] = []
@@ -40,12 +56,12 @@ class FakeProducer:
         if len(self.pending) >= self.queue_limit:
             raise BufferError("Local: Queue full")
         self.sent.append((topic, key, value))
-        self.pending.append((key, on_delivery))
+        self.pending.append((key, on_delivery, Delivered(topic, len(self.sent) - 1)))
 
     def deliver(self, n: int | None = None) -> int:
         served, self.pending = self.pending[:n], self.pending[len(self.pending[:n]) :]
-        for key, callback in served:
-            callback("MSG_TIMED_OUT" if key in self.fail_keys else None, object())
+        for key, callback, message in served:
+            callback("MSG_TIMED_OUT" if key in self.fail_keys else None, message)
         return len(served)
 
     def poll(self, timeout: float) -> int:
@@ -90,6 +106,24 @@ def test_producer_config_is_safe_and_sized() -> None:
     assert config["compression.type"] == "zstd"
     assert config["message.max.bytes"] == settings.kafka.max_message_bytes
     assert config["bootstrap.servers"] == settings.kafka.bootstrap_servers
+
+
+@pytest.mark.parametrize(("topic", "linger_ms"), [(None, 100), ("elsewhere.small", 20)])
+def test_batches_are_longer_only_for_catalog_topics(topic: str | None, linger_ms: int) -> None:
+    # A topic outside the catalog may refuse a batch that holds several records which fit alone.
+    crawler = get_crawler(
+        settings_dict={"CRAWLSTREAM_SETTINGS": Settings(), **({"CRAWLSTREAM_TOPIC": topic} if topic else {})}
+    )
+    pipeline = KafkaPagePipeline.from_crawler(crawler)
+    configs: list[dict[str, Any]] = []
+
+    def make(config: dict[str, Any]) -> ProducerLike:
+        configs.append(config)
+        return FakeProducer()
+
+    pipeline.make_producer = make  # type: ignore[method-assign]
+    pipeline.open_spider()
+    assert configs[0]["linger.ms"] == linger_ms
 
 
 def test_key_and_value_and_delivery_counts() -> None:

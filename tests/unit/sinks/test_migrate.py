@@ -27,7 +27,9 @@ def render(settings: Settings, revision: str) -> str:
 def settings() -> Settings:
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
-        postgres=PostgresSettings(app_role="Writer", cdc_user="dbz", publication="pub_pages"),
+        postgres=PostgresSettings(
+            app_role="Writer", cdc_user="dbz", publication="pub_pages", events_publication="pub_events"
+        ),
     )
 
 
@@ -59,6 +61,25 @@ def test_upgrade_creates_tables_grants_and_publication_with_names_from_settings(
     assert "CREATE TABLE page_touches_pending" in sql
     assert 'GRANT SELECT, INSERT, UPDATE, DELETE ON page_touches_pending TO "Writer"' in sql
     assert 'GRANT SELECT ON page_versions TO "Writer"' in sql
+    # 0007: page events are logical decoding messages: no outbox table; the outbox connector's
+    # publication holds only the heartbeat table
+    upgrade_0007 = sql[sql.index("-- Running upgrade 0006 -> 0007") :]
+    assert 'ALTER PUBLICATION "pub_pages" DROP TABLE outbox' in upgrade_0007
+    assert "DROP TABLE outbox" in upgrade_0007
+    assert 'CREATE PUBLICATION "pub_events" FOR TABLE cdc_heartbeat' in upgrade_0007
+
+
+def test_downgrade_of_0007_brings_the_outbox_back(settings: Settings) -> None:
+    config = alembic_config(settings)
+    out = io.StringIO()
+    config.output_buffer = out
+    command.downgrade(config, "0007:0006", sql=True)
+    sql = out.getvalue()
+
+    assert 'DROP PUBLICATION IF EXISTS "pub_events"' in sql
+    assert "CREATE TABLE outbox" in sql
+    assert 'GRANT SELECT, INSERT, DELETE ON outbox TO "Writer"' in sql
+    assert 'ALTER PUBLICATION "pub_pages" ADD TABLE outbox' in sql
 
 
 def test_downgrade_drops_publication_and_tables(settings: Settings) -> None:

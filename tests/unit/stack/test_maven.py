@@ -73,7 +73,26 @@ def test_missing_maven_says_what_to_install(tmp_path: Path, monkeypatch: pytest.
 def test_kafka_version_comes_from_the_pom(tmp_path: Path) -> None:
     assert maven.kafka_version() == "4.1.1"
     settings = Settings(stack={"cache_dir": tmp_path})
-    assert maven.jvm_dir(settings) == tmp_path.resolve() / "jvm-4.1.1"
+    assert maven.jvm_dir(settings) == tmp_path.resolve() / f"jvm-4.1.1-{maven.pom_hash()[:12]}"
+
+
+def test_each_pom_has_its_own_jar_directory_and_resolving_one_leaves_the_others(
+    tmp_path: Path, fake_mvn: Path
+) -> None:
+    # Stacks of checkouts with different poms share ~/.cache/crawlstream: a new pom must not wipe
+    # the jars another stack runs from.
+    settings = Settings(stack={"cache_dir": tmp_path / "cache"})
+    old, new = tmp_path / "old.xml", tmp_path / "new.xml"
+    old.write_text("<kafka.version>4.1.1</kafka.version><!-- a -->")
+    new.write_text("<kafka.version>4.1.1</kafka.version><!-- b -->")
+    old_dir, new_dir = maven.jvm_dir(settings, old), maven.jvm_dir(settings, new)
+    assert old_dir != new_dir
+    maven.resolve_jars(Path("/usr/bin/java"), old_dir, tmp_path / "maven.log", pom=old)
+
+    maven.resolve_jars(Path("/usr/bin/java"), new_dir, tmp_path / "maven.log", pom=new)
+
+    assert maven.jars_current(old_dir, old)
+    assert maven.jars_current(new_dir, new)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -143,8 +144,35 @@ def test_both_connectors_heartbeat_into_their_own_row_and_catalog_topics(setting
         assert f"'{config['slot.name']}'" in query
         # Debezium names heartbeat topics <topic.heartbeat.prefix>.<topic.prefix>.
         assert f"{config['topic.heartbeat.prefix']}.{config['topic.prefix']}" in heartbeat_topics
-        # Heartbeat rows are filtered by the include list: they never reach a change topic.
-        assert "cdc_heartbeat" not in config["table.include.list"]
+        # Heartbeat rows are filtered by the table lists: they never reach a change topic.
+        assert "cdc_heartbeat" not in config.get("table.include.list", "")
+        assert config.get("table.include.list") or config.get("table.exclude.list") == ".*"
+
+
+def test_outbox_connector_reads_page_events_as_messages_of_the_sinks_prefix(settings: Settings) -> None:
+    config = connect.outbox_connector_config(settings)
+    assert config["publication.name"] == settings.postgres.events_publication == "crawlstream_events"
+    assert re.fullmatch(config["message.prefix.include.list"], settings.postgres.event_message_prefix)
+    assert config["table.exclude.list"] == ".*"  # no table rows: only messages (and heartbeats)
+    # The message content is decoded into a create event before the EventRouter routes it.
+    transforms = config["transforms"].split(",")
+    decode = transforms.index("decode")
+    assert config[f"transforms.{transforms[decode]}.type"] == (
+        "io.debezium.connector.postgresql.transforms.DecodeLogicalDecodingMessageContent"
+    )
+    assert config[f"transforms.{transforms[decode + 1]}.type"] == "io.debezium.transforms.outbox.EventRouter"
+    # The payload is a JSON object already: no expansion of a JSON string.
+    assert config["transforms.outbox.table.expand.json.payload"] == "false"
+    # The raw connector reads the same WAL: it must not publish the messages.
+    assert connect.connector_config(settings)["message.prefix.exclude.list"] == ".*"
+
+
+def test_outbox_connector_for_another_message_prefix_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "o.json"
+    config = json.loads(connect.OUTBOX_JSON.read_text())
+    other.write_text(json.dumps({**config, "message.prefix.include.list": "elsewhere\\.events"}))
+    with pytest.raises(StackError, match=r"does not match the page events' prefix 'crawlstream\.outbox'"):
+        connect.outbox_connector_config(Settings(), other)
 
 
 def test_connector_json_heartbeat_for_another_slot_is_refused(tmp_path: Path) -> None:

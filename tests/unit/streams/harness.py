@@ -19,7 +19,8 @@ from prometheus_client import REGISTRY
 
 from crawlstream.records import PageRecord
 from crawlstream.settings import CrawlSettings, KafkaSettings, Settings, StreamsSettings
-from streams import changes, content, frontier, near, outputs, stats
+from crawlstream.topics import catalog
+from streams import changes, content, frontier, ledger, near, outputs, stats
 from streams.app import new_app
 from streams.recrawl import RecrawlPolicy
 from streams.topology import declare_topics
@@ -120,12 +121,15 @@ class Harness:
         self.content = content.register(self.app, settings, self.topics)
         self.near = near.register(self.app, settings, self.topics)
         self.frontier = frontier.register(self.app, settings, self.topics, self.changes.urls)
+        self.ledger = ledger.register(self.app, settings, self.topics)
         self.stats = stats.register(self.app, settings, self.topics)
         self.app.finalize()
         self.sent: list[tuple[str, bytes, bytes]] = []
         names = {getattr(self.topics, n).get_topic_name(): n for n in self.topics.__dataclass_fields__}
         app_id = settings.streams.app_id
         names |= {f"{app_id}-stats-by-domain": "by_domain", f"{app_id}-stats-by-run": "by_run"}
+        specs = catalog(settings)
+        names |= {specs.frontier_ledger.name: "ledger", specs.frontier_progress.name: "progress"}
         self.producer = FakeProducer(names, self.sent)
         outputs.of(self.app)._producer = self.producer  # type: ignore[assignment]
         for name in ("unique", "touches", "by_content", "by_band", "dead_letter", "requests", "stats"):
@@ -133,7 +137,16 @@ class Harness:
             topic.send = AsyncMock(side_effect=self._sender(name))
         self.crashes: list[BaseException] = []
         self.app.crash = self._crash  # type: ignore[method-assign]
-        tables = (self.changes.urls, self.content.content_first, self.near.near_bands, self.frontier.seen)
+        tables = (
+            self.changes.urls,
+            self.content.content_first,
+            self.near.near_bands,
+            self.frontier.seen,
+            self.frontier.urls,
+            self.ledger.runs,
+            self.ledger.urls,
+            self.ledger.hosts,
+        )
         for table in (
             *tables,
             self.stats.domain_1m.table,
