@@ -7,20 +7,30 @@ catches up: every partition of every topic is back to 3 in-sync replicas. The cr
 without a failed delivery, no worker dies, and the run reconciles with no row lost or duplicated.
 The figures are printed and written to ``<state_dir>/logs/failover-<run id>.json``.
 
-Run with ``make test-cluster`` (a stack of its own in ``.crawlstream-cluster``).
-``CRAWLSTREAM_FAILOVER_PAGES`` sets the demo site's size (default 3,000 pages, fetched at about
-20 pages/s so that the crawl outlasts both kills).
+Then, on the same cluster, ``workers up --streams 2 --sinks 2``: a crawl of the demo site gives
+exactly the stage counts that one worker per stage gave for the same site, with both workers of
+each stage owning partitions.
+
+The module starts a whole stack of its own (three Kafka nodes, PostgreSQL, Kafka Connect with
+Debezium, one stream and one sink worker) in ``.crawlstream-cluster/`` on free ports, so it runs
+in ``make test`` next to the single-node stack the other tests use, and stops it at the end (its
+logs stay there). ``CRAWLSTREAM_FAILOVER_PAGES`` sets the demo site's size (default 3,000 pages,
+fetched at about 20 pages/s so that the crawl outlasts both kills). Measured at a load of
+about 30 on 2 cores: the failover test took 12 minutes, its crawl 6.5 of them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,18 +42,29 @@ from rich.console import Console
 
 from crawlstream import offsets
 from crawlstream.cli import migrate
-from crawlstream.demosite import generate_demo_site, serve_directory
+from crawlstream.demosite import DemoSiteManifest, generate_demo_site, serve_directory
 from crawlstream.errors import CrawlstreamError
-from crawlstream.pipeline import CrawlArgs, PipelineProbe, RunReader, crawl_argv, crawl_counts, wait_caught_up
+from crawlstream.pipeline import (
+    CrawlArgs,
+    PipelineProbe,
+    RunReader,
+    RunSummary,
+    crawl_argv,
+    crawl_counts,
+    run_pipeline,
+    wait_caught_up,
+)
 from crawlstream.reconcile import reconcile
-from crawlstream.settings import Settings
+from crawlstream.settings import Settings, load_settings
 from crawlstream.stack import kafka, supervisor
 from crawlstream.stack.processes import ProcessManager, read_cmdline
+from crawlstream.workers import start_workers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
 PAGES = int(os.environ.get("CRAWLSTREAM_FAILOVER_PAGES", "3000"))
 DOWNLOAD_DELAY_S = os.environ.get("CRAWLSTREAM_FAILOVER_DOWNLOAD_DELAY", "0.05")
+WORKERS_PAGES = 300  # the demo site of the N-workers test (crawled at full speed)
 STEP = max(100, PAGES // 10)  # raw records between the start, the first kill and the second
 TIMEOUT_S = 300.0
 WORKERS = ("streams-worker", "sink-worker")
@@ -124,14 +145,77 @@ def _rows(settings: Settings, urls: list[str]) -> tuple[int, int, int]:
     return int(rows), int(versions), int(history)
 
 
-@pytest.fixture
-def cluster_settings(stack_settings: Settings) -> Settings:
-    if stack_settings.stack.brokers != 3:
-        pytest.fail(
-            f"this test needs the 3-node stack (`crawlstream stack up --brokers 3`, `make test-cluster`); "
-            f"{stack_settings.stack.state_dir} runs {stack_settings.stack.brokers} node(s)"
-        )
-    return stack_settings
+STATE_DIR = Path(__file__).resolve().parents[2] / ".crawlstream-cluster"
+# The stack's ports, as offsets from a base port: node i (0-based) listens on base + 10*i (clients)
+# and base + 1 + 10*i (controllers); then PostgreSQL, Connect, Prometheus (not started); the
+# processes' metrics and web ports from base + 30, a second worker's 10 above its first's.
+PORT_OFFSETS = {
+    "STACK__KAFKA_PORT": 0,
+    "STACK__CONTROLLER_PORT": 1,
+    "STACK__POSTGRES_PORT": 3,
+    "STACK__CONNECT_PORT": 4,
+    "STACK__PROMETHEUS_PORT": 5,
+    "METRICS__CRAWLER_PORT": 30,
+    "METRICS__STREAMS_PORT": 31,
+    "METRICS__SINK_PORT": 32,
+    "METRICS__SCHEDULER_PORT": 33,
+    "METRICS__EXPORTER_PORT": 34,
+    "FOLLOW__METRICS_PORT": 35,
+    "STREAMS__WEB_PORT": 36,
+}
+PORT_BLOCK = 50
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_base_port() -> int:
+    """A base port whose whole block is free, below Linux's ephemeral range."""
+    for base in random.Random().sample(range(20000, 32000, 100), 60):
+        if all(_bindable(base + o) for o in range(PORT_BLOCK)):
+            return base
+    raise AssertionError("no free block of ports for the 3-node stack")
+
+
+def cluster_env() -> dict[str, str]:
+    """The 3-node stack's settings, as the environment of this process and of every child."""
+    base = _free_base_port()
+    return {f"CRAWLSTREAM_{name}": str(base + o) for name, o in PORT_OFFSETS.items()} | {
+        "CRAWLSTREAM_STACK__STATE_DIR": str(STATE_DIR),
+        "CRAWLSTREAM_STACK__BROKERS": "3",
+        "CRAWLSTREAM_STACK__WORKER_PORT_STRIDE": "10",
+        "CRAWLSTREAM_STREAMS__DATA_DIR": str(STATE_DIR / "streams"),
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster_settings() -> Iterator[Settings]:
+    """A fresh 3-node stack of its own with its workers; stopped (and its processes gone) after."""
+    quiet = Console(quiet=True)
+    with pytest.MonkeyPatch.context() as mp:
+        # Endpoints and passwords come from the cluster's own stack.env, never from this shell.
+        for key in list(os.environ):
+            if key.startswith("CRAWLSTREAM_") and not key.startswith("CRAWLSTREAM_FAILOVER_"):
+                mp.delenv(key)
+        for key, value in cluster_env().items():
+            mp.setenv(key, value)
+        if STATE_DIR.exists():  # a previous run's: its processes stopped, its data gone
+            supervisor.down(load_settings(), console=quiet)
+            shutil.rmtree(STATE_DIR)
+        settings = load_settings()
+        try:
+            supervisor.up(settings, migrate=migrate, console=quiet, timeout_s=TIMEOUT_S)
+            settings = load_settings()
+            start_workers(settings, console=quiet, timeout_s=120)
+            yield settings
+        finally:
+            supervisor.down(settings, console=quiet)
 
 
 def test_killing_the_raw_leader_then_the_active_controller_loses_and_duplicates_nothing(
@@ -141,7 +225,7 @@ def test_killing_the_raw_leader_then_the_active_controller_loses_and_duplicates_
     cluster = Cluster(settings)
     probe = PipelineProbe(settings)
     raw = probe.topics.raw_pages.name
-    assert not cluster.lagging(), "the cluster must be fully in sync before the test"
+    wait("every replica in sync before the test", lambda: not cluster.lagging())
     assert cluster.alive() == set(cluster.nodes)
     probe.wait_drained(TIMEOUT_S, lambda _m: None)
     workers = {name: cluster.pm.pid(name) for name in WORKERS}
@@ -300,10 +384,10 @@ def test_killing_the_raw_leader_then_the_active_controller_loses_and_duplicates_
             if not c.ok
         ],
     }
-    out = settings.stack.state_dir / "logs" / f"failover-{args.run_id}.json"
-    out.write_text(json.dumps(figures, indent=2) + "\n")
+    written = settings.stack.state_dir / "logs" / f"failover-{args.run_id}.json"
+    written.write_text(json.dumps(figures, indent=2) + "\n")
     with capsys.disabled():
-        print(f"\nfailover figures ({out}):\n{json.dumps(figures, indent=2)}", flush=True)
+        print(f"\nfailover figures ({written}):\n{json.dumps(figures, indent=2)}", flush=True)
 
     assert [f.role for f in failovers] == ["raw topic leader", "active controller"]
     assert all(f.partitions_led for f in failovers[:1]), "the raw leader led no raw partition"
@@ -312,3 +396,78 @@ def test_killing_the_raw_leader_then_the_active_controller_loses_and_duplicates_
     assert result.ok, figures["failed_checks"]
     assert figures["rows_lost"] == 0
     assert figures["rows_duplicated"] == 0
+
+
+def _members(settings: Settings, group: str) -> dict[str, int]:
+    """Static member id (the worker's name) -> partitions it owns, of a consumer group."""
+    admin = AdminClient(settings.kafka.librdkafka(log_level=0))
+    description = admin.describe_consumer_groups([group])[group].result(30)
+    return {
+        str(m.group_instance_id or m.client_id): len(m.assignment.topic_partitions)
+        for m in description.members
+    }
+
+
+def _demo_run(settings: Settings, root: Path, pages: int) -> tuple[RunSummary, DemoSiteManifest]:
+    manifest = generate_demo_site(root, pages=pages)
+    server, served = serve_directory(root)
+    base_url = served.rstrip("/")
+    args = CrawlArgs(
+        start_urls=[f"{base_url}/index.html"],
+        allow_private_hosts=[base_url],
+        job_id="e2e-workers",
+        run_id=uuid.uuid4().hex,
+        expected_pages=manifest.expected_html_responses,
+        expected_urls=manifest.expected_distinct_canonical_urls,
+    )
+    try:
+        return run_pipeline(settings, args, timeout_s=TIMEOUT_S), manifest
+    finally:
+        server.shutdown()
+
+
+def _figures(run: RunSummary) -> dict[str, int]:
+    """The stage table of a run: what one worker per stage gives for the demo site."""
+    return {
+        "raw_records": run.raw_records,
+        "unique_new": run.unique_new,
+        "duplicates_dropped": run.duplicates_dropped,
+        "dead_letters": run.dead_letters,
+        "touches": run.touches,
+        "rows_new": run.rows_new,
+        "cdc_creates": run.cdc_creates,
+        "page_events": run.page_events,
+    }
+
+
+def test_two_stream_and_two_sink_workers_give_exactly_the_counts_of_one(
+    cluster_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = cluster_settings
+    quiet = Console(quiet=True)
+    streams_group, sink_group = settings.streams.app_id, settings.sink.group_id
+    start_workers(settings, console=quiet, streams=1, sinks=1, timeout_s=120)
+    one, manifest = _demo_run(settings, tmp_path / "one", WORKERS_PAGES)
+    assert one.ok, [f"{c.stage}: {c.what}" for c in one.checks if not c.ok]
+
+    # `workers up --streams 2 --sinks 2`: a second worker of each stage joins the groups.
+    started = start_workers(settings, console=quiet, streams=2, sinks=2, timeout_s=120)
+    assert sorted(started) == ["sink-worker-2", "streams-worker-2"]
+
+    def spread() -> bool:
+        groups = (_members(settings, streams_group), _members(settings, sink_group))
+        return all(len(owned) == 2 and min(owned.values()) > 0 for owned in groups)
+
+    wait("both workers of each stage to own partitions", spread)
+    assert set(_members(settings, sink_group)) == {"sink-worker", "sink-worker-2"}
+    assert set(_members(settings, streams_group)) == {"streams-worker", "streams-worker-2"}
+    two, same_site = _demo_run(settings, tmp_path / "two", WORKERS_PAGES)
+    with capsys.disabled():
+        print(f"\none worker per stage: {_figures(one)}\ntwo workers per stage: {_figures(two)}", flush=True)
+    assert two.ok, [
+        f"{c.stage}: {c.what}: expected {c.expected_text}, got {c.actual}" for c in two.checks if not c.ok
+    ]
+    assert same_site.expected_distinct_canonical_urls == manifest.expected_distinct_canonical_urls
+    assert _figures(two) == _figures(one)
+    assert two.rows_new == two.cdc_creates == two.page_events == manifest.expected_distinct_canonical_urls
+    assert spread(), "a worker left its group during the run"
