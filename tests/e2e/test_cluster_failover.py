@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -55,10 +52,11 @@ from crawlstream.pipeline import (
     wait_caught_up,
 )
 from crawlstream.reconcile import reconcile
-from crawlstream.settings import Settings, load_settings
+from crawlstream.settings import Settings
 from crawlstream.stack import kafka, supervisor
 from crawlstream.stack.processes import ProcessManager, read_cmdline
 from crawlstream.workers import start_workers
+from tests.e2e.ownstack import own_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
@@ -145,77 +143,11 @@ def _rows(settings: Settings, urls: list[str]) -> tuple[int, int, int]:
     return int(rows), int(versions), int(history)
 
 
-STATE_DIR = Path(__file__).resolve().parents[2] / ".crawlstream-cluster"
-# The stack's ports, as offsets from a base port: node i (0-based) listens on base + 10*i (clients)
-# and base + 1 + 10*i (controllers); then PostgreSQL, Connect, Prometheus (not started); the
-# processes' metrics and web ports from base + 30, a second worker's 10 above its first's.
-PORT_OFFSETS = {
-    "STACK__KAFKA_PORT": 0,
-    "STACK__CONTROLLER_PORT": 1,
-    "STACK__POSTGRES_PORT": 3,
-    "STACK__CONNECT_PORT": 4,
-    "STACK__PROMETHEUS_PORT": 5,
-    "METRICS__CRAWLER_PORT": 30,
-    "METRICS__STREAMS_PORT": 31,
-    "METRICS__SINK_PORT": 32,
-    "METRICS__SCHEDULER_PORT": 33,
-    "METRICS__EXPORTER_PORT": 34,
-    "FOLLOW__METRICS_PORT": 35,
-    "STREAMS__WEB_PORT": 36,
-}
-PORT_BLOCK = 50
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_base_port() -> int:
-    """A base port whose whole block is free, below Linux's ephemeral range."""
-    for base in random.Random().sample(range(20000, 32000, 100), 60):
-        if all(_bindable(base + o) for o in range(PORT_BLOCK)):
-            return base
-    raise AssertionError("no free block of ports for the 3-node stack")
-
-
-def cluster_env() -> dict[str, str]:
-    """The 3-node stack's settings, as the environment of this process and of every child."""
-    base = _free_base_port()
-    return {f"CRAWLSTREAM_{name}": str(base + o) for name, o in PORT_OFFSETS.items()} | {
-        "CRAWLSTREAM_STACK__STATE_DIR": str(STATE_DIR),
-        "CRAWLSTREAM_STACK__BROKERS": "3",
-        "CRAWLSTREAM_STACK__WORKER_PORT_STRIDE": "10",
-        "CRAWLSTREAM_STREAMS__DATA_DIR": str(STATE_DIR / "streams"),
-    }
-
-
 @pytest.fixture(scope="module")
 def cluster_settings() -> Iterator[Settings]:
     """A fresh 3-node stack of its own with its workers; stopped (and its processes gone) after."""
-    quiet = Console(quiet=True)
-    with pytest.MonkeyPatch.context() as mp:
-        # Endpoints and passwords come from the cluster's own stack.env, never from this shell.
-        for key in list(os.environ):
-            if key.startswith("CRAWLSTREAM_") and not key.startswith("CRAWLSTREAM_FAILOVER_"):
-                mp.delenv(key)
-        for key, value in cluster_env().items():
-            mp.setenv(key, value)
-        if STATE_DIR.exists():  # a previous run's: its processes stopped, its data gone
-            supervisor.down(load_settings(), console=quiet)
-            shutil.rmtree(STATE_DIR)
-        settings = load_settings()
-        try:
-            supervisor.up(settings, migrate=migrate, console=quiet, timeout_s=TIMEOUT_S)
-            settings = load_settings()
-            start_workers(settings, console=quiet, timeout_s=120)
-            yield settings
-        finally:
-            supervisor.down(settings, console=quiet)
+    with own_stack("cluster", keep_env="CRAWLSTREAM_FAILOVER_") as settings:
+        yield settings
 
 
 def test_killing_the_raw_leader_then_the_active_controller_loses_and_duplicates_nothing(
