@@ -8,7 +8,7 @@ BENCH_STAMP := $(VENV)/.bench-$(shell sha1sum pyproject.toml | cut -c1-12)
 # `make bench BENCH_ARGS="--only crawl,clients"`; `make bench-quick` for the quick mode.
 BENCH_ARGS ?=
 
-.PHONY: help prereqs install up down status run test test-unit lint bench bench-quick report clean
+.PHONY: help prereqs install up down status run test test-unit lint mutate bench bench-quick report clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -22,7 +22,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-install: prereqs $(STAMP) ## create .venv and install crawlstream with its dev tools
+# Go tools the deployment tests run (tests/unit/test_deploy_k8s.py), built from the Go module proxy
+# into .venv/bin: kustomize renders deploy/k8s, kubeconform validates it against tests/data/schemas.
+KUSTOMIZE_VERSION := v5.5.0
+KUBECONFORM_VERSION := v0.6.7
+GO_TOOLS_STAMP := $(VENV)/.go-tools-$(KUSTOMIZE_VERSION)-$(KUBECONFORM_VERSION)
+
+$(GO_TOOLS_STAMP): $(STAMP)
+	@command -v go >/dev/null || { echo "go is needed to build kustomize and kubeconform (https://go.dev/dl)"; exit 1; }
+	GOBIN=$(abspath $(VENV))/bin go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+	GOBIN=$(abspath $(VENV))/bin go install github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION)
+	@rm -f $(VENV)/.go-tools-* && touch $(GO_TOOLS_STAMP)
+
+install: prereqs $(STAMP) $(GO_TOOLS_STAMP) ## create .venv and install crawlstream with its dev tools
 
 up: install ## start the embedded stack (Kafka, PostgreSQL, Kafka Connect + Debezium)
 	$(CS) stack up
@@ -36,10 +48,13 @@ status: ## show the embedded stack's services
 run: install ## the main job: stack up, workers, crawl the demo site, reconcile every stage
 	$(CS) demo
 
+# Unit tests run in a random order (pytest-randomly prints the seed); integration and e2e tests
+# share one live stack and run in file order.
 test: install ## start the stack, run unit + integration + e2e tests, stop what was started
 	@was_up=0; $(CS) stack status --json >/dev/null 2>&1 && was_up=1; \
 	$(CS) stack up || exit 1; \
-	$(PY) -m pytest tests -p no:cacheprovider; rc=$$?; \
+	$(PY) -m pytest tests/unit -p no:cacheprovider && \
+	$(PY) -m pytest tests/integration tests/e2e -p no:cacheprovider -p no:randomly; rc=$$?; \
 	if [ $$was_up = 0 ]; then $(CS) stack down; fi; exit $$rc
 
 test-unit: install ## unit tests only (no services)
@@ -49,6 +64,13 @@ lint: install ## ruff (lint + format check) and mypy --strict
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# Not part of `make test` (about 40 minutes here): mutmut over [tool.mutmut] in pyproject.toml.
+mutate: install ## mutation testing of the exactness and politeness modules; writes tests/MUTATION.md
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children 2
+	$(PY) tests/support/mutation_report.py > tests/MUTATION.md
+	@head -20 tests/MUTATION.md
 
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,bench]'

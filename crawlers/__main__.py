@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         scrapy_settings=dict(args.scrapy_settings),
     )
     if distributed:
-        spec.source = "requests"
+        spec.source = "distributed"  # DistributedSpider.name
         spec.spider_kwargs = {
             "group_id": args.group_id,
             "idle_exit_s": args.idle_exit_s,

@@ -26,6 +26,7 @@ from crawlers.jobs import get_job, load_jobs
 from crawlstream.logs import setup_logging
 from crawlstream.metrics import serve_metrics
 from crawlstream.settings import load_settings
+from crawlstream.topics import catalog
 
 console = Console()
 jobs_app = typer.Typer(help="Crawl jobs declared in a jobs file (TOML).", no_args_is_help=True)
@@ -41,7 +42,8 @@ frontier_hook: Callable[[Any, Any, str, Path | None, bool], int] | None = None
 @jobs_app.command("list")
 def jobs_list(jobs: JobsFile = DEFAULT_JOBS) -> None:
     """The jobs of the file: source, seeds, schedule, output topic."""
-    crawl = load_settings().crawl
+    settings = load_settings()
+    crawl, raw_pages = settings.crawl, catalog(settings).raw_pages.name
     table = Table("job", "source", "seeds", "schedule", "limits", "output")
     for job in load_jobs(jobs).values():
         pages = crawl.max_pages if job.max_pages is None else job.max_pages
@@ -52,7 +54,7 @@ def jobs_list(jobs: JobsFile = DEFAULT_JOBS) -> None:
             "\n".join(job.seed_urls()),
             job.schedule or "-",
             f"pages {pages or '∞'}, depth {depth or '∞'}",
-            job.output_topic or "pages.raw",
+            job.output_topic or raw_pages,
         )
     console.print(table)
 

@@ -42,7 +42,8 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=JOB_NAME)
-    source: Literal["site", "sitemap", "feed", "api", "frontier"] = "site"
+    # A spider of crawlers/spiders/ by name (crawlers.registry), or "frontier" (a broad crawl).
+    source: str = "site"
     start_urls: list[str] = Field(default_factory=list)
     sitemap_urls: list[str] = Field(default_factory=list, description="sitemaps or robots.txt URLs")
     feed_urls: list[str] = Field(default_factory=list)
@@ -94,6 +95,14 @@ class JobSpec(BaseModel):
     max_redirects: int = Field(default=10, ge=0, le=50)
     retry_times: int = Field(default=2, ge=0, le=10)
 
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, source: str) -> str:
+        known = job_sources()
+        if source not in known:
+            raise ValueError(f"unknown source {source!r}; known: {', '.join(known)}")
+        return source
+
     @field_validator("start_urls", "sitemap_urls", "feed_urls")
     @classmethod
     def _http_urls(cls, urls: list[str]) -> list[str]:
@@ -142,19 +151,25 @@ class JobSpec(BaseModel):
             "api": "api_endpoint",
             "frontier": "start_urls",
         }
-        field = needs[self.source]
+        field = needs.get(self.source, "start_urls")  # a spider added later takes start_urls
         if not getattr(self, field):
             raise ValueError(f"source {self.source!r} needs {field}")
         return self
 
     def seed_urls(self) -> list[str]:
         return {
-            "site": self.start_urls,
-            "frontier": self.start_urls,
             "sitemap": self.sitemap_urls,
             "feed": self.feed_urls,
             "api": [self.api_endpoint] if self.api_endpoint else [],
-        }[self.source]
+        }.get(self.source, self.start_urls)
+
+
+def job_sources() -> list[str]:
+    """What a job's ``source`` may name: the spiders Scrapy's loader finds, except the
+    distributed one (it reads the requests topic; a frontier job runs it), and ``frontier``."""
+    from crawlers.registry import RUNNER_MODES, spider_names  # loads the spider modules
+
+    return sorted((set(spider_names()) - {"distributed"}) | RUNNER_MODES)
 
 
 def _describe(exc: ValidationError) -> str:

@@ -15,8 +15,12 @@ its body cut until it fits (``body_truncated`` set, ``body_bytes`` keeps the siz
 record that still cannot fit becomes a dead letter (reason ``too_large``), never a crash. Dead
 letters fit their topic by construction.
 
-Usable from any Scrapy project through ``ITEM_PIPELINES``. Settings used: ``kafka.*`` (bootstrap,
-client extras, ``max_message_bytes``), ``crawl.delivery_timeout_s``; Scrapy setting
+Usable from any Scrapy project through ``ITEM_PIPELINES``: it takes ordinary items (dicts,
+``scrapy.Item``s... with ``url`` and ``body`` or ``text``: :mod:`crawlers.items`); an item it cannot
+use is a dead letter (reason ``unusable_item``, the item as JSON), never a crash. Its settings come
+from the environment or from the project's Scrapy settings named like the variables
+(``CRAWLSTREAM_KAFKA__BOOTSTRAP_SERVERS = ...`` in settings.py; these win). Settings used:
+``kafka.*`` (bootstrap, client extras, ``max_message_bytes``), ``crawl.delivery_timeout_s``; Scrapy setting
 ``CRAWLSTREAM_TOPIC`` overrides the catalog's raw-pages topic. Key = canonical URL (UTF-8),
 value = ``PageRecord.to_bytes()``.
 
@@ -30,6 +34,7 @@ and that letter delivered), so it commits its source offsets only past settled w
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import weakref
@@ -42,9 +47,16 @@ from itemadapter import ItemAdapter
 from scrapy.crawler import Crawler
 
 from crawlers import metrics
+from crawlers.items import UNUSABLE, page_record_from_item
 from crawlers.settings import crawlstream_settings
 from crawlstream import kafka as kafka_clients
-from crawlstream.deadletters import RECORD_OVERHEAD, DeadLetterMessage, build_dead_letter, fits
+from crawlstream.deadletters import (
+    RECORD_OVERHEAD,
+    DeadLetterMessage,
+    build_dead_letter,
+    dead_letter_for_exception,
+    fits,
+)
 from crawlstream.records import DeadLetter, FetchOutcome, LinkRecord, PageRecord
 from crawlstream.settings import Settings
 from crawlstream.topics import BROKER_DEFAULT_MAX_MESSAGE_BYTES, catalog
@@ -59,10 +71,11 @@ STAT_DEAD_LETTERS_FAILED = "crawlstream/dead_letters_undelivered"
 STAT_LINKS_PRODUCED = "crawlstream/links_produced"
 STAT_BODIES_RECAPPED = "crawlstream/bodies_recapped_to_fit"
 STAT_TOO_LARGE = "crawlstream/records_too_large"
+STAT_UNUSABLE = "crawlstream/items_unusable"
 MAX_LEFTOVER_LOG_LINES = 50
 # Dead-letter reasons that are their own metric label (bounded); fetch_* and the rest are grouped.
 _LETTER_LABELS = frozenset(
-    {"delivery_failed", "too_large", "api_invalid_json", "invalid_request", "unprocessable"}
+    {"delivery_failed", "too_large", "api_invalid_json", "invalid_request", "unprocessable", UNUSABLE}
 )
 _PIPELINES: weakref.WeakKeyDictionary[Crawler, KafkaPagePipeline] = weakref.WeakKeyDictionary()
 
@@ -212,11 +225,11 @@ class KafkaPagePipeline:
             else:
                 self._too_large(self.links_topic, key, value, self.links_limit)
         else:
-            record = (
-                item
-                if isinstance(item, PageRecord)
-                else PageRecord.model_validate(ItemAdapter(item).asdict())
-            )
+            try:
+                record = page_record_from_item(item)
+            except Exception as exc:  # any item it cannot use is a dead letter, never a crash
+                self._unusable(item, exc)
+                return item
             fitted = self.fit_page(record)
             key = record.canonical_url.encode("utf-8")
             if fitted is None:
@@ -224,6 +237,19 @@ class KafkaPagePipeline:
             else:
                 self._produce(self.topic, key, fitted)
         return item
+
+    def _unusable(self, item: Any, exc: Exception) -> None:
+        self.stats.inc_value(STAT_UNUSABLE)
+        fields = ItemAdapter(item).asdict() if ItemAdapter.is_item(item) else {"item": repr(item)}
+        url = fields.get("url")
+        key = url.encode("utf-8", errors="replace") if isinstance(url, str) else None
+        log.error("item not produced (dead-lettered): %s", exc)
+        value = json.dumps(fields, default=repr).encode("utf-8", errors="replace")
+        self.produce_dead_letter(
+            dead_letter_for_exception(
+                exc, stage="crawl", key=key, value=value, max_bytes=self.dead_letter_limit
+            )
+        )
 
     def fit_page(self, record: PageRecord) -> bytes | None:
         """The record's value, its body cut if it must be to fit the page topic; None if it can't."""

@@ -21,11 +21,11 @@ from scrapy.crawler import CrawlerProcess
 from scrapy.settings import Settings as ScrapySettings
 from twisted.internet import task
 
+from crawlers import registry
 from crawlers.metrics import fetch_errors
 from crawlers.pipelines import STAT_DEAD_LETTERS, STAT_DELIVERED, STAT_FAILED
 from crawlers.refusals import address_refusals, refusal_counts
 from crawlers.spiders.common import STAT_METADATA_RECORDS, STAT_NON_HTML, STAT_PAGE_RECORDS
-from crawlers.spiders.site import SiteSpider
 from crawlstream.logs import bind_log_context
 from crawlstream.records import PageRecord
 from crawlstream.settings import Settings
@@ -45,7 +45,7 @@ class CrawlSpec:
     metrics_port: int | None = None  # None or -1: no /metrics; 0: a free port
     scrapy_settings: dict[str, Any] = field(default_factory=dict)  # extra overrides, highest priority
     allow: list[str] = field(default_factory=list)  # URL regexes to follow (empty: all)
-    source: str = "site"  # site | sitemap | feed | api: which spider (see SPIDERS)
+    source: str = "site"  # the name of a spider of crawlers/spiders/ (crawlers.registry)
     spider_kwargs: dict[str, Any] = field(default_factory=dict)  # source-specific arguments
     deny: list[str] = field(default_factory=list)  # URL regexes never followed
 
@@ -96,19 +96,8 @@ class _CanonicalUrlCollector:
 
 
 def spider_class(source: str) -> type[Spider]:
-    from crawlers.spiders.api import ApiSpider
-    from crawlers.spiders.distributed import DistributedSpider
-    from crawlers.spiders.feed import FeedSpider
-    from crawlers.spiders.sitemap import SitemapSpider
-
-    spiders: dict[str, type[Spider]] = {
-        "site": SiteSpider,
-        "sitemap": SitemapSpider,
-        "feed": FeedSpider,
-        "api": ApiSpider,
-        "requests": DistributedSpider,
-    }
-    return spiders[source]
+    """The spider named ``source``, found by Scrapy's SpiderLoader (:mod:`crawlers.registry`)."""
+    return registry.spider_class(source)
 
 
 class _ProgressReporter:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crawlstream.settings import CrawlSettings, Settings, load_settings
+from crawlstream.settings import ENV_PREFIX, CrawlSettings, Settings, load_settings
 
 BOT_NAME = "crawlstream"
 SPIDER_MODULES = ["crawlers.spiders"]
@@ -79,9 +79,30 @@ CRAWLSTREAM_PROGRESS_INTERVAL_S = 5.0
 
 
 def crawlstream_settings(scrapy_settings: Any) -> Settings:
-    """The typed settings for this crawler: the runner's object, else read from the environment."""
+    """The typed settings for this crawler: the runner's object, else read from the environment
+    with the Scrapy settings named like its variables on top (:func:`scrapy_overrides`)."""
     given = scrapy_settings.get("CRAWLSTREAM_SETTINGS")
-    return given if isinstance(given, Settings) else load_settings()
+    return given if isinstance(given, Settings) else load_settings(**scrapy_overrides(scrapy_settings))
+
+
+def scrapy_overrides(scrapy_settings: Any) -> dict[str, Any]:
+    """Scrapy settings named like crawlstream's variables, as nested overrides.
+
+    ``CRAWLSTREAM_KAFKA__BOOTSTRAP_SERVERS = "h:9092"`` in a project's settings.py (or ``-s`` on the
+    command line, or a spider's ``custom_settings``) gives ``{"kafka": {"bootstrap_servers": "h:9092"}}``,
+    which wins over the environment, as a Scrapy project's own settings do. Names without ``__``
+    (``CRAWLSTREAM_TOPIC``, ``CRAWLSTREAM_GC_GEN0_THRESHOLD``) are Scrapy settings of their own.
+    """
+    overrides: dict[str, Any] = {}
+    for name in scrapy_settings.attributes if hasattr(scrapy_settings, "attributes") else scrapy_settings:
+        if not name.startswith(ENV_PREFIX) or "__" not in name or name == "CRAWLSTREAM_SETTINGS":
+            continue
+        *sections, field = name[len(ENV_PREFIX) :].lower().split("__")
+        node = overrides
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[field] = scrapy_settings.get(name)
+    return overrides
 
 
 def crawl_overrides(crawl: CrawlSettings) -> dict[str, Any]:

@@ -30,22 +30,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import tenacity
 import typer
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from crawlstream.addresses import Resolver, resolve
 from crawlstream.deadletters import DeadLetterMessage, Origin, dead_letter_for_exception
-from crawlstream.errors import ConfigError, RecordError
+from crawlstream.errors import ConfigError, CrawlstreamError, RecordError
 from crawlstream.kafka import consumer_config, producer_config
 from crawlstream.logs import setup_logging
 from crawlstream.metrics import serve_metrics
 from crawlstream.records import PageChangeEvent, decode_record
+from crawlstream.retrying import Stopped, retrying
 from crawlstream.settings import Settings, load_settings
 from crawlstream.topics import catalog
 from crawlstream.webhooks.delivery import Dispatcher, Stopping, check_receivers
 
 log = logging.getLogger(__name__)
+# First and longest wait between attempts to store a dead letter while the broker does not take it.
+DEAD_LETTER_BACKOFF_S = (0.5, 30.0)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 DELIVERY_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 EVENT_TYPES = ("created", "changed", "gone", "deleted")
@@ -183,7 +187,25 @@ class DeadLetterProducer:
         self.producer, self.topic, self.metrics, self.stopping = producer, topic, metrics, stopping
 
     def write(self, message: DeadLetterMessage) -> None:
-        backoff = 0.5
+        def not_stored(state: tenacity.RetryCallState) -> None:
+            error, delay = state.outcome.exception() if state.outcome else None, state.upcoming_sleep
+            log.error("dead letter to %s not stored (%s); again in %.1fs", self.topic, error, delay)
+
+        retry = retrying(
+            retry_on=_NotStored,
+            stop=self.stopping,
+            initial_s=DEAD_LETTER_BACKOFF_S[0],
+            max_s=DEAD_LETTER_BACKOFF_S[1],
+            before_sleep=not_stored,
+        )
+        try:
+            retry(self._produce_and_confirm, message)
+        except Stopped:
+            raise Stopping from None
+        self.metrics.dead_letters.labels(message.letter.reason).inc()
+
+    def _produce_and_confirm(self, message: DeadLetterMessage) -> None:
+        """One attempt: produce and wait for the delivery report; _NotStored if it failed."""
         while True:
             report = _Report()
             try:
@@ -197,12 +219,12 @@ class DeadLetterProducer:
             except KafkaException as exc:
                 report.error = exc
             if report.arrived.is_set() and report.error is None:
-                self.metrics.dead_letters.labels(message.letter.reason).inc()
                 return
-            log.error("dead letter to %s not stored (%s); again in %.1fs", self.topic, report.error, backoff)
-            if self.stopping.wait(backoff):
-                raise Stopping
-            backoff = min(backoff * 2, 30.0)
+            raise _NotStored(str(report.error))
+
+
+class _NotStored(CrawlstreamError):
+    """The broker did not take a dead letter (an outage: retried)."""
 
 
 class _Report:

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -19,6 +20,7 @@ from crawlstream.kafka import consumer_config
 from crawlstream.settings import Settings, Stage
 
 Offsets = dict[int, int]
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -42,8 +44,9 @@ def _partitions(consumer: Consumer, topic: str, timeout_s: float) -> list[int]:
     return sorted(info.partitions)
 
 
-# Answers of a cluster whose leaders or coordinators are moving (a broker died or came back):
-# the same question asked again a moment later, with fresh metadata, gets an answer.
+# Answers of a cluster whose leaders or coordinators are moving (a topic just created, a broker
+# that died or came back): the same question asked again a moment later, with fresh metadata,
+# gets an answer.
 _LEADERSHIP_MOVING = (
     KafkaError.NOT_LEADER_FOR_PARTITION,
     KafkaError.LEADER_NOT_AVAILABLE,
@@ -55,16 +58,23 @@ _LEADERSHIP_MOVING = (
 )
 
 
-def _retrying(what: str, read: Callable[[], Offsets], timeout_s: float) -> Offsets:
+def _retrying(
+    what: str,
+    read: Callable[[], T],
+    timeout_s: float,
+    codes: tuple[int, ...] = _LEADERSHIP_MOVING,
+    interval_s: float = 0.2,
+) -> T:
+    """``read()``, asked again while it fails with one of ``codes``, for up to ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             return read()
         except KafkaException as exc:
-            if exc.args[0].code() not in _LEADERSHIP_MOVING or time.monotonic() > deadline:
+            if exc.args[0].code() not in codes or time.monotonic() > deadline:
                 raise
             log.info("%s: %s; asking again", what, exc.args[0].str())
-            time.sleep(0.2)  # retry interval while leadership moves
+            time.sleep(interval_s)  # retry interval while leadership or the coordinator moves
 
 
 def end_offsets(settings: Settings, topic: str, timeout_s: float = 10.0) -> Offsets:
@@ -131,16 +141,18 @@ def commit_start_where_absent(
     members commit soon anyway, and nothing is committed here. While the group coordinator is not
     ready (a new broker creates ``__consumer_offsets`` on first use) it retries for ``timeout_s``.
     """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with _inspector(settings, group, stage) as consumer:
-                return _commit_start(consumer, group, topics)
-        except KafkaException as exc:
-            if exc.args[0].code() not in _COORDINATOR_NOT_READY or time.monotonic() > deadline:
-                raise
-            log.info("group coordinator for %s not ready (%s); retrying", group, exc.args[0].str())
-            time.sleep(0.5)  # retry interval while the coordinator loads
+
+    def commit() -> dict[tuple[str, int], int]:
+        with _inspector(settings, group, stage) as consumer:
+            return _commit_start(consumer, group, topics)
+
+    return _retrying(
+        f"start offsets of {group} (group coordinator not ready)",
+        commit,
+        timeout_s,
+        _COORDINATOR_NOT_READY,
+        interval_s=0.5,
+    )
 
 
 def _commit_start(consumer: Consumer, group: str, topics: list[str]) -> dict[tuple[str, int], int]:

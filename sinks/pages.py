@@ -134,9 +134,11 @@ class PostgresPageSink(PostgresSink[PageEvent]):
         connect_timeout_s: int = 10,
         max_event_bytes: int = BROKER_DEFAULT_MAX_MESSAGE_BYTES,
         event_prefix: str = DEFAULT_EVENT_PREFIX,
+        event_topic: str = "the page events topic",
     ) -> None:
         super().__init__(dsn, connect_timeout_s=connect_timeout_s)
-        self.max_event_bytes = max_event_bytes  # outbox.event.page's max.message.bytes
+        self.max_event_bytes = max_event_bytes  # the page events topic's max.message.bytes
+        self.event_topic = event_topic  # named in errors only: Debezium's EventRouter writes it
         self.event_prefix = event_prefix
         self._upsert = upsert(event_prefix)
         self._staged = False  # page_stage may hold rows of this transaction
@@ -147,6 +149,7 @@ class PostgresPageSink(PostgresSink[PageEvent]):
             settings.postgres.dsn(),
             max_event_bytes=catalog(settings).page_events.max_message_bytes,
             event_prefix=settings.postgres.event_message_prefix,
+            event_topic=catalog(settings).page_events.name,
         )
 
     def setup(self, cur: Cursor) -> None:
@@ -222,7 +225,7 @@ class PostgresPageSink(PostgresSink[PageEvent]):
             {"url": page.canonical_url, "run_id": page.run_id, "content_hash": content_hash},
             ensure_ascii=False,
         ).encode("utf-8", "surrogatepass")
-        check_fits(key, payload + b" " * EVENT_FIXED_BYTES, self.max_event_bytes, "outbox.event.page")
+        check_fits(key, payload + b" " * EVENT_FIXED_BYTES, self.max_event_bytes, self.event_topic)
 
 
 class Staged(NamedTuple):

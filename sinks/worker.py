@@ -37,12 +37,14 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import partial
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
+import tenacity
 from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import KafkaException, Message, TopicPartition
 from confluent_kafka import Producer as KafkaProducer
 
 from crawlstream.deadletters import DeadLetterMessage, Origin, build_dead_letter, dead_letter_for_exception
 from crawlstream.kafka import consumer_config, producer_config
+from crawlstream.retrying import Stopped, retrying
 from crawlstream.settings import Settings
 from crawlstream.topics import catalog
 from sinks.base import (
@@ -394,24 +396,31 @@ class SinkWorker(Generic[R]):
             log.warning("Kafka offset commit failed (stored offsets still apply): %s", exc)
 
     def _retry_while_unavailable(self, what: str, action: Callable[[], T]) -> T | None:
-        """Run action; while the sink is unavailable retry with capped exponential backoff.
-        Returns None if a stop was requested while waiting."""
-        delay = self._cfg.retry_backoff_initial_s
-        attempt = 0
-        while True:
-            try:
-                return action()
-            except SinkUnavailable as exc:
-                attempt += 1
-                self.metrics.db_retries.labels(self.family.name).inc()
-                if exc.statement:  # our statements, not an outage: loud
-                    self.metrics.statement_errors.labels(self.family.name, exc.sqlstate or "none").inc()
-                    log.error("cannot %s (attempt %d, retrying in %.1fs): %s", what, attempt, delay, exc)
-                else:
-                    log.warning("cannot %s (attempt %d, retrying in %.1fs): %s", what, attempt, delay, exc)
-                if self._stop.wait(delay):
-                    return None
-                delay = min(delay * 2, self._cfg.retry_backoff_max_s)
+        """Run action; while the sink is unavailable retry with capped exponential backoff and
+        jitter (:mod:`crawlstream.retrying`). Returns None if a stop was requested while waiting."""
+
+        def failed(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            assert isinstance(exc, SinkUnavailable)
+            delay, attempt = state.upcoming_sleep, state.attempt_number
+            self.metrics.db_retries.labels(self.family.name).inc()
+            if exc.statement:  # our statements, not an outage: loud
+                self.metrics.statement_errors.labels(self.family.name, exc.sqlstate or "none").inc()
+                log.error("cannot %s (attempt %d, retrying in %.1fs): %s", what, attempt, delay, exc)
+            else:
+                log.warning("cannot %s (attempt %d, retrying in %.1fs): %s", what, attempt, delay, exc)
+
+        retry = retrying(
+            retry_on=SinkUnavailable,
+            stop=self._stop,
+            initial_s=self._cfg.retry_backoff_initial_s,
+            max_s=self._cfg.retry_backoff_max_s,
+            before_sleep=failed,
+        )
+        try:
+            return retry(action)
+        except Stopped:
+            return None
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Seek each assigned partition to the offset stored with the rows (default when none)."""

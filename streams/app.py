@@ -19,9 +19,11 @@ from typing import Any
 
 import faust
 
+import streams.faustcompat  # noqa: F401  (checks at import the faust internals the stage uses)
 from crawlstream.kafka import aiokafka_security
 from crawlstream.settings import Settings
 from streams import changes, content, frontier, ledger, near, outputs, stats, views
+from streams.faustcli import __getattr__  # noqa: F401  (`faust -A streams.app`: the lazy `app`)
 from streams.recrawl import RecrawlPolicy
 from streams.topology import declare_topics
 

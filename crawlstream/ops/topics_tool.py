@@ -1,4 +1,4 @@
-"""``crawlstream topics list | describe | create``: the topic catalog (crawlstream/topics.py)
+"""``crawlstream topics list | describe | create | export``: the topic catalog (crawlstream/topics.py)
 against the cluster ``settings.kafka`` points at.
 
 ``describe`` checks each catalog topic exists with the catalog's partition count and configs
@@ -6,13 +6,15 @@ against the cluster ``settings.kafka`` points at.
 own topics (faust's changelogs, ``<streams.app_id>-*``) each partition's leader, replicas and
 in-sync replicas: a partition with fewer replicas than ``kafka.replication_factor``, fewer in sync
 than replicas (under-replicated) or no leader (offline) is flagged. It exits 1 naming every
-difference.
+difference. ``export`` renders the catalog as Strimzi ``KafkaTopic``s (crawlstream/ops/manifests.py)
+with the deployment's settings, for deploy/k8s.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -188,3 +190,55 @@ def topics_create() -> None:
         console.print(f"[red]{c.name}: {'; '.join(c.problems)}[/]")
     if drift:
         raise typer.Exit(1)
+
+
+@topics_app.command("export")
+def topics_export(
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="strimzi: KafkaTopic YAML on stdout; json: the catalog as JSON; "
+            "k8s: every generated file of deploy/k8s/generated (topics, connectors, CronJobs)",
+        ),
+    ] = "strimzi",
+    deploy_dir: Annotated[
+        Path | None,
+        typer.Option(help="the deploy folder (k8s, connect, jobs.toml); default: the installed one"),
+    ] = None,
+    write: Annotated[bool, typer.Option("--write", help="k8s: rewrite the generated files")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="k8s: exit 1 when a generated file is stale")
+    ] = False,
+) -> None:
+    """The catalog as deployment resources, with the settings of deploy/k8s/settings.env (not this
+    shell's environment), so the Kubernetes topics are the embedded stack's topics."""
+    from crawlstream.ops import manifests
+    from crawlstream.stack.deploy_data import deploy_dir as installed_deploy_dir
+
+    deploy_dir = deploy_dir if deploy_dir is not None else installed_deploy_dir()
+    settings = manifests.deployment_settings(manifests.read_env_file(deploy_dir / "k8s" / "settings.env"))
+    if fmt == "strimzi":
+        typer.echo(manifests.dump_yaml(manifests.strimzi_topics(settings)), nl=False)
+    elif fmt == "json":
+        typer.echo(json.dumps([asdict(spec) for spec in catalog(settings).all()], indent=2))
+    elif fmt == "k8s":
+        files = manifests.generated_files(deploy_dir)
+        if write:
+            for path, text in files.items():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+                console.print(f"wrote {path}")
+        if check:
+            stale = manifests.stale_files(deploy_dir)
+            for path in stale:
+                console.print(
+                    f"[red]{path} is stale: run `crawlstream topics export --format k8s --write`[/]"
+                )
+            if stale:
+                raise typer.Exit(1)
+        if not write and not check:
+            for path, text in files.items():
+                typer.echo(f"# --- {path}\n{text}", nl=False)
+    else:
+        raise typer.BadParameter(f"unknown format {fmt!r}: strimzi, json or k8s", param_hint="--format")

@@ -54,6 +54,18 @@ def read_cmdline(pid: int) -> list[str] | None:
     return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
 
 
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot, /proc/<pid>/stat field 22); None when it is
+    gone or a zombie. With the pid it names one process for good: a reused pid starts later, and a
+    process may rewrite its own command line (faust's worker sets its title with setproctitle)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return None if fields[0] in "ZX" else int(fields[19])
+    except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+        return None
+
+
 def settled_cmdline(pid: int, timeout_s: float = 2.0) -> list[str] | None:
     """Like :func:`read_cmdline`, but waits out the transient empty cmdline."""
     deadline = time.monotonic() + timeout_s
@@ -126,23 +138,32 @@ class ProcessManager:
         if cmdline is None:
             raise StackError(f"{name}: process {pid} exited immediately; see {self.log_path(name)}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.pidfile(name).write_text(json.dumps({"pid": pid, "cmdline": cmdline}) + "\n")
+        record = {"pid": pid, "cmdline": cmdline, "started": start_ticks(pid)}
+        self.pidfile(name).write_text(json.dumps(record) + "\n")
 
     def pid(self, name: str) -> int | None:
         """The pid of ``name`` if it is alive and still the process we started; else None.
 
-        A pidfile that is unreadable, dead or now names another program is removed.
+        The process is known by its pid and start time (its command line where an older pidfile
+        has no start time). A pidfile that is unreadable, dead or now names another process is
+        removed.
         """
         path = self.pidfile(name)
         try:
             record = json.loads(path.read_text())
             pid, cmdline = int(record["pid"]), list(record["cmdline"])
+            started = record.get("started")
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             path.unlink(missing_ok=True)
             return None
         _reap(pid)
+        if started is not None:
+            if start_ticks(pid) != started:
+                path.unlink(missing_ok=True)
+                return None
+            return pid
         if settled_cmdline(pid) != cmdline:
             path.unlink(missing_ok=True)
             return None

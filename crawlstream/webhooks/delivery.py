@@ -35,6 +35,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from crawlstream.addresses import AddressPolicy, AddressRefused, Resolver, resolve
 from crawlstream.deadletters import DeadLetterMessage, Origin, build_dead_letter, error_class
 from crawlstream.errors import ConfigError
+from crawlstream.retrying import equal_jitter
 from crawlstream.settings import FollowSettings
 from crawlstream.webhooks.signature import SIGNATURE_HEADER, sign_header
 from crawlstream.webhooks.transport import WebhookClient, redact
@@ -211,7 +212,7 @@ class Receiver:
         config = self.config
         started = self.clock()
         delivery_deadline = started + config.webhook_deadline_s
-        backoff = config.webhook_backoff_initial_s
+        backoff = equal_jitter(config.webhook_backoff_initial_s, config.webhook_backoff_max_s, self.jitter)
         last, last_class, attempt = "", None, 0
         for attempt in range(1, config.webhook_max_attempts + 1):
             retry_after = None
@@ -237,7 +238,7 @@ class Receiver:
                 last, last_class, retry_after = f"HTTP {status}", None, answer.retry_after_s
             if attempt == config.webhook_max_attempts:
                 break
-            delay = backoff * (0.5 + 0.5 * self.jitter())  # equal jitter: receivers are not hit in step
+            delay = backoff.delay(attempt)  # equal jitter: receivers are not hit in step
             if retry_after is not None:
                 delay = max(delay, min(retry_after, config.webhook_retry_after_max_s))
             if self.clock() + delay >= delivery_deadline:
@@ -246,7 +247,6 @@ class Receiver:
             self.metrics.webhook_retries.labels(self.label).inc()
             if self.wait(delay):
                 raise Stopping
-            backoff = min(backoff * 2, config.webhook_backoff_max_s)
         elapsed = self.clock() - started
         return Failure("webhook_failed", f"{attempt} attempt(s) in {elapsed:.1f}s, last: {last}", last_class)
 

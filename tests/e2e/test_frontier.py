@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 import threading
 import time
 import uuid
@@ -107,9 +108,13 @@ def test_broad_crawl_with_two_crawlers_is_complete_polite_and_stops_by_itself(
         # Polite, on the server side: open requests per host, Retry-After, Crawl-delay.
         assert max(web.peak_in_flight().values()) <= PER_HOST
         assert web.violations == []
-        gap = web.min_gap(web.sites[5].host)
-        assert gap is not None
-        assert gap >= 0.5 - 0.02
+        # Arrivals, not sends: on a loaded machine a late arrival shortens the gap after it (and
+        # lengthens the one before), so every gap holds half the Crawl-delay and their median all
+        # of it; a delay that is not applied gives gaps of the 20 ms latency.
+        gaps = web.gaps(web.sites[5].host)
+        assert len(gaps) >= 5
+        assert min(gaps) >= 0.5 / 2, gaps
+        assert statistics.median(gaps) >= 0.5 - 0.02, gaps
         assert web.errors == []
         # Both processes crawled; the ledger closed every request it admitted.
         assert report["crawler_reports"] == 2
@@ -241,7 +246,9 @@ def test_a_recrawl_sends_validators_and_304s_become_touches(stack_settings: Sett
         assert (progress["not_modified"], progress["fetched"]) == (pages - 3, 3)
         # A 304 is a touch: no new version, no change event; the changed pages are versions.
         assert second.touches == pages - 3
-        assert second.unique_new == 3  # the changed pages' new versions (PageEvent "changed")
+        # The changed pages' new versions (PageEvent "changed"); no page is new to the pipeline.
+        assert len(second.counts.unique_changed_urls & second.counts.crawl.urls) == 3
+        assert second.unique_new == 0
         assert second.cdc_creates == 0
 
 

@@ -8,7 +8,7 @@ a page of control characters, XML bombs in sitemaps and feeds, an API whose next
 
 Through a pipeline of its own (tests/e2e/isolated.py: stream worker, sink worker, follower and
 a distributed crawler on a topic prefix of their own), the frontier and distributed crawler
-(seeded with one link), then the site, sitemap, feed and API sources (``crawlstream jobs run``)
+(seeded with one link), then the site, sitemap, feed, API and frontier sources (``crawlstream jobs run``)
 crawl it. Afterwards:
 
 - no request reached a refused address: the server's own log shows nothing on the decoy
@@ -58,6 +58,8 @@ SOURCES = {
     "sitemap": 'sitemap_urls = ["{web}/robots.txt"]',
     "feed": 'feed_urls = ["{web}/feed.xml", "{web}/xml/feed-laughs.xml", "{web}/xml/feed-xxe.xml"]',
     "api": 'api_endpoint = "{web}/api/endless?page=0"\nmax_api_pages = 40',
+    # A frontier job: its own crawler process, scope and budgets, done when nothing is left.
+    "frontier": 'start_urls = ["{web}/"]\nmax_pages = 400',
 }
 
 
@@ -113,7 +115,7 @@ def test_every_source_crawls_the_hostile_web_and_the_pipeline_carries_on(
     reader = RunReader(probe)
     reports: dict[str, dict[str, Any]] = {}
 
-    # --- the frontier and the distributed crawler, from one seed link ----------------------------
+    # --- the frontier agent and the distributed crawler, from one seed link ----------------------
     root = web.url("/")
     seed = LinkRecord(
         url=root, canonical_url=canonical_url(root), host=host_of(root), source_url=root, depth=0
@@ -159,7 +161,7 @@ def test_every_source_crawls_the_hostile_web_and_the_pipeline_carries_on(
         pipeline.stop(DISTRIBUTED)
         pipeline.pids.pop(DISTRIBUTED)
     if pipeline.crawler_report.exists():
-        reports["frontier"] = json.loads(pipeline.crawler_report.read_text())
+        reports["distributed"] = json.loads(pipeline.crawler_report.read_text())
     else:
         problems.append("the distributed crawler wrote no report")
 

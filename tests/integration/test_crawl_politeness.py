@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import uuid
@@ -26,7 +27,11 @@ from tests.integration.kafka_read import read_topic
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-TOLERANCE_S = 0.05  # server-side arrival times vs. the crawler's send times
+# Server-side arrival times vs. the crawler's send times: on a loaded machine one request can
+# arrive late, shortening the gap to the next one by as much. So single gaps are held to half the
+# delay (a missing delay shows as gaps of milliseconds), the median to the delay; the exact delays
+# and pauses are pinned with a fake clock in tests/unit/crawlers/test_politeness_middlewares.py.
+TOLERANCE_S = 0.05
 
 
 @dataclass
@@ -106,7 +111,8 @@ def test_robots_disallow_and_crawl_delay(crawl: CrawlResult) -> None:
         times = sorted(t for t, p in crawl.site.requests if p != "/robots.txt")
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(gaps) > 20
-    assert min(gaps) >= crawl.site.crawl_delay - TOLERANCE_S, sorted(gaps)[:5]
+    assert statistics.median(gaps) >= crawl.site.crawl_delay - TOLERANCE_S, sorted(gaps)[:5]
+    assert min(gaps) >= crawl.site.crawl_delay / 2, sorted(gaps)[:5]
 
 
 def test_retry_after_seconds_and_http_date(crawl: CrawlResult) -> None:
@@ -114,8 +120,8 @@ def test_retry_after_seconds_and_http_date(crawl: CrawlResult) -> None:
         first, second = crawl.site.times(path)
         with crawl.site.lock:
             after = [t for t, _ in crawl.site.requests if t > first]
-        assert min(after) - first >= at_least - TOLERANCE_S  # the whole host paused
-        assert second - first >= at_least - TOLERANCE_S
+        assert min(after) - first >= at_least / 2  # the whole host paused
+        assert second - first >= at_least / 2
     assert crawl.page("/limited").status == 200
     assert crawl.page("/busy").status == 200
 

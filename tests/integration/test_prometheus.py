@@ -239,7 +239,9 @@ def test_prometheus_scrapes_a_crawl_and_evaluates_every_expression(
                 "--report",
                 str(tmp_path / "report.json"),
             ],
-            {"CRAWLSTREAM_CRAWL__DOWNLOAD_DELAY_S": "0.4", "CRAWLSTREAM_CRAWL__CONCURRENCY_PER_DOMAIN": "1"},
+            # About a minute of crawling: every target must be scraped twice while the crawler lives,
+            # also on a loaded machine where targets answer their first scrapes late.
+            {"CRAWLSTREAM_CRAWL__DOWNLOAD_DELAY_S": "1.0", "CRAWLSTREAM_CRAWL__CONCURRENCY_PER_DOMAIN": "1"},
         )
         text = wait_for(lambda: get(f"http://127.0.0.1:{ports['crawler']}/metrics"), 60, "crawler /metrics")
         lint = promtool("check", "metrics", stdin=text)

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 def minimal_migration(settings: Settings) -> None:
     """Stand-in for sinks.migrations.upgrade: the pages table, its publication and the CDC grant,
     the heartbeat table the connectors' heartbeat.action.query writes (migration 0003), and the
-    page events connector's publication (migration 0007)."""
+    page events' publication the outbox connector reads (migration 0007)."""
     with psycopg2.connect(settings.postgres.dsn(owner=True)) as conn, conn.cursor() as cur:
         cur.execute("CREATE TABLE IF NOT EXISTS pages (url text PRIMARY KEY, title text)")
         cur.execute(
@@ -40,11 +40,11 @@ def minimal_migration(settings: Settings) -> None:
         cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (settings.postgres.publication,))
         if cur.fetchone() is None:
             cur.execute(f"CREATE PUBLICATION {settings.postgres.publication} FOR TABLE pages, cdc_heartbeat")
-        # The page events connector reads a publication of its own (migration 0007).
-        events = settings.postgres.events_publication
-        cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (events,))
+        cur.execute(
+            "SELECT 1 FROM pg_publication WHERE pubname = %s", (settings.postgres.events_publication,)
+        )
         if cur.fetchone() is None:
-            cur.execute(f"CREATE PUBLICATION {events} FOR TABLE cdc_heartbeat")
+            cur.execute(f"CREATE PUBLICATION {settings.postgres.events_publication} FOR TABLE cdc_heartbeat")
         cur.execute(f"GRANT SELECT ON pages TO {settings.postgres.cdc_user}")
         cur.execute(f"GRANT SELECT, INSERT, UPDATE ON cdc_heartbeat TO {settings.postgres.cdc_user}")
     conn.close()

@@ -8,6 +8,7 @@ itself is started by ``crawlstream stack up`` / ``make test``, never here.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -23,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from crawlstream import offsets
@@ -133,7 +134,13 @@ class Pipeline:
     def group_members(self) -> int:
         admin = AdminClient(self.settings.kafka.librdkafka())
         group = self.settings.streams.app_id
-        description = admin.describe_consumer_groups([group])[group].result(10)
+        try:
+            description = admin.describe_consumer_groups([group])[group].result(10)
+        except KafkaException as exc:
+            # A fresh broker answers NOT_COORDINATOR until __consumer_offsets is loaded: not yet.
+            if exc.args and exc.args[0].code() == KafkaError.NOT_COORDINATOR:
+                return 0
+            raise
         return len(description.members) if str(description.state).endswith("STABLE") else 0
 
     def drained(self) -> bool:
@@ -341,3 +348,52 @@ def test_poison_on_each_input_topic_is_dead_lettered_and_the_stage_flows(pipelin
     assert all(letter.stage == "streams" and letter.source_offset == 0 for letter in letters)
     flowed = [v for _, v in pipeline.read_all(t.unique_pages.name) if v != b"{not json"]
     assert [PageEvent.model_validate_json(v or b"").change for v in flowed] == ["new"]
+
+
+def filler(n: int) -> dict[str, str]:
+    """``n`` pages of distinct random-looking words: new, and near copies of nothing."""
+    return {
+        f"filler-{i}": "<html><body><main><p>"
+        + " ".join(hashlib.sha256(f"{i}-{j}".encode()).hexdigest()[:10] for j in range(60))
+        + "</p></main></body></html>"
+        for i in range(n)
+    }
+
+
+def test_a_kill9_while_outputs_and_changelog_records_are_in_flight_loses_nothing(pipeline: Pipeline) -> None:
+    # The kill -9 above waits until the stage has drained; this one kills the worker as soon as
+    # its first outputs appear, with events still uncommitted, outputs and changelog records in
+    # flight. The restarted worker gets the uncommitted events again: each must come out as the
+    # page event it was (re-sent, not "unchanged"), none lost; repeats are what the sink absorbs.
+    worker = pipeline.start_worker()
+    wait_for("the worker in the group", lambda: pipeline.group_members() == 1, worker)
+    pages = {**crawl(), **filler(400)}
+    expected = {**EXPECTED_CRAWL, "new": EXPECTED_CRAWL["new"] + 400}
+    unique = pipeline.topics.unique_pages.name
+
+    pipeline.produce([raw(name, body) for name, body in pages.items()])
+    wait_for(
+        "the first outputs",
+        lambda: offsets.total(offsets.end_offsets(pipeline.settings, unique)) > 0,
+        worker,
+    )
+    in_flight = not pipeline.drained()
+    worker.kill9()
+    assert in_flight, "the stage had drained before the kill: the crash window was not exercised"
+
+    restarted = pipeline.start_worker()
+    wait_for("the stage to drain after the restart", pipeline.drained, restarted)
+    found = settled_counts(pipeline, expected)
+    # Nothing lost, nothing called unchanged or changed that was new: exact.
+    assert {k: found[k] for k in ("new", "changed", "unchanged", "duplicate")} == {
+        k: expected[k] for k in ("new", "changed", "unchanged", "duplicate")
+    }
+    # A crawl without recrawls has no touch: a replay called "unchanged" would be one (counts()
+    # hides a touch of a fetch that also has its page event).
+    assert pipeline.read_all(pipeline.topics.page_touches.name) == []
+    # Near duplicates: the edited copies are marked. A replayed original can be marked too (its
+    # near copy is in the band table by then): the replay recomputes that link (see the report of
+    # issue 14), so the count is a lower bound here; the sink keeps the first stored version.
+    events = [PageEvent.model_validate_json(v or b"") for _, v in pipeline.read_all(unique)]
+    near = {e.page.canonical_url for e in events if e.near_duplicate_of is not None}
+    assert {url("edited-pickle"), url("edited-base64")} <= near

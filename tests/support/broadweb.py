@@ -195,10 +195,14 @@ class BroadWeb:
     def peak_in_flight(self) -> dict[str, int]:
         return dict(self.peak)
 
+    def gaps(self, host: str) -> list[float]:
+        """The times between consecutive request arrivals on ``host`` (robots.txt included)."""
+        starts = sorted(hit.start for hit in self.hits if hit.host == host)
+        return [b - a for a, b in itertools.pairwise(starts)]
+
     def min_gap(self, host: str) -> float | None:
         """The smallest time between two request arrivals on ``host`` (robots.txt included)."""
-        starts = sorted(hit.start for hit in self.hits if hit.host == host)
-        gaps = [b - a for a, b in itertools.pairwise(starts)]
+        gaps = self.gaps(host)
         return min(gaps) if gaps else None
 
     def first_fetch(self) -> dict[str, float]:

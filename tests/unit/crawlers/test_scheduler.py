@@ -143,3 +143,56 @@ def test_a_killed_run_is_closed_by_the_scheduler(tmp_path: Path) -> None:
     assert lost == [run_id]
     scheduler.tick()
     assert lost == [run_id]  # reported once
+
+
+def test_a_crash_between_the_decision_and_the_launch_never_starts_that_due_time_twice(tmp_path: Path) -> None:
+    # "At most once across a crash": the due time is saved as handled before the launch, so a
+    # scheduler killed in between loses that run (and says so) rather than starting it twice.
+    launcher = FakeLauncher()
+    clock = launcher.clock
+    first = _scheduler(tmp_path, launcher)
+    first.tick()
+    clock.now = T0 + timedelta(minutes=1)
+
+    def killed(*_args: object) -> tuple[int, str]:
+        raise KeyboardInterrupt("scheduler killed before the launch")
+
+    first.launcher = type(
+        "Dying", (), {"launch": killed, "alive": launcher.alive, "outcome": launcher.outcome}
+    )()
+    with pytest.raises(KeyboardInterrupt):
+        first.tick()
+    state = json.loads((tmp_path / "scheduler" / "state.json").read_text())
+    assert state["minutely"]["run_id"] is not None
+    assert state["minutely"]["pid"] is None
+
+    restarted = _scheduler(tmp_path, launcher)
+    assert restarted.tick() == []  # the same instant: that due time was handled
+    clock.now += timedelta(seconds=40)
+    assert restarted.tick() == []  # still before the next due time
+    assert launcher.launched == []
+    clock.now += timedelta(seconds=20)
+    assert len(restarted.tick()) == 1  # the next due time runs as usual
+
+
+def test_a_reused_pid_is_not_taken_for_the_run(tmp_path: Path) -> None:
+    import os
+
+    from crawlers.scheduler import ProcessLauncher
+
+    real = ProcessLauncher(tmp_path / "jobs.toml", tmp_path)
+    me = os.getpid()
+    assert real.alive(me, process_token(me) or "")
+    assert not real.alive(me, "12345")  # the same pid, another process's start time: not our run
+
+    launcher = FakeLauncher()
+    clock = launcher.clock
+    scheduler = _scheduler(tmp_path, launcher)
+    scheduler.tick()
+    clock.now = T0 + timedelta(minutes=1)
+    scheduler.tick()
+    pid = scheduler.state["minutely"].pid
+    assert pid is not None
+    scheduler.state["minutely"].pid_token = "another process"  # the run ended, its pid reused
+    clock.now += timedelta(minutes=1)
+    assert len(scheduler.tick()) == 1  # not skipped as "still running"

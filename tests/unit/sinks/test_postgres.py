@@ -15,7 +15,7 @@ import pytest
 
 from sinks.base import RowsRejected, SinkBatch, SinkRecord, SinkUnavailable, StatementFailed
 from sinks.pages import CopyReader, PostgresPageSink, Staged
-from sinks.postgres import Cursor, PostgresSink
+from sinks.postgres import LOCK_OFFSETS, Cursor, PostgresSink
 from tests.unit.sinks.test_sqlstate import pg_error
 
 TOPIC = "t.stats"
@@ -122,9 +122,11 @@ class FakeStoreSink(PostgresSink[str]):
         return len(records)
 
     def _fence(self, cur: Cursor, batch: SinkBatch[str]) -> list[SinkRecord[str]]:
+        assert isinstance(cur, FakeCursor)  # inside the write's transaction
         return [r for r in batch.records if r.offset >= self.fake.offsets.get(r.partition, 0)]
 
     def _store_offsets(self, cur: Cursor, batch: SinkBatch[str]) -> None:
+        assert isinstance(cur, FakeCursor)  # in the same transaction as the rows
         if self.fake.offsets_error is not None:
             raise self.fake.offsets_error
         for (_topic, partition), offset in batch.next_offsets.items():
@@ -146,6 +148,7 @@ def test_a_clean_batch_is_one_transaction(sink: FakeStoreSink) -> None:
     assert sink.fake.rows == ["a", "b", "c"]
     assert sink.fake.offsets == {0: 3}
     assert sink.fake.commits == 1
+    assert sink.fake.statements == 1  # one statement: not stored again record by record
     assert sink.take_counts() == {"inserted": 3}
 
 
@@ -347,3 +350,76 @@ def test_a_cancelled_copy_without_an_encoding_error_stays_a_cancelled_query() ->
 
     with pytest.raises(psycopg2.errors.QueryCanceled):
         PostgresPageSink("host=/nonexistent").stage(Cancelled(), Staged([], iter([b"x\n"])))
+
+
+class OffsetRowsCursor:
+    """``sink_offsets`` as the real fence sees it: LOCK_OFFSETS answers the stored rows of the
+    partitions asked for, CREATE_OFFSETS (through execute_values) adds missing rows. Records which
+    statements ran, so the test sees that rows are locked before anything is applied."""
+
+    connection = type("Conn", (), {"encoding": "UTF8"})()
+
+    def __init__(self, stored: dict[tuple[str, str, int], int]) -> None:
+        self.stored = stored
+        self.statements: list[str] = []
+        self._answer: list[tuple[int, int]] = []
+        self._values: list[tuple[Any, ...]] = []
+
+    def mogrify(self, template: bytes, args: tuple[Any, ...]) -> bytes:
+        self._values.append(args)
+        return b"(...)"
+
+    def execute(self, sql: str | bytes, values: tuple[Any, ...] = ()) -> None:
+        text = sql.decode() if isinstance(sql, bytes) else sql
+        self.statements.append(text)
+        if text == LOCK_OFFSETS:
+            group, topic, partitions = values
+            self._answer = [(p, o) for (g, t, p), o in self.stored.items() if (g, t) == (group, topic)]
+            self._answer = [(p, o) for p, o in self._answer if p in partitions]
+        elif text.startswith("INSERT INTO sink_offsets"):
+            for group, topic, partition, offset in self._values:
+                self.stored.setdefault((group, topic, partition), offset)
+            self._values = []
+        else:
+            raise AssertionError(f"unexpected statement {text}")
+
+    def fetchall(self) -> list[tuple[int, int]]:
+        return self._answer
+
+
+def test_the_fence_keeps_only_records_at_or_after_each_partitions_stored_offset() -> None:
+    other = "t.other"
+    cur = OffsetRowsCursor({("g", TOPIC, 0): 5, ("g", TOPIC, 1): 2, ("g", other, 0): 1, ("h", TOPIC, 2): 9})
+    records = [
+        *(SinkRecord(f"p0-{o}", TOPIC, 0, o) for o in range(3, 8)),
+        *(SinkRecord(f"p1-{o}", TOPIC, 1, o) for o in range(4)),
+        *(SinkRecord(f"p2-{o}", TOPIC, 2, o) for o in range(2)),  # no row yet (another group's is 9)
+        *(SinkRecord(f"o0-{o}", other, 0, o) for o in range(3)),
+    ]
+    next_offsets = {(TOPIC, 0): 8, (TOPIC, 1): 4, (TOPIC, 2): 2, (other, 0): 3}
+
+    kept = PostgresSink[str]("host=/nonexistent")._fence(cur, SinkBatch("g", records, next_offsets))
+
+    assert [r.value for r in kept] == ["p0-5", "p0-6", "p0-7", "p1-2", "p1-3", "p2-0", "p2-1", "o0-1", "o0-2"]
+    assert cur.stored[("g", TOPIC, 2)] == 0  # the new partition's row was created, then locked
+    assert cur.stored[("h", TOPIC, 2)] == 9
+    locks = [s for s in cur.statements if s == LOCK_OFFSETS]
+    assert len(locks) == 4  # each topic's rows locked, and again after the missing row was created
+    assert cur.statements[-1] == LOCK_OFFSETS
+
+
+def test_a_batch_entirely_below_the_stored_offsets_keeps_nothing() -> None:
+    cur = OffsetRowsCursor({("g", TOPIC, 0): 10})
+    sink = PostgresSink[str]("host=/nonexistent")
+    replay = [SinkRecord("x", TOPIC, 0, o) for o in range(10)]
+    assert sink._fence(cur, SinkBatch("g", replay, {(TOPIC, 0): 10})) == []
+    assert cur.statements == [LOCK_OFFSETS]  # the row exists: locked once, nothing created
+    edge = [SinkRecord("y", TOPIC, 0, 9), SinkRecord("z", TOPIC, 0, 10)]
+    assert sink._fence(cur, SinkBatch("g", edge, {(TOPIC, 0): 11})) == [edge[1]]  # at the offset: kept
+
+
+def test_a_batch_without_offsets_is_not_fenced() -> None:
+    cur = OffsetRowsCursor({})
+    records = [SinkRecord("x", TOPIC, 0, 3)]
+    assert PostgresSink[str]("host=/nonexistent")._fence(cur, SinkBatch("g", records, {})) == records
+    assert cur.statements == []

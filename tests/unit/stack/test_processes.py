@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from crawlstream.errors import StackError
-from crawlstream.stack.processes import ProcessManager, read_cmdline, tail, wait_until
+from crawlstream.stack.processes import ProcessManager, read_cmdline, start_ticks, tail, wait_until
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 # Ignores SIGTERM, so only the SIGKILL escalation can stop it; prints once the handler is set.
@@ -33,7 +33,8 @@ def pm(tmp_path: Path) -> ProcessManager:
 def test_start_records_pid_and_cmdline_then_stop_removes_it(pm: ProcessManager) -> None:
     pid = pm.start("worker", SLEEPER, env={"CRAWLSTREAM_TEST_MARK": "1"})
     record = json.loads(pm.pidfile("worker").read_text())
-    assert record == {"pid": pid, "cmdline": SLEEPER}
+    assert record == {"pid": pid, "cmdline": SLEEPER, "started": start_ticks(pid)}
+    assert record["started"] is not None
     assert pm.running("worker")
     assert "CRAWLSTREAM_TEST_MARK=1" in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
     assert "CRAWLSTREAM_TEST_MARK" not in os.environ
@@ -75,6 +76,42 @@ def test_reused_pid_is_never_signalled(pm: ProcessManager) -> None:
     # Our own pid, recorded with another command line: exactly what a recycled pid looks like.
     pm.run_dir.mkdir(parents=True)
     pm.pidfile("kafka").write_text(json.dumps({"pid": os.getpid(), "cmdline": ["java", "kafka.Kafka"]}))
+    assert pm.stop("kafka") is False  # would have SIGTERMed pytest itself otherwise
+    assert not pm.pidfile("kafka").exists()
+
+
+def test_a_process_that_rewrites_its_command_line_is_still_ours(pm: ProcessManager) -> None:
+    # faust's worker retitles itself with setproctitle (when installed): /proc/<pid>/cmdline
+    # changes, the process does not. An exec in place changes the command line the same way.
+    # The child rewrites itself only once the file appears, after its pidfile is written (as faust).
+    go = pm.state_dir / "go"
+    retitled = [
+        sys.executable,
+        "-c",
+        f"import os, sys, pathlib\nwhile not pathlib.Path({str(go)!r}).exists(): os.sched_yield()\n"
+        "os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(120)', 'x'])",
+    ]
+    pid = pm.start("faustish", retitled)
+    assert pm.pid("faustish") == pid
+    go.touch()
+    wait_until(
+        lambda: None if read_cmdline(pid) and read_cmdline(pid)[-1] == "x" else "not yet",
+        service="faustish",
+        log_path=pm.log_path("faustish"),
+        timeout_s=10,
+    )
+    assert read_cmdline(pid) != retitled
+    assert pm.pid("faustish") == pid  # same pid, same start time: still the process we started
+    assert pm.stop("faustish", timeout_s=10) is True
+
+
+def test_a_reused_pid_with_another_start_time_is_not_ours(pm: ProcessManager) -> None:
+    pm.run_dir.mkdir(parents=True)
+    mine = start_ticks(os.getpid())
+    assert mine is not None
+    pm.pidfile("kafka").write_text(
+        json.dumps({"pid": os.getpid(), "cmdline": ["java", "kafka.Kafka"], "started": mine - 1})
+    )
     assert pm.stop("kafka") is False  # would have SIGTERMed pytest itself otherwise
     assert not pm.pidfile("kafka").exists()
 

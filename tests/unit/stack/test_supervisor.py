@@ -34,10 +34,33 @@ def test_secrets_are_generated_once_and_private(tmp_path: Path) -> None:
     assert postgres.load_or_create_secrets(tmp_path) == first
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the fallback only exists for root")
-def test_root_falls_back_when_postgres_cannot_reach_the_state_dir(tmp_path: Path) -> None:
+def test_root_falls_back_when_postgres_cannot_reach_the_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Runs as any user (it used to be skipped unless root, so a CI not running as root never ran
+    # it): as root, the real probe (runuser ... test -x) answers; otherwise what it would answer
+    # for another user, search permission for others on the directory and every parent.
     hidden = tmp_path / "private"
     hidden.mkdir(mode=0o700)
+    if os.geteuid() != 0:
+        import pwd
+        from types import SimpleNamespace
+
+        monkeypatch.setattr(postgres, "running_as_root", lambda: True)
+        monkeypatch.setattr(
+            postgres.pwd,
+            "getpwnam",
+            lambda name: (
+                SimpleNamespace(pw_name=name, pw_dir="/var/lib/postgresql")
+                if name == postgres.OS_USER
+                else pwd.getpwnam(name)
+            ),
+        )
+        monkeypatch.setattr(
+            postgres,
+            "_traversable_by_postgres",
+            lambda path: all(p.stat().st_mode & 0o001 for p in (path, *path.parents)),
+        )
     settings = Settings(stack={"state_dir": hidden / "state"})
     layout = postgres.plan_layout(settings, Path("/usr/lib/postgresql/15/bin"))
     assert layout.data_dir.parent == Path("/var/lib/postgresql")

@@ -6,6 +6,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from confluent_kafka import KafkaError
 
 from crawlstream.settings import KafkaSettings, Settings, StreamsSettings
@@ -83,11 +84,8 @@ def test_event_is_acked_only_when_every_record_produced_for_it_is_delivered() ->
 def test_an_exception_leaves_the_event_unacked() -> None:
     _, out, _ = stage_outputs()
     event = FakeEvent()
-    try:
-        with out.acking("unit", event):
-            raise RuntimeError("agent bug")
-    except RuntimeError:
-        pass
+    with pytest.raises(RuntimeError, match="agent bug"), out.acking("unit", event):
+        raise RuntimeError("agent bug")
     assert event.acks == 0
 
 
