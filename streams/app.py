@@ -22,7 +22,7 @@ import faust
 import streams.faustcompat  # noqa: F401  (checks at import the faust internals the stage uses)
 from crawlstream.kafka import aiokafka_security
 from crawlstream.settings import Settings
-from streams import changes, content, frontier, ledger, near, outputs, stats, views
+from streams import changes, content, frontier, ledger, near, outputs, recoveryguard, stats, views
 from streams.faustcli import __getattr__  # noqa: F401  (`faust -A streams.app`: the lazy `app`)
 from streams.recrawl import RecrawlPolicy
 from streams.topology import declare_topics
@@ -106,4 +106,6 @@ def create_app(settings: Settings) -> faust.App:
     ledger.register(app, settings, topics)
     if settings.streams.stats_enabled:
         views.register(app, stats.register(app, settings, topics))
+    # A changelog tail deleted during a restore must not keep the worker in recovery for good.
+    recoveryguard.register(app)
     return app
