@@ -69,7 +69,14 @@ ProgressCallback = Callable[[RunProgress, float], None]
 
 
 def group_of(settings: Settings, job: str) -> str:
+    """The consumer group of a frontier job's crawlers (on a secured cluster the crawler's
+    principal may use the groups named ``<prefix>-frontier-*``: crawlstream/acls.py)."""
     return f"{settings.kafka.topic_prefix}-frontier-{job}"
+
+
+def progress_group(settings: Settings, run_id: str) -> str:
+    """The group id of a run's progress reader (it assigns partitions and commits nothing)."""
+    return f"{settings.kafka.topic_prefix}-frontier-run-{run_id}"
 
 
 def state_path(settings: Settings, job: str) -> Path:
@@ -142,7 +149,9 @@ class ProgressReader:
         self.run_id = run_id.encode()
         self.latest: RunProgress | None = None
         self.consumer = Consumer(
-            consumer_config(settings, "crawler", f"frontier-run-{run_id}", **{"enable.auto.commit": False})
+            consumer_config(
+                settings, "crawler", progress_group(settings, run_id), **{"enable.auto.commit": False}
+            )
         )
         ends = offsets.end_offsets(settings, self.topic)
         self.consumer.assign([TopicPartition(self.topic, p, o) for p, o in ends.items()])

@@ -46,6 +46,11 @@ def backoff_s(errors: int, after: int, initial_s: float, max_s: float) -> float:
     return float(min(initial_s * 2 ** (errors - after), max_s))
 
 
+def hosts_group(crawl_group: str) -> str:
+    """The group id of a crawl group's host state reader."""
+    return f"{crawl_group}-hosts"
+
+
 class HostStates:
     def __init__(self, settings: Settings, group_id: str) -> None:
         self.settings = settings
@@ -55,7 +60,7 @@ class HostStates:
             consumer_config(
                 settings,
                 "crawler",
-                f"{group_id}-hosts",
+                hosts_group(group_id),
                 **{
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",

@@ -1,24 +1,26 @@
 """Least privilege on a secured Kafka: what each stage's principal may do, declared once.
 
 One principal per stage (:data:`~crawlstream.settings.STAGES`), each allowed only the topics and
-consumer groups of its own stage, from the topic catalog (crawlstream/topics.py):
+consumer groups of its own stage. The topics come from the catalog (crawlstream/topics.py): each
+:class:`~crawlstream.topics.TopicSpec` names the stages that write and read it, and a stage gets
+write or read (each with describe and describe_configs, which ``ensure_topics`` needs) on exactly
+those. The groups come from :func:`consumer_groups`, the group names the stages' code uses:
 
-- crawler: writes pages.raw, links, runs, deadletter; reads requests (distributed crawlers) in
-  groups ``<prefix>-crawl*``.
-- streams: reads pages.raw, links, pages.unique, pages.touches; writes pages.unique,
-  pages.touches, requests, stats, deadletter; its repartition, changelog and internal topics;
-  group ``streams.app_id``.
-- sinks: reads pages.unique, pages.touches, stats, runs in groups ``sink.group_id*``; writes
-  deadletter.
-- connect: writes cdc.public.pages, outbox.event.page and the Debezium heartbeat topics.
-- follow: reads outbox.event.page in group ``follow.group_id``; writes deadletter.
+- crawler: distributed crawlers' groups ``<prefix>-crawl*`` (``--group-id``) and frontier jobs'
+  ``<prefix>-frontier-*`` (a job's crawlers, their ``-hosts`` readers, a run's progress reader);
+  describe on the stream stage's group (a frontier run checks a stream worker is up and reads
+  its committed offsets).
+- streams: group ``streams.app_id``; it creates, reads and writes its own topics (faust's
+  changelogs ``<app_id>-*`` and the repartition topics).
+- sinks: groups ``sink.group_id*`` (one per family: ``<id>``, ``<id>-touches`` ...).
+- follow: group ``follow.group_id``.
+- connect: the Debezium topics; describe on the cluster (Connect reads its id). A distributed
+  Connect cluster (Strimzi) also needs its group and storage topics: :func:`connect_cluster_grants`.
 - admin: a super user (creates topics, users and ACLs, resets any group's offsets).
 
-The stream stage creates its own topics (faust's changelogs and internal topics, named
-``<app_id>-...``, and its repartition topics); every stage may read the configs of the topics it
-uses (``ensure_topics`` checks them). :func:`acl_plan` is pure: the embedded stack applies it
-(crawlstream/stack/security.py); on another cluster, create the same ACLs (``crawlstream stack
-acls`` prints them as ``kafka-acls`` commands).
+:func:`acl_plan` is pure: the embedded stack applies it (crawlstream/stack/security.py), ``crawlstream
+stack acls`` prints it as ``kafka-acls`` commands, and ``crawlstream topics export --format k8s``
+renders it as Strimzi ``KafkaUser`` resources (crawlstream/ops/manifests.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from crawlstream.settings import STAGES, Settings, Stage
+from crawlstream.settings import Settings, Stage
 from crawlstream.topics import catalog
 
 Resource = Literal["topic", "group", "cluster"]
@@ -72,64 +74,73 @@ def _topic_grants(who: str, names: Iterable[str], operations: Iterable[Operation
     return [Grant(who, "topic", name, "literal", op) for name in names for op in operations]
 
 
+MEMBER: tuple[Operation, ...] = ("read", "describe")  # join a group, commit and fetch its offsets
+
+
+@dataclass(frozen=True)
+class GroupUse:
+    """A consumer group (by exact name, or every group whose name starts with ``name``) that a
+    stage uses with ``operations``."""
+
+    name: str
+    pattern: Pattern
+    stage: Stage
+    operations: tuple[Operation, ...] = MEMBER
+
+
+def consumer_groups(settings: Settings) -> list[GroupUse]:
+    """Every consumer group a stage uses (the names the stages build their groups with)."""
+    prefix = settings.kafka.topic_prefix
+    return [
+        GroupUse(f"{prefix}-crawl", "prefixed", "crawler"),
+        GroupUse(f"{prefix}-frontier-", "prefixed", "crawler"),
+        GroupUse(settings.streams.app_id, "literal", "streams"),
+        GroupUse(settings.streams.app_id, "literal", "crawler", ("describe",)),
+        GroupUse(settings.sink.group_id, "prefixed", "sinks"),
+        GroupUse(settings.follow.group_id, "literal", "follow"),
+    ]
+
+
 def acl_plan(settings: Settings) -> list[Grant]:
     """Every grant of every stage but admin (a super user), sorted, without duplicates."""
     t = catalog(settings)
-    app_id = settings.streams.app_id
-    reads: dict[Stage, list[str]] = {
-        "crawler": [t.requests.name],
-        "streams": [
-            t.raw_pages.name,
-            t.links.name,
-            t.unique_pages.name,
-            t.page_touches.name,
-            t.pages_by_content.name,
-            t.pages_by_band.name,
-        ],
-        "sinks": [t.unique_pages.name, t.page_touches.name, t.stats.name, t.runs.name],
-        "connect": [],
-        "follow": [t.page_events.name],
-    }
-    writes: dict[Stage, list[str]] = {
-        "crawler": [t.raw_pages.name, t.links.name, t.runs.name, t.dead_letter.name],
-        "streams": [
-            t.unique_pages.name,
-            t.page_touches.name,
-            t.requests.name,
-            t.stats.name,
-            t.dead_letter.name,
-            t.pages_by_content.name,
-            t.pages_by_band.name,
-        ],
-        "sinks": [t.dead_letter.name],
-        "connect": [t.cdc_pages.name, t.page_events.name, t.cdc_heartbeat.name, t.outbox_heartbeat.name],
-        "follow": [t.dead_letter.name],
-    }
-    groups: dict[Stage, tuple[str, Pattern] | None] = {
-        "crawler": (f"{settings.kafka.topic_prefix}-crawl", "prefixed"),
-        "streams": (app_id, "literal"),
-        "sinks": (settings.sink.group_id, "prefixed"),  # one group per family: <id>, <id>-touches ...
-        "connect": None,
-        "follow": (settings.follow.group_id, "literal"),
-    }
     plan: set[Grant] = set()
-    for stage in STAGES:
-        if stage == "admin":
-            continue
-        who = principal(settings, stage)
-        plan.update(_topic_grants(who, reads[stage], ("read", "describe", "describe_configs")))
-        plan.update(_topic_grants(who, writes[stage], ("write", "describe", "describe_configs")))
-        if (group := groups[stage]) is not None:
-            plan.update(Grant(who, "group", group[0], group[1], op) for op in ("read", "describe"))
+    for spec in t.all():
+        for stage in spec.readers:
+            plan.update(
+                _topic_grants(
+                    principal(settings, stage), [spec.name], ("read", "describe", "describe_configs")
+                )
+            )
+        for stage in spec.writers:
+            plan.update(
+                _topic_grants(
+                    principal(settings, stage), [spec.name], ("write", "describe", "describe_configs")
+                )
+            )
+    for use in consumer_groups(settings):
+        plan.update(
+            Grant(principal(settings, use.stage), "group", use.name, use.pattern, op) for op in use.operations
+        )
     streams = principal(settings, "streams")
     # faust's changelogs and internal topics (<app_id>-<table>-changelog, <app_id>-stats-by-...):
     # the stage creates, reads and writes them; and it may create its own repartition topics.
     own: tuple[Operation, ...] = ("create", "read", "write", "describe", "describe_configs")
-    plan.update(Grant(streams, "topic", f"{app_id}-", "prefixed", op) for op in own)
+    plan.update(Grant(streams, "topic", f"{settings.streams.app_id}-", "prefixed", op) for op in own)
     plan.update(_topic_grants(streams, [t.pages_by_content.name, t.pages_by_band.name], ("create",)))
     # Kafka Connect looks the cluster up (its id) before it starts a connector.
     plan.add(Grant(principal(settings, "connect"), "cluster", CLUSTER, "literal", "describe"))
     return sorted(plan)
+
+
+def connect_cluster_grants(settings: Settings, group: str, storage_topics: Iterable[str]) -> list[Grant]:
+    """What a distributed Kafka Connect cluster (Strimzi's KafkaConnect) needs beyond
+    :func:`acl_plan`: its worker group, and its config/offset/status topics, which it creates."""
+    who = principal(settings, "connect")
+    ops: tuple[Operation, ...] = ("create", "read", "write", "describe", "describe_configs")
+    grants = [Grant(who, "group", group, "literal", op) for op in MEMBER]
+    grants += [Grant(who, "topic", name, "literal", op) for name in storage_topics for op in ops]
+    return sorted(grants)
 
 
 def allowed(plan: Iterable[Grant], who: str, resource: Resource, name: str, operation: Operation) -> bool:

@@ -37,6 +37,10 @@ class TopicSpec:
     # An existing topic with fewer partitions gets more (ensure_topics) instead of an error: no
     # table is co-partitioned with it (a key may move partition, which these topics tolerate).
     growable: bool = False
+    # The stages whose clients write and read the topic: a secured cluster grants exactly these
+    # (crawlstream/acls.py; the admin is a super user). Operators' tools read as admin.
+    writers: tuple[Stage, ...] = ()
+    readers: tuple[Stage, ...] = ()
 
     @property
     def max_message_bytes(self) -> int:
@@ -126,6 +130,8 @@ def _catalog(settings: Settings) -> TopicCatalog:
             "canonical URL",
             "every HTML page the crawlers fetched (PageRecord JSON)",
             dict(big),
+            writers=("crawler",),
+            readers=("streams",),
         ),
         unique_pages=TopicSpec(
             f"{prefix}.pages.unique",
@@ -133,6 +139,8 @@ def _catalog(settings: Settings) -> TopicCatalog:
             "canonical URL",
             "first sighting of each canonical URL (PageRecord JSON)",
             dict(big),
+            writers=("streams",),
+            readers=("sinks", "streams"),
         ),
         dead_letter=TopicSpec(
             f"{prefix}.deadletter",
@@ -140,6 +148,8 @@ def _catalog(settings: Settings) -> TopicCatalog:
             "original key",
             "records a stage could not handle, with reason and origin (DeadLetter JSON)",
             {**big, "retention.ms": str(30 * 24 * 3600 * 1000)},
+            # Read by operators (`crawlstream deadletters`), as admin.
+            writers=("crawler", "streams", "sinks", "follow"),
         ),
         cdc_pages=TopicSpec(
             f"{settings.connect.cdc_topic_prefix}.public.pages",
@@ -149,18 +159,23 @@ def _catalog(settings: Settings) -> TopicCatalog:
             # A change event holds a whole row, JSON-escaped: 16 MiB, as the producer limit
             # in deploy/connect/pages-cdc.json.
             {**big, "max.message.bytes": str(16 * 1024 * 1024)},
+            writers=("connect",),
         ),
         page_touches=TopicSpec(
             f"{prefix}.pages.touches",
             parts,
             "canonical URL",
             "recrawls of known URLs whose content did not change (PageTouch JSON)",
+            writers=("streams",),
+            readers=("sinks", "streams"),
         ),
         links=TopicSpec(
             f"{prefix}.links",
             parts,
             "canonical URL",
             "links the crawlers discovered, input of the frontier (LinkRecord JSON)",
+            writers=("crawler",),
+            readers=("streams",),
         ),
         requests=TopicSpec(
             f"{prefix}.requests",
@@ -168,18 +183,24 @@ def _catalog(settings: Settings) -> TopicCatalog:
             "host",
             "URLs to fetch for distributed crawlers; one host, one partition (CrawlRequest JSON)",
             growable=True,
+            writers=("streams",),
+            readers=("crawler",),
         ),
         runs=TopicSpec(
             f"{prefix}.runs",
             1,
             "run id",
             "crawl run started/finished events (RunEvent JSON)",
+            writers=("crawler",),
+            readers=("sinks",),
         ),
         stats=TopicSpec(
             f"{prefix}.stats",
             parts,
             "domain",
             "closed per-domain aggregation windows (DomainStats JSON)",
+            writers=("streams",),
+            readers=("sinks",),
         ),
         pages_by_content=TopicSpec(
             f"{prefix}.streams.pages-by-content",
@@ -187,6 +208,8 @@ def _catalog(settings: Settings) -> TopicCatalog:
             "content hash",
             "new/changed pages routed to their content hash's partition (PageEvent JSON)",
             dict(big),
+            writers=("streams",),
+            readers=("streams",),
         ),
         pages_by_band=TopicSpec(
             f"{prefix}.streams.pages-by-band",
@@ -194,12 +217,16 @@ def _catalog(settings: Settings) -> TopicCatalog:
             "LSH band key <index>:<hex>",
             "pages routed band by band through the near-duplicate tables (PageEvent JSON)",
             dict(big),
+            writers=("streams",),
+            readers=("streams",),
         ),
         page_events=TopicSpec(
             "outbox.event.page",
             parts,
             "canonical URL (outbox aggregateid)",
             "page created/changed/gone events from the page sink's WAL messages (JSON; header eventType)",
+            writers=("connect",),
+            readers=("follow",),
         ),
         cdc_heartbeat=heartbeat_topic(settings, settings.connect.cdc_topic_prefix),
         outbox_heartbeat=heartbeat_topic(settings, settings.connect.outbox_topic_prefix),
@@ -208,6 +235,8 @@ def _catalog(settings: Settings) -> TopicCatalog:
             parts,
             "run id",
             "a frontier run's candidates, closed requests and commands, in order (LedgerEntry JSON)",
+            writers=("crawler", "streams"),
+            readers=("streams",),
         ),
         frontier_progress=TopicSpec(
             f"{prefix}.frontier.progress",
@@ -215,6 +244,8 @@ def _catalog(settings: Settings) -> TopicCatalog:
             "run id",
             "the latest state of each frontier run's ledger (RunProgress JSON; compacted)",
             {**_compacted(), "retention.ms": str(30 * 24 * 3600 * 1000)},
+            writers=("streams",),
+            readers=("crawler",),
         ),
         hosts=TopicSpec(
             f"{prefix}.hosts",
@@ -224,6 +255,8 @@ def _catalog(settings: Settings) -> TopicCatalog:
             "compacted; partitioned like the requests topic)",
             _compacted(),
             growable=True,
+            writers=("crawler",),
+            readers=("crawler",),
         ),
     )
 
@@ -247,6 +280,7 @@ def heartbeat_topic(settings: Settings, connector_topic_prefix: str) -> TopicSpe
         "Debezium server name",
         "Debezium heartbeats (offset only, no row); they commit idle slots' LSNs. Not page data",
         {"retention.ms": str(24 * 3600 * 1000), "segment.ms": str(3600 * 1000)},
+        writers=("connect",),
     )
 
 
