@@ -47,6 +47,7 @@ from crawlers.jobrun import crawl_spec, produce_run_event
 from crawlers.jobs import JobSpec
 from crawlstream import offsets
 from crawlstream.errors import ConfigError, CrawlstreamError
+from crawlstream.kafka import admin_config, consumer_config, producer_config
 from crawlstream.records import (
     Budgets,
     FrontierCommand,
@@ -68,7 +69,14 @@ ProgressCallback = Callable[[RunProgress, float], None]
 
 
 def group_of(settings: Settings, job: str) -> str:
+    """The consumer group of a frontier job's crawlers (on a secured cluster the crawler's
+    principal may use the groups named ``<prefix>-frontier-*``: crawlstream/acls.py)."""
     return f"{settings.kafka.topic_prefix}-frontier-{job}"
+
+
+def progress_group(settings: Settings, run_id: str) -> str:
+    """The group id of a run's progress reader (it assigns partitions and commits nothing)."""
+    return f"{settings.kafka.topic_prefix}-frontier-run-{run_id}"
 
 
 def state_path(settings: Settings, job: str) -> Path:
@@ -141,7 +149,9 @@ class ProgressReader:
         self.run_id = run_id.encode()
         self.latest: RunProgress | None = None
         self.consumer = Consumer(
-            settings.kafka.librdkafka(**{"group.id": f"frontier-run-{run_id}", "enable.auto.commit": False})
+            consumer_config(
+                settings, "crawler", progress_group(settings, run_id), **{"enable.auto.commit": False}
+            )
         )
         ends = offsets.end_offsets(settings, self.topic)
         self.consumer.assign([TopicPartition(self.topic, p, o) for p, o in ends.items()])
@@ -288,7 +298,7 @@ class FrontierRun:
         return lock
 
     def _check_stream_worker(self) -> None:
-        admin = AdminClient(self.settings.kafka.librdkafka())
+        admin = AdminClient(admin_config(self.settings, "crawler"))
         group = self.settings.streams.app_id
         description = admin.describe_consumer_groups([group])[group].result(30)
         if not description.members:
@@ -321,7 +331,7 @@ class FrontierRun:
         return self.log_dir / f"frontier-{self.job.name}-{self.run_id}-{n}.json"
 
     def _wait_for_group(self, group: str) -> None:
-        admin = AdminClient(self.settings.kafka.librdkafka())
+        admin = AdminClient(admin_config(self.settings, "crawler"))
         partitions = catalog(self.settings).requests.partitions
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         while True:
@@ -459,7 +469,7 @@ def _produce(
     settings: Settings, records: list[tuple[str, bytes | None, bytes, int | None]]
 ) -> dict[int, int]:
     """Deliver records synchronously; returns the highest offset per partition they got."""
-    producer = Producer(settings.kafka.librdkafka(**{"enable.idempotence": True, "acks": "all"}))
+    producer = Producer(producer_config(settings, "crawler"))
     through: dict[int, int] = {}
     errors: list[Any] = []
 
@@ -483,7 +493,7 @@ def _produce(
 def commit_latest_where_absent(settings: Settings, group: str, topic: str) -> None:
     """Commit the end offsets of ``topic`` for ``group`` where it has none (its first run starts
     with what is produced from now on, not with the history of other jobs' requests)."""
-    consumer = Consumer(settings.kafka.librdkafka(**{"group.id": group, "enable.auto.commit": False}))
+    consumer = Consumer(consumer_config(settings, "crawler", group, **{"enable.auto.commit": False}))
     try:
         ends = offsets.end_offsets(settings, topic)
         wanted = [TopicPartition(topic, p) for p in ends]

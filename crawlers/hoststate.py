@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from pydantic import ValidationError
 from scrapy.crawler import Crawler
 
+from crawlstream.kafka import consumer_config, producer_config
 from crawlstream.records import HostState
 from crawlstream.settings import Settings
 from crawlstream.topics import catalog
@@ -45,23 +46,28 @@ def backoff_s(errors: int, after: int, initial_s: float, max_s: float) -> float:
     return float(min(initial_s * 2 ** (errors - after), max_s))
 
 
+def hosts_group(crawl_group: str) -> str:
+    """The group id of a crawl group's host state reader."""
+    return f"{crawl_group}-hosts"
+
+
 class HostStates:
     def __init__(self, settings: Settings, group_id: str) -> None:
         self.settings = settings
         self.topic = catalog(settings).hosts.name
         self.states: dict[str, HostState] = {}
         self._consumer = Consumer(
-            settings.kafka.librdkafka(
+            consumer_config(
+                settings,
+                "crawler",
+                hosts_group(group_id),
                 **{
-                    "group.id": f"{group_id}-hosts",
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",
-                }
+                },
             )
         )
-        self._producer = Producer(
-            settings.kafka.librdkafka(**{"enable.idempotence": True, "acks": "all", "linger.ms": 20})
-        )
+        self._producer = Producer(producer_config(settings, "crawler", **{"linger.ms": 20}))
         self._assigned: set[int] = set()
 
     def register(self, crawler: Crawler) -> None:

@@ -18,6 +18,7 @@ from confluent_kafka import Producer
 
 from crawlers.jobs import JobSpec
 from crawlers.runner import CrawlReport, CrawlSpec, ProgressCallback, run_crawl
+from crawlstream.kafka import producer_config
 from crawlstream.records import RunEvent, utcnow
 from crawlstream.settings import Settings
 from crawlstream.topics import catalog
@@ -117,11 +118,7 @@ def run_event(job_id: str, run_id: str, started_at: datetime, report: CrawlRepor
 
 def produce_run_event(settings: Settings, event: RunEvent) -> None:
     """Deliver one run event synchronously; raises if Kafka does not take it."""
-    producer = Producer(
-        settings.kafka.librdkafka(
-            **{"client.id": "crawlstream-runs", "enable.idempotence": True, "acks": "all"}
-        )
-    )
+    producer = Producer(producer_config(settings, "crawler", **{"client.id": "crawlstream-runs"}))
     errors: list[Any] = []
     producer.produce(
         catalog(settings).runs.name,

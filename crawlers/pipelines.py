@@ -49,6 +49,7 @@ from scrapy.crawler import Crawler
 from crawlers import metrics
 from crawlers.items import UNUSABLE, page_record_from_item
 from crawlers.settings import crawlstream_settings
+from crawlstream import kafka as kafka_clients
 from crawlstream.deadletters import (
     RECORD_OVERHEAD,
     DeadLetterMessage,
@@ -120,7 +121,9 @@ LINGER_MS_OTHER_TOPIC = 20
 
 
 def producer_config(settings: Settings, linger_ms: int = LINGER_MS) -> dict[str, Any]:
-    return settings.kafka.librdkafka(
+    return kafka_clients.producer_config(
+        settings,
+        "crawler",
         **{
             "client.id": "crawlstream-crawler",
             "enable.idempotence": True,  # retries cannot duplicate or reorder within a partition
@@ -131,7 +134,7 @@ def producer_config(settings: Settings, linger_ms: int = LINGER_MS) -> dict[str,
             "compression.type": "zstd",
             "linger.ms": linger_ms,
             "message.max.bytes": settings.kafka.max_message_bytes,
-        }
+        },
     )
 
 

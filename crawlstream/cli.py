@@ -132,12 +132,21 @@ def db_upgrade() -> None:
 @workers_app.command("up")
 def workers_up(
     follow: Annotated[bool, typer.Option(help="also run `crawlstream follow` as a managed worker")] = False,
+    streams: Annotated[
+        int | None,
+        typer.Option(min=1, max=32, help="stream workers (default: as many as ran before, at least 1)"),
+    ] = None,
+    sinks: Annotated[
+        int | None,
+        typer.Option(min=1, max=32, help="sink workers (default: as many as ran before, at least 1)"),
+    ] = None,
 ) -> None:
-    """Start the faust dedup worker and the Postgres sink worker, those of them that are not
-    running (a follower that ran and died too)."""
+    """Start the faust stream workers and the Postgres sink workers, those of them that are not
+    running (a follower that ran and died too). Workers of a stage split its partitions; each is a
+    static member of its groups under its own name, so a restart does not rebalance the others."""
     from crawlstream.workers import start_workers
 
-    start_workers(_settings(), console, follower=follow)
+    start_workers(_settings(), console, follower=follow, streams=streams, sinks=sinks)
 
 
 @workers_app.command("down")

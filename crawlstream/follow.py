@@ -38,6 +38,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from crawlstream.addresses import Resolver, resolve
 from crawlstream.deadletters import DeadLetterMessage, Origin, dead_letter_for_exception
 from crawlstream.errors import ConfigError, CrawlstreamError, RecordError
+from crawlstream.kafka import consumer_config, producer_config
 from crawlstream.logs import setup_logging
 from crawlstream.metrics import serve_metrics
 from crawlstream.records import PageChangeEvent, decode_record
@@ -430,9 +431,7 @@ def dead_letter_producer(settings: Settings) -> Producer:
     dead-letter topic does (librdkafka's own default, 1 MB, is smaller: a letter the size rule
     lets through would be refused here)."""
     limit = catalog(settings).dead_letter.max_message_bytes
-    return Producer(
-        settings.kafka.librdkafka(**{"enable.idempotence": True, "acks": "all", "message.max.bytes": limit})
-    )
+    return Producer(producer_config(settings, "follow", **{"message.max.bytes": limit}))
 
 
 def run(
@@ -447,13 +446,14 @@ def run(
     """Consume until ``stop()``, ``max_messages`` or ``max_idle_s``; then let the receivers
     finish for up to ``follow.shutdown_grace_s``, commit, and stop. Returns records handled."""
     consumer = Consumer(
-        settings.kafka.librdkafka(
+        consumer_config(
+            settings,
+            "follow",
+            settings.follow.group_id,
             **{
-                "group.id": settings.follow.group_id,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest" if from_beginning else "latest",
-                "session.timeout.ms": round(settings.kafka.consumer_session_timeout_s * 1000),
-            }
+            },
         )
     )
 

@@ -16,7 +16,8 @@ from typing import TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from crawlstream.errors import StackError
-from crawlstream.settings import Settings
+from crawlstream.kafka import consumer_config
+from crawlstream.settings import Settings, Stage
 
 Offsets = dict[int, int]
 T = TypeVar("T")
@@ -24,9 +25,11 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def _inspector(settings: Settings, group: str = "crawlstream-inspector") -> Iterator[Consumer]:
+def _inspector(
+    settings: Settings, group: str = "crawlstream-inspector", stage: Stage = "admin"
+) -> Iterator[Consumer]:
     # A consumer that never subscribes: it reads metadata and offsets, it never joins the group.
-    consumer = Consumer(settings.kafka.librdkafka(**{"group.id": group, "enable.auto.commit": False}))
+    consumer = Consumer(consumer_config(settings, stage, group, **{"enable.auto.commit": False}))
     try:
         yield consumer
     finally:
@@ -134,7 +137,7 @@ _NOT_READY = (
 
 
 def commit_start_where_absent(
-    settings: Settings, group: str, topics: list[str], timeout_s: float = 60.0
+    settings: Settings, group: str, topics: list[str], timeout_s: float = 60.0, *, stage: Stage = "admin"
 ) -> dict[tuple[str, int], int]:
     """Commit each partition's first offset for ``group`` where the group has none; return them.
 
@@ -149,7 +152,7 @@ def commit_start_where_absent(
     """
 
     def commit() -> dict[tuple[str, int], int]:
-        with _inspector(settings, group) as consumer:
+        with _inspector(settings, group, stage) as consumer:
             return _commit_start(consumer, group, topics)
 
     return _retrying(

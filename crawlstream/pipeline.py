@@ -31,6 +31,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from crawlstream import offsets
 from crawlstream.errors import CrawlstreamError
+from crawlstream.kafka import consumer_config
 from crawlstream.reconcile import (
     Check,
     CrawlCounts,
@@ -239,13 +240,15 @@ class PipelineProbe:
             return []
         max_bytes = max(self.settings.kafka.max_message_bytes, 16 * 1024 * 1024)
         consumer = Consumer(
-            self.settings.kafka.librdkafka(
+            consumer_config(
+                self.settings,
+                "admin",
+                "crawlstream-inspector",
                 **{
-                    "group.id": "crawlstream-inspector",
                     "enable.auto.commit": False,
                     "fetch.max.bytes": max_bytes * 4,
                     "max.partition.fetch.bytes": max_bytes,
-                }
+                },
             )
         )
         consumer.assign([TopicPartition(topic, p, start.get(p, 0)) for p in wanted])

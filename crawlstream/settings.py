@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crawlstream.errors import ConfigError
@@ -25,17 +25,75 @@ ENV_PREFIX = "CRAWLSTREAM_"
 DEFAULT_STATE_DIR = Path(".crawlstream")
 
 
+# The processes of the pipeline, each with its own Kafka principal on a secured cluster
+# (crawlstream/kafka.py builds their clients, crawlstream/acls.py what each may do).
+Stage = Literal["crawler", "streams", "sinks", "connect", "follow", "admin"]
+STAGES: tuple[Stage, ...] = ("crawler", "streams", "sinks", "connect", "follow", "admin")
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class SaslCredential(BaseModel):
+    """A SASL user and its password (SCRAM or PLAIN)."""
+
+    username: str = Field(default="", pattern=r"^[^\s,=]*$")
+    password: SecretStr = SecretStr("")
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> SaslCredential:
+        if self.username and not self.password.get_secret_value():
+            raise ValueError(f"user {self.username!r} has no password")
+        if self.password.get_secret_value() and not self.username:
+            raise ValueError("a password without a username")
+        return self
+
+    @property
+    def set(self) -> bool:
+        return bool(self.username)
+
+
+class StageCredentials(BaseModel):
+    """One credential per stage, for a host that runs several stages with one environment (the
+    embedded stack writes these to stack.env). A process that runs one stage sets ``kafka.sasl``
+    instead (CRAWLSTREAM_KAFKA__SASL__USERNAME / __PASSWORD, e.g. from a Kubernetes Secret)."""
+
+    crawler: SaslCredential = Field(default_factory=SaslCredential)
+    streams: SaslCredential = Field(default_factory=SaslCredential)
+    sinks: SaslCredential = Field(default_factory=SaslCredential)
+    connect: SaslCredential = Field(default_factory=SaslCredential)
+    follow: SaslCredential = Field(default_factory=SaslCredential)
+    admin: SaslCredential = Field(default_factory=SaslCredential)
+
+
 class KafkaSettings(BaseModel):
     bootstrap_servers: str = "127.0.0.1:19092"
     topic_prefix: str = Field(default="crawlstream", pattern=r"^[A-Za-z0-9._-]+$")
     partitions: int = Field(default=3, ge=1, le=1024, description="partitions of pipeline topics")
     replication_factor: int = Field(default=1, ge=1)
-    # Extra librdkafka settings (security.protocol, sasl.*, ...) for managed clusters.
+    # min.insync.replicas of catalog topics (with producers' acks=all: how many replicas hold a
+    # record before it counts as written). None: the broker's default.
+    min_insync_replicas: int | None = Field(default=None, ge=1)
+    # Extra librdkafka settings for managed clusters, applied after the typed ones below.
     client_config: dict[str, str] = Field(default_factory=dict)
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024 * 1024)
     # How long a consumer killed without leaving its group keeps its partitions (librdkafka's
     # default is 45 s: a sink or follower killed by kill -9 stalled its partitions that long).
     consumer_session_timeout_s: float = Field(default=10.0, ge=6, le=300)
+    # Security (every client: librdkafka, aiokafka/faust, kafka-python, Kafka Connect).
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism = "SCRAM-SHA-512"
+    # CA certificates (PEM) the brokers' certificates are checked against; None: the system's.
+    ssl_ca_location: Path | None = None
+    # Client certificate and key (PEM) for brokers that require TLS client authentication.
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    # Check that a broker's certificate names the host (or IP) connected to.
+    ssl_check_hostname: bool = True
+    # This process's credential (one stage per process, the production way) ...
+    sasl: SaslCredential = Field(default_factory=SaslCredential)
+    # ... or one per stage, picked by the stage a client is built for; it wins over ``sasl``.
+    credentials: StageCredentials = Field(default_factory=StageCredentials)
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -46,9 +104,37 @@ class KafkaSettings(BaseModel):
                 raise ValueError(f"expected host:port[,host:port...], got {server.strip()!r}")
         return value
 
+    @field_validator("ssl_ca_location", "ssl_certificate_location", "ssl_key_location")
+    @classmethod
+    def _file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSettings:
+        if self.min_insync_replicas is not None and self.min_insync_replicas > self.replication_factor:
+            raise ValueError(
+                f"min_insync_replicas ({self.min_insync_replicas}) exceeds replication_factor "
+                f"({self.replication_factor}): no write with acks=all could succeed"
+            )
+        if (self.ssl_certificate_location is None) != (self.ssl_key_location is None):
+            raise ValueError("ssl_certificate_location and ssl_key_location go together")
+        return self
+
+    def credential(self, stage: Stage) -> SaslCredential | None:
+        """The SASL credential ``stage``'s clients log in with: its own, else this process's."""
+        own: SaslCredential = getattr(self.credentials, stage)
+        if own.set:
+            return own
+        return self.sasl if self.sasl.set else None
+
     def librdkafka(self, **overrides: Any) -> dict[str, Any]:
-        """A confluent-kafka config dict: bootstrap servers, the extras, then ``overrides``."""
-        return {"bootstrap.servers": self.bootstrap_servers, **self.client_config, **overrides}
+        """The admin principal's librdkafka config plus ``overrides``: for tests and scripts.
+        Stages build their clients with crawlstream.kafka (per-stage principal and defaults)."""
+        from crawlstream.kafka import base_config  # the factory imports this module
+
+        return {**base_config(self, "admin"), **overrides}
 
 
 class PostgresSettings(BaseModel):
@@ -120,6 +206,50 @@ class StackSettings(BaseModel):
     java_home: Path | None = None
     postgres_bin_dir: Path | None = None
     start_timeout_s: float = Field(default=180.0, gt=0)
+    # Kafka nodes, each a combined broker + KRaft controller (so as many voters); 3 is a cluster
+    # that survives the loss of one node. Node i (0-based) listens on kafka_port + 10*i (clients),
+    # controller_port + 10*i (controllers) and, when secure, kafka_port + 10*i + 2 (replication).
+    brokers: int = Field(default=1, ge=1, le=5)
+    # SASL_SSL (SCRAM-SHA-512) for clients, mutual TLS between nodes, ACLs: one principal per stage.
+    secure: bool = False
+    # `crawlstream workers up --streams N --sinks N`: worker i (0-based) serves its ports (metrics,
+    # faust web) at the configured port + i * this.
+    worker_port_stride: int = Field(default=100, ge=1, le=10000)
+
+    @field_validator("brokers")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError("an odd number of nodes (1, 3 or 5): the controllers vote by majority")
+        return value
+
+    @model_validator(mode="after")
+    def _ports_distinct(self) -> StackSettings:
+        used: dict[int, str] = {}
+        fixed = {
+            "postgres_port": self.postgres_port,
+            "connect_port": self.connect_port,
+            "prometheus_port": self.prometheus_port,
+        }
+        for field, port in fixed.items():
+            used[port] = field
+        for node in range(self.brokers):
+            names = {
+                self.kafka_port + 10 * node: "kafka_port",
+                self.controller_port + 10 * node: "controller_port",
+            }
+            if self.secure:
+                names[self.kafka_port + 10 * node + 2] = "kafka_port"
+            for port, field in names.items():
+                if port > 65535:
+                    raise ValueError(f"{field}: node {node + 1} would listen on {port}, above 65535")
+                if port in used:
+                    raise ValueError(
+                        f"{field}: node {node + 1} would listen on {port}, which {used[port]} uses; "
+                        "pick ports further apart"
+                    )
+                used[port] = field
+        return self
 
 
 class MetricsSettings(BaseModel):
@@ -181,6 +311,18 @@ class StreamsSettings(BaseModel):
     # lacks; unit tests use "memory://".
     store: str = "rocksdb://"
     web_port: int = Field(default=6066, ge=1, le=65535)
+    # The faust web server (table views, /metrics) listens here; its /table views expose table
+    # contents, so it stays on loopback unless a deployment routes views between hosts.
+    web_bind: str = "127.0.0.1"
+    # How other workers reach this one: table views answer for keys another worker owns by
+    # redirecting to that worker's canonical URL, http://<web_host>:<web_port> unless
+    # canonical_url says otherwise (Kubernetes: the pod IP or a headless service's pod name).
+    web_host: str = "127.0.0.1"
+    canonical_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(:\d+)?/?$")
+    # Static group membership (faust consumer_group_instance_id): a stable, unique name per
+    # worker (a StatefulSet pod name); a restarted worker takes its partitions back without a
+    # rebalance of the others. None: dynamic membership.
+    instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,200}$")
     # faust's datadir is <data_dir>/<app_id> (table files; RocksDB data with rocksdb://).
     data_dir: Path = DEFAULT_STATE_DIR / "streams"
     # How often processed offsets are committed; drain checks compare these to end offsets.
@@ -215,6 +357,9 @@ class StreamsSettings(BaseModel):
 
 class SinkSettings(BaseModel):
     group_id: str = "crawlstream-sink-pages"
+    # Static group membership (librdkafka group.instance.id, per family group): a stable, unique
+    # name per sink worker process. None: dynamic membership.
+    instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,200}$")
     batch_size: int = Field(default=1000, ge=1)
     batch_max_latency_s: float = Field(default=0.5, gt=0)
     # Backoff while PostgreSQL is unavailable: doubles from initial up to max between retries.

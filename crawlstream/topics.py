@@ -20,7 +20,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from crawlstream.errors import StackError
-from crawlstream.settings import Settings
+from crawlstream.kafka import admin_config
+from crawlstream.settings import Settings, Stage
 
 # Kafka's default max.message.bytes (broker message.max.bytes) for topics that set none.
 BROKER_DEFAULT_MAX_MESSAGE_BYTES = 1048588
@@ -36,6 +37,10 @@ class TopicSpec:
     # An existing topic with fewer partitions gets more (ensure_topics) instead of an error: no
     # table is co-partitioned with it (a key may move partition, which these topics tolerate).
     growable: bool = False
+    # The stages whose clients write and read the topic: a secured cluster grants exactly these
+    # (crawlstream/acls.py; the admin is a super user). Operators' tools read as admin.
+    writers: tuple[Stage, ...] = ()
+    readers: tuple[Stage, ...] = ()
 
     @property
     def max_message_bytes(self) -> int:
@@ -93,11 +98,21 @@ def catalog(settings: Settings) -> TopicCatalog:
     """Every topic, each with an explicit ``max.message.bytes``: the limit producers check against
     (:attr:`TopicSpec.max_message_bytes`) is the one the broker enforces, whatever its own default."""
     specs = _catalog(settings)
+    # On a replicated cluster a write (acks=all) counts once this many replicas have it.
+    durability = (
+        {"min.insync.replicas": str(settings.kafka.min_insync_replicas)}
+        if settings.kafka.min_insync_replicas is not None
+        else {}
+    )
     return TopicCatalog(
         **{
             name: replace(
                 spec,
-                config={"max.message.bytes": str(BROKER_DEFAULT_MAX_MESSAGE_BYTES), **spec.config},
+                config={
+                    "max.message.bytes": str(BROKER_DEFAULT_MAX_MESSAGE_BYTES),
+                    **durability,
+                    **spec.config,
+                },
             )
             for name, spec in vars(specs).items()
         }
@@ -115,6 +130,8 @@ def _catalog(settings: Settings) -> TopicCatalog:
             "canonical URL",
             "every HTML page the crawlers fetched (PageRecord JSON)",
             dict(big),
+            writers=("crawler",),
+            readers=("streams",),
         ),
         unique_pages=TopicSpec(
             f"{prefix}.pages.unique",
@@ -122,6 +139,8 @@ def _catalog(settings: Settings) -> TopicCatalog:
             "canonical URL",
             "first sighting of each canonical URL (PageRecord JSON)",
             dict(big),
+            writers=("streams",),
+            readers=("sinks", "streams"),
         ),
         dead_letter=TopicSpec(
             f"{prefix}.deadletter",
@@ -129,6 +148,8 @@ def _catalog(settings: Settings) -> TopicCatalog:
             "original key",
             "records a stage could not handle, with reason and origin (DeadLetter JSON)",
             {**big, "retention.ms": str(30 * 24 * 3600 * 1000)},
+            # Read by operators (`crawlstream deadletters`), as admin.
+            writers=("crawler", "streams", "sinks", "follow"),
         ),
         cdc_pages=TopicSpec(
             f"{settings.connect.cdc_topic_prefix}.public.pages",
@@ -138,18 +159,23 @@ def _catalog(settings: Settings) -> TopicCatalog:
             # A change event holds a whole row, JSON-escaped: 16 MiB, as the producer limit
             # in deploy/connect/pages-cdc.json.
             {**big, "max.message.bytes": str(16 * 1024 * 1024)},
+            writers=("connect",),
         ),
         page_touches=TopicSpec(
             f"{prefix}.pages.touches",
             parts,
             "canonical URL",
             "recrawls of known URLs whose content did not change (PageTouch JSON)",
+            writers=("streams",),
+            readers=("sinks", "streams"),
         ),
         links=TopicSpec(
             f"{prefix}.links",
             parts,
             "canonical URL",
             "links the crawlers discovered, input of the frontier (LinkRecord JSON)",
+            writers=("crawler",),
+            readers=("streams",),
         ),
         requests=TopicSpec(
             f"{prefix}.requests",
@@ -157,18 +183,24 @@ def _catalog(settings: Settings) -> TopicCatalog:
             "host",
             "URLs to fetch for distributed crawlers; one host, one partition (CrawlRequest JSON)",
             growable=True,
+            writers=("streams",),
+            readers=("crawler",),
         ),
         runs=TopicSpec(
             f"{prefix}.runs",
             1,
             "run id",
             "crawl run started/finished events (RunEvent JSON)",
+            writers=("crawler",),
+            readers=("sinks",),
         ),
         stats=TopicSpec(
             f"{prefix}.stats",
             parts,
             "domain",
             "closed per-domain aggregation windows (DomainStats JSON)",
+            writers=("streams",),
+            readers=("sinks",),
         ),
         pages_by_band=TopicSpec(
             f"{prefix}.streams.pages-by-band",
@@ -176,18 +208,24 @@ def _catalog(settings: Settings) -> TopicCatalog:
             "LSH band key <index>:<hex> (partition chosen by the stage: see streams.dedup)",
             "dedup probes of new/changed pages, hop by hop through the content and band tables "
             "(DedupProbe JSON)",
+            writers=("streams",),
+            readers=("streams",),
         ),
         dedup_verdicts=TopicSpec(
             f"{prefix}.streams.dedup-verdicts",
             parts,
             "canonical URL (partition: the page's raw partition)",
             "dedup verdicts back to the worker holding their page (DedupProbe JSON)",
+            writers=("streams",),
+            readers=("streams",),
         ),
         page_events=TopicSpec(
             "outbox.event.page",
             parts,
             "canonical URL (outbox aggregateid)",
             "page created/changed/gone events from the page sink's WAL messages (JSON; header eventType)",
+            writers=("connect",),
+            readers=("follow",),
         ),
         cdc_heartbeat=heartbeat_topic(settings, settings.connect.cdc_topic_prefix),
         outbox_heartbeat=heartbeat_topic(settings, settings.connect.outbox_topic_prefix),
@@ -196,6 +234,8 @@ def _catalog(settings: Settings) -> TopicCatalog:
             parts,
             "run id",
             "a frontier run's candidates, closed requests and commands, in order (LedgerEntry JSON)",
+            writers=("crawler", "streams"),
+            readers=("streams",),
         ),
         frontier_progress=TopicSpec(
             f"{prefix}.frontier.progress",
@@ -203,6 +243,8 @@ def _catalog(settings: Settings) -> TopicCatalog:
             "run id",
             "the latest state of each frontier run's ledger (RunProgress JSON; compacted)",
             {**_compacted(), "retention.ms": str(30 * 24 * 3600 * 1000)},
+            writers=("streams",),
+            readers=("crawler",),
         ),
         hosts=TopicSpec(
             f"{prefix}.hosts",
@@ -212,6 +254,8 @@ def _catalog(settings: Settings) -> TopicCatalog:
             "compacted; partitioned like the requests topic)",
             _compacted(),
             growable=True,
+            writers=("crawler",),
+            readers=("crawler",),
         ),
     )
 
@@ -235,16 +279,22 @@ def heartbeat_topic(settings: Settings, connector_topic_prefix: str) -> TopicSpe
         "Debezium server name",
         "Debezium heartbeats (offset only, no row); they commit idle slots' LSNs. Not page data",
         {"retention.ms": str(24 * 3600 * 1000), "segment.ms": str(3600 * 1000)},
+        writers=("connect",),
     )
 
 
 def ensure_topics(
-    settings: Settings, specs: list[TopicSpec] | None = None, timeout_s: float = 30.0
+    settings: Settings,
+    specs: list[TopicSpec] | None = None,
+    timeout_s: float = 30.0,
+    *,
+    stage: Stage = "admin",
 ) -> list[str]:
     """Create missing topics; verify partition counts of existing ones and bring their declared
-    configs (``max.message.bytes``, retention...) in line with the catalog. Returns created names."""
+    configs (``max.message.bytes``, retention...) in line with the catalog. Returns created names.
+    ``stage``: whose principal does it (on a secured cluster a stage may manage only its own)."""
     specs = specs if specs is not None else catalog(settings).all()
-    admin = AdminClient(settings.kafka.librdkafka())
+    admin = AdminClient(admin_config(settings, stage))
     existing = admin.list_topics(timeout=timeout_s).topics
     problems = [
         f"topic {s.name} has {len(existing[s.name].partitions)} partitions, catalog says {s.partitions}"

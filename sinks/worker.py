@@ -43,6 +43,7 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 from confluent_kafka import Producer as KafkaProducer
 
 from crawlstream.deadletters import DeadLetterMessage, Origin, build_dead_letter, dead_letter_for_exception
+from crawlstream.kafka import consumer_config, producer_config
 from crawlstream.retrying import Stopped, retrying
 from crawlstream.settings import Settings
 from crawlstream.topics import catalog
@@ -126,9 +127,11 @@ class SinkWorker(Generic[R]):
         max_bytes = settings.kafka.max_message_bytes
         fetch_max = max(50 * 1024 * 1024, max_bytes)
         consumer = KafkaConsumer(
-            settings.kafka.librdkafka(
+            consumer_config(
+                settings,
+                "sinks",
+                family.group(settings),
                 **{
-                    "group.id": family.group(settings),
                     "client.id": f"crawlstream-sink-{family.name}",
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",
@@ -137,18 +140,20 @@ class SinkWorker(Generic[R]):
                     "fetch.max.bytes": fetch_max,
                     "receive.message.max.bytes": fetch_max
                     + 1024 * 1024,  # librdkafka: >= fetch.max.bytes + 512
-                }
+                },
             )
         )
         producer = KafkaProducer(
-            settings.kafka.librdkafka(
+            producer_config(
+                settings,
+                "sinks",
                 **{
                     "client.id": "crawlstream-sink-deadletters",
                     "enable.idempotence": True,
                     "acks": "all",
                     "message.max.bytes": max_bytes,
                     "compression.type": "lz4",
-                }
+                },
             )
         )
         return cls(settings, family, family.make_sink(settings), consumer, producer, metrics)

@@ -8,26 +8,25 @@ ledger -> requests; see each module) and the web views (:mod:`streams.views`); i
 Agent modules take the app as an argument and never import this module, so there is no cycle.
 
 Settings used: ``kafka.bootstrap_servers|partitions|replication_factor|max_message_bytes|
-client_config``, ``streams.app_id|store|web_port|data_dir|commit_interval_s|session_timeout_s|
+client_config`` and the streams principal's security (crawlstream.kafka), ``streams.app_id|store|
+web_port|web_bind|web_host|canonical_url|instance_id|data_dir|commit_interval_s|session_timeout_s|
 stats_close_interval_s|stats_enabled``.
 The consumer group id is ``streams.app_id``; table changelogs are ``<app_id>-<table>-changelog``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 
 import streams.faustcompat  # noqa: F401  (checks at import the faust internals the stage uses)
-from crawlstream.errors import ConfigError
+from crawlstream.kafka import aiokafka_security
 from crawlstream.settings import Settings
-from streams import changes, dedup, frontier, ledger, outputs, stats, verdicts, views
+from streams import changes, dedup, frontier, ledger, outputs, recoveryguard, stats, verdicts, views
 from streams.faustcli import __getattr__  # noqa: F401  (`faust -A streams.app`: the lazy `app`)
 from streams.recrawl import RecrawlPolicy
 from streams.topology import declare_topics
-
-# librdkafka extras have no mechanical aiokafka equivalent; refuse them rather than
-# silently connecting in plaintext to a cluster that expects TLS/SASL.
-_UNSUPPORTED_CLIENT_KEYS = ("security.", "sasl.", "ssl.")
 
 
 def broker_urls(bootstrap_servers: str) -> list[str]:
@@ -35,18 +34,35 @@ def broker_urls(bootstrap_servers: str) -> list[str]:
     return [f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server.strip()]
 
 
+def broker_credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredentials | None:
+    """faust's ``broker_credentials`` for the streams principal (crawlstream.kafka maps the same
+    settings every other client uses; a key aiokafka cannot honour is refused there by name)."""
+    security = aiokafka_security(settings, "streams")
+    if "sasl_mechanism" in security:
+        return faust.SASLCredentials(
+            username=security["sasl_plain_username"],
+            password=security["sasl_plain_password"],
+            ssl_context=security.get("ssl_context"),
+            mechanism=security["sasl_mechanism"],
+        )
+    if "ssl_context" in security:
+        return faust.SSLCredentials(security["ssl_context"])
+    return None
+
+
 def new_app(settings: Settings) -> faust.App:
     """A configured faust app without agents."""
     kafka, streams = settings.kafka, settings.streams
-    unsupported = sorted(k for k in kafka.client_config if k.startswith(_UNSUPPORTED_CLIENT_KEYS))
-    if unsupported:
-        raise ConfigError(
-            f"kafka.client_config (CRAWLSTREAM_KAFKA__CLIENT_CONFIG): {unsupported} are not supported "
-            "by the streams stage (aiokafka); only plaintext brokers for now"
-        )
+    # faust's default canonical URL is http://<web_host>:<web_port>.
+    canonical: dict[str, Any] = {"canonical_url": streams.canonical_url} if streams.canonical_url else {}
     app = faust.App(
         streams.app_id,
         broker=broker_urls(kafka.bootstrap_servers),
+        broker_credentials=broker_credentials(settings),
+        # Static membership: a restarted worker takes its partitions back without a rebalance.
+        consumer_group_instance_id=streams.instance_id,
+        # Every write waits for min.insync.replicas (faust's default; stated, since we rely on it).
+        producer_acks=-1,
         store=streams.store,
         datadir=str(streams.data_dir / streams.app_id),
         # At-least-once: exactly_once has open upstream bugs; the sink is idempotent on URL.
@@ -76,10 +92,12 @@ def new_app(settings: Settings) -> faust.App:
         topic_replication_factor=kafka.replication_factor,
         # No on_leader timers/tasks: skip the extra "__assignor-__leader" topic.
         topic_disable_leader=True,
-        # The web server exposes table contents under /table: keep it on loopback.
-        web_bind="127.0.0.1",
-        web_host="127.0.0.1",
+        # The web server exposes table contents under /table: loopback unless a deployment
+        # routes table views between hosts (streams.web_bind, web_host, canonical_url).
+        web_bind=streams.web_bind,
+        web_host=streams.web_host,
         web_port=streams.web_port,
+        **canonical,
     )
     outputs.attach(app, settings)  # the librdkafka producer of the stage's agents and tables
     return app
@@ -99,4 +117,6 @@ def create_app(settings: Settings) -> faust.App:
     ledger.register(app, settings, topics)
     if aggregation is not None:
         views.register(app, aggregation)
+    # A changelog tail deleted during a restore must not keep the worker in recovery for good.
+    recoveryguard.register(app)
     return app

@@ -25,7 +25,11 @@ from typing import Any
 import faust.stores.base
 import faust.stores.rocksdb
 import faust.tables.base
+import faust.tables.manager
+import faust.tables.recovery
 import faust.tables.table
+import faust.transport.consumer
+from faust.types import TP
 
 from crawlstream.errors import CrawlstreamError
 
@@ -97,6 +101,36 @@ INTERNALS: tuple[Internal, ...] = (
         ("self", "key", "value"),
         "streams.stats' window op writes a window's value as faust's own op does",
     ),
+    Internal(
+        faust.tables.manager.TableManager,
+        "recovery",
+        None,
+        "streams.recoveryguard reads the table recovery's state",
+    ),
+    Internal(
+        faust.tables.manager.TableManager,
+        "changelog_queue",
+        None,
+        "streams.recoveryguard acts only while no changelog record waits to be applied",
+    ),
+    Internal(
+        faust.tables.recovery.Recovery,
+        "in_recovery",
+        None,
+        "streams.recoveryguard acts only while active changelogs are being restored",
+    ),
+    Internal(
+        faust.tables.recovery.Recovery,
+        "active_remaining",
+        ("self",),
+        "streams.recoveryguard: active_highwaters/active_offsets, what it subtracts, are its inputs",
+    ),
+    Internal(
+        faust.transport.consumer.Consumer,
+        "position",
+        ("self", "tp"),
+        "streams.recoveryguard compares a changelog partition's position with its highwater",
+    ),
 )
 
 
@@ -161,6 +195,33 @@ def set_key_ttl(table: Any, key: Any, partition: int) -> None:
 def window_ranges(table: Any, timestamp: float) -> Iterator[tuple[float, float]]:
     """The (start, end) ranges of a windowed table's windows holding ``timestamp``."""
     yield from table._window_ranges(timestamp)
+
+
+@dataclass(frozen=True)
+class RecoveryState:
+    """Active changelog partitions a recovery still waits on: tp -> (read offset, highwater)."""
+
+    behind: dict[TP, tuple[int, int]]
+
+
+def recovery_state(app: Any) -> RecoveryState | None:
+    """What ``app``'s table recovery still waits for, or None when it is not restoring active
+    changelogs or a changelog record is still queued (the recovery is making progress)."""
+    recovery = app.tables.recovery
+    if not recovery.in_recovery or not app.tables.changelog_queue.empty():
+        return None
+    offsets = recovery.active_offsets
+    behind = {
+        tp: (offsets[tp], highwater)
+        for tp, highwater in recovery.active_highwaters.items()
+        if highwater is not None and offsets[tp] is not None and offsets[tp] < highwater
+    }
+    return RecoveryState(behind)
+
+
+def mark_recovered(app: Any, tp: TP, highwater: int) -> None:
+    """Count ``tp`` as read to ``highwater`` (what faust's ``detect_aborted_tx`` does)."""
+    app.tables.recovery.active_offsets[tp] = highwater
 
 
 check()

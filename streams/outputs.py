@@ -49,6 +49,7 @@ from faust.types import TP
 
 from crawlstream.deadletters import check_fits
 from crawlstream.errors import CrawlstreamError, RecordError
+from crawlstream.kafka import producer_config
 from crawlstream.settings import Settings
 from crawlstream.topics import BROKER_DEFAULT_MAX_MESSAGE_BYTES, catalog
 from streams import metrics
@@ -173,14 +174,16 @@ class Outputs:
 
     def __init__(self, app: Any, settings: Settings) -> None:
         self.app = app
-        self._config = settings.kafka.librdkafka(
+        self._config = producer_config(
+            settings,
+            "streams",
             **{
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": max(1, round(settings.streams.producer_linger_s * 1000)),
                 "compression.type": "zstd",
                 "message.max.bytes": settings.kafka.max_message_bytes,
-            }
+            },
         )
         self._producer: Producer | None = None
         self._crashing: set[asyncio.Future[None]] = set()

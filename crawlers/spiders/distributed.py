@@ -87,6 +87,7 @@ from crawlers.spiders.common import (
 )
 from crawlstream.deadletters import DeadLetterMessage, Origin, dead_letter_for_exception
 from crawlstream.errors import RecordError
+from crawlstream.kafka import consumer_config
 from crawlstream.records import CrawlRequest, FetchOutcome, LinkRecord, PageRecord
 from crawlstream.scope import link_refusal
 from crawlstream.topics import catalog
@@ -213,16 +214,18 @@ class DistributedSpider(RecordingMixin, Spider):
             self.host_states = HostStates(settings, self.group_id)
             self.host_states.register(self.crawler)
         self.consumer = Consumer(
-            settings.kafka.librdkafka(
+            consumer_config(
+                settings,
+                "crawler",
+                self.group_id,
                 **{
-                    "group.id": self.group_id,
                     "auto.offset.reset": "earliest",
                     "enable.auto.offset.store": False,
                     "partition.assignment.strategy": "cooperative-sticky",
                     # A crawler killed without leaving hands its hosts over after this long.
                     "session.timeout.ms": 10_000,
                     "heartbeat.interval.ms": 1_000,
-                }
+                },
             )
         )
         self.consumer.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked)

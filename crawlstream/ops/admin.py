@@ -20,7 +20,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
-from crawlstream.errors import ConfigError, StackError
+from crawlstream.errors import StackError
+from crawlstream.kafka import admin_config, kafka_python_config
 from crawlstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class GroupListing:
 
 def admin_client(settings: Settings) -> AdminClient:
     # log_level 4: warnings and errors only; notices such as BGQUEUE at close are noise here
-    return AdminClient(settings.kafka.librdkafka(log_level=4))
+    return AdminClient(admin_config(settings, log_level=4))
 
 
 def _result(future: Any, what: str, timeout_s: float) -> Any:
@@ -192,36 +193,6 @@ def delete_group(admin: AdminClient, group: str, timeout_s: float = 30.0) -> Non
     """Delete the group and every offset it committed; Kafka refuses while it has members."""
     futures = admin.delete_consumer_groups([group], request_timeout=timeout_s)
     _result(futures[group], f"delete group {group}", timeout_s)
-
-
-# librdkafka client settings (settings.kafka.client_config) -> kafka-python's admin arguments.
-_KAFKA_PYTHON_KEYS = {
-    "security.protocol": "security_protocol",
-    "sasl.mechanism": "sasl_mechanism",
-    "sasl.mechanisms": "sasl_mechanism",
-    "sasl.username": "sasl_plain_username",
-    "sasl.password": "sasl_plain_password",
-    "ssl.ca.location": "ssl_cafile",
-    "ssl.certificate.location": "ssl_certfile",
-    "ssl.key.location": "ssl_keyfile",
-    "ssl.key.password": "ssl_password",
-    "client.id": "client_id",
-}
-
-
-def kafka_python_config(settings: Settings) -> dict[str, Any]:
-    """kafka-python's arguments for ``settings.kafka``; a librdkafka key without an equivalent is
-    refused by name rather than dropped (a dropped security key would mean connecting in plaintext)."""
-    unknown = sorted(set(settings.kafka.client_config) - set(_KAFKA_PYTHON_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"kafka.client_config: {', '.join(unknown)} has no kafka-python equivalent, which "
-            f"`crawlstream offsets delete --topic` uses; supported: {', '.join(sorted(_KAFKA_PYTHON_KEYS))}"
-        )
-    config: dict[str, Any] = {"bootstrap_servers": settings.kafka.bootstrap_servers.split(",")}
-    for key, value in settings.kafka.client_config.items():
-        config[_KAFKA_PYTHON_KEYS[key]] = value
-    return config
 
 
 def delete_group_offsets(settings: Settings, group: str, tps: list[TP], timeout_s: float = 30.0) -> None:

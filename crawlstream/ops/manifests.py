@@ -5,6 +5,8 @@ Sits beside the deployment files (deploy/k8s), above every stage: it reads the t
 (deploy/jobs.toml) and renders them as the resources Kubernetes users apply:
 
 - ``KafkaTopic`` (Strimzi) per catalog topic: name, partitions, configs, replicas;
+- ``KafkaUser`` (Strimzi) per stage, its ACLs the plan of crawlstream/acls.py (what ``stack up
+  --secure`` applies locally), plus KEDA's describe-only user and the admin;
 - ``KafkaConnector`` (Strimzi) per connector JSON file, its config unchanged;
 - ``CronJob`` per scheduled job of the jobs file, running ``crawlstream jobs run NAME``;
 - ``PrometheusRule`` per alert rules file of deploy/prometheus/rules.
@@ -30,8 +32,9 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource
 
+from crawlstream import acls
 from crawlstream.errors import ConfigError
-from crawlstream.settings import ENV_PREFIX, Settings
+from crawlstream.settings import ENV_PREFIX, STAGES, Settings
 from crawlstream.topics import catalog
 
 # The Strimzi Kafka cluster the resources belong to (label strimzi.io/cluster), as named in
@@ -161,6 +164,79 @@ def strimzi_topics(settings: Settings) -> list[dict[str, Any]]:
             }
         )
     return resources
+
+
+# Strimzi's names for the plan's operations and patterns (KafkaUser spec.authorization.acls).
+_STRIMZI_OPERATIONS = {
+    "read": "Read",
+    "write": "Write",
+    "create": "Create",
+    "describe": "Describe",
+    "describe_configs": "DescribeConfigs",
+    "alter_configs": "AlterConfigs",
+}
+_STRIMZI_PATTERNS = {"literal": "literal", "prefixed": "prefix"}
+# Kubernetes-only principals: KEDA reads consumer lag (describe only, deploy/k8s/workers/keda-auth.yaml);
+# the admin is a super user (Kafka spec.kafka.authorization.superUsers) and has no ACL.
+KEDA_USER = "crawlstream-keda"
+ADMIN_USER = "crawlstream-admin"
+
+
+def stage_user(stage: str) -> str:
+    """The KafkaUser (and its Secret) a stage's pods log in as."""
+    return f"crawlstream-{stage}"
+
+
+def _strimzi_acls(grants: list[acls.Grant]) -> list[dict[str, Any]]:
+    by_resource: dict[tuple[str, str, str], list[str]] = {}
+    for grant in grants:
+        key = (grant.resource, grant.name, grant.pattern)
+        by_resource.setdefault(key, []).append(_STRIMZI_OPERATIONS[grant.operation])
+    entries = []
+    for (resource, name, pattern), operations in sorted(by_resource.items()):
+        target: dict[str, Any] = {"type": resource}
+        if resource != "cluster":
+            target |= {"name": name, "patternType": _STRIMZI_PATTERNS[pattern]}
+        entries.append({"resource": target, "operations": sorted(set(operations))})
+    return entries
+
+
+def _kafka_user(name: str, entries: list[dict[str, Any]] | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"authentication": {"type": "scram-sha-512"}}
+    if entries is not None:
+        spec["authorization"] = {"type": "simple", "acls": entries}
+    return {
+        "apiVersion": STRIMZI_API,
+        "kind": "KafkaUser",
+        "metadata": {"name": name, "labels": {"strimzi.io/cluster": KAFKA_CLUSTER}},
+        "spec": spec,
+    }
+
+
+def strimzi_users(settings: Settings, connect_file: Path) -> list[dict[str, Any]]:
+    """One ``KafkaUser`` per stage with exactly the grants of the ACL plan (crawlstream/acls.py) the
+    embedded ``stack up --secure`` applies, plus the group and storage topics of the KafkaConnect
+    cluster in ``connect_file`` for the connect user; the KEDA and admin users."""
+    plan = acls.acl_plan(settings)
+    (connect,) = [
+        d for d in yaml.safe_load_all(connect_file.read_text()) if d and d["kind"] == "KafkaConnect"
+    ]
+    spec = connect["spec"]
+    storage = [spec["configStorageTopic"], spec["offsetStorageTopic"], spec["statusStorageTopic"]]
+    plan += acls.connect_cluster_grants(settings, spec["groupId"], storage)
+    users = []
+    for stage in STAGES:
+        if stage == "admin":
+            continue
+        who = acls.principal(settings, stage)
+        users.append(_kafka_user(stage_user(stage), _strimzi_acls([g for g in plan if g.principal == who])))
+    everything = [
+        {"resource": {"type": kind, "name": "*", "patternType": "literal"}, "operations": ["Describe"]}
+        for kind in ("topic", "group")
+    ]
+    users.append(_kafka_user(KEDA_USER, everything))
+    users.append(_kafka_user(ADMIN_USER, None))
+    return users
 
 
 def strimzi_connectors(connect_dir: Path) -> list[dict[str, Any]]:
@@ -306,12 +382,13 @@ RESTRICTED_CONTAINER: dict[str, Any] = {
 
 def _kafka_credentials(stage: str) -> list[dict[str, Any]]:
     """The stage's SCRAM credential from the Secret Strimzi's User Operator writes for its
-    KafkaUser (deploy/k8s/kafka/users.yaml): the user name is the stage's, the password by reference."""
+    KafkaUser (deploy/k8s/generated/kafka-users.yaml): the user name is the stage's, the password by
+    reference."""
     return [
-        {"name": "CRAWLSTREAM_KAFKA__SASL__USERNAME", "value": f"crawlstream-{stage}"},
+        {"name": "CRAWLSTREAM_KAFKA__SASL__USERNAME", "value": stage_user(stage)},
         {
             "name": "CRAWLSTREAM_KAFKA__SASL__PASSWORD",
-            "valueFrom": {"secretKeyRef": {"name": f"crawlstream-{stage}", "key": "password"}},
+            "valueFrom": {"secretKeyRef": {"name": stage_user(stage), "key": "password"}},
         },
     ]
 
@@ -348,6 +425,10 @@ def generated_files(deploy_dir: Path) -> dict[Path, str]:
     return {
         k8s / "generated" / "kafka-topics.yaml": _yaml_documents(
             strimzi_topics(settings), "crawlstream/topics.py with deploy/k8s/settings.env"
+        ),
+        k8s / "generated" / "kafka-users.yaml": _yaml_documents(
+            strimzi_users(settings, k8s / "kafka" / "connect.yaml"),
+            "crawlstream/acls.py (the ACL plan) with deploy/k8s/settings.env and kafka/connect.yaml",
         ),
         k8s / "generated" / "kafka-connectors.yaml": _yaml_documents(
             strimzi_connectors(deploy_dir / "connect"), "deploy/connect/*.json"

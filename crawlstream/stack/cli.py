@@ -38,13 +38,24 @@ def _errors_exit() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-def run_up(migrate: Callable[[Settings], None] | None = None, timeout: float | None = None) -> Settings:
-    """``stack up`` for callers that supply the migration (crawlstream/cli.py wires the real one)."""
+def run_up(
+    migrate: Callable[[Settings], None] | None = None,
+    timeout: float | None = None,
+    *,
+    brokers: int | None = None,
+    secure: bool | None = None,
+) -> Settings:
+    """``stack up`` for callers that supply the migration (crawlstream/cli.py wires the real one).
+    ``brokers`` and ``secure`` override ``stack.brokers`` and ``stack.secure``."""
     from crawlstream.stack.supervisor import up
 
+    shape = {k: v for k, v in (("brokers", brokers), ("secure", secure)) if v is not None}
     with _errors_exit():
-        up(load_settings(), migrate, console=console, timeout_s=timeout)
-    return load_settings()  # re-read: stack.env now holds the endpoints and secrets
+        settings = load_settings()
+        if shape:
+            settings = load_settings(stack=settings.stack.model_copy(update=shape).model_dump())
+        up(settings, migrate, console=console, timeout_s=timeout)
+    return load_settings()  # re-read: stack.env now holds the endpoints, shape and secrets
 
 
 @stack_app.command("up")
@@ -55,9 +66,25 @@ def up_command(
     with_prometheus: Annotated[
         bool, typer.Option(help="also start the lag exporter and Prometheus with deploy/prometheus")
     ] = False,
+    brokers: Annotated[
+        int | None,
+        typer.Option(
+            help="Kafka nodes (1, 3 or 5), each a broker and a controller; 3: replication factor 3, "
+            "min.insync.replicas 2 (default: stack.brokers, as the state dir was made)"
+        ),
+    ] = None,
+    secure: Annotated[
+        bool | None,
+        typer.Option(
+            "--secure/--no-secure",
+            help="SASL_SSL (SCRAM-SHA-512) with a local CA, mutual TLS between nodes, ACLs with one "
+            "principal per stage (default: stack.secure, as the state dir was made)",
+        ),
+    ] = None,
 ) -> None:
-    """Start Postgres, Kafka and Connect (idempotent), migrate the schema, register the CDC connector."""
-    settings = run_up(migrate_hook, timeout)
+    """Start Postgres, Kafka and Connect (idempotent: only what is not running), migrate the
+    schema, register the CDC connectors."""
+    settings = run_up(migrate_hook, timeout, brokers=brokers, secure=secure)
     if with_prometheus:
         from crawlstream.ops.prom_server import start_prometheus
 
@@ -96,6 +123,26 @@ def status_command(
         health = "[green]healthy[/]" if svc["healthy"] else "[red]down[/]"
         table.add_row(name, svc["endpoint"], str(svc["pid"] or "-"), health, svc["detail"])
     console.print(table)
+    if len(report["brokers"]) > 1:
+        nodes = Table(title="kafka nodes (each a broker and a controller)")
+        for column in ("node", "process", "pid", "address", "controller", "health"):
+            nodes.add_column(column)
+        for b in report["brokers"]:
+            role = "active controller" if b["active_controller"] else "voter"
+            health = "[green]up[/]" if b["healthy"] else "[red]down[/]"
+            nodes.add_row(str(b["node_id"]), b["name"], str(b["pid"] or "-"), b["address"], role, health)
+        console.print(nodes)
+    console.print(f"kafka: {report['kafka_security']}", highlight=False)
     console.print(f"postgres url: {report['postgres_url']} (password in stack.env)", highlight=False)
     if not healthy:
         raise typer.Exit(1)
+
+
+@stack_app.command("acls")
+def acls_command() -> None:
+    """The ACLs a secured cluster needs (one principal per stage), as kafka-acls commands; `stack up
+    --secure` applies them to the embedded stack."""
+    from crawlstream.acls import acl_plan
+
+    for grant in acl_plan(load_settings()):
+        typer.echo(grant.kafka_acls_command())

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from crawlstream.errors import StackError
+from crawlstream.kafka import java_client_properties
 from crawlstream.settings import Settings
 from crawlstream.stack.kafka import bootstrap_servers, java_command, render_properties
 from crawlstream.stack.maven import DEPLOY_DIR, JvmLayout
@@ -41,12 +42,31 @@ def rest_url(settings: Settings) -> str:
     return f"http://127.0.0.1:{settings.stack.connect_port}"
 
 
+# A secured stack: the connect principal's password, for the worker's config provider only.
+KAFKA_PASSWORD_ENV = "CRAWLSTREAM_CDC_KAFKA_PASSWORD"  # noqa: S105 - a variable name
+
+
 def worker_overrides(settings: Settings, jvm: JvmLayout) -> dict[str, str]:
     return {
         "bootstrap.servers": bootstrap_servers(settings),
         "listeners": rest_url(settings),
         "offset.storage.file.filename": str(connect_dir(settings) / "offsets.dat"),
         "plugin.path": str(jvm.plugins),
+        **kafka_client_overrides(settings),
+    }
+
+
+def kafka_client_overrides(settings: Settings) -> dict[str, str]:
+    """The connect principal's security for the worker and the clients of its tasks (producer.,
+    consumer., admin.); the password stays in the worker's environment (${env:...})."""
+    if not settings.stack.secure:
+        return {}
+    props = java_client_properties(settings, "connect", password_reference=f"${{env:{KAFKA_PASSWORD_ENV}}}")
+    props.pop("bootstrap.servers")
+    return {
+        f"{prefix}{key}": value
+        for prefix in ("", "producer.", "consumer.", "admin.")
+        for key, value in props.items()
     }
 
 
@@ -64,7 +84,9 @@ def worker_command(jvm: JvmLayout, props: Path) -> list[str]:
 
 def worker_env(settings: Settings, cdc_password: str) -> dict[str, str]:
     """What the connector JSON's ${env:...} placeholders resolve to (the worker's env only)."""
+    kafka_password = settings.kafka.credential("connect") if settings.stack.secure else None
     return {
+        **({KAFKA_PASSWORD_ENV: kafka_password.password.get_secret_value()} if kafka_password else {}),
         "CRAWLSTREAM_CDC_DB_HOST": "127.0.0.1",
         "CRAWLSTREAM_CDC_DB_PORT": str(settings.stack.postgres_port),
         "CRAWLSTREAM_CDC_DB_NAME": DB_NAME,

@@ -193,6 +193,18 @@ class ProcessManager:
         self.pidfile(name).unlink(missing_ok=True)
         return True
 
+    def stop_together(self, names: Sequence[str], timeout_s: float = 30.0) -> list[str]:
+        """Stop ``names`` at once: SIGTERM to each, then wait for each (SIGKILL after
+        ``timeout_s``). For the nodes of a KRaft quorum: a node stopped after the others waits
+        for a quorum that is gone until it is killed. Returns the names that were running."""
+        pids = {name: pid for name in names if (pid := self.pid(name)) is not None}
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                self._terminate(pid)
+        for name in pids:
+            self.stop(name, timeout_s=timeout_s)  # signalled already: it waits (and kills)
+        return list(pids)
+
     def _terminate(self, pid: int) -> None:
         self._signal(pid, signal.SIGTERM)
 

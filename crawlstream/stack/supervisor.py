@@ -1,16 +1,21 @@
 """The embedded stack supervisor: ``up``, ``down`` and ``status`` over Postgres, Kafka and Connect.
 
-Order of ``up``: prerequisites -> jars (Maven, once) -> Kafka launched -> Postgres started and
-roles bootstrapped -> Kafka healthy, topics ensured (crawlstream.topics) -> ``stack.env`` written
--> ``migrate(settings)`` -> Connect started, connector registered and RUNNING. Each step is
-idempotent: a healthy service is left alone. ``down`` stops workers recorded in ``run/`` first,
-then Connect, Kafka, Postgres. Production never uses this module: point the settings at real
-services instead.
+Order of ``up``: prerequisites -> jars (Maven, once) -> (secured: certificates) -> every Kafka node
+that is not running launched -> Postgres started and roles bootstrapped -> each node healthy ->
+(secured: SCRAM users and ACLs) -> topics ensured (crawlstream.topics) -> ``stack.env`` and the
+client properties written -> ``migrate(settings)`` -> Connect started, connectors registered and
+RUNNING. Each step is idempotent: a healthy service is left alone, so after a crash ``up`` starts
+only what is missing (one killed node of a cluster, say). ``down`` stops workers recorded in
+``run/`` first, then Connect, the Kafka nodes, Postgres. ``stack.brokers`` and ``stack.secure``
+choose the shape (crawlstream/stack/kafka.py, crawlstream/stack/security.py); ``stack.env``
+records it, so later commands find the same stack. Production never uses this module: point the
+settings at real services instead.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -23,13 +28,21 @@ from pydantic import SecretStr
 from rich.console import Console
 
 from crawlstream.errors import CrawlstreamError, PrerequisiteError, StackError
-from crawlstream.settings import Settings
+from crawlstream.settings import KafkaSettings, Settings
 from crawlstream.stack import connect, kafka, postgres
 from crawlstream.stack.maven import JvmLayout, find_java, find_maven, jars_current, jvm_dir, resolve_jars
 from crawlstream.stack.processes import ProcessManager, read_cmdline, wait_until
 from crawlstream.topics import ensure_topics
 
 SERVICES = ("postgres", "kafka", "connect")  # start order; ``down`` goes the other way
+# A cluster's nodes run as kafka-1, kafka-2, ...: services, whatever shape the settings name.
+KAFKA_NODE = re.compile(r"^kafka(-[0-9]+)?$")
+
+
+def is_service(name: str) -> bool:
+    return name in SERVICES or bool(KAFKA_NODE.match(name))
+
+
 Migrate = Callable[[Settings], None]
 
 
@@ -54,14 +67,28 @@ def _require_free(service: str, port: int, setting: str, *, crashed: bool = Fals
         )
 
 
-def stack_env(settings: Settings, passwords: dict[str, str]) -> dict[str, str]:
-    return {
+def stack_env(
+    settings: Settings, passwords: dict[str, str], kafka_credentials: dict[str, str] | None = None
+) -> dict[str, str]:
+    values = {
         "CRAWLSTREAM_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers(settings),
         "CRAWLSTREAM_POSTGRES__URL": postgres.url(settings, settings.postgres.app_role, passwords["app"]),
         "CRAWLSTREAM_POSTGRES__OWNER_URL": postgres.url(settings, postgres.OWNER_ROLE, passwords["owner"]),
         "CRAWLSTREAM_POSTGRES__CDC_PASSWORD": passwords["cdc"],
         "CRAWLSTREAM_CONNECT__URL": connect.rest_url(settings),
     }
+    if settings.stack.brokers > 1:
+        values |= {
+            "CRAWLSTREAM_STACK__BROKERS": str(settings.stack.brokers),
+            "CRAWLSTREAM_KAFKA__REPLICATION_FACTOR": str(kafka.replication_factor(settings)),
+            "CRAWLSTREAM_KAFKA__MIN_INSYNC_REPLICAS": str(kafka.min_insync_replicas(settings)),
+        }
+    if settings.stack.secure:
+        from crawlstream.stack import security
+
+        values["CRAWLSTREAM_STACK__SECURE"] = "true"
+        values |= security.stack_env(settings, kafka_credentials or {})
+    return values
 
 
 def write_stack_env(state_dir: Path, values: dict[str, str]) -> Path:
@@ -84,12 +111,22 @@ def with_stack_endpoints(settings: Settings, values: dict[str, str]) -> Settings
             "cdc_password": SecretStr(values["CRAWLSTREAM_POSTGRES__CDC_PASSWORD"]),
         }
     )
+    # The Kafka section as load_settings() will read it from these variables (validated).
+    kafka_env = {
+        tuple(key.removeprefix("CRAWLSTREAM_KAFKA__").lower().split("__")): value
+        for key, value in values.items()
+        if key.startswith("CRAWLSTREAM_KAFKA__")
+    }
+    kafka_fields = settings.kafka.model_dump()
+    for path, value in kafka_env.items():
+        target = kafka_fields
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        target[path[-1]] = value
     return settings.model_copy(
         update={
             "postgres": pg,
-            "kafka": settings.kafka.model_copy(
-                update={"bootstrap_servers": values["CRAWLSTREAM_KAFKA__BOOTSTRAP_SERVERS"]}
-            ),
+            "kafka": KafkaSettings.model_validate(kafka_fields),
             "connect": settings.connect.model_copy(update={"url": values["CRAWLSTREAM_CONNECT__URL"]}),
         }
     )
@@ -110,6 +147,7 @@ def up(
     pm = ProcessManager(state)
 
     _step(console, "checking prerequisites (Java 17+, PostgreSQL server, Maven when jars are missing)")
+    kafka.check_shape(settings)
     java = find_java(settings)
     layout = postgres.plan_layout(settings, postgres.find_bin_dir(settings))
     connectors = connect.connectors(settings)
@@ -123,16 +161,20 @@ def up(
         )
         resolve_jars(java, jvm.root, pm.log_path("maven"))
 
+    kafka_credentials = _secure_files(settings, console) if settings.stack.secure else None
     _launch_kafka(settings, jvm, pm, console)
     passwords = _start_postgres(settings, layout, pm, console, timeout)
-    wait_until(
-        lambda: kafka.health(settings),
-        service="kafka",
-        log_path=pm.log_path("kafka"),
-        timeout_s=timeout,
-        alive=lambda: pm.running("kafka"),
-    )
-    values = stack_env(settings, passwords)
+    for node in kafka.nodes(settings):
+        wait_until(
+            lambda n=node: kafka.health(settings, n),  # type: ignore[misc]
+            service=node.name,
+            log_path=pm.log_path(node.name),
+            timeout_s=timeout,
+            alive=lambda n=node: pm.running(n.name),  # type: ignore[misc]
+        )
+    if settings.stack.secure:
+        _secure_cluster(settings, kafka_credentials or {}, console)
+    values = stack_env(settings, passwords, kafka_credentials)
     ready = with_stack_endpoints(settings, values)
     created = ensure_topics(ready)
     _step(
@@ -140,6 +182,10 @@ def up(
         f"kafka healthy at {values['CRAWLSTREAM_KAFKA__BOOTSTRAP_SERVERS']} ({len(created)} topics created)",
     )
     _step(console, f"wrote {write_stack_env(state, values)} (0600)")
+    from crawlstream.stack.security import clients_dir, write_client_properties
+
+    write_client_properties(ready)
+    _step(console, f"wrote each stage's Kafka client properties to {clients_dir(ready)} (0600)")
 
     if migrate is not None:
         _step(console, "running migrations as crawlstream_owner")
@@ -150,7 +196,7 @@ def up(
         except Exception as exc:
             raise StackError(f"migration failed: {type(exc).__name__}: {exc}") from exc
 
-    _start_connect(settings, jvm, pm, passwords["cdc"], console, timeout)
+    _start_connect(ready, jvm, pm, passwords["cdc"], console, timeout)
     if postgres.publication_exists(layout, settings):
         migrated_at = postgres.current_wal_lsn(layout)
         for name, config in connectors.items():
@@ -176,18 +222,49 @@ def up(
 
 
 def _launch_kafka(settings: Settings, jvm: JvmLayout, pm: ProcessManager, console: Console) -> None:
-    crashed = pm.pidfile("kafka").exists()  # a pidfile left behind: it died without `stack down`
-    if (pid := pm.pid("kafka")) is not None:
-        _step(console, f"kafka already running (pid {pid})")
-        return
-    _require_free("kafka", settings.stack.kafka_port, "KAFKA_PORT", crashed=crashed)
-    _require_free("kafka controller", settings.stack.controller_port, "CONTROLLER_PORT", crashed=crashed)
-    props = kafka.write_server_properties(settings)
-    if not kafka.formatted(settings):
-        _step(console, "formatting Kafka KRaft storage (first start)")
-        kafka.format_storage(settings, jvm, props, pm.log_path("kafka"))
-    pid = pm.start("kafka", kafka.broker_command(jvm, props))
-    _step(console, f"kafka starting (pid {pid}, log {pm.log_path('kafka')})")
+    """Start each Kafka node that is not running (all of them at once: a quorum needs a majority)."""
+    for node in kafka.nodes(settings):
+        crashed = pm.pidfile(node.name).exists()  # a pidfile left behind: it died without `stack down`
+        if (pid := pm.pid(node.name)) is not None:
+            _step(console, f"{node.name} already running (pid {pid})")
+            continue
+        _require_free(node.name, node.port, "KAFKA_PORT", crashed=crashed)
+        _require_free(f"{node.name} controller", node.controller_port, "CONTROLLER_PORT", crashed=crashed)
+        if node.replication_port is not None:
+            _require_free(f"{node.name} replication", node.replication_port, "KAFKA_PORT", crashed=crashed)
+        props = kafka.write_server_properties(settings, node)
+        if not kafka.formatted(settings, node):
+            _step(console, f"formatting {node.name}'s KRaft storage (first start)")
+            kafka.format_storage(settings, jvm, props, pm.log_path(node.name))
+            kafka.record_shape(settings)
+        pid = pm.start(node.name, kafka.broker_command(jvm, props, heap=kafka.heap(settings)))
+        _step(console, f"{node.name} starting (pid {pid}, {node.address}, log {pm.log_path(node.name)})")
+
+
+def _secure_files(settings: Settings, console: Console) -> dict[str, str]:
+    """Passwords and certificates of a secured stack (made once)."""
+    from crawlstream.stack import security
+
+    credentials = security.load_or_create_credentials(settings)
+    security.ensure_certificates(settings, credentials["keystore"])
+    _step(console, f"TLS: CA and node certificates in {security.tls_dir(settings)}")
+    return credentials
+
+
+def _secure_cluster(settings: Settings, credentials: dict[str, str], console: Console) -> None:
+    """SCRAM users and ACLs, through the admin's certificate on the replication listener."""
+    from confluent_kafka.admin import AdminClient
+
+    from crawlstream.stack import security
+
+    admin = AdminClient(security.supervisor_client_config(settings))
+    created = security.ensure_users(admin, credentials)
+    grants = security.ensure_acls(settings, admin)
+    _step(
+        console,
+        f"kafka secured: SASL_SSL ({security.MECHANISM}), {len(created)} users created, {grants} ACLs "
+        "(one principal per stage)",
+    )
 
 
 def _start_postgres(
@@ -311,13 +388,21 @@ def down(settings: Settings, *, console: Console | None = None, timeout_s: float
     console = console or Console()
     state = settings.stack.state_dir.resolve()
     pm = ProcessManager(state)
-    workers = [name for name in pm.names() if name not in SERVICES]
+    workers = [name for name in pm.names() if not is_service(name)]
+    nodes = [name for name in pm.names() if KAFKA_NODE.match(name)]
     stopped = []
-    for name in [*workers, *reversed(SERVICES)]:
-        graceful = _postgres_fast_shutdown(settings) if name == "postgres" else None
-        if pm.stop(name, timeout_s=timeout_s, graceful=graceful):
+    for name in [*workers, "connect"]:
+        if pm.stop(name, timeout_s=timeout_s):
             stopped.append(name)
             _step(console, f"stopped {name}")
+    # Every Kafka node at once: stopped one after another, the last waited for the quorum the
+    # others took with them until it was killed (60 s on a 3-node stack).
+    for name in pm.stop_together(nodes, timeout_s=timeout_s):
+        stopped.append(name)
+        _step(console, f"stopped {name}")
+    if pm.stop("postgres", timeout_s=timeout_s, graceful=_postgres_fast_shutdown(settings)):
+        stopped.append("postgres")
+        _step(console, "stopped postgres")
     if not stopped:
         _step(console, "nothing was running")
     return stopped
@@ -361,9 +446,12 @@ def status(settings: Settings) -> dict[str, Any]:
         reason = postgres.health(postgres.plan_layout(settings, postgres.find_bin_dir(settings)))
         return reason is None, reason or "accepting connections"
 
-    def kafka_check() -> tuple[bool, str]:
-        reason = kafka.health(settings)
-        return (False, reason) if reason else (True, f"{kafka.topic_count(settings)} topics")
+    def kafka_check(node: kafka.Node) -> Callable[[], tuple[bool, str]]:
+        def check() -> tuple[bool, str]:
+            reason = kafka.health(settings, node)
+            return (False, reason) if reason else (True, f"{kafka.topic_count(settings, node)} topics")
+
+        return check
 
     def connect_check() -> tuple[bool, str]:
         if reason := connect.health(settings):
@@ -375,18 +463,37 @@ def status(settings: Settings) -> dict[str, Any]:
         return True, "; ".join(summaries)
 
     record("postgres", f"127.0.0.1:{settings.stack.postgres_port}", pg_check)
-    record("kafka", kafka.bootstrap_servers(settings), kafka_check)
+    for node in kafka.nodes(settings):
+        record(node.name, node.address, kafka_check(node))
     record("connect", connect.rest_url(settings), connect_check)
 
     def worker_check(name: str) -> Callable[[], tuple[bool, str]]:
         return lambda: (True, "process alive") if pm.running(name) else (False, "not running")
 
     for name in pm.names():
-        if name not in SERVICES:
+        if not is_service(name):
             record(name, "-", worker_check(name))
+    alive = {node.node_id for node in kafka.nodes(settings) if services[node.name]["healthy"]}
+    leader = kafka.active_controller(settings, alive)
+    brokers = [
+        {
+            "node_id": node.node_id,
+            "name": node.name,
+            "pid": services[node.name]["pid"],
+            "address": node.address,
+            "controller_address": node.controller_address,
+            # Every node is a voter of the controller quorum; one of them is the active controller.
+            "controller": True,
+            "active_controller": node.node_id == leader,
+            "healthy": services[node.name]["healthy"],
+        }
+        for node in kafka.nodes(settings)
+    ]
     return {
         "kafka_bootstrap": kafka.bootstrap_servers(settings),
+        "kafka_security": "SASL_SSL (SCRAM-SHA-512), ACLs" if settings.stack.secure else "PLAINTEXT",
         "postgres_url": postgres.url(settings, settings.postgres.app_role, None),
         "connect_url": connect.rest_url(settings),
         "services": services,
+        "brokers": brokers,
     }

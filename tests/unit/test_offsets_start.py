@@ -40,7 +40,7 @@ class FakeConsumer:
 
 def use(monkeypatch: pytest.MonkeyPatch, consumer: FakeConsumer) -> None:
     @contextmanager
-    def inspector(settings: Settings, group: str = "") -> Iterator[FakeConsumer]:
+    def inspector(settings: Settings, group: str = "", stage: str = "admin") -> Iterator[FakeConsumer]:
         yield consumer
 
     monkeypatch.setattr(offsets, "_inspector", inspector)

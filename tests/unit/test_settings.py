@@ -72,6 +72,14 @@ def test_bad_configuration_fails_naming_field_and_variable(
 
 
 def test_librdkafka_config_merges_extras() -> None:
-    s = load_settings(kafka={"client_config": {"security.protocol": "SASL_SSL"}})
+    s = load_settings(
+        kafka={"client_config": {"security.protocol": "SSL", "socket.keepalive.enable": "true"}}
+    )
     conf = s.kafka.librdkafka(**{"group.id": "g"})
-    assert conf == {"bootstrap.servers": "127.0.0.1:19092", "security.protocol": "SASL_SSL", "group.id": "g"}
+    assert conf == {
+        "bootstrap.servers": "127.0.0.1:19092",
+        "security.protocol": "SSL",
+        "ssl.endpoint.identification.algorithm": "https",
+        "socket.keepalive.enable": "true",
+        "group.id": "g",
+    }

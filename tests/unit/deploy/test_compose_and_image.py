@@ -27,20 +27,6 @@ COMPOSE_ENV = {
     "CDC_PW": "pw-cdc",
     "GRAFANA_ADMIN_PW": "pw-grafana",
 }
-# Settings of the cluster branch (issue 15: crawlstream/settings.py there) that the deployments
-# already use; not on main yet, so no field answers for them here.
-PENDING_CLUSTER_SETTINGS = {
-    "CRAWLSTREAM_KAFKA__SECURITY_PROTOCOL",
-    "CRAWLSTREAM_KAFKA__SASL_MECHANISM",
-    "CRAWLSTREAM_KAFKA__SSL_CA_LOCATION",
-    "CRAWLSTREAM_KAFKA__MIN_INSYNC_REPLICAS",
-    "CRAWLSTREAM_KAFKA__SASL__USERNAME",
-    "CRAWLSTREAM_KAFKA__SASL__PASSWORD",
-    "CRAWLSTREAM_STREAMS__INSTANCE_ID",
-    "CRAWLSTREAM_STREAMS__WEB_BIND",
-    "CRAWLSTREAM_STREAMS__WEB_HOST",
-    "CRAWLSTREAM_STREAMS__CANONICAL_URL",
-}
 # CRAWLSTREAM_* names that are not Settings fields by design: the jobs file option's variable
 # (crawlers/cli.py) and the connector JSON's ${env:...} placeholders (crawlstream/stack/connect.py).
 OTHER_NAMES = re.compile(r"^CRAWLSTREAM_(JOBS_FILE|CDC_DB_(HOST|PORT|NAME|USER|PASSWORD))$")
@@ -211,15 +197,8 @@ def _k8s_setting_names(rendered: list[dict[str, Any]]) -> set[str]:
 
 def test_every_crawlstream_name_is_a_setting(rendered: list[dict[str, Any]]) -> None:
     names = _k8s_setting_names(rendered) | set(_compose_setting_names())
-    unknown = sorted(
-        n
-        for n in names
-        if manifests.settings_field(n) is None
-        and n not in PENDING_CLUSTER_SETTINGS
-        and not OTHER_NAMES.match(n)
-    )
+    unknown = sorted(n for n in names if manifests.settings_field(n) is None and not OTHER_NAMES.match(n))
     assert unknown == [], "not settings (crawlstream/settings.py): " + ", ".join(unknown)
-    assert names & PENDING_CLUSTER_SETTINGS  # the list above is used, not stale
     # A misspelt name is caught (pydantic-settings alone would ignore it).
     assert manifests.settings_field("CRAWLSTREAM_KAFKA__BOOTSTRAP_SERVER") is None
     assert manifests.settings_field("CRAWLSTREAM_KAFKA__BOOTSTRAP_SERVERS") == ("kafka", "bootstrap_servers")
@@ -227,11 +206,7 @@ def test_every_crawlstream_name_is_a_setting(rendered: list[dict[str, Any]]) -> 
 
 def test_compose_settings_load(rendered: list[dict[str, Any]]) -> None:
     """The compose workers' settings are valid values of the same model, with the same topics."""
-    values = {
-        k: v
-        for k, v in _compose_setting_names().items()
-        if k not in PENDING_CLUSTER_SETTINGS and not OTHER_NAMES.match(k)
-    }
+    values = {k: v for k, v in _compose_setting_names().items() if not OTHER_NAMES.match(k)}
     settings = manifests.deployment_settings(values)
     assert settings.kafka.bootstrap_servers == "kafka-1:9092,kafka-2:9092,kafka-3:9092"
     k8s_topics = manifests.strimzi_topics(

@@ -19,6 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from crawlers.jobs import load_jobs
+from crawlstream import acls
 from crawlstream.cli import app
 from crawlstream.errors import ConfigError
 from crawlstream.ops import manifests
@@ -346,6 +347,47 @@ def test_every_kafka_client_logs_in_as_its_own_user(rendered: list[dict[str, Any
         assert user in users, name
         assert env["CRAWLSTREAM_KAFKA__SASL__PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == user, name
         assert any(m["mountPath"] == "/etc/kafka-ca" for m in container["volumeMounts"]), name
+
+
+def test_each_stage_user_has_exactly_the_acl_plan_of_its_stage(rendered: list[dict[str, Any]]) -> None:
+    """The KafkaUsers are the plan ``stack up --secure`` applies (crawlstream/acls.py), so the two
+    cannot drift; the connect user also has its KafkaConnect cluster's group and storage topics."""
+    settings = deploy_settings()
+    plan = acls.acl_plan(settings)
+    users = by_kind(rendered, "KafkaUser")
+    strimzi_pattern = {"literal": "literal", "prefixed": "prefix"}
+
+    def granted(user: dict[str, Any]) -> set[tuple[str, str | None, str | None, str]]:
+        return {
+            (a["resource"]["type"], a["resource"].get("name"), a["resource"].get("patternType"), op)
+            for a in user["spec"]["authorization"]["acls"]
+            for op in a["operations"]
+        }
+
+    def expected(grants: list[acls.Grant]) -> set[tuple[str, str | None, str | None, str]]:
+        return {
+            (
+                g.resource,
+                None if g.resource == "cluster" else g.name,
+                None if g.resource == "cluster" else strimzi_pattern[g.pattern],
+                g.operation.replace("_", " ").title().replace(" ", ""),
+            )
+            for g in grants
+        }
+
+    connect_spec = by_kind(rendered, "KafkaConnect")["crawlstream-connect"]["spec"]
+    storage = [connect_spec[k] for k in ("configStorageTopic", "offsetStorageTopic", "statusStorageTopic")]
+    for stage in ("crawler", "streams", "sinks", "connect", "follow"):
+        who = acls.principal(settings, stage)
+        grants = [g for g in plan if g.principal == who]
+        if stage == "connect":
+            grants += acls.connect_cluster_grants(settings, connect_spec["groupId"], storage)
+        assert granted(users[f"crawlstream-{stage}"]) == expected(grants), stage
+    # The frontier's topics and groups are in it (frontier jobs run as the crawler).
+    crawler = granted(users["crawlstream-crawler"])
+    assert ("topic", catalog(settings).frontier_progress.name, "literal", "Read") in crawler
+    assert ("group", f"{settings.kafka.topic_prefix}-frontier-", "prefix", "Read") in crawler
+    assert "authorization" not in users["crawlstream-admin"]["spec"]  # a super user
 
 
 def test_kustomize_refuses_a_file_outside_the_folder(tmp_path: Path) -> None:

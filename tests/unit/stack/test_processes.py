@@ -151,3 +151,40 @@ def test_wait_until_fails_fast_when_the_process_died(tmp_path: Path) -> None:
 def test_wait_until_returns_once_healthy(tmp_path: Path) -> None:
     answers = iter(["starting", "starting", None])
     wait_until(lambda: next(answers), service="x", log_path=tmp_path / "x.log", timeout_s=10)
+
+
+def _quorum_member(marks: Path, me: str, peer: str) -> list[str]:
+    """A process that, on SIGTERM, leaves only once its peer got SIGTERM too (as a KRaft node
+    waits for the quorum), and then writes ``<me>.clean``."""
+    code = (
+        "import pathlib, signal, sys, time\n"
+        f"marks = pathlib.Path({str(marks)!r})\n"
+        "def leave(*_):\n"
+        f"    (marks / {me!r}).touch()\n"
+        f"    while not (marks / {peer!r}).exists(): time.sleep(0.05)\n"
+        f"    (marks / {me + '.clean'!r}).touch()\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, leave)\n"
+        f"(marks / {me + '.ready'!r}).touch()\n"
+        "while True: time.sleep(1)\n"
+    )
+    return [sys.executable, "-c", code]
+
+
+def test_stop_together_stops_members_that_wait_for_each_other(pm: ProcessManager, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    pm.start("node-a", _quorum_member(marks, "a", "b"))
+    pm.start("node-b", _quorum_member(marks, "b", "a"))
+    wait_until(
+        lambda: None if (marks / "a.ready").exists() and (marks / "b.ready").exists() else "starting",
+        service="nodes",
+        log_path=pm.log_path("node-a"),
+        timeout_s=30,
+    )
+    # One after the other, the first would wait for the second until killed (timeout 20 s here).
+    assert pm.stop_together(["node-a", "node-b", "node-c"], timeout_s=20) == ["node-a", "node-b"]
+    assert (marks / "a.clean").exists()
+    assert (marks / "b.clean").exists()
+    assert not pm.running("node-a")
+    assert not pm.running("node-b")

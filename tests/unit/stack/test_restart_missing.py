@@ -40,7 +40,9 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("CRAWLSTREAM_STACK__STATE_DIR", str(tmp_path))
     ports = {"streams-worker": _free_port(), "sink-worker": _free_port(), FOLLOWER: _free_port()}
 
-    def specs(_settings: Settings, *, follower: bool = True) -> list[Worker]:
+    def specs(
+        _settings: Settings, *, follower: bool = True, streams: int = 1, sinks: int = 1
+    ) -> list[Worker]:
         names = ["streams-worker", "sink-worker", *([FOLLOWER] if follower else [])]
         return [Worker(n, [sys.executable, "-c", METRICS_SERVER, str(ports[n]), n], ports[n]) for n in names]
 

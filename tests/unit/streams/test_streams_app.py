@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ssl
+import subprocess
 from pathlib import Path
 
+import faust
 import pytest
+from faust.types.auth import AuthProtocol, SASLMechanism
 from faust.types.enums import ProcessingGuarantee
 
 from crawlstream.errors import ConfigError
@@ -72,11 +76,6 @@ def test_create_app_registers_the_chain_with_copartitioned_changelogs() -> None:
         assert table.partitions == table.changelog_topic.partitions == 6  # the source topics' count
 
 
-def test_security_client_config_is_refused_naming_the_field() -> None:
-    with pytest.raises(ConfigError, match=r"kafka\.client_config"):
-        new_app(settings(client_config={"security.protocol": "SASL_SSL"}))
-
-
 def test_the_internal_topics_agents_read_are_specs_a_worker_creates_before_faust_starts() -> None:
     from streams.topology import internal_inputs
 
@@ -87,3 +86,54 @@ def test_the_internal_topics_agents_read_are_specs_a_worker_creates_before_faust
         ("unit-app-stats-by-domain", 6),
         ("unit-app-stats-by-run", 6),
     ]
+
+
+def test_sasl_ssl_settings_become_faust_broker_credentials(tmp_path: Path) -> None:
+    """The streams stage takes TLS and SASL like every other client: SCRAM over TLS with the
+    streams principal's credential, the brokers checked against the configured CA."""
+    ca = _self_signed_ca(tmp_path)
+    conf = new_app(
+        settings(
+            security_protocol="SASL_SSL",
+            ssl_ca_location=ca,
+            credentials={"streams": {"username": "streams", "password": "pw-streams"}},
+            sasl={"username": "other", "password": "pw-other"},
+        )
+    ).conf
+    credentials = conf.broker_credentials
+    assert isinstance(credentials, faust.SASLCredentials)
+    assert credentials.protocol is AuthProtocol.SASL_SSL
+    assert credentials.mechanism is SASLMechanism.SCRAM_SHA_512
+    assert (credentials.username, credentials.password) == ("streams", "pw-streams")
+    assert credentials.ssl_context is not None
+    assert credentials.ssl_context.verify_mode == ssl.CERT_REQUIRED
+    assert credentials.ssl_context.check_hostname
+    assert "pw-streams" not in repr(credentials)
+
+
+def test_plaintext_has_no_credentials_and_static_membership_follows_the_instance_id() -> None:
+    s = settings()
+    s.streams.instance_id = "streams-worker-2"
+    conf = new_app(s).conf
+    assert conf.broker_credentials is None
+    assert conf.consumer_group_instance_id == "streams-worker-2"
+
+
+def test_a_security_key_aiokafka_cannot_honour_is_refused_naming_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"kafka\.client_config.*sasl\.oauthbearer\.config"):
+        new_app(settings(client_config={"sasl.oauthbearer.config": "scope=x"}))
+
+
+def test_sasl_without_a_credential_for_the_stage_fails_naming_the_variables() -> None:
+    with pytest.raises(ConfigError, match=r"CRAWLSTREAM_KAFKA__CREDENTIALS__STREAMS__USERNAME"):
+        new_app(settings(security_protocol="SASL_PLAINTEXT"))
+
+
+def _self_signed_ca(tmp_path: Path) -> Path:
+    key, cert = tmp_path / "ca.key", tmp_path / "ca.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=unit CA",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert
