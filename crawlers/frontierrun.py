@@ -202,6 +202,9 @@ class FrontierRun:
     stop_requested: threading.Event = field(default_factory=threading.Event)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     progress: RunProgress | None = None
+    # Seconds from the run's start to each step (``crawlers_joined``, ``seeded``, ``complete``,
+    # ``stopped``): where a run's time goes (bench/bench_frontier.py reports them).
+    marks: dict[str, float] = field(default_factory=dict)
 
     # Steps.
     def run(self, report_path: Path) -> dict[str, Any]:
@@ -237,7 +240,9 @@ class FrontierRun:
             _produce(settings, [(topics.frontier_ledger.name, start.run_id.encode(), start.to_bytes(), None)])
             self._start_crawlers(group)
             self._wait_for_group(group)
+            self.marks["crawlers_joined"] = time.monotonic() - started
             seeds_through = self._seed(scope, links_partitions)
+            self.marks["seeded"] = time.monotonic() - started
             completion = Completion(
                 topics.links.name,
                 topics.frontier_ledger.name,
@@ -246,6 +251,7 @@ class FrontierRun:
                 end=lambda topic: offsets.end_offsets(settings, topic),
             )
             outcome = self._watch(reader, completion, started)
+            self.marks["complete"] = time.monotonic() - started
             reader.close()
             _produce(
                 settings,
@@ -259,6 +265,7 @@ class FrontierRun:
                 ],
             )
             codes = self._stop_crawlers()
+            self.marks["stopped"] = time.monotonic() - started
             report = self._report(report_path, started, outcome, codes)
             progress = self.progress or RunProgress(run_id=self.run_id, job_id=job.name)
             produce_run_event(
@@ -425,6 +432,7 @@ class FrontierRun:
             run_id=self.run_id,
             crawler_exit_codes=codes,
             crawler_reports=len(reports),
+            marks={name: round(at, 3) for name, at in self.marks.items()},
             frontier=(self.progress.model_dump(mode="json") if self.progress else {}),
         )
         report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -453,6 +461,10 @@ def aggregate(reports: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {name: sum(r.get(name, 0) for r in reports) for name in SUMMED}
     out["cpu_s"] = round(out["cpu_s"], 3)
     out["html_pages"] = sum(int(r.get("pages_fetched", 0)) for r in reports)
+    # How the work split between the crawlers (each owns the hosts of its requests partitions).
+    out["pages_per_crawler"] = [
+        int(r.get("pages_fetched", 0)) + int(r.get("metadata_records", 0)) for r in reports
+    ]
     out["pages_fetched"] = out["html_pages"] + out["metadata_records"]
     urls = sorted({u for r in reports for u in r.get("canonical_urls", [])})
     out["canonical_urls"], out["distinct_canonical_urls"] = urls, len(urls)

@@ -8,7 +8,8 @@ collector runs every few pages and its older-generation passes walk that heap ag
 measured on the 1000-page bench site, 10-15% of the crawl's CPU.
 
 On ``spider_opened`` it collects once, freezes what exists then (modules, settings, the
-spider: never garbage) so later passes skip it, and raises the generation-0 threshold. On
+spider: never garbage) so later passes skip it, and raises the generation-0 threshold
+(:mod:`crawlstream.gctuning`, shared with the stream worker). On
 ``spider_closed`` it restores the previous thresholds and unfreezes, so a process running
 several crawls (tests) is left as it was. Nothing is leaked: cycles are still collected, in
 larger, rarer batches.
@@ -18,11 +19,11 @@ Scrapy setting ``CRAWLSTREAM_GC_GEN0_THRESHOLD`` (default 10000; 0 leaves the co
 
 from __future__ import annotations
 
-import gc
-
 from scrapy import signals
 from scrapy.crawler import Crawler
 from scrapy.exceptions import NotConfigured
+
+from crawlstream import gctuning
 
 DEFAULT_GEN0_THRESHOLD = 10_000
 
@@ -47,15 +48,10 @@ class GcTuning:
     def spider_opened(self) -> None:
         if self._saved is not None:
             return
-        self._saved = gc.get_threshold()
-        gc.collect()
-        gc.freeze()
-        _, gen1, gen2 = self._saved
-        gc.set_threshold(max(self.gen0_threshold, self._saved[0]), gen1, gen2)
+        self._saved = gctuning.tune(self.gen0_threshold)
 
     def spider_closed(self) -> None:
         if self._saved is None:
             return
-        gc.set_threshold(*self._saved)
-        gc.unfreeze()
+        gctuning.restore(self._saved)
         self._saved = None

@@ -302,6 +302,10 @@ class FrontierSettings(BaseModel):
     robots_max_age_s: float = Field(default=86_400.0, gt=0)
     # How often a run's runner checks completion and prints progress.
     poll_interval_s: float = Field(default=0.5, gt=0, le=10)
+    # The ledger publishes a run's progress at most this often while requests are open (a change
+    # after that sends it); a change that makes the run quiet, or follows a quiet one, is sent at
+    # once, since completion is judged on them (streams.ledger). 0: every change.
+    progress_interval_s: float = Field(default=0.5, ge=0, le=10)
 
 
 class StreamsSettings(BaseModel):
@@ -338,6 +342,9 @@ class StreamsSettings(BaseModel):
     producer_linger_s: float = Field(default=0.05, ge=0, le=1)
     # The worker's asyncio event loop: uvloop (libuv) or Python's own ("aio").
     event_loop: Literal["uvloop", "aio"] = "uvloop"
+    # Generation-0 threshold of Python's GC in the worker (crawlstream.gctuning; 0: Python's
+    # default), as the crawlers' CRAWLSTREAM_GC_GEN0_THRESHOLD: fewer passes over a large heap.
+    gc_gen0_threshold: int = Field(default=10_000, ge=0)
     # Pages whose SimHashes differ in at most this many bits are near-duplicates (LSH banding
     # finds every such pair for distances up to 15).
     near_duplicate_distance: int = Field(default=3, ge=0, le=15)
@@ -347,9 +354,11 @@ class StreamsSettings(BaseModel):
     # so events fetched just before the end still count; closes are checked at this interval.
     stats_grace_s: float = Field(default=10.0, ge=1, le=3600)
     stats_close_interval_s: float = Field(default=5.0, gt=0, le=60)
-    # Stats samples are summed per domain, run and minute and sent this often (their events are
-    # acked once they are sent): one record per group and flush instead of one per event.
-    stats_flush_interval_s: float = Field(default=1.0, gt=0, le=10)
+    # Stats samples are summed per domain (and per run) and minute and sent this often, or as soon
+    # as the input pauses (their events are acked once they are sent): one record per group and
+    # flush instead of one per event. On a broad crawl a domain gets a few pages a second at most,
+    # so 1 s summed almost nothing (bench/bench_frontier.py: ~0.9 samples per page).
+    stats_flush_interval_s: float = Field(default=5.0, gt=0, le=10)
     # A page waits in memory for its dedup verdict; past this it is sent without dedup marks
     # (counted: streams_verdicts_total{outcome="timed_out"}) rather than stall its partition.
     dedup_timeout_s: float = Field(default=300.0, ge=10, le=3600)

@@ -2,7 +2,8 @@
 
 Reads settings once, serves our Prometheus metrics on ``metrics.host:metrics.streams_port`` (port 0
 picks a free one) and faust's own (``faust_*``, in ms) on the faust web server's ``/metrics``, then
-hands the command line to faust (``worker``, ``tables``, ...).
+hands the command line to faust (``worker``, ``tables``, ...). A worker's garbage collector is
+tuned first (``streams.gc_gen0_threshold``, :mod:`crawlstream.gctuning`).
 A worker creates the stage's missing repartition topics and the internal topics its agents read
 (:func:`streams.topology.internal_inputs`) first, as the streams principal (``crawlstream.topics.
 ensure_topics``); faust creates its changelog topics; the other catalog topics are created by
@@ -17,6 +18,7 @@ import sys
 from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry
 
+from crawlstream import gctuning
 from crawlstream.logs import setup_logging
 from crawlstream.metrics import serve_metrics
 from crawlstream.offsets import commit_start_where_absent
@@ -50,6 +52,9 @@ def main() -> None:
         serve_metrics(settings.metrics.host, settings.metrics.streams_port)
     if "worker" in sys.argv[1:] and not any(arg in ("-L", "--loop") for arg in sys.argv):
         sys.argv[1:1] = ["--loop", settings.streams.event_loop]  # a global option: before the command
+    if "worker" in sys.argv[1:] and settings.streams.gc_gen0_threshold:
+        # Everything imported and registered by now stays: freeze it, collect less often.
+        gctuning.tune(settings.streams.gc_gen0_threshold)
     app.main()
 
 

@@ -5,7 +5,10 @@ Reads  ``<prefix>.frontier.ledger``   (key: run id, LedgerEntry JSON): the run's
        :mod:`streams.frontier`, ``refused`` links, ``generated`` partitions, ``stop``.
 Writes ``<prefix>.requests``          (key: host, CrawlRequest with the run's scope and the URL's
        validators) for each candidate admitted;
-       ``<prefix>.frontier.progress`` (key: run id, RunProgress; compacted) after every change;
+       ``<prefix>.frontier.progress`` (key: run id, RunProgress; compacted): a change that
+       makes the run quiet, or follows a quiet progress, at once; others at most every
+       ``frontier.progress_interval_s`` (the first change after it sends the run's state then),
+       so a busy run does not send a progress record per candidate and outcome;
        ``<prefix>.deadletter``        for entries it cannot handle (:mod:`streams.agent`).
 Tables (keyed by run, so one partition holds a whole run and handles it in order):
        ``ledger_runs``: run -> its accounts (:func:`new_run`); ``ledger_urls``: ``<run>|<URL>`` ->
@@ -19,7 +22,9 @@ Budgets (``start``: :class:`~crawlstream.records.Budgets`): ``max_pages`` reques
 progress and ``streams_frontier_refused_total``.
 
 Completion: the run's progress is ``quiet`` when every admitted request is closed and every
-frontier partition has generated its known URLs. Links still on their way to the frontier may
+frontier partition has generated its known URLs. Whenever the run is quiet its latest state is
+published (a quiet state and the first change after one are never held back), so the runner
+cannot take an older quiet progress for the current state. Links still on their way to the frontier may
 yet add candidates: each outcome carries ``links_through``, the offsets of the links its crawler
 had delivered, merged here; the runner (:mod:`crawlers.frontierrun`) waits until the stream
 group has consumed past them and this ledger past what they produced, then reads the progress
@@ -31,6 +36,9 @@ finished run leaves only its final progress record.
 from __future__ import annotations
 
 import functools
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -48,6 +56,7 @@ from streams.topology import RAW, StageTopics
 
 AGENT = "frontier_ledger"
 PURGE_CHUNK = 1000
+RUNS_REMEMBERED = 256  # runs whose scope and last published progress the agent keeps in memory
 _COUNTED = {"fetched": "f", "not_modified": "n", "failed": "x"}
 
 
@@ -134,7 +143,15 @@ def count(run: dict[str, Any], reason: str, n: int = 1) -> None:
         run["r"][reason] = run["r"].get(reason, 0) + n
 
 
-def request_for(entry: LedgerEntry, run: dict[str, Any]) -> CrawlRequest:
+def quiet(run: dict[str, Any]) -> bool:
+    """The run's accounts as :attr:`RunProgress.quiet` judges them."""
+    return bool(run["a"] == run["c"] and max(run["g"], 0) == 0)
+
+
+def request_for(entry: LedgerEntry, run: dict[str, Any], scope: Scope | None = None) -> CrawlRequest:
+    """The request of an admitted candidate; ``scope``: the run's, if already parsed."""
+    if scope is None and run["s"]:
+        scope = Scope.model_validate(run["s"])
     return CrawlRequest(
         url=entry.url,
         canonical_url=entry.canonical_url,
@@ -143,10 +160,37 @@ def request_for(entry: LedgerEntry, run: dict[str, Any]) -> CrawlRequest:
         job_id=run["j"],
         run_id=entry.run_id,
         reason="seed" if entry.reason == "seed" else ("recrawl" if entry.reason == "recrawl" else "link"),
-        scope=Scope.model_validate(run["s"]) if run["s"] else None,
+        scope=scope,
         etag=entry.etag,
         last_modified=entry.last_modified,
     )
+
+
+class ProgressThrottle:
+    """Whether a run's changed progress is published now (see the module docstring).
+
+    Remembers per run when its progress was last sent and whether it was quiet; forgets all of
+    it on a rebalance (:meth:`forget`): a run whose partition comes back may have been published
+    by another worker meanwhile, so its next change is sent at once.
+    """
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s, self.clock = interval_s, clock
+        self.last: OrderedDict[str, tuple[float, bool]] = OrderedDict()
+
+    def due(self, run_id: str, run: dict[str, Any]) -> bool:
+        now, settled = self.clock(), quiet(run) or run["st"] == "stopped"
+        last = self.last.get(run_id)
+        if last is not None and not settled and not last[1] and now - last[0] < self.interval_s:
+            return False
+        self.last[run_id] = (now, settled)
+        self.last.move_to_end(run_id)
+        while len(self.last) > RUNS_REMEMBERED:
+            self.last.popitem(last=False)
+        return True
+
+    def forget(self) -> None:
+        self.last.clear()
 
 
 @dataclass(frozen=True)
@@ -158,8 +202,10 @@ class LedgerAgent:
     topic: Any
 
 
-def register(app: Any, settings: Settings, topics: StageTopics) -> LedgerAgent:
-    """Declare the ledger's topic, tables and agent."""
+def register(
+    app: Any, settings: Settings, topics: StageTopics, clock: Callable[[], float] = time.monotonic
+) -> LedgerAgent:
+    """Declare the ledger's topic, tables and agent (``clock``: the progress throttle's)."""
     outputs = streams_outputs.of(app)
     specs = catalog(settings)
     topic = app.topic(specs.frontier_ledger.name, partitions=specs.frontier_ledger.partitions, **RAW)
@@ -177,6 +223,20 @@ def register(app: Any, settings: Settings, topics: StageTopics) -> LedgerAgent:
     requests = topics.requests.get_topic_name()
     progress = specs.frontier_progress.name
     ledger = specs.frontier_ledger.name
+    throttle = ProgressThrottle(settings.frontier.progress_interval_s, clock)
+    scopes: OrderedDict[str, Scope | None] = OrderedDict()  # a run's scope never changes
+
+    async def forget(*_args: Any, **_kwargs: Any) -> None:
+        throttle.forget()
+
+    app.on_partitions_revoked.connect(forget)
+
+    def scope_of(run_id: str, run: dict[str, Any]) -> Scope | None:
+        if run_id not in scopes:
+            scopes[run_id] = Scope.model_validate(run["s"]) if run["s"] else None
+            while len(scopes) > RUNS_REMEMBERED:
+                scopes.popitem(last=False)
+        return scopes[run_id]
 
     def handle(event: Any) -> streams_outputs.Effects:
         entry = decode_entry(event.key, event.value)
@@ -222,6 +282,8 @@ def register(app: Any, settings: Settings, topics: StageTopics) -> LedgerAgent:
     ) -> streams_outputs.Effects:
         run["v"] = int(run["v"]) + 1
         effects.write(runs, run_id, run)
+        if not throttle.due(run_id, run):
+            return effects
         return effects.send(progress, run_id.encode(), progress_of(run_id, run).to_bytes())
 
     def candidate(effects: streams_outputs.Effects, entry: LedgerEntry, run: dict[str, Any]) -> bool:
@@ -240,7 +302,7 @@ def register(app: Any, settings: Settings, topics: StageTopics) -> LedgerAgent:
         effects.write(hosts, host_key, admitted + 1)
         run["a"] += 1
         run["h"] += admitted == 0
-        request = request_for(entry, run)
+        request = request_for(entry, run, scope_of(entry.run_id, run))
         effects.after(metrics.REQUESTS.labels(request.reason).inc)
         effects.send(requests, entry.host.encode("utf-8"), request.to_bytes())
         return True

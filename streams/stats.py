@@ -3,15 +3,18 @@
 Samples   each page event and touch the stage outputs is a sample (:mod:`streams.aggregate`),
        made where its outcome is known (:mod:`streams.changes`, :mod:`streams.verdicts`) and
        given to the worker's :class:`SampleBuffer`, which holds its event unacked; every
-       ``streams.stats_flush_interval_s`` the buffer sends the samples of each (domain, run,
-       minute) summed as one to the app's internal topics ``<app_id>-stats-by-domain`` (key: JSON
-       domain, the key encoding of the windowed tables, so web views route to the owner) and
-       ``<app_id>-stats-by-run`` (key: JSON run id), with the earliest fetch time as the message
-       timestamp (windows are in event time, and a minute lies in the same windows whatever its
-       second), and releases the events once both are delivered. So the aggregation agents see
-       about one sample per domain, run and minute per flush instead of one per event, and the
-       windowed tables write that many changelog records. A crash before a flush loses nothing:
-       the held events were not acked, so they come again.
+       ``streams.stats_flush_interval_s`` (or sooner, once no sample came for
+       ``FLUSH_TICK_S``: the input paused, e.g. a crawl ended) the buffer sends the samples of
+       each (domain, run, minute) summed as one to the app's internal topic
+       ``<app_id>-stats-by-domain`` (key: JSON domain, the key encoding of the windowed tables, so
+       web views route to the owner) and those of each (run, minute) to ``<app_id>-stats-by-run``
+       (key: JSON run id), with the earliest fetch time as the message timestamp (windows are in
+       event time, and a minute lies in the same windows whatever its second), and releases the
+       events once all are delivered. So the aggregation agents see about one sample per domain
+       (run) and minute per flush instead of one per event, and the windowed tables write that
+       many changelog records: on a broad crawl (hundreds of hosts, a few pages each per flush)
+       the flush interval decides how many samples are summed. A crash before a flush loses
+       nothing: the held events were not acked, so they come again.
 Tables ``domain_1m`` (tumbling 60 s) and ``domain_5m`` (hopping 300 s by 60 s), domain ->
        accumulator; ``run_progress``: run id -> accumulator (not windowed).
 Writes ``<prefix>.stats`` (key: domain, DomainStats) when a window closes: faust closes it
@@ -49,6 +52,8 @@ from streams.outputs import Effects, Pending
 from streams.topology import RAW, StageTopics
 
 log = logging.getLogger(__name__)
+# How often the sample buffer checks whether to flush (see SampleBuffer.tick).
+FLUSH_TICK_S = 0.5
 
 # Tables serialize keys as JSON (faust's default), so the internal topics are keyed by JSON
 # text too: a view's key then hashes to the partition that holds it.
@@ -140,41 +145,59 @@ class SampleBuffer:
         self.partitions, self.max_samples = settings.kafka.partitions, max_samples
         self.samples: list[tuple[dict[str, Any], Pending]] = []
         self.app = app
+        self.interval_s = settings.streams.stats_flush_interval_s
+        self.first_at = 0.0  # when the oldest waiting sample came (monotonic)
+        self.count_at_tick = 0  # samples waiting at the previous tick
 
         async def flush_timer() -> None:
             try:
-                self.flush()
+                self.tick(time.monotonic())
             except Exception as exc:  # the producer failed: stop, the held events are replayed
                 log.exception("stats: could not send the summed samples; stopping")
                 await app.crash(exc)
 
-        app.timer(settings.streams.stats_flush_interval_s, name="streams.stats.flush")(flush_timer)
+        tick_s = min(FLUSH_TICK_S, self.interval_s)
+        app.timer(tick_s, name="streams.stats.flush")(flush_timer)
 
     def hold(self, sample: dict[str, Any]) -> Callable[[Pending], object]:
         def held(pending: Pending) -> None:
+            if not self.samples:
+                self.first_at = time.monotonic()
             self.samples.append((sample, pending))
             if len(self.samples) >= self.max_samples:
                 self.flush()
 
         return held
 
+    def tick(self, now: float) -> None:
+        """Flush when the oldest sample waited ``interval_s``, or when none came since the last
+        tick (the input paused: nothing more to sum, and the held events should be acked now)."""
+        waiting = len(self.samples)
+        if waiting and (waiting == self.count_at_tick or now - self.first_at >= self.interval_s):
+            self.flush()
+        self.count_at_tick = len(self.samples)
+
     def flush(self) -> None:
         if not self.samples:
             return
         samples, self.samples = self.samples, []
-        groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+        by_domain: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+        by_run: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for sample, pending in samples:
             if not pending.abandoned:
-                groups.setdefault((sample["d"], sample["r"], int(sample["t"] // 60)), []).append(sample)
+                minute = int(sample["t"] // 60)
+                by_domain.setdefault((sample["d"], sample["r"], minute), []).append(sample)
+                by_run.setdefault((sample["r"], minute), []).append(sample)
         released = Pending("stats_flush", _Release([pending for _, pending in samples]), None)
-        for group in groups.values():
-            summed = aggregate.summed(group)
-            value, at_ms = (
-                json.dumps(summed, separators=(",", ":")).encode("utf-8"),
-                round(summed["t"] * 1000),
-            )
-            for topic, key in ((self.by_domain, json_key(summed["d"])), (self.by_run, json_key(summed["r"]))):
+        # A run's totals do not need the domain: one sum per run and minute (its "d" is the first
+        # sample's, which track_runs ignores), not one per domain.
+        for topic, groups, field in ((self.by_domain, by_domain, "d"), (self.by_run, by_run, "r")):
+            for group in groups.values():
+                summed = aggregate.summed(group)
+                key = json_key(summed[field])
+                value = json.dumps(summed, separators=(",", ":")).encode("utf-8")
                 partition = faust_partition(key, self.partitions)
+                at_ms = round(summed["t"] * 1000)
                 self.outputs.send(topic, key, value, partition, timestamp_ms=at_ms, pending=released)
         released.closed = True
         if released.count == 0:

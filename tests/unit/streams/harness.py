@@ -19,7 +19,7 @@ from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import REGISTRY
 
 from crawlstream.records import DedupProbe, PageEvent, PageRecord
-from crawlstream.settings import CrawlSettings, KafkaSettings, Settings, StreamsSettings
+from crawlstream.settings import CrawlSettings, FrontierSettings, KafkaSettings, Settings, StreamsSettings
 from crawlstream.topics import catalog
 from streams import changes, dedup, frontier, ledger, outputs, stats, verdicts
 from streams.app import new_app
@@ -115,6 +115,8 @@ class Harness:
             _env_file=None,
             kafka=KafkaSettings(topic_prefix="unit", partitions=3),
             streams=StreamsSettings(app_id="unit-streams", store="memory://"),
+            # Every change of a run's progress published: tests read the latest state from it.
+            frontier=FrontierSettings(progress_interval_s=0),
         )
         self.app = new_app(settings)
         self.topics = declare_topics(self.app, settings)

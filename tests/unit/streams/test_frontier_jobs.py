@@ -21,6 +21,8 @@ from crawlstream.records import (
     RunProgress,
     Scope,
 )
+from crawlstream.settings import FrontierSettings, KafkaSettings, Settings, StreamsSettings
+from streams.ledger import ProgressThrottle
 from tests.unit.streams.harness import Harness, sample
 
 RUN, JOB = "run-1", "job-a"
@@ -50,9 +52,9 @@ def outcome(url: str, **fields: Any) -> FetchOutcome:
 Scenario = Callable[[Harness, Any, Any], Awaitable[None]]
 
 
-def run_both(scenario: Scenario) -> Harness:
+def run_both(scenario: Scenario, settings: Settings | None = None) -> Harness:
     async def main() -> Harness:
-        h = Harness()
+        h = Harness(settings)
         frontier_in = h.app.channel(key_type=bytes, value_type=bytes)
         ledger_in = h.app.channel(key_type=bytes, value_type=bytes)
         async with (
@@ -235,3 +237,64 @@ def test_a_304_of_a_known_page_is_a_touch_not_a_new_version() -> None:
     h = run(lambda h: h.changes.agent, scenario)
     assert len(h.on("touches")) == 1
     assert len(h.on("by_band")) == 1  # the first fetch's dedup probe only
+
+
+def test_progress_is_throttled_while_requests_are_open_but_never_a_quiet_state() -> None:
+    """With a long progress interval: the run's first state, every quiet state and the first change
+    after a quiet one are published at once; changes while requests are open wait (the table has
+    them all), so the runner never takes an older quiet progress for the current state."""
+    urls = [f"http://h.test/{n}" for n in range(3)]
+    seen: list[RunProgress] = []
+
+    async def scenario(h: Harness, frontier: Any, ledger: Any) -> None:
+        fed: list[int] = []
+        await ledger.put(start().to_bytes(), key=RUN.encode(), partition=0)
+        await frontier.put(link(urls[0], depth=0).to_bytes(), key=urls[0].encode(), partition=0)
+        await forward(h, ledger, fed)
+        done = outcome(urls[0])
+        await frontier.put(done.to_bytes(), key=urls[0].encode(), partition=0)
+        await forward(h, ledger, fed)
+        seen.append(last_progress(h))  # quiet: 1 admitted, 1 closed
+        for url in urls[1:]:
+            await frontier.put(link(url, urls[0]).to_bytes(), key=url.encode(), partition=0)
+        await forward(h, ledger, fed)
+        seen.append(last_progress(h))  # the first change after quiet, not the second
+        for url in urls[1:]:
+            await frontier.put(outcome(url).to_bytes(), key=url.encode(), partition=0)
+        await forward(h, ledger, fed)
+
+    settings = Settings(
+        _env_file=None,
+        kafka=KafkaSettings(topic_prefix="unit", partitions=3),
+        streams=StreamsSettings(app_id="unit-streams", store="memory://"),
+        frontier=FrontierSettings(progress_interval_s=10),
+    )
+    h = run_both(scenario, settings)
+    published = [RunProgress.model_validate_json(v) for _, v in h.on("progress")]
+    # start (nothing admitted, no partition generating: quiet), candidate 1 (after a quiet one),
+    # closed 1 (quiet), candidate 2 (after a quiet one), closed 3 (quiet); candidate 3 and
+    # closed 2 were held back.
+    assert [(p.admitted, p.closed) for p in published] == [(0, 0), (1, 0), (1, 1), (2, 1), (3, 3)]
+    assert [(p.admitted, p.closed, p.quiet) for p in seen] == [(1, 1, True), (2, 1, False)]
+    final = published[-1]
+    assert final.quiet
+    assert final.version == h.ledger.runs.data[RUN]["v"]
+
+
+def test_progress_throttle_sends_open_changes_after_the_interval_and_forgets_on_rebalance() -> None:
+    now = [100.0]
+    throttle = ProgressThrottle(2.0, clock=lambda: now[0])
+    running = {"a": 3, "c": 1, "g": 0, "st": "running"}
+    assert throttle.due("r", running)  # first sight
+    now[0] += 1.0
+    assert not throttle.due("r", running)  # open, within the interval
+    now[0] += 1.5
+    assert throttle.due("r", running)  # the interval passed
+    assert throttle.due("r", {**running, "c": 3})  # quiet: at once
+    assert throttle.due("r", running)  # the change after a quiet one: at once
+    assert not throttle.due("r", running)
+    assert throttle.due("r", {**running, "st": "stopped"})  # stopped: at once
+    assert throttle.due("r", running)
+    throttle.forget()  # a rebalance: another worker may have published meanwhile
+    assert throttle.due("r", running)
+    assert throttle.due("other", running)  # each run on its own

@@ -8,6 +8,7 @@ hrefs, poisonous JSON-LD, 100k links) must flow as pages, readable by the next h
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from crawlstream.deadletters import MAX_KEY_BYTES, RECORD_OVERHEAD, capped_key
 from crawlstream.records import DeadLetter, DedupProbe, LinkRecord, PageEvent
 from streams.dedup import hop_plan
 from streams.fingerprints import band_keys
+from streams.outputs import Pending
 from streams.stats import faust_partition, json_key
 from tests.unit.streams.harness import FETCHED, Harness, page, put, run, run_agents, sample, settings_with
 
@@ -415,3 +417,54 @@ def test_a_window_that_cannot_be_closed_is_a_dead_letter_not_a_crash_at_every_re
     assert letter.original_key() == b"example.org"
     assert json.loads(letter.original_value() or b"") == {"pages": "many"}
     assert [json.loads(value)["pages"] for _, value in h.on("stats")] == [2]
+
+
+def test_sample_buffer_flushes_when_input_pauses_or_interval_passes_and_sums_runs_over_domains() -> None:
+    """Samples wait while more keep coming (up to the flush interval), go out at the first tick
+    that saw none arrive, and a run's samples of one minute are one sum whatever their domains."""
+
+    class Event:
+        def __init__(self, acked: list[int], n: int) -> None:
+            self.acked, self.n = acked, n
+
+        def ack(self) -> None:
+            self.acked.append(self.n)
+
+    async def scenario() -> tuple[Harness, list[int], list[int]]:
+        h = Harness()
+        buffer = h.stats.buffer
+        acked: list[int] = []
+
+        def hold(n: int, domain: str) -> None:
+            pending = Pending("test", Event(acked, n), None).hold()
+            pending.closed = True
+            buffer.hold(good_sample(d=domain, t=FETCHED.timestamp() + n))(pending)
+
+        hold(0, "a.example")
+        hold(1, "b.example")
+        start = buffer.first_at
+        buffer.tick(start + 0.5)  # samples came since the last tick: wait for more
+        hold(2, "a.example")
+        buffer.tick(start + 1.0)
+        assert acked == []
+        assert h.on("by_domain") == []
+        buffer.tick(start + 1.5)  # none came since the last tick: the input paused
+        after_pause = list(acked)
+        for n in range(3, 13):  # a steady stream: flushed once the oldest waited the interval
+            hold(n, "c.example")
+            buffer.tick(buffer.first_at + (n - 2) * 0.5)
+        return h, after_pause, acked
+
+    h, after_pause, acked = asyncio.run(scenario())
+    assert after_pause == [0, 1, 2]
+    assert acked[3:] == list(range(3, 13))
+    interval = h.settings.streams.stats_flush_interval_s
+    by_domain = [json.loads(value) for _, value in h.on("by_domain")]
+    assert [(s["d"], s["pages"]) for s in by_domain[:2]] == [("a.example", 2), ("b.example", 1)]
+    runs = [json.loads(value) for _, value in h.on("by_run")]
+    assert runs[0]["pages"] == 3  # a and b: one sum for the run's minute
+    assert sum(r["pages"] for r in runs) == 13
+    assert interval == 5.0
+    assert len(runs) == 2
+    assert runs[1]["pages"] == 10
+    assert by_domain[2:] == [{**by_domain[2], "d": "c.example", "pages": 10}]
