@@ -254,12 +254,16 @@ def test_prometheus_scrapes_a_crawl_and_evaluates_every_expression(
                 f"count(count_over_time(up{{{jobs}}}[1m]) >= 2) == 5",
                 f"count(up{{{jobs}}} == 1) == 5",
                 "crawler_records_produced_total > 0",
+                # Every stage has handled records of this crawl (on a loaded machine the stream and
+                # sink stages trail the crawler: their labelled counters appear with their first record).
+                "streams_events_total > 0",
+                "sink_records_written_total > 0",
             )
             ok = all(prom.query(check)["data"]["result"] for check in checks)
             return time.time() if ok else None
 
         at = wait_for(
-            every_target_scraped_twice_while_crawling, 120, "two scrapes of every target during the crawl"
+            every_target_scraped_twice_while_crawling, 240, "two scrapes of every target during the crawl"
         )
         assert crawl.poll() is None or crawl.returncode == 0, (logs / "crawler.log").read_text()[-3000:]
         assert crawl.wait(120) == 0, (logs / "crawler.log").read_text()[-3000:]
