@@ -1,0 +1,189 @@
+"""The scheduler's launcher and loop (crawlers/scheduler.py), which test_scheduler.py fakes: the run
+process is started for real, with a stand-in interpreter that records its command line and
+session, so that what the scheduler asks of ``crawlstream.cli jobs run`` and the new session (a
+run outlives a scheduler restart) are checked without crawling anything. Found by `make mutate`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from crawlers import scheduler as scheduler_module
+from crawlers.jobs import JobSpec, parse_jobs
+from crawlers.scheduler import ProcessLauncher, Scheduler, process_token, utc_now
+from crawlstream.errors import ConfigError
+from tests.unit.crawlers.test_scheduler import T0, FakeLauncher
+
+# Writes its arguments and its session id next to itself, then exits.
+FAKE_PYTHON = """#!{python}
+import json, os, sys
+with open(os.path.join(os.path.dirname(sys.argv[0]), "argv.json.tmp"), "w") as out:
+    json.dump({{"argv": sys.argv[1:], "sid": os.getsid(0), "pid": os.getpid()}}, out)
+os.replace(os.path.join(os.path.dirname(sys.argv[0]), "argv.json.tmp"),
+           os.path.join(os.path.dirname(sys.argv[0]), "argv.json"))
+print("run output")
+"""
+
+
+def wait_for(predicate: object, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def job(name: str = "nightly") -> JobSpec:
+    return parse_jobs({"jobs": {name: {"start_urls": ["http://a/"], "schedule": "0 3 * * *"}}})[name]
+
+
+@pytest.fixture
+def fake_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    script = tmp_path / "bin" / "python"
+    script.parent.mkdir()
+    script.write_text(FAKE_PYTHON.format(python=sys.executable))
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(script))
+    return script
+
+
+@pytest.mark.parametrize(("port", "port_arg"), [(9123, "9123"), (None, "-1")])
+def test_a_run_is_launched_as_the_jobs_command_in_its_own_session(
+    tmp_path: Path, fake_python: Path, port: int | None, port_arg: str
+) -> None:
+    logs = tmp_path / "state" / "logs"  # does not exist yet: made with its parents
+    launcher = ProcessLauncher(tmp_path / "jobs.toml", logs)
+
+    pid, token = launcher.launch(job(), "run42", port)
+
+    record = fake_python.parent / "argv.json"
+    wait_for(record.exists)
+    seen = json.loads(record.read_text())
+    assert seen["argv"] == [
+        "-m",
+        "crawlstream.cli",
+        "jobs",
+        "run",
+        "nightly",
+        "--jobs",
+        str(tmp_path / "jobs.toml"),
+        "--run-id",
+        "run42",
+        "--no-progress",
+        "--report",
+        str(logs / "run-run42.json"),
+        "--metrics-port",
+        port_arg,
+    ]
+    assert seen["pid"] == pid
+    assert seen["sid"] == pid  # a session of its own: a scheduler restart does not take it down
+    assert seen["sid"] != os.getsid(0)
+    assert token  # its start time, read while it ran (or "" if it was already gone)
+    wait_for(lambda: not launcher.alive(pid, token))  # our child, reaped once it ends
+    assert pid not in scheduler_module._CHILDREN
+    log_file = logs / "job-nightly-run42.log"
+    assert log_file.read_text() == "run output\n"  # its output goes to the run's log
+
+
+def test_a_launch_reuses_an_existing_log_dir(tmp_path: Path, fake_python: Path) -> None:
+    launcher = ProcessLauncher(tmp_path / "jobs.toml", tmp_path)
+    pid, token = launcher.launch(job(), "a", None)
+    wait_for(lambda: not launcher.alive(pid, token))
+    pid, token = launcher.launch(job(), "b", None)
+    wait_for(lambda: not launcher.alive(pid, token))
+    assert sorted(p.name for p in tmp_path.glob("job-*.log")) == ["job-nightly-a.log", "job-nightly-b.log"]
+
+
+def report(**fields: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "pages_fetched": 3,
+        "responses_total": 4,
+        "non_html": 0,
+        "records_delivered": 3,
+        "delivery_failures": 0,
+        "fetch_errors": 0,
+        "robots_denied": 0,
+        "private_refused": 0,
+        "distinct_canonical_urls": 3,
+        "canonical_urls": ["http://a/"],
+        "duration_s": 1.0,
+        "finish_reason": "finished",
+    }
+    base.update(fields)
+    return base
+
+
+def test_a_runs_outcome_is_read_from_its_report(tmp_path: Path) -> None:
+    launcher = ProcessLauncher(tmp_path / "jobs.toml", tmp_path)
+    assert launcher.outcome("none") is None  # no report: the run was killed
+    (tmp_path / "run-ok.json").write_text(json.dumps(report(added_by_a_newer_version=1)), encoding="utf-8")
+    (tmp_path / "run-bad.json").write_text(json.dumps(report(delivery_failures=2)), encoding="utf-8")
+    (tmp_path / "run-short.json").write_text(json.dumps({"pages_fetched": 1}), encoding="utf-8")
+    (tmp_path / "run-torn.json").write_text('{"pages_fe', encoding="utf-8")
+
+    assert launcher.outcome("ok") == "succeeded"  # unknown fields are ignored
+    assert launcher.outcome("bad") == "failed"
+    assert launcher.outcome("short") == "failed"  # it ended, its outcome is unknown
+    assert launcher.outcome("torn") is None
+
+
+def test_the_lock_is_the_state_dirs_scheduler_lock(tmp_path: Path) -> None:
+    first = Scheduler({}, tmp_path, FakeLauncher())
+    first.acquire_lock()
+    assert (tmp_path / "scheduler" / "lock").exists()
+
+    with pytest.raises(ConfigError) as caught:
+        Scheduler({}, tmp_path, FakeLauncher()).acquire_lock()
+    assert str(tmp_path / "scheduler" / "lock") in str(caught.value)
+
+
+def test_utc_now_is_aware_utc() -> None:
+    now = utc_now()
+    assert now.tzinfo is not None
+    assert now.utcoffset() == timedelta(0)
+    assert abs(now - datetime.now(UTC)) < timedelta(minutes=1)
+
+
+class OneTick(threading.Event):
+    """Stops the loop at its first wait, recording how long it would have waited."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        self.set()
+        return True
+
+
+def test_run_forever_takes_the_lock_ticks_and_waits_the_poll_interval(tmp_path: Path) -> None:
+    launcher = FakeLauncher()
+    jobs = parse_jobs({"jobs": {"minutely": {"start_urls": ["http://a/"], "schedule": "* * * * *"}}})
+    scheduler = Scheduler(jobs, tmp_path, launcher, clock=launcher.clock)
+    stop = OneTick()
+
+    scheduler.run_forever(stop, poll_s=0.25)
+
+    assert stop.waits == [0.25]
+    assert scheduler.state["minutely"].last_due == T0.isoformat()  # it ticked: the job was seen
+    assert REGISTRY.get_sample_value("scheduler_jobs") == 1
+    with pytest.raises(ConfigError):
+        Scheduler({}, tmp_path, FakeLauncher()).acquire_lock()  # and holds the lock
+
+
+def test_process_token_of_a_zombie_is_none() -> None:
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    wait_for(lambda: Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z")
+    assert process_token(child.pid) is None  # finished, not yet reaped: not alive
+    child.wait()
