@@ -16,7 +16,7 @@ import psycopg2
 import psycopg2.extras
 import pytest
 
-from sinks.base import SinkBatch, SinkRecord, SinkUnavailable
+from sinks.base import Rejection, SinkBatch, SinkRecord, SinkUnavailable, StatementFailed
 from sinks.postgres import STORE_OFFSETS, Cursor, PostgresSink
 from tests.unit.sinks.test_postgres import TOPIC, FakeConnection, FakeStoreSink, batch
 from tests.unit.sinks.test_sqlstate import pg_error
@@ -319,3 +319,15 @@ def test_store_offsets_uses_execute_values_with_one_page(monkeypatch: pytest.Mon
     assert call["sql"] == STORE_OFFSETS
     assert call["page_size"] == 150  # one statement, whatever the partition count
     assert len(call["rows"]) == 150
+
+
+def test_a_statement_failure_says_how_many_records_failed_and_why() -> None:
+    record = SinkRecord("a", TOPIC, 0, 0)
+    rejected = [
+        Rejection(record, "sqlstate_42703", 'column "url_hash" does not exist', None, "42703"),
+        Rejection(record, "sqlstate_42703", 'column "url_hash" does not exist', None, "42703"),
+    ]
+    assert (
+        str(StatementFailed(rejected))
+        == '2 record(s) failed alike: sqlstate_42703: column "url_hash" does not exist'
+    )
