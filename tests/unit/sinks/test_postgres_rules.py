@@ -16,9 +16,10 @@ import psycopg2
 import psycopg2.extras
 import pytest
 
+from crawlstream.settings import Settings
 from sinks.base import Rejection, SinkBatch, SinkRecord, SinkUnavailable, StatementFailed
-from sinks.postgres import STORE_OFFSETS, Cursor, PostgresSink
-from tests.unit.sinks.test_postgres import TOPIC, FakeConnection, FakeStoreSink, batch
+from sinks.postgres import SELECT_OFFSETS, STORE_OFFSETS, Cursor, PostgresSink, Prepared
+from tests.unit.sinks.test_postgres import TOPIC, FakeConnection, FakeCursor, FakeStoreSink, batch
 from tests.unit.sinks.test_sqlstate import pg_error
 
 
@@ -69,11 +70,12 @@ def fake_store_sink() -> FakeStoreSink:
     return FakeStoreSink()
 
 
+Connect = tuple[tuple[Any, ...], dict[str, Any], ConnectingConnection]
+
+
 @pytest.fixture
-def connects(
-    monkeypatch: pytest.MonkeyPatch,
-) -> list[tuple[tuple[Any, ...], dict[str, Any], ConnectingConnection]]:
-    made: list[tuple[tuple[Any, ...], dict[str, Any], ConnectingConnection]] = []
+def connects(monkeypatch: pytest.MonkeyPatch) -> list[Connect]:
+    made: list[Connect] = []
 
     def connect(*args: Any, **kwargs: Any) -> ConnectingConnection:
         conn = ConnectingConnection()
@@ -235,7 +237,8 @@ def test_a_failed_offsets_statement_rolls_back_and_leaves_nothing_to_commit_late
     with pytest.raises(SinkUnavailable) as caught:
         sink.write(batch("a"))
     assert caught.value.statement
-    assert "sqlstate_42P01" in str(caught.value)
+    # What failed, why and the server's words: the worker logs this on every retry.
+    assert str(caught.value).startswith("cannot write a batch record by record: sqlstate_42P01")
     assert "sink_offsets" in str(caught.value)
     assert sink.fake.pending == []  # both attempts rolled back
 
@@ -331,3 +334,86 @@ def test_a_statement_failure_says_how_many_records_failed_and_why() -> None:
         str(StatementFailed(rejected))
         == '2 record(s) failed alike: sqlstate_42703: column "url_hash" does not exist'
     )
+
+
+def test_a_sink_from_settings_connects_to_the_settings_database(connects: list[Connect]) -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    PostgresSink[str].from_settings(settings).open()
+    ((args, _kwargs, _conn),) = connects
+    assert args == (settings.postgres.dsn(),)
+
+
+class FailingEncode(FakeStoreSink):
+    def encode(self, records: Sequence[SinkRecord[str]]) -> Any:
+        raise ValueError("a record the encoder cannot take")
+
+
+def test_prepare_keeps_the_work_for_exactly_the_batchs_records_or_nothing() -> None:
+    sink = PreparingSink()
+    todo = batch("a", "b")
+    prepared = sink.prepare(todo)
+    assert isinstance(prepared.prepared, Prepared)
+    assert prepared.prepared.records is todo.records
+    assert prepared.prepared.work == "a|b"
+    assert (prepared.group, prepared.records, prepared.next_offsets) == (
+        todo.group,
+        todo.records,
+        todo.next_offsets,
+    )
+    assert FailingEncode().prepare(todo) is todo  # the write encodes again and isolates the record
+
+
+class OffsetsConnection(FakeConnection):
+    """Answers SELECT_OFFSETS from ``stored`` ((group, topic) -> {partition: offset})."""
+
+    def __init__(self, stored: dict[tuple[str, str], dict[int, int]], error: Exception | None = None) -> None:
+        super().__init__()
+        self.stored, self.error, self.asked = stored, error, []  # type: ignore[var-annotated]
+
+    def cursor(self) -> Any:
+        conn = self
+
+        class Cursor(FakeCursor):
+            def execute(self, sql: str, values: Sequence[str] = ()) -> None:
+                assert sql == SELECT_OFFSETS
+                conn.asked.append(tuple(values))
+                if conn.error is not None:
+                    self._raise(conn.error)
+                self.rows = [(str(p), str(o)) for p, o in conn.stored.get(tuple(values), {}).items()]  # type: ignore[arg-type]
+
+            def fetchall(self) -> list[tuple[str, str]]:
+                return self.rows
+
+        return Cursor(self)
+
+
+class OffsetsSink(PostgresSink[str]):
+    def __init__(self, conn: OffsetsConnection) -> None:
+        super().__init__("host=/nonexistent")
+        self.conn = conn
+
+    def _connection(self) -> Any:
+        return self.conn
+
+
+def test_stored_offsets_are_read_per_group_and_topic_as_integers() -> None:
+    conn = OffsetsConnection({("g", "t.a"): {0: 7, 2: 11}, ("h", "t.a"): {0: 99}})
+    sink = OffsetsSink(conn)
+
+    assert sink.stored_offsets("g", "t.a") == {0: 7, 2: 11}
+    assert sink.stored_offsets("g", "t.b") == {}
+    assert conn.asked == [("g", "t.a"), ("g", "t.b")]
+    assert conn.commits == 2  # each read ends its transaction: no lock or snapshot is held
+
+
+def test_stored_offsets_that_cannot_be_read_are_unavailable_loudly_or_not() -> None:
+    outage = OffsetsSink(OffsetsConnection({}, pg_error("57P01", "terminating connection")))
+    with pytest.raises(SinkUnavailable) as caught:
+        outage.stored_offsets("g", "t.a")
+    assert (caught.value.statement, caught.value.sqlstate) == (False, "57P01")
+
+    ours = OffsetsSink(OffsetsConnection({}, pg_error("42P01", 'relation "sink_offsets" does not exist')))
+    with pytest.raises(SinkUnavailable) as caught:
+        ours.stored_offsets("g", "t.a")
+    assert (caught.value.statement, caught.value.sqlstate) == (True, "42P01")
+    assert "read the stored offsets" in str(caught.value)
