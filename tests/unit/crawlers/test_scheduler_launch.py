@@ -187,3 +187,69 @@ def test_process_token_of_a_zombie_is_none() -> None:
     wait_for(lambda: Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z")
     assert process_token(child.pid) is None  # finished, not yet reaped: not alive
     child.wait()
+
+
+WAITING_PYTHON = """#!{python}
+import os, sys, time
+release = os.path.join(os.path.dirname(sys.argv[0]), "release")
+while not os.path.exists(release):
+    time.sleep(0.01)
+"""
+
+
+def test_a_launched_run_is_alive_until_it_ends_then_reaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = tmp_path / "bin" / "python"
+    script.parent.mkdir()
+    script.write_text(WAITING_PYTHON.format(python=sys.executable))
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(script))
+    launcher = ProcessLauncher(tmp_path / "jobs.toml", tmp_path / "logs")
+
+    pid, token = launcher.launch(job(), "r1", None)
+
+    assert launcher.alive(pid, token)
+    assert launcher.alive(pid, token)  # asking again does not reap a live run
+    assert not launcher.alive(pid, token + "0")  # another start time: not this run
+    (script.parent / "release").touch()
+    wait_for(lambda: not launcher.alive(pid, token))
+    assert pid not in scheduler_module._CHILDREN
+    assert not launcher.alive(pid, token)
+
+
+def ticks_since_boot() -> float:
+    return float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK")
+
+
+def test_a_process_token_is_its_start_time_whatever_its_name() -> None:
+    import subprocess
+
+    before = ticks_since_boot()
+    # A command name with ")" and " Z " in it: /proc/<pid>/stat puts it in parentheses.
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; open('/proc/self/comm', 'w').write('x) Z (y'); sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: Path(f"/proc/{child.pid}/comm").read_text().strip() == "x) Z (y")
+        token = process_token(child.pid)
+        after = ticks_since_boot()
+        assert token is not None  # alive, not taken for a zombie
+        assert before - 1 <= int(token) <= after + 1  # started between the two readings
+        assert process_token(child.pid) == token
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait()
+
+
+@pytest.mark.parametrize("host", ["127.0.10.3", "::1"])
+def test_a_free_port_is_one_the_kernel_picked_on_that_host(host: str) -> None:
+    import socket
+
+    port = scheduler_module.free_port(host)
+    low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    assert low <= port <= high
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as again:
+        again.bind((host, port))  # free on that host
