@@ -209,3 +209,19 @@ def test_autothrottle_skips_a_slot_the_downloader_no_longer_has() -> None:
     throttle._response_downloaded(HtmlResponse("http://h/", body=b"", request=request), request, None)  # type: ignore[arg-type]
 
     assert crawler.engine.downloader.slots == {}  # nothing to adjust, nothing raised
+
+
+def test_a_crawl_delay_learned_during_a_pause_holds_after_it(clock: Clock) -> None:
+    crawler, downloader = crawler_with()  # the host's own delay 0.5 s with jitter
+    retry_after = RetryAfterMiddleware(crawler)
+    retry_after.process_response(*answer("http://a.example/", 503, "9"))
+    slot = downloader.slots["a.example"]
+    CrawlDelayRobotsTxtMiddleware(crawler).process_request_2(
+        robots(crawler, "User-agent: *\nCrawl-delay: 2\n"), Request("http://a.example/x")
+    )
+    assert slot.delay == 9.0  # still paused
+
+    clock.now += 9.0
+    clock.scheduled[0].run()
+
+    assert (slot.delay, slot.jitter) == (2.0, 0.0)  # the Crawl-delay, not the delay before the pause
