@@ -225,3 +225,10 @@ def test_a_crawl_delay_learned_during_a_pause_holds_after_it(clock: Clock) -> No
     clock.scheduled[0].run()
 
     assert (slot.delay, slot.jitter) == (2.0, 0.0)  # the Crawl-delay, not the delay before the pause
+
+
+def test_scrapy_builds_the_retry_after_middleware_for_its_crawler() -> None:
+    crawler, _downloader = crawler_with(CRAWLSTREAM_MAX_RETRY_AFTER_S=7)
+    middleware = RetryAfterMiddleware.from_crawler(crawler)
+    assert middleware.crawler is crawler
+    assert middleware.max_wait_s == 7.0
