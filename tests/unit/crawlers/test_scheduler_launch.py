@@ -253,3 +253,74 @@ def test_a_free_port_is_one_the_kernel_picked_on_that_host(host: str) -> None:
     assert low <= port <= high
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as again:
         again.bind((host, port))  # free on that host
+
+
+def two_jobs() -> dict[str, JobSpec]:
+    return parse_jobs(
+        {
+            "jobs": {
+                "first": {"start_urls": ["http://a/"], "schedule": "* * * * *"},
+                "second": {"start_urls": ["http://b/"], "schedule": "* * * * *"},
+            }
+        }
+    )
+
+
+def test_one_jobs_state_never_holds_back_another(tmp_path: Path) -> None:
+    launcher = FakeLauncher()
+    scheduler = Scheduler(two_jobs(), tmp_path, launcher, clock=launcher.clock)
+    scheduler.tick()
+    assert sorted(scheduler.state) == ["first", "second"]  # both seen at the first tick
+    launcher.clock.now = T0 + timedelta(minutes=1)
+    assert len(scheduler.tick()) == 2
+    launcher.running.discard(scheduler.state["second"].pid or 0)  # only the second run ended
+    launcher.clock.now += timedelta(minutes=1)
+    (started,) = scheduler.tick()  # the first is still running (skipped); the second starts again
+    assert started == scheduler.state["second"].run_id
+
+
+def test_a_due_time_is_started_at_that_very_instant_with_the_run_id_it_saved(tmp_path: Path) -> None:
+    launcher = FakeLauncher()
+    scheduler = Scheduler(two_jobs(), tmp_path, launcher, clock=launcher.clock)
+    scheduler.tick()
+    launcher.clock.now = datetime(2026, 11, 25, 10, 31, 0, tzinfo=UTC)  # exactly the due time
+    started = scheduler.tick()
+    assert len(started) == 2
+    assert [run_id for _name, run_id, _at in launcher.launched] == started
+    saved = json.loads((tmp_path / "scheduler" / "state.json").read_text())
+    assert [saved[name]["run_id"] for name in ("first", "second")] == started
+
+
+def test_a_lost_run_is_reported_with_its_job(tmp_path: Path) -> None:
+    launcher = FakeLauncher()
+    launcher.killed = set()
+    lost: list[tuple[str, str | None]] = []
+    scheduler = Scheduler(
+        two_jobs(),
+        tmp_path,
+        launcher,
+        clock=launcher.clock,
+        on_lost=lambda job, st: lost.append((job.name, st.run_id)),
+    )
+    scheduler.tick()
+    launcher.clock.now = T0 + timedelta(minutes=1)
+    scheduler.tick()
+    first = scheduler.state["first"]
+    launcher.running.discard(first.pid or 0)
+    launcher.killed.add(first.run_id or "")
+    launcher.clock.now += timedelta(seconds=5)
+    scheduler.tick()
+    assert lost == [("first", first.run_id)]
+
+
+def test_two_due_times_missed_count_one_missed_run(tmp_path: Path) -> None:
+    def missed() -> float:
+        return REGISTRY.get_sample_value("scheduler_runs_missed_total", {"crawl_job": "first"}) or 0.0
+
+    launcher = FakeLauncher()
+    scheduler = Scheduler(two_jobs(), tmp_path, launcher, clock=launcher.clock)
+    scheduler.tick()
+    before = missed()
+    launcher.clock.now = T0 + timedelta(minutes=2)  # 10:31 and 10:32 passed: one run, one missed
+    assert len(scheduler.tick()) == 2
+    assert missed() - before == 1
