@@ -232,3 +232,31 @@ def test_scrapy_builds_the_retry_after_middleware_for_its_crawler() -> None:
     middleware = RetryAfterMiddleware.from_crawler(crawler)
     assert middleware.crawler is crawler
     assert middleware.max_wait_s == 7.0
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_a_robots_txt_server_error_is_stored_without_its_body_at_any_5xx(status: int) -> None:
+    crawler, _downloader = crawler_with()
+    states = shared(crawler, FakeHostStates())
+    middleware = CrawlDelayRobotsTxtMiddleware(crawler)
+    middleware._parsers["a.example"] = Deferred()
+    response = TextResponse("http://a.example/robots.txt", status=status, body=b"oops")
+
+    asyncio.run(middleware._parse_robots(response, "a.example", Request("http://a.example/")))
+
+    ((_host, changes),) = states.updates
+    assert (changes["robots_status"], changes["robots_body"]) == (status, "")
+
+
+def test_a_robots_txt_in_broken_utf8_is_stored_with_replacements() -> None:
+    crawler, _downloader = crawler_with()
+    states = shared(crawler, FakeHostStates())
+    middleware = CrawlDelayRobotsTxtMiddleware(crawler)
+    middleware._parsers["a.example"] = Deferred()
+    body = b"User-agent: *\nDisallow: /caf\xe9\n"  # Latin-1, not UTF-8
+    response = TextResponse("http://a.example/robots.txt", status=200, body=body)
+
+    asyncio.run(middleware._parse_robots(response, "a.example", Request("http://a.example/")))
+
+    ((_host, changes),) = states.updates
+    assert changes["robots_body"] == "User-agent: *\nDisallow: /caf\ufffd\n"

@@ -30,7 +30,8 @@ with open(os.path.join(os.path.dirname(sys.argv[0]), "argv.json.tmp"), "w") as o
     json.dump({{"argv": sys.argv[1:], "sid": os.getsid(0), "pid": os.getpid()}}, out)
 os.replace(os.path.join(os.path.dirname(sys.argv[0]), "argv.json.tmp"),
            os.path.join(os.path.dirname(sys.argv[0]), "argv.json"))
-print("run output")
+print("run output", flush=True)
+print("run errors", file=sys.stderr, flush=True)
 """
 
 
@@ -90,7 +91,7 @@ def test_a_run_is_launched_as_the_jobs_command_in_its_own_session(
     wait_for(lambda: not launcher.alive(pid, token))  # our child, reaped once it ends
     assert pid not in scheduler_module._CHILDREN
     log_file = logs / "job-nightly-run42.log"
-    assert log_file.read_text() == "run output\n"  # its output goes to the run's log
+    assert log_file.read_text() == "run output\nrun errors\n"  # its output and errors: the run's log
 
 
 def test_a_launch_reuses_an_existing_log_dir(tmp_path: Path, fake_python: Path) -> None:
@@ -324,3 +325,28 @@ def test_two_due_times_missed_count_one_missed_run(tmp_path: Path) -> None:
     launcher.clock.now = T0 + timedelta(minutes=2)  # 10:31 and 10:32 passed: one run, one missed
     assert len(scheduler.tick()) == 2
     assert missed() - before == 1
+
+
+def test_an_ended_run_is_seen_ended_at_the_first_check(tmp_path: Path, fake_python: Path) -> None:
+    launcher = ProcessLauncher(tmp_path / "jobs.toml", tmp_path)
+    pid, token = launcher.launch(job(), "z", None)
+    wait_for(lambda: Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z")
+    assert not launcher.alive(pid, token)  # ended: not alive, and reaped
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_a_job_not_due_does_not_hold_back_one_that_is(tmp_path: Path) -> None:
+    jobs = parse_jobs(
+        {
+            "jobs": {
+                "nightly": {"start_urls": ["http://a/"], "schedule": "0 3 * * *"},
+                "minutely": {"start_urls": ["http://b/"], "schedule": "* * * * *"},
+            }
+        }
+    )
+    launcher = FakeLauncher()
+    scheduler = Scheduler(jobs, tmp_path, launcher, clock=launcher.clock)
+    scheduler.tick()
+    launcher.clock.now = T0 + timedelta(minutes=1)
+    (started,) = scheduler.tick()
+    assert started == scheduler.state["minutely"].run_id
