@@ -27,6 +27,20 @@ from tests.unit.streams.test_agent import DEAD, SETTINGS, SIZE, UNIQUE, FakeEven
 from tests.unit.streams.test_outputs import LateProducer, stage_outputs
 
 
+class KeyedLateProducer(LateProducer):
+    """LateProducer that also keeps each record's key and value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[tuple[str, bytes | None, bytes | None]] = []
+
+    def produce(
+        self, topic: str, *, value: bytes | None, key: bytes | None, on_delivery: Any, **kw: Any
+    ) -> None:
+        self.records.append((topic, key, value))
+        super().produce(topic, value=value, key=key, on_delivery=on_delivery, **kw)
+
+
 def table_of(app: Any, out: outputs.Outputs, name: str = "unit_table") -> Any:
     table = outputs.delivered_table(app, out, name, default=None)
     app.finalize()
@@ -35,7 +49,9 @@ def table_of(app: Any, out: outputs.Outputs, name: str = "unit_table") -> Any:
 
 def test_a_table_entry_written_for_an_event_is_a_changelog_record_the_event_waits_for() -> None:
     async def main() -> None:
-        app, out, producer = stage_outputs()
+        app, out, _late = stage_outputs()
+        producer = KeyedLateProducer()
+        out._producer = producer  # type: ignore[assignment]
         table = table_of(app, out)
         event = FakeEvent()
         event.message.partition = 2
@@ -48,6 +64,9 @@ def test_a_table_entry_written_for_an_event_is_a_changelog_record_the_event_wait
         ((_callback, msg),) = producer.waiting
         assert msg.topic() == table.changelog_topic.get_topic_name()
         assert msg.partition() == 2  # the event's partition, as faust's changelog
+        # What a restore replays: the entry as faust encodes it (JSON key and value).
+        ((topic, key, value),) = producer.records
+        assert (topic, key, value) == (msg.topic(), b'"k"', b'{"a":1}')
         assert table.data["k"] == {"a": 1}  # stored at once
         assert event.acks == 0
         producer.deliver()
