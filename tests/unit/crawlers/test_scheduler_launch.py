@@ -209,11 +209,12 @@ def test_a_launched_run_is_alive_until_it_ends_then_reaped(
     launcher = ProcessLauncher(tmp_path / "jobs.toml", tmp_path / "logs")
 
     pid, token = launcher.launch(job(), "r1", None)
-
-    assert launcher.alive(pid, token)
-    assert launcher.alive(pid, token)  # asking again does not reap a live run
-    assert not launcher.alive(pid, token + "0")  # another start time: not this run
-    (script.parent / "release").touch()
+    try:
+        assert launcher.alive(pid, token)
+        assert launcher.alive(pid, token)  # asking again does not reap a live run
+        assert not launcher.alive(pid, token + "0")  # another start time: not this run
+    finally:
+        (script.parent / "release").touch()  # the run ends, whatever was asserted
     wait_for(lambda: not launcher.alive(pid, token))
     assert pid not in scheduler_module._CHILDREN
     assert not launcher.alive(pid, token)
