@@ -59,8 +59,10 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
-# Most specific first: 169.254.0.0/16 and 0.0.0.0/8 are also "private" to ipaddress.
-_KINDS = ("loopback", "link_local", "multicast", "unspecified", "reserved", "private")
+# Most specific first: 169.254.0.0/16 and 0.0.0.0/8 are also "private" to ipaddress. IPv6
+# site-local fec0::/10 (deprecated by RFC 3879, still routed inside some networks) is "global" to
+# Python 3.11's ipaddress, so it is named here.
+_KINDS = ("loopback", "link_local", "site_local", "multicast", "unspecified", "reserved", "private")
 # Every value forbidden_reason can return: a bounded set, fit for a metric label.
 ADDRESS_REASONS = frozenset(
     {"invalid", "shared", "special", "not_global", *_KINDS}
@@ -70,7 +72,7 @@ ADDRESS_REASONS = frozenset(
 
 def _kind(ip: IPAddress) -> str:
     for name in _KINDS:
-        if getattr(ip, f"is_{name}"):
+        if getattr(ip, f"is_{name}", False):  # IPv4 addresses have no is_site_local
             return name
     if isinstance(ip, ipaddress.IPv4Address) and ip in ipaddress.ip_network("100.64.0.0/10"):
         return "shared"
@@ -80,7 +82,7 @@ def _kind(ip: IPAddress) -> str:
 
 
 def _public(ip: IPAddress) -> bool:
-    if ip.is_multicast or not ip.is_global:
+    if ip.is_multicast or not ip.is_global or getattr(ip, "is_site_local", False):
         return False
     return not (isinstance(ip, ipaddress.IPv4Address) and any(ip in net for net in _SPECIAL))
 

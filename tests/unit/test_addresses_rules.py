@@ -90,3 +90,14 @@ def test_a_refusal_names_its_reason_host_port_and_address() -> None:
     assert refused.reason == "private"
     assert refused.detail == "intranet.example:8080 is 10.1.2.3 (private)"
     assert str(refused) == f"private: {refused.detail}"
+
+
+@pytest.mark.parametrize("address", ["fec0::1", "feff:ffff::1", "[fec0::a%eth0]"])
+def test_deprecated_ipv6_site_local_addresses_are_forbidden(address: str) -> None:
+    # Python 3.11's ipaddress calls fec0::/10 global; it is a private range all the same.
+    assert forbidden_reason(address) == "site_local"
+
+
+def test_an_ipv4_address_has_no_site_local_kind() -> None:
+    assert forbidden_reason("10.0.0.1") == "private"
+    assert forbidden_reason("8.8.8.8") is None
