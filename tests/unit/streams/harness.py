@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 from unittest.mock import AsyncMock, MagicMock
 
+import faust
 from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import REGISTRY
 
@@ -108,6 +109,27 @@ class FakeProducer:
         return 0
 
 
+_APPS: list[faust.App] = []
+
+
+def tracked(app: faust.App) -> faust.App:
+    """``app``, closed by :func:`close_apps` after the test (tests/unit/streams/conftest.py)."""
+    _APPS.append(app)
+    return app
+
+
+def close_apps() -> None:
+    """Close the event loop of each tracked app's consumer thread. An agent iterated through
+    ``test_context`` builds the app's consumer, whose consumer thread (a mode ``ServiceThread``)
+    creates its own event loop at once; only the thread's stop closes it, and in a test the thread
+    never starts, so the loop would be left for the garbage collector (a ResourceWarning)."""
+    while _APPS:
+        consumer = _APPS.pop()._consumer  # None unless something built it
+        thread = getattr(consumer, "_thread", None)
+        if thread is not None and not thread.thread_loop.is_closed():
+            thread.thread_loop.close()
+
+
 class Harness:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings = settings or Settings(
@@ -115,7 +137,7 @@ class Harness:
             kafka=KafkaSettings(topic_prefix="unit", partitions=3),
             streams=StreamsSettings(app_id="unit-streams", store="memory://"),
         )
-        self.app = new_app(settings)
+        self.app = tracked(new_app(settings))
         self.topics = declare_topics(self.app, settings)
         self.changes = changes.register(self.app, settings, self.topics, RecrawlPolicy())
         self.content = content.register(self.app, settings, self.topics)
