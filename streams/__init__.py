@@ -1,7 +1,14 @@
 """The stream stage: one faust app (:mod:`streams.app`) and one module per agent.
 
-Agents: :mod:`streams.changes` (``pages.raw``), :mod:`streams.content` and :mod:`streams.near`
-(the repartition hops to ``pages.unique``), :mod:`streams.frontier` (``links`` -> ``requests``),
-:mod:`streams.stats` (``pages.unique`` + ``pages.touches`` -> ``stats``); each runs inside the
-per-record boundary of :mod:`streams.agent`. Run a worker with ``python -m streams worker -l info``.
+Agents (topics without their ``<prefix>.``): :mod:`streams.changes` (``pages.raw`` -> new and
+changed pages to ``streams.pages-by-content``, unchanged ones to ``pages.touches``),
+:mod:`streams.content` and :mod:`streams.near` (the repartition hops, by content hash and by LSH
+band, to ``pages.unique``), :mod:`streams.frontier` (``links`` -> ``requests`` for links without
+a scope, ``frontier.ledger`` for a frontier job's), :mod:`streams.ledger` (``frontier.ledger`` ->
+``requests`` within the run's budgets, ``frontier.progress``), :mod:`streams.stats`
+(``pages.unique`` + ``pages.touches`` -> per-domain windows on ``stats``, per-run progress).
+Each runs inside the per-record boundary of :mod:`streams.agent` (decoding through
+:func:`crawlstream.records.decode_record`, dead letters, acks, metrics) and produces through
+:mod:`streams.outputs`; the faust internals the stage relies on are in :mod:`streams.faustcompat`.
+Run a worker with ``python -m streams worker -l info`` (or ``faust -A streams.app worker -l info``).
 """

@@ -32,10 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
-from pydantic import ValidationError
 
 from crawlstream.errors import RecordError
-from crawlstream.records import PageTouch
+from crawlstream.records import PageTouch, decode_record
 from crawlstream.settings import Settings
 from streams import aggregate, metrics
 from streams.agent import Boundary, is_infrastructure
@@ -106,12 +105,7 @@ def decode_sample(
     """The aggregation sample of a unique-topic PageEvent or a PageTouch; RecordError if bad."""
     if topic != touches_topic:
         return aggregate.sample_of_event(decode_event(raw, max_url_length))
-    if raw is None:
-        raise RecordError("null_value", "message has no value")
-    try:
-        touch = PageTouch.model_validate_json(raw)
-    except ValidationError as exc:
-        raise RecordError("invalid_touch", str(exc.errors()[0]["msg"])[:500]) from None
+    touch = decode_record(PageTouch, raw, reason="invalid_touch")
     check_touch(touch, max_url_length)
     return aggregate.sample_of_touch(touch)
 

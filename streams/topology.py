@@ -11,10 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-from pydantic import ValidationError
 
-from crawlstream.errors import RecordError
-from crawlstream.records import PageEvent
+from crawlstream.records import PageEvent, decode_record
 from crawlstream.settings import Settings
 from crawlstream.topics import TopicSpec, catalog
 from streams.checks import check_page
@@ -62,11 +60,6 @@ def declare_topics(app: faust.App, settings: Settings) -> StageTopics:
 def decode_event(raw: bytes | None, max_url_length: int) -> PageEvent:
     """A PageEvent of the stage's repartition topics or of ``pages.unique``, its page checked
     (:func:`streams.checks.check_page`), or RecordError with a short reason."""
-    if raw is None:
-        raise RecordError("null_value", "message has no value")
-    try:
-        event = PageEvent.model_validate_json(raw)
-    except ValidationError as exc:
-        raise RecordError("invalid_event", str(exc.errors()[0]["msg"])[:500]) from None
+    event = decode_record(PageEvent, raw, reason="invalid_event")
     check_page(event.page, max_url_length)
     return event

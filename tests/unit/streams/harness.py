@@ -131,7 +131,10 @@ def close_apps() -> None:
 
 
 class Harness:
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, extra: Callable[[Any, Settings, Any], Any] | None = None
+    ) -> None:
+        """``extra(app, settings, topics)``: one more agent to register (kept as ``.extra``)."""
         self.settings = settings = settings or Settings(
             _env_file=None,
             kafka=KafkaSettings(topic_prefix="unit", partitions=3),
@@ -145,6 +148,7 @@ class Harness:
         self.frontier = frontier.register(self.app, settings, self.topics, self.changes.urls)
         self.ledger = ledger.register(self.app, settings, self.topics)
         self.stats = stats.register(self.app, settings, self.topics)
+        self.extra = None if extra is None else extra(self.app, settings, self.topics)
         self.app.finalize()
         self.sent: list[tuple[str, bytes, bytes]] = []
         names = {getattr(self.topics, n).get_topic_name(): n for n in self.topics.__dataclass_fields__}
