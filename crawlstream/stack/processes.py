@@ -10,12 +10,14 @@ line, so a pid reused by an unrelated process is never signalled; stale pidfiles
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +30,15 @@ POLL_INTERVAL_S = 0.2
 # warn that it was forgotten (ResourceWarning), and the handle is what reaps it without racing
 # Popen's own bookkeeping.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@atexit.register
+def _leave_children_running() -> None:
+    """The services this process started outlive it on purpose (``stack up`` returns, they run
+    on): their handles go without the warning meant for a child forgotten by mistake."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        _CHILDREN.clear()
 
 
 def tail(path: Path, lines: int = 20) -> str:
