@@ -27,6 +27,7 @@ def generate(template: str, target: Path, source: str) -> Path:
     title = "".join(part.capitalize() for part in source.split("_"))
     text = text.replace("__Source__", title).replace("__source__", source)
     text = text.replace("__Agent__", title).replace("__agent__", source)
+    text = text.replace("__Technology__", title).replace("__technology__", source)
     target.write_text(text)
     return target
 
@@ -125,3 +126,78 @@ def test_the_agent_template_runs_through_the_boundary_keeps_its_table_and_dead_l
     letters = [DeadLetter.model_validate_json(value) for _, value in h.on("dead_letter")]
     assert [(d.stage, d.reason, d.source_offset) for d in letters] == [("streams", "invalid_event", 3)]
     assert h.crashes == []
+
+
+def load(module_path: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, module_path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_sink_template_honours_the_sink_contract_through_the_sink_worker(
+    scratch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from crawlstream.records import DeadLetter
+    from sinks.base import SinkBatch, SinkRecord
+    from sinks.families import FAMILIES
+    from sinks.metrics import SinkMetrics
+    from sinks.worker import SinkWorker
+    from tests.unit.sinks.conftest import GROUP, UNIQUE, Rig, page
+
+    module_path = generate("sink.py", scratch / "jsonfile.py", "jsonfile")
+    lint(module_path)
+    module = load(module_path, "scratch_jsonfile", monkeypatch)
+    store = tmp_path / "store"
+    store.mkdir()
+
+    def worker_over(rig: Rig, sink: Any) -> SinkWorker:
+        return SinkWorker(
+            rig.settings,
+            FAMILIES["pages"],
+            sink,
+            rig.consumer,
+            rig.producer,
+            SinkMetrics(CollectorRegistry()),  # the rig's own worker holds its registry
+            clock=rig.clock,
+        )
+
+    rig = Rig(batch_size=2)
+    urls = [f"https://a.test/{i}" for i in range(3)]
+    for url in urls:
+        rig.consumer.append(0, page(url).to_bytes(), key=url.encode())
+    rig.consumer.append(0, b"{not json", key=b"https://a.test/bad")
+    worker_over(rig, module.JsonfileSink(store)).run(max_idle_s=5)
+
+    reopened = module.JsonfileSink(store)  # what a restarted worker finds
+    reopened.open()
+    assert sorted(reopened.pages) == urls
+    assert reopened.stored_offsets(GROUP, UNIQUE) == {0: 4}  # past the record it dead-lettered
+    letters = [
+        DeadLetter.model_validate_json(v or b"") for t, v, _k in rig.producer.delivered if t == "t.deadletter"
+    ]
+    assert [(d.reason, d.source_offset) for d in letters] == [("invalid_json", 3)]  # not lost either
+    # A replay of stored records (a crash before Kafka's commit) stores nothing twice, and a record
+    # whose content changed is stored once.
+    again = SinkBatch(GROUP, [SinkRecord(_event(urls[0]), UNIQUE, 0, 0)])
+    assert reopened.write(again) == 0
+    changed = SinkBatch(GROUP, [SinkRecord(_event(urls[0], title="New"), UNIQUE, 0, 4)], {(UNIQUE, 0): 5})
+    assert (
+        reopened.write(SinkBatch(GROUP, [SinkRecord(_event(urls[1], title="Old"), UNIQUE, 0, 2)])) == 0
+    )  # fenced
+    assert reopened.write(changed) == 1
+    assert reopened.stored_offsets(GROUP, UNIQUE) == {0: 5}
+
+
+def _event(url: str, **fields: Any) -> Any:
+    from crawlstream.records import PageEvent
+    from tests.unit.sinks.conftest import page
+
+    return PageEvent(change="new", page=page(url, **fields))
