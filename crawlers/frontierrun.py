@@ -56,6 +56,7 @@ from crawlstream.records import (
     RunEvent,
     RunProgress,
     Scope,
+    decode_record,
     utcnow,
 )
 from crawlstream.settings import Settings
@@ -183,7 +184,7 @@ class ProgressReader:
         for message in batch:
             value = message.value()
             if message.error() is None and message.key() == self.run_id and value:
-                self.latest = RunProgress.model_validate_json(value)
+                self.latest = decode_record(RunProgress, value)
 
     def close(self) -> None:
         self.consumer.close()

@@ -22,11 +22,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
-from pydantic import ValidationError
 from scrapy.crawler import Crawler
 
+from crawlstream.errors import RecordError
 from crawlstream.kafka import consumer_config, producer_config
-from crawlstream.records import HostState
+from crawlstream.records import HostState, decode_record
 from crawlstream.settings import Settings
 from crawlstream.topics import catalog
 
@@ -111,8 +111,8 @@ class HostStates:
         if message.error() is not None or message.value() is None:
             return
         try:
-            state = HostState.model_validate_json(message.value())
-        except ValidationError:
+            state = decode_record(HostState, message.value())
+        except RecordError:
             log.warning(
                 "host state at %s[%s]@%s is not a HostState: ignored",
                 self.topic,

@@ -34,6 +34,7 @@ from scrapy.spidermiddlewares.base import BaseSpiderMiddleware
 
 from crawlers.refusals import Refused, refuse
 from crawlers.scope import CrawlScope
+from crawlstream.settings import DEFAULT_MAX_BODY_BYTES
 
 FULL_BODY = "crawlstream_full_body"  # request.meta: the spider parses the whole body
 NOT_A_LINK = "crawlstream_not_a_link"  # request.meta: pagination or structure, not an outlink
@@ -45,7 +46,7 @@ DEFAULT_MAX_LINKS = 1000
 
 def body_cap(crawler: Crawler) -> int:
     spider_cap = getattr(crawler.spider, "max_body_bytes", 0)
-    return int(spider_cap or crawler.settings.getint("CRAWLSTREAM_MAX_BODY_BYTES") or 1024 * 1024)
+    return int(spider_cap or crawler.settings.getint("CRAWLSTREAM_MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES)
 
 
 def full_body_size(response: Response) -> int:

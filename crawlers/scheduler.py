@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import socket
+import subprocess
 import sys
 import threading
 import uuid
@@ -96,8 +97,6 @@ class ProcessLauncher:
         self.log_dir = log_dir
 
     def launch(self, job: JobSpec, run_id: str, metrics_port: int | None) -> tuple[int, str]:
-        import subprocess
-
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"job-{job.name}-{run_id}.log"
         argv = [
@@ -114,7 +113,7 @@ class ProcessLauncher:
         argv += ["--metrics-port", str(-1 if metrics_port is None else metrics_port)]
         with log_path.open("wb") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        _CHILDREN.add(proc.pid)
+        _CHILDREN[proc.pid] = proc
         return proc.pid, process_token(proc.pid) or ""
 
     def report_path(self, run_id: str) -> Path:
@@ -138,18 +137,16 @@ class ProcessLauncher:
             return "failed"
 
     def alive(self, pid: int, token: str) -> bool:
-        if pid in _CHILDREN:
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)  # reap our own finished children
-            except ChildProcessError:
-                done = pid
-            if done == pid:
-                _CHILDREN.discard(pid)
-                return False
+        child = _CHILDREN.get(pid)
+        if child is not None and child.poll() is not None:  # reap our own finished children
+            del _CHILDREN[pid]
+            return False
         return process_token(pid) == token
 
 
-_CHILDREN: set[int] = set()
+# The runs this scheduler started, by pid, until they are reaped: the handle reaps the child
+# (a dropped Popen of a running child is a ResourceWarning, and its own bookkeeping would race ours).
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 SCHEDULED_JOBS = Gauge("scheduler_jobs", "jobs with a cron schedule")
 RUNS_STARTED = Counter("scheduler_runs_started", "runs the scheduler started", ["crawl_job"])
@@ -217,11 +214,19 @@ class Scheduler:
         self._write_targets()  # after a restart: the runs still alive, and none that ended meanwhile
 
     def acquire_lock(self) -> None:
-        self._lock_file = (self.dir / "lock").open("w")
+        lock_file = (self.dir / "lock").open("w")
         try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            lock_file.close()
             raise ConfigError(f"another scheduler holds {self.dir / 'lock'}") from None
+        self._lock_file = lock_file
+
+    def release_lock(self) -> None:
+        """Let another scheduler take this state directory (closing the file drops the flock)."""
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
     def _load(self) -> dict[str, JobState]:
         if not self.state_path.exists():
@@ -313,8 +318,11 @@ class Scheduler:
 
     def run_forever(self, stop: threading.Event, poll_s: float = 1.0) -> None:
         self.acquire_lock()
-        log.info("scheduler: %d scheduled job(s): %s", len(self.jobs), ", ".join(self.jobs) or "none")
-        SCHEDULED_JOBS.set(len(self.jobs))
-        while not stop.is_set():
-            self.tick()
-            stop.wait(poll_s)
+        try:
+            log.info("scheduler: %d scheduled job(s): %s", len(self.jobs), ", ".join(self.jobs) or "none")
+            SCHEDULED_JOBS.set(len(self.jobs))
+            while not stop.is_set():
+                self.tick()
+                stop.wait(poll_s)
+        finally:
+            self.release_lock()

@@ -1,8 +1,10 @@
 """Every record that crosses a Kafka topic, defined once for producers and consumers.
 
 Records are JSON (UTF-8) with an explicit ``schema_version``; producers build them with the
-models here and consumers decode with :func:`decode_page`, which raises :class:`RecordError`
-(the reason a dead letter carries) instead of letting a malformed record crash an agent.
+models here and every consumer (stream agents, sinks, the follower) decodes a record value with
+the one helper :func:`decode_record` (:func:`decode_json` for values that are not a model), which
+returns the typed record or raises :class:`RecordError` (the reason a dead letter carries),
+never anything else, so a malformed record is dead-lettered instead of crashing its stage.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import base64
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from crawlstream.errors import RecordError
@@ -114,22 +117,42 @@ def decode_page(raw: bytes | None) -> PageRecord:
     return decode_record(PageRecord, raw)
 
 
-def decode_record(model: type[_M], raw: bytes | None) -> _M:
+def decode_record(model: type[_M], raw: bytes | None, *, reason: str | None = None) -> _M:
     """Decode a record of ``model`` from Kafka bytes, or raise RecordError: ``null_value``,
     ``invalid_json`` (not JSON, or nested deeper than the parser's recursion limit) or
-    ``invalid_record`` (JSON of the wrong shape). Never anything else."""
+    ``invalid_record`` (JSON of the wrong shape). Never anything else.
+
+    ``reason``: the one reason for any value that is not a record of ``model`` (a stage whose
+    dead letters name what it expected, e.g. ``invalid_link``); ``null_value`` stays itself.
+    """
     if raw is None:
         raise RecordError("null_value", "message has no value")
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        if first["type"] == "json_invalid":
-            raise RecordError("invalid_json", str(first["msg"])) from None
-        fields = ", ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]
-        )
-        raise RecordError("invalid_record", fields) from None
+        raise invalid_record(exc, reason) from None
+
+
+def invalid_record(exc: ValidationError, reason: str | None = None) -> RecordError:
+    """The RecordError for a value pydantic refused: ``reason`` if given, else ``invalid_json``
+    or ``invalid_record``; the detail names the first fields at fault."""
+    errors = exc.errors()
+    if errors[0]["type"] == "json_invalid":
+        return RecordError(reason or "invalid_json", str(errors[0]["msg"]))
+    fields = ", ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:5])
+    return RecordError(reason or "invalid_record", fields)
+
+
+def decode_json(raw: bytes | None) -> Any:
+    """A JSON value from Kafka bytes (for values no model describes), or RecordError
+    ``null_value`` / ``invalid_json``. pydantic's parser, as :func:`decode_record`'s: nesting is
+    capped (``invalid_json``), never a RecursionError."""
+    if raw is None:
+        raise RecordError("null_value", "message has no value")
+    try:
+        return pydantic_core.from_json(raw)
+    except ValueError as exc:
+        raise RecordError("invalid_json", str(exc)) from None
 
 
 class Enrichment(_Record):

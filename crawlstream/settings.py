@@ -262,6 +262,10 @@ class MetricsSettings(BaseModel):
     exporter_port: int = Field(default=9414, ge=0, le=65535)
 
 
+# The body cap of a page record: the one default every spider and middleware falls back on.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+
 class CrawlSettings(BaseModel):
     user_agent: str = "crawlstream/0.1 (+https://github.com/crawlstream/crawlstream)"
     # Bounded by default: the open web has traps (calendars, session IDs in URLs, endless
@@ -272,7 +276,7 @@ class CrawlSettings(BaseModel):
     max_links_per_page: int = Field(default=1000, ge=1, description="outlinks followed per page")
     max_url_length: int = Field(default=2048, ge=64, le=65536, description="longer URLs are refused")
     # Cap of the body kept in a record (and of derived texts), recorded as body_truncated.
-    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     # Downloads above this are aborted while downloading (Scrapy DOWNLOAD_MAXSIZE; also caps
     # decompressed bodies).
     max_response_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)

@@ -1,8 +1,16 @@
 """The topic catalog: every topic crawlstream reads or writes, declared once.
 
-Topics are created explicitly by :func:`ensure_topics` (brokers run with auto-creation off);
-an existing topic whose partition count differs from the catalog is an error, because faust
-tables need their changelog partitions to match their source topic.
+Every stage imports its topics from :func:`catalog` (name, partitions, key, configs, and
+:attr:`TopicSpec.max_message_bytes`, the size every producer checks before producing);
+``crawlstream topics list`` prints it and tests/unit/test_topics_declared_once.py fails on a
+topic name spelled anywhere else. Not here: the stream stage's faust-internal topics (table
+changelogs, ``<app_id>-stats-by-*``; :mod:`streams.app`, :mod:`streams.stats`), made by faust.
+
+Topics are created explicitly by :func:`ensure_topics` (``crawlstream topics create``, ``stack
+up``; brokers run with auto-creation off), which also brings the declared configs of existing
+topics in line. An existing topic whose partition count differs from the catalog is an error,
+because faust tables need their changelog partitions to match their source topic, except that a
+``growable`` topic with fewer partitions gets more (no table is co-partitioned with it).
 """
 
 from __future__ import annotations

@@ -17,7 +17,16 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from crawlstream.errors import RecordError
-from crawlstream.records import DomainStats, Enrichment, PageEvent, PageRecord, PageTouch, RunEvent
+from crawlstream.records import (
+    DomainStats,
+    Enrichment,
+    PageEvent,
+    PageRecord,
+    PageTouch,
+    RunEvent,
+    decode_record,
+    invalid_record,
+)
 
 M = TypeVar("M", bound=BaseModel)
 TWO_64 = 2**64
@@ -161,25 +170,6 @@ _NULL, _BACKSLASH, _TWO = "\\N", "\\", "\\\\"
 _BYTEA_HEX = "\\\\x"  # bytea's hex input, its backslash escaped for COPY
 
 
-def _invalid(exc: ValidationError) -> RecordError:
-    first = exc.errors()[0]
-    if first["type"] == "json_invalid":
-        return RecordError("invalid_json", str(first["msg"]))
-    fields = ", ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]
-    )
-    return RecordError("invalid_record", fields)
-
-
-def _validate(model: type[M], raw: bytes | None) -> M:
-    if raw is None:
-        raise RecordError("null_value", "message has no value")
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        raise _invalid(exc) from None
-
-
 def decode_page_event(raw: bytes | None) -> PageEvent:
     """A PageEvent, or a bare PageRecord (the stream stage's older output) wrapped as a new page."""
     if raw is None:
@@ -190,13 +180,13 @@ def decode_page_event(raw: bytes | None) -> PageEvent:
         # Neither ``change`` nor ``page``: a PageRecord rather than a broken PageEvent.
         missing = {e["loc"][0] for e in exc.errors() if e["type"] == "missing" and e["loc"]}
         if not {"change", "page"} <= missing:
-            raise _invalid(exc) from None
-    return PageEvent(change="new", page=_validate(PageRecord, raw))
+            raise invalid_record(exc) from None
+    return PageEvent(change="new", page=decode_record(PageRecord, raw))
 
 
 def decoder(model: type[M]) -> Callable[[bytes | None], M]:
     def decode(raw: bytes | None) -> M:
-        return _validate(model, raw)
+        return decode_record(model, raw)
 
     decode.__name__ = f"decode_{model.__name__}"
     return decode

@@ -44,8 +44,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
-
 from crawlstream.errors import RecordError
 from crawlstream.records import (
     CrawlRequest,
@@ -53,6 +51,7 @@ from crawlstream.records import (
     FrontierCommand,
     LedgerEntry,
     LinkRecord,
+    decode_record,
     links_record_type,
 )
 from crawlstream.scope import link_refusal
@@ -71,23 +70,14 @@ GONE = frozenset({404, 410})
 
 
 def decode_link(key: bytes | None, raw: bytes | None) -> LinkRecord:
-    link: LinkRecord = _decode(LinkRecord, raw, "invalid_link")
+    link = decode_record(LinkRecord, raw, reason="invalid_link")
     if key is None or key != link.canonical_url.encode("utf-8"):
         raise RecordError("key_mismatch", f"key {key!r:.200} != canonical_url {link.canonical_url[:200]!r}")
     return link
 
 
-def _decode(model: Any, raw: bytes | None, reason: str) -> Any:
-    if raw is None:
-        raise RecordError("null_value", "message has no value")
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        raise RecordError(reason, str(exc.errors()[0]["msg"])[:500]) from None
-
-
 def decode_outcome(key: bytes | None, raw: bytes | None) -> FetchOutcome:
-    outcome: FetchOutcome = _decode(FetchOutcome, raw, "invalid_outcome")
+    outcome = decode_record(FetchOutcome, raw, reason="invalid_outcome")
     if key is None or key != outcome.canonical_url.encode("utf-8"):
         raise RecordError(
             "key_mismatch", f"key {key!r:.200} != canonical_url {outcome.canonical_url[:200]!r}"
@@ -330,7 +320,7 @@ def register(app: Any, settings: Settings, topics: StageTopics, urls: Any) -> Fr
         return effects.send(ledger, outcome.run_id.encode(), entry.to_bytes())
 
     def generate(event: Any) -> streams_outputs.Effects:
-        command: FrontierCommand = _decode(FrontierCommand, event.value, "invalid_command")
+        command = decode_record(FrontierCommand, event.value, reason="invalid_command")
         partition, offset = event.message.partition, event.message.offset
         now = datetime.now(UTC)
         effects = streams_outputs.Effects()

@@ -43,10 +43,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from crawlstream.errors import RecordError
-from crawlstream.records import CrawlRequest, LedgerEntry, RunProgress, Scope
+from crawlstream.records import CrawlRequest, LedgerEntry, RunProgress, Scope, decode_record
 from crawlstream.settings import Settings
 from crawlstream.topics import catalog
 from streams import keyscan, metrics
@@ -61,12 +59,7 @@ _COUNTED = {"fetched": "f", "not_modified": "n", "failed": "x"}
 
 
 def decode_entry(key: bytes | None, raw: bytes | None) -> LedgerEntry:
-    if raw is None:
-        raise RecordError("null_value", "message has no value")
-    try:
-        entry = LedgerEntry.model_validate_json(raw)
-    except ValidationError as exc:
-        raise RecordError("invalid_ledger_entry", str(exc.errors()[0]["msg"])[:500]) from None
+    entry = decode_record(LedgerEntry, raw, reason="invalid_ledger_entry")
     if key != entry.run_id.encode("utf-8"):
         raise RecordError("key_mismatch", f"key {key!r:.200} != run_id {entry.run_id[:200]!r}")
     return entry

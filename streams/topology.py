@@ -11,10 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-from pydantic import ValidationError
 
-from crawlstream.errors import RecordError
-from crawlstream.records import DedupProbe
+from crawlstream.records import DedupProbe, decode_record
 from crawlstream.settings import Settings
 from crawlstream.topics import TopicSpec, catalog
 from streams.checks import check_url
@@ -62,12 +60,7 @@ def declare_topics(app: faust.App, settings: Settings) -> StageTopics:
 def decode_probe(raw: bytes | None, max_url_length: int) -> DedupProbe:
     """A DedupProbe of the dedup hops or verdicts, its URLs checked (:func:`streams.checks.url_refusal`),
     or RecordError with a short reason."""
-    if raw is None:
-        raise RecordError("null_value", "message has no value")
-    try:
-        probe = DedupProbe.model_validate_json(raw)
-    except ValidationError as exc:
-        raise RecordError("invalid_probe", str(exc.errors()[0]["msg"])[:500]) from None
+    probe = decode_record(DedupProbe, raw, reason="invalid_probe")
     check_url(probe.url, max_url_length, "url")
     for field, url in (("duplicate_of", probe.duplicate_of), ("near_duplicate_of", probe.near_duplicate_of)):
         if url is not None:

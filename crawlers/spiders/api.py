@@ -43,7 +43,7 @@ class ApiSpider(RecordingMixin, Spider):
         max_pages: int | str | None = None,
         job_id: str = "",
         run_id: str = "",
-        max_body_bytes: int = 1024 * 1024,
+        max_body_bytes: int | str | None = None,
         api_items_field: str = "items",
         api_url_field: str = "url",
         api_next_field: str = "next",

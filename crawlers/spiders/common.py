@@ -33,6 +33,7 @@ from crawlers.settings import crawl_overrides, crawlstream_settings
 from crawlstream.addresses import ALLOWED_SCHEMES
 from crawlstream.deadletters import DeadLetterMessage
 from crawlstream.records import PageRecord
+from crawlstream.settings import DEFAULT_MAX_BODY_BYTES
 from crawlstream.topics import catalog
 from crawlstream.urls import host_of
 
@@ -109,12 +110,17 @@ class RecordingMixin:
         return spider
 
     def setup_recording(
-        self, job_id: str, run_id: str, max_pages: int | str | None, max_body_bytes: int
+        self, job_id: str, run_id: str, max_pages: int | str | None, max_body_bytes: int | str | None
     ) -> None:
+        """The common spider arguments; None (or "") takes the default: no page limit, the body
+        cap of ``crawl.max_body_bytes`` (from_crawler passes the crawl's own, a spider built
+        directly gets :data:`~crawlstream.settings.DEFAULT_MAX_BODY_BYTES`)."""
         self.job_id = job_id
         self.run_id = run_id
         self.max_pages = int(max_pages) if max_pages not in (None, "") else 0
-        self.max_body_bytes = int(max_body_bytes)
+        self.max_body_bytes = (
+            int(max_body_bytes) if max_body_bytes not in (None, "") else DEFAULT_MAX_BODY_BYTES
+        )
         self.pages_yielded = 0
         self.record_non_html = False  # set from CRAWLSTREAM_RECORD_NON_HTML in from_crawler
         self.max_pages_per_host = 0  # set from CRAWLSTREAM_MAX_PAGES_PER_HOST in from_crawler

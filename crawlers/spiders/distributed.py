@@ -61,7 +61,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from pydantic import ValidationError
 from scrapy import Request, Spider, signals
 from scrapy.crawler import Crawler
 from scrapy.exceptions import CloseSpider, DontCloseSpider, IgnoreRequest
@@ -88,7 +87,7 @@ from crawlers.spiders.common import (
 from crawlstream.deadletters import DeadLetterMessage, Origin, dead_letter_for_exception
 from crawlstream.errors import RecordError
 from crawlstream.kafka import consumer_config
-from crawlstream.records import CrawlRequest, FetchOutcome, LinkRecord, PageRecord
+from crawlstream.records import CrawlRequest, FetchOutcome, LinkRecord, PageRecord, decode_record
 from crawlstream.scope import link_refusal
 from crawlstream.topics import catalog
 from crawlstream.urls import canonical_url, host_of
@@ -140,7 +139,7 @@ class DistributedSpider(RecordingMixin, Spider):
         max_pages: int | str | None = None,
         job_id: str = "",
         run_id: str = "",
-        max_body_bytes: int = 1024 * 1024,
+        max_body_bytes: int | str | None = None,
         allowed_domains: str | list[str] | None = None,
         allow: str | list[str] | None = None,
         deny: str | list[str] | None = None,
@@ -346,13 +345,7 @@ class DistributedSpider(RecordingMixin, Spider):
     def accept(self, value: bytes | None, now: datetime) -> tuple[CrawlRequest, str | None]:
         """The CrawlRequest of a message and why it is refused (None: it is not); raises for a
         bad record."""
-        try:
-            request = CrawlRequest.model_validate_json(value or b"")
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:3]
-            )
-            raise RecordError("invalid_request", problems[:MAX_ERROR_DETAIL]) from None
+        request = decode_record(CrawlRequest, value or b"", reason="invalid_request")
         if request.not_before is not None and request.not_before.tzinfo is None:
             request = request.model_copy(update={"not_before": request.not_before.replace(tzinfo=UTC)})
         if self.frontier_run and request.run_id != self.frontier_run:

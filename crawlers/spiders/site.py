@@ -63,7 +63,7 @@ class SiteSpider(RecordingMixin, Spider):
         max_pages: int | str | None = None,
         job_id: str = "",
         run_id: str = "",
-        max_body_bytes: int = 1024 * 1024,
+        max_body_bytes: int | str | None = None,
         allow: str | list[str] | None = None,
         deny: str | list[str] | None = None,
         **kwargs: Any,

@@ -8,9 +8,11 @@ replays or skips records (``--reset-offsets``) and ``delete`` deletes a group's 
 and refuse while the group has active members. Plans are CSV in kafka-consumer-groups' own format
 (crawlstream/ops/reset_plan.py), so a plan exported here is applied by Kafka's tool and back.
 
-Reads Kafka through the admin API (crawlstream/ops/admin.py) and, for sink groups, the Postgres
-table ``sink_offsets`` (crawlstream/ops/sink_store.py): the sink's stored offsets are the ones
-that count, so a reset of a sink group must rewrite them too (``--apply-to-store``).
+Reads Kafka through the admin API (crawlstream/ops/admin.py; a group's offsets on some topics are
+deleted through kafka-python, which has the OffsetDelete request) and, for sink groups, the
+Postgres table ``sink_offsets`` (crawlstream/ops/sink_store.py): the sink's stored offsets are
+the ones that count, so a reset of a sink group must rewrite them too (``--apply-to-store``),
+and ``delete`` only warns that they stay.
 """
 
 from __future__ import annotations

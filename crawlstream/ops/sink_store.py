@@ -1,13 +1,17 @@
 """The sink's own offsets: table ``sink_offsets`` in Postgres (``settings.postgres``).
 
-The sink worker commits rows and the next offset per partition in one transaction and, on
-every partition assignment, seeks to those stored offsets; the offsets it also commits to
-Kafka are only a mirror for lag tools. So resetting the sink group in Kafka alone changes
-nothing, and the worker's upsert (``GREATEST``) never moves a stored offset backwards. The
-offsets tool therefore rewrites these rows itself (``--apply-to-store``), with the workers of
-that group stopped, in one transaction. Replays are harmless: the page upsert
-(``ON CONFLICT (url_hash)``) leaves a page whose body is unchanged alone, so no row changes and
-no change event comes from a replay.
+Read and written by the ops tools (:mod:`crawlstream.ops.offsets_tool`: ``offsets show``,
+``reset --apply-to-store``, ``delete``'s warning; :mod:`crawlstream.ops.exporter`: the sink's own
+lag), never by the sink worker, whose SQL is in :mod:`sinks.postgres`.
+
+The sink worker commits rows and the next offset per partition in one transaction (its offset
+update takes ``GREATEST``, so it never moves a stored offset backwards) and, on every partition
+assignment, seeks to those stored offsets; the offsets it also commits to Kafka are only a
+mirror for lag tools. So resetting or deleting the sink group's offsets in Kafka alone changes
+nothing: the offsets tool rewrites these rows itself (``--apply-to-store``), exactly (backwards
+too), in one transaction, and refuses while the group has active members. Replays are harmless:
+the page sink leaves a page whose body is unchanged alone (see :mod:`sinks.pages`), so no row
+changes and no page event comes from a replay.
 """
 
 from __future__ import annotations

@@ -10,12 +10,14 @@ line, so a pid reused by an unrelated process is never signalled; stale pidfiles
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +25,20 @@ from pathlib import Path
 from crawlstream.errors import StackError
 
 POLL_INTERVAL_S = 0.2
+# The handles of the children this process started, by pid, until they are reaped. A detached
+# child outlives the call that started it; dropping its Popen while it runs would make Python
+# warn that it was forgotten (ResourceWarning), and the handle is what reaps it without racing
+# Popen's own bookkeeping.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@atexit.register
+def _leave_children_running() -> None:
+    """The services this process started outlive it on purpose (``stack up`` returns, they run
+    on): their handles go without the warning meant for a child forgotten by mistake."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        _CHILDREN.clear()
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -76,6 +92,11 @@ def settled_cmdline(pid: int, timeout_s: float = 2.0) -> list[str] | None:
 
 def _reap(pid: int) -> None:
     # Our own children stay zombies until waited for; other processes' children raise.
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            del _CHILDREN[pid]
+        return
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
 
@@ -129,6 +150,7 @@ class ProcessManager:
                 cwd=cwd,
                 start_new_session=True,
             )
+        _CHILDREN[proc.pid] = proc
         self.adopt(name, proc.pid, expected=list(argv))
         return proc.pid
 

@@ -370,6 +370,7 @@ def test_kill_9_each_process_in_turn_during_a_crawl_loses_and_duplicates_nothing
             if proc.poll() is None:
                 proc.kill()
         server.shutdown()
+        server.server_close()  # shutdown stops serving; this closes its socket
 
     assert chaos.crawls[-1].returncode == 0, f"the last crawl exited with {chaos.crawls[-1].returncode}"
     reports = [json.loads(p.read_text()) for p in chaos.reports if p.exists()]

@@ -68,6 +68,7 @@ def test_demo_site_counts_reconcile_and_a_recrawl_only_touches(
         assert second.cdc_creates == 0
     finally:
         server.shutdown()
+        server.server_close()  # shutdown stops serving; this closes its socket
 
 
 def test_change_events_carry_the_debezium_envelope(stack_settings: Settings, tmp_path: Path) -> None:
@@ -81,6 +82,7 @@ def test_change_events_carry_the_debezium_envelope(stack_settings: Settings, tmp
         summary = _crawl(stack_settings, base_url)
     finally:
         server.shutdown()
+        server.server_close()  # shutdown stops serving; this closes its socket
     assert summary.ok, [c for c in summary.checks if not c.ok]
     events = probe.read_range(cdc, before, probe.end(cdc))
     ours = [json.loads(v) for _k, v in events if v is not None and base_url.encode() in v]

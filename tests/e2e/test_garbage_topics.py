@@ -335,6 +335,7 @@ def test_garbage_on_every_topic_is_dead_lettered_once_and_the_pipeline_carries_o
         problems.add(f"the ordinary crawl after the garbage failed: {exc}")
     finally:
         server.shutdown()
+        server.server_close()  # shutdown stops serving; this closes its socket
     for name in pipeline.dead():
         if name not in dead:
             problems.add(f"{name} died after the garbage; last lines of its log:\n{pipeline.log_tail(name)}")

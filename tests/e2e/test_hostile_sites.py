@@ -200,6 +200,7 @@ def test_every_source_crawls_the_hostile_web_and_the_pipeline_carries_on(
         problems.append(f"the ordinary crawl after the hostile web failed: {exc}")
     finally:
         server.shutdown()
+        server.server_close()  # shutdown stops serving; this closes its socket
     for name in pipeline.dead():
         if name not in dead:
             problems.append(f"{name} died after the hostile crawls; its log ends:\n{pipeline.log_tail(name)}")

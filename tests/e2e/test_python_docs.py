@@ -58,6 +58,7 @@ def test_crawl_reaches_every_page_linked_from_the_index(stack_settings: Settings
         summary = run_pipeline(stack_settings, args, timeout_s=300)
     finally:
         server.shutdown()
+        server.server_close()  # shutdown stops serving; this closes its socket
     crawled = set(summary.crawl["canonical_urls"])
     assert len(linked) > 20
     assert linked <= crawled, sorted(linked - crawled)[:10]

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from crawlstream.errors import RecordError
-from crawlstream.records import DeadLetter, PageRecord, decode_page
+from crawlstream.records import DeadLetter, PageRecord, PageTouch, decode_json, decode_page, decode_record
 
 
 def _page(**overrides: object) -> PageRecord:
@@ -58,6 +58,37 @@ def test_malformed_records_raise_with_reason(raw: bytes | None, reason: str) -> 
         decode_page(raw)
     assert info.value.reason == reason
     assert info.value.detail
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (None, "null_value"),  # a tombstone is named as such, whatever the stage expected
+        (b"{not json", "invalid_touch"),
+        (b"[" * 100_000 + b"]" * 100_000, "invalid_touch"),  # capped nesting, not a RecursionError
+        (_page().to_bytes(), "invalid_touch"),  # another record
+    ],
+)
+def test_a_stage_names_the_one_reason_for_anything_that_is_not_its_record(
+    raw: bytes | None, reason: str
+) -> None:
+    with pytest.raises(RecordError) as info:
+        decode_record(PageTouch, raw, reason="invalid_touch")
+    assert info.value.reason == reason
+    assert info.value.detail
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [(None, "null_value"), (b"{nope", "invalid_json"), (b"[" * 100_000 + b"]" * 100_000, "invalid_json")],
+)
+def test_json_that_no_model_describes_is_decoded_or_refused_with_a_reason(
+    raw: bytes | None, reason: str
+) -> None:
+    assert decode_json(b'{"a": [1, 2]}') == {"a": [1, 2]}
+    with pytest.raises(RecordError) as info:
+        decode_json(raw)
+    assert info.value.reason == reason
 
 
 def test_dead_letter_keeps_origin_and_original_bytes() -> None:

@@ -110,9 +110,13 @@ def test_one_scheduler_per_state_dir(tmp_path: Path) -> None:
     launcher = FakeLauncher()
     first = _scheduler(tmp_path, launcher)
     first.acquire_lock()
+    second = _scheduler(tmp_path, launcher)
     with pytest.raises(ConfigError, match="another scheduler"):
-        _scheduler(tmp_path, launcher).acquire_lock()
+        second.acquire_lock()
     assert first.state == {}
+    first.release_lock()  # the lock is the open file: released, the next scheduler takes it
+    second.acquire_lock()
+    second.release_lock()
 
 
 def test_process_token_names_a_live_process() -> None:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 from unittest.mock import AsyncMock, MagicMock
 
+import faust
 from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import REGISTRY
 
@@ -109,8 +110,32 @@ class FakeProducer:
         return 0
 
 
+_APPS: list[faust.App] = []
+
+
+def tracked(app: faust.App) -> faust.App:
+    """``app``, closed by :func:`close_apps` after the test (tests/unit/streams/conftest.py)."""
+    _APPS.append(app)
+    return app
+
+
+def close_apps() -> None:
+    """Close the event loop of each tracked app's consumer thread. An agent iterated through
+    ``test_context`` builds the app's consumer, whose consumer thread (a mode ``ServiceThread``)
+    creates its own event loop at once; only the thread's stop closes it, and in a test the thread
+    never starts, so the loop would be left for the garbage collector (a ResourceWarning)."""
+    while _APPS:
+        consumer = _APPS.pop()._consumer  # None unless something built it
+        thread = getattr(consumer, "_thread", None)
+        if thread is not None and not thread.thread_loop.is_closed():
+            thread.thread_loop.close()
+
+
 class Harness:
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, extra: Callable[[Any, Settings, Any], Any] | None = None
+    ) -> None:
+        """``extra(app, settings, topics)``: one more agent to register (kept as ``.extra``)."""
         self.settings = settings = settings or Settings(
             _env_file=None,
             kafka=KafkaSettings(topic_prefix="unit", partitions=3),
@@ -118,7 +143,7 @@ class Harness:
             # Every change of a run's progress published: tests read the latest state from it.
             frontier=FrontierSettings(progress_interval_s=0),
         )
-        self.app = new_app(settings)
+        self.app = tracked(new_app(settings))
         self.topics = declare_topics(self.app, settings)
         self.stats = stats.register(self.app, settings, self.topics)
         self.awaiting = verdicts.AwaitingPages()
@@ -130,6 +155,7 @@ class Harness:
         self.verdicts = verdicts.register(self.app, settings, self.topics, self.awaiting, sampler)
         self.frontier = frontier.register(self.app, settings, self.topics, self.changes.urls)
         self.ledger = ledger.register(self.app, settings, self.topics)
+        self.extra = None if extra is None else extra(self.app, settings, self.topics)
         self.app.finalize()
         self.sent: list[tuple[str, bytes, bytes]] = []
         names = {getattr(self.topics, n).get_topic_name(): n for n in self.topics.__dataclass_fields__}

@@ -42,8 +42,22 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
+_CLIENTS: list[WebhookClient] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Each test's clients are closed after it, as the delivery worker closes its own: a client
+    keeps its connection to the receiver open for the next POST."""
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
+
+
 def client(url: str, resolver: object, pol: AddressPolicy | None = None, **kw: object) -> WebhookClient:
-    return WebhookClient(url, pol or policy(), max_response_bytes=1024, resolver=resolver, **kw)  # type: ignore[arg-type]
+    made = WebhookClient(url, pol or policy(), max_response_bytes=1024, resolver=resolver, **kw)  # type: ignore[arg-type]
+    _CLIENTS.append(made)
+    return made
 
 
 def soon() -> float:
