@@ -131,7 +131,7 @@ def one_run(site: str, pages: int, worker_repo: Path, timeout_s: float) -> dict[
                 worker(env, repo=worker_repo) as running,
                 sink_worker(env) as (sink, sink_port),
             ):
-                lag = PipelineLag(settings, env["CRAWLSTREAM_STREAMS__APP_ID"] + "-sink", sink_port)
+                lag = PipelineLag(settings, env["CRAWLSTREAM_STREAMS__APP_ID"] + "-sink", sink_port, base_url)
                 try:
                     with StageSampler(lag, settings, interval_s=1.0) as sampler:
                         started = time.monotonic()
@@ -214,20 +214,29 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.pages, args.runs = min(args.pages, 2000), 1
-    sites = ["demo", "docs"] if args.site == "both" else [args.site]
+    # The Python docs first: their runs are short, so a session cut short still has their median.
+    sites = ["docs", "demo"] if args.site == "both" else [args.site]
     runs: dict[str, list[dict[str, Any]]] = {site: [] for site in sites}
-    for _ in range(args.runs):
-        for site in sites:
+    for site in sites:
+        for _ in range(args.runs):
             result = one_run(site, args.pages, args.worker_repo.resolve(), args.timeout)
             runs[site].append(result)
-            after = ", ".join(f"{k} {v}s" for k, v in result["caught_up_after_end_s"].items())
+            caught = ", ".join(f"{k} {v}s" for k, v in result["caught_up_after_end_s"].items())
             print(
                 f"{site}: {result['pages_fetched']} pages in {result['crawl_s']}s, caught up after "
-                f"the end: {after}; amplification {result['write_amplification']:.2f}",
+                f"the end: {caught}; amplification {result['write_amplification']:.2f}",
                 file=sys.stderr,
             )
+            # The record so far after every run: a long session stopped early keeps what it measured.
+            record(args, {k: v for k, v in runs.items() if v})
+    return 0
 
-    title = f"the pipeline on a real crawl, one stream and one sink worker, median of {args.runs}"
+
+def record(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> None:
+    """Print the table and write the result of the runs so far."""
+    sites = list(runs)
+    counts = ", ".join(f"{site} {len(results)}" for site, results in runs.items())
+    title = f"the pipeline on a real crawl, one stream and one sink worker, median of runs ({counts})"
     table = Table(title=title)
     for column in ("site", "figure", "value", "floor / peer", "ratio", "target"):
         table.add_column(column, justify="left" if column in ("site", "figure", "floor / peer") else "right")
@@ -334,7 +343,8 @@ def main() -> int:
             )
     write_result(
         BENCH + (f"-{args.label}" if args.label else ""),
-        f"Stream stage on a real crawl, one worker: bytes per raw byte, catch-up {args.label}".strip(),
+        f"The pipeline on a real crawl, one stream and one sink worker: bytes per raw byte, "
+        f"catch-up per stage {args.label}".strip(),
         rows,
         targets=targets,
         headline=headline,
@@ -343,6 +353,7 @@ def main() -> int:
             "sites": sites,
             "demo_pages": args.pages,
             "runs": args.runs,
+            "runs_done": {site: len(results) for site, results in runs.items()},
             "worker_repo": str(args.worker_repo),
         },
         notes=[
@@ -351,14 +362,13 @@ def main() -> int:
             "Caught up after the end, per stage: seconds from the crawl process's exit until the "
             "stage and every stage before it have no lag: streams (stream group on every topic it "
             "reads), sink (offsets the sink stored in Postgres on pages.unique, pages.touches, stats, "
-            "runs), cdc (pages rows the sink changed, per its sink_rows_changed_total, all on "
-            "cdc.public.pages and outbox.event.page).",
+            "runs), cdc (pages rows the sink changed, per its sink_rows_changed_total, each with its "
+            "URL on cdc.public.pages and on outbox.event.page; only the run's URLs are counted).",
             "One stream worker and one sink worker of the run's own (isolated topics and groups); "
             "the stack's Debezium connectors.",
         ],
         extra={"summary": summary, "runs": runs},
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -409,6 +409,62 @@ def sink_rows_changed(port: int) -> float:
     return 0.0
 
 
+class CdcReader:
+    """Reads Debezium's two topics from where they ended when it was made, keeping the URLs of one
+    run (those starting with ``prefix``, the run's site): the URLs of page rows created or changed
+    on ``cdc.public.pages`` (op c, u or r; tombstones skipped) and the keys (canonical URLs) of the
+    page events on ``outbox.event.page``. Other writers to ``pages`` meanwhile (other benches, the
+    stack's own workers) do not count."""
+
+    def __init__(self, settings: Settings, prefix: str) -> None:
+        import json
+
+        self._json = json
+        self.prefix = prefix
+        t = catalog(settings)
+        self.topics = {"cdc pages": t.cdc_pages.name, "cdc events": t.page_events.name}
+        self.urls: dict[str, set[str]] = {name: set() for name in self.topics}
+        self.consumer = Consumer(
+            settings.kafka.librdkafka(
+                **{"group.id": f"bench-cdc-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}
+            )
+        )
+        assignment = []
+        for topic in self.topics.values():
+            meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
+            for p in sorted(meta.partitions):
+                end = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                assignment.append(TopicPartition(topic, p, end))
+        self.consumer.assign(assignment)
+        self._names = {topic: name for name, topic in self.topics.items()}
+
+    def poll(self) -> None:
+        while messages := self.consumer.consume(1000, timeout=0.05):
+            for msg in messages:
+                if msg.error() is not None:
+                    continue
+                name = self._names[str(msg.topic())]
+                url = self._url(name, msg.key(), msg.value())
+                if url is not None and url.startswith(self.prefix):
+                    self.urls[name].add(url)
+
+    def _url(self, name: str, key: bytes | None, value: bytes | None) -> str | None:
+        if name == "cdc events":
+            return key.decode("utf-8", "replace") if key else None
+        if value is None:  # a tombstone
+            return None
+        try:
+            envelope = self._json.loads(value)
+            if envelope.get("op") in ("c", "u", "r") and envelope.get("after"):
+                return str(envelope["after"]["url"])
+        except (ValueError, TypeError, KeyError, AttributeError):
+            pass
+        return None
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
 class PipelineLag:
     """Every stage's lag at a moment, for one isolated run with its stream and sink workers.
 
@@ -416,22 +472,21 @@ class PipelineLag:
       repartition and verdict topics: :func:`stage_inputs`);
     - sink: records of the sink's topics (pages.unique, pages.touches, stats, runs) past the
       offsets it stored in Postgres with its batches (``sink_offsets``, groups ``<group>*``);
-    - cdc: pages rows the sink inserted or changed (its ``sink_rows_changed_total``) not yet on
-      Debezium's topics: per connector, rows changed minus the records its topic gained since the
-      run started (``cdc.public.pages`` for the table connector, ``outbox.event.page`` for the
-      page events decoded from the sink's transactional messages); the larger of the two.
-      Other writers to ``pages`` (other benches) would blur this: run nothing else meanwhile.
+    - cdc: pages rows the sink inserted or changed (its ``sink_rows_changed_total``; on a crawl
+      of new URLs, one per URL) whose URL is not yet on Debezium's topics: per connector
+      (``cdc.public.pages`` for the table connector, ``outbox.event.page`` for the page events
+      decoded from the sink's transactional messages), read by :class:`CdcReader` for the run's
+      URLs (``prefix``); the larger of the two.
     """
 
-    def __init__(self, settings: Settings, sink_group: str, sink_port: int) -> None:
+    def __init__(self, settings: Settings, sink_group: str, sink_port: int, prefix: str) -> None:
         import psycopg2
 
         self.settings, self.sink_group, self.sink_port = settings, sink_group, sink_port
         self.offsets = Offsets(settings, settings.streams.app_id)
         t = catalog(settings)
         self.sink_topics = [t.unique_pages.name, t.page_touches.name, t.stats.name, t.runs.name]
-        self.cdc_topics = {"cdc pages": t.cdc_pages.name, "cdc events": t.page_events.name}
-        self.cdc_start = {name: self.offsets.end(topic) for name, topic in self.cdc_topics.items()}
+        self.cdc = CdcReader(settings, prefix)
         self.db = psycopg2.connect(settings.postgres.dsn())
         self.db.autocommit = True
 
@@ -449,18 +504,17 @@ class PipelineLag:
         stored = self.sink_stored()
         sink = sum(max(self.offsets.end(t) - stored.get(t, 0), 0) for t in self.sink_topics)
         changed = sink_rows_changed(self.sink_port)
-        cdc = {
-            name: max(changed - (self.offsets.end(topic) - self.cdc_start[name]), 0.0)
-            for name, topic in self.cdc_topics.items()
-        }
+        self.cdc.poll()
+        cdc = {name: max(changed - len(urls), 0.0) for name, urls in self.cdc.urls.items()}
         return {
             "streams": float(streams),
             "sink": float(sink),
             "cdc": max(cdc.values()),
-            **{name: lag for name, lag in cdc.items()},
+            **cdc,
             "rows_changed": changed,
         }
 
     def close(self) -> None:
         self.offsets.close()
+        self.cdc.close()
         self.db.close()
