@@ -55,7 +55,7 @@ from bench.stream_support import (
     topic_bytes,
     worker,
 )
-from crawlstream.demosite import generate_demo_site, serve_directory
+from crawlstream.demosite import generate_demo_site
 from crawlstream.settings import Settings
 from crawlstream.topics import catalog
 
@@ -79,6 +79,22 @@ def crawl(
 
 
 STAGES = ("streams", "sink", "cdc")
+
+
+def serve(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Serve ``root`` from its own process (``python -m crawlstream.demosite serve``): in this
+    one its threads would share the GIL with the lag sampler's decoding, and serve slower."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crawlstream.demosite", "serve", "--dir", str(root)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    base_url = proc.stdout.readline().decode().strip()  # its first line: where it listens
+    if not base_url.startswith("http://"):
+        proc.kill()
+        raise SystemExit(f"the site server did not start: {base_url!r}")
+    return proc, base_url
 
 
 class StageSampler:
@@ -124,7 +140,7 @@ def one_run(site: str, pages: int, worker_repo: Path, timeout_s: float) -> dict[
             start = "index.html"
         else:
             root, start = DOCS, "index.html"
-        server, base_url = serve_directory(root)
+        server, base_url = serve(root)
         try:
             with (
                 isolated(f"crawl-{site}") as (settings, env),
@@ -183,8 +199,8 @@ def one_run(site: str, pages: int, worker_repo: Path, timeout_s: float) -> dict[
                     "lag_curve": samples,
                 }
         finally:
-            server.shutdown()
-            server.server_close()
+            server.terminate()
+            server.wait(30)
 
 
 def short(topic: str, result: dict[str, Any]) -> str:

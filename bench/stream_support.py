@@ -421,6 +421,7 @@ class CdcReader:
 
         self._json = json
         self.prefix = prefix
+        self._prefix_bytes = prefix.encode()
         t = catalog(settings)
         self.topics = {"cdc pages": t.cdc_pages.name, "cdc events": t.page_events.name}
         self.urls: dict[str, set[str]] = {name: set() for name in self.topics}
@@ -451,7 +452,7 @@ class CdcReader:
     def _url(self, name: str, key: bytes | None, value: bytes | None) -> str | None:
         if name == "cdc events":
             return key.decode("utf-8", "replace") if key else None
-        if value is None:  # a tombstone
+        if value is None or self._prefix_bytes not in value:  # a tombstone, another run's row
             return None
         try:
             envelope = self._json.loads(value)
