@@ -181,6 +181,8 @@ def measure(
         if prefilled is not None:
             shutil.copytree(prefilled / "streams", data_dir, symlinks=True)
             retarget(data_dir, settings.streams.app_id)
+        else:  # faust's own no-op app creates only the last level of its data dir
+            data_dir.mkdir()
         if timed_on == "recrawls" and kind == "streams":
             # The crawl first, untimed: the tables then know every page, as on a recrawl.
             produce_pages(settings, crawl)

@@ -116,7 +116,8 @@ def plot_headline(docs: list[dict[str, Any]], out: Path) -> Path | None:
             va="center",
             ha="left",
             fontsize=8,
-            color="white" if score > 0.45 else "black",
+            color="black",  # on a light box: the label is longer than many bars
+            bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1.5},
             transform=ax.get_yaxis_transform(),
         )
         labels.append(f"{h['stage']}\n{h['ours_name']}")
