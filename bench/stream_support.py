@@ -504,8 +504,10 @@ class PipelineLag:
         streams = self.offsets.lag(self.offsets.stage_inputs())
         stored = self.sink_stored()
         sink = sum(max(self.offsets.end(t) - stored.get(t, 0), 0) for t in self.sink_topics)
-        changed = sink_rows_changed(self.sink_port)
+        # The run's URLs on the CDC topics first, then the rows changed: a row committed in
+        # between counts as lag (never the other way round, which would hide lag).
         self.cdc.poll()
+        changed = sink_rows_changed(self.sink_port)
         cdc = {name: max(changed - len(urls), 0.0) for name, urls in self.cdc.urls.items()}
         return {
             "streams": float(streams),
