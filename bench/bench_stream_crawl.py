@@ -339,7 +339,14 @@ def record(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> N
         # The floor of a write amplification is the raw topic itself: 1 byte per raw byte.
         headline.append(
             Headline(
-                f"stream writes ({site})", amp, 1.0, "B per raw B", "stream stage", "pages.raw", "lower", 2.5
+                f"stream writes ({site}{', ' + args.label if args.label else ''})",
+                amp,
+                1.0,
+                "B per raw B",
+                "stream stage",
+                "pages.raw",
+                "lower",
+                2.5,
             )
         )
         # The curves of the median run (by the last stage's catch-up), one per stage.
