@@ -229,10 +229,14 @@ def plot_series(docs: list[dict[str, Any]], out: Path) -> dict[str, Path]:
             by_kind[series.get("kind") or "series"].append((doc["bench"], series))
     paths = {}
     for kind, items in by_kind.items():
-        panels = sorted({panel_of(bench, s.get("name", "")) for bench, s in items})
+        # Lag curves: a panel per crawl (their x scales differ); other kinds: a panel per bench.
+        def panel(bench: str, name: str, kind: str = kind) -> str:
+            return panel_of(bench, name) if kind == "lag" else bench
+
+        panels = sorted({panel(bench, s.get("name", "")) for bench, s in items})
         fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.4 * len(panels)), squeeze=False)
-        for ax, panel in zip(axes[:, 0], panels, strict=True):
-            mine = [s for b, s in items if panel_of(b, s.get("name", "")) == panel]
+        for ax, title in zip(axes[:, 0], panels, strict=True):
+            mine = [s for b, s in items if panel(b, s.get("name", "")) == title]
             ends = set()
             for series in mine:
                 ax.plot(series["x"], series["y"], label=series["name"], linewidth=1.4, marker=".")
@@ -242,7 +246,10 @@ def plot_series(docs: list[dict[str, Any]], out: Path) -> dict[str, Path]:
                 ax.axvline(end, color="black", linestyle="--", linewidth=1)
             ax.set_xlabel(mine[0].get("x_label", ""))
             ax.set_ylabel(mine[0].get("y_label", ""))
-            ax.set_title(panel, fontsize=9)
+            if kind == "cost":  # issue 13: at least 0.8x of the small tables' throughput
+                ax.axhline(0.8, color="black", linestyle=":", linewidth=1, label="target 0.8x")
+                ax.set_ylim(0, max(1.2, *(y for c in mine for y in c["y"])) * 1.05)
+            ax.set_title(title, fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.tight_layout()
