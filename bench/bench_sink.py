@@ -353,6 +353,17 @@ def report(args: argparse.Namespace, rates: dict[str, list[float]], cpus: dict[s
         "Page sink: worker path vs the floor of a page sink's work",
         rows,
         targets=[target],
+        headline=[
+            {
+                "stage": "sink (worker path)",
+                "ours": worker,
+                "floor": floor,
+                "unit": "rows/s",
+                "ours_name": "worker path",
+                "floor_name": "staged INSERT + page event",
+                "target": 0.8,
+            }
+        ],
         params={k: v for k, v in vars(args).items()},
         notes=[
             "floor: given decoded pages: encode, COPY into the staging table, one INSERT into pages plus one "

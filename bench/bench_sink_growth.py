@@ -389,6 +389,32 @@ def report(
         f"Page sink with {args.prefill:,} pages stored vs an empty table; bytes per page",
         rows,
         targets=[target],
+        headline=[
+            {
+                "stage": f"sink with {args.prefill:,} pages stored",
+                "ours": by["new pages, prefilled"].value,
+                "floor": by["new pages, empty table"].value,
+                "unit": "rows/s",
+                "ours_name": "new pages, prefilled",
+                "floor_name": "empty table",
+                "target": 0.8,
+            }
+        ],
+        # Cost against crawl size: throughput relative to the small table, at 0 and at the prefill.
+        series=[
+            {
+                "name": f"sink, {kind}: rows/s relative to the small table",
+                "kind": "cost",
+                "x": [0.0, float(args.prefill)],
+                "y": [1.0, by[f"{kind}, prefilled"].value / by[small_name].value],
+                "x_label": "rows already in the table (pages, URLs)",
+                "y_label": "throughput / small tables",
+            }
+            for kind, small_name in (
+                ("new pages", "new pages, empty table"),
+                ("recrawls", "recrawls, small table"),
+            )
+        ],
         params=vars(args),
         extra={
             "postgres_bytes_small": small,

@@ -363,6 +363,17 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict[str, float]]]) ->
         "Page sink worker vs Debezium's JDBC sink connector (upsert), same pages",
         rows,
         targets=[target],
+        headline=[
+            {
+                "stage": "sink vs Debezium JDBC sink",
+                "ours": ours.value,
+                "floor": peer.value,
+                "unit": "rows/s",
+                "ours_name": "sink worker",
+                "floor_name": "JDBC sink (upsert)",
+                "target": 1.5,
+            }
+        ],
         params=vars(args),
         notes=[
             "throughput = rows / (last - first written_at): steady state, start-up excluded for both",

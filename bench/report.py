@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -115,7 +116,8 @@ def plot_headline(docs: list[dict[str, Any]], out: Path) -> Path | None:
             va="center",
             ha="left",
             fontsize=8,
-            color="white" if score > 0.45 else "black",
+            color="black",  # on a light box: the label is longer than many bars
+            bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1.5},
             transform=ax.get_yaxis_transform(),
         )
         labels.append(f"{h['stage']}\n{h['ours_name']}")
@@ -208,6 +210,15 @@ def found_curves(value: Any, path: str = "", depth: int = 0) -> list[dict[str, A
     return [c for i, v in enumerate(value) for c in found_curves(v, f"{path} {i + 1}", depth + 1)]
 
 
+def panel_of(bench: str, name: str) -> str:
+    """The panel a curve is drawn in: its bench, and the part of its name before a colon (e.g. the
+    site of a crawl: "demo: sink lag" and "demo: cdc lag" share a panel, "docs: ..." another)."""
+    return f"{bench}: {name.split(':', 1)[0]}" if ":" in name else bench
+
+
+CRAWL_END = re.compile(r"crawl ended at (\d+(?:\.\d+)?) s")
+
+
 def plot_series(docs: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     import matplotlib.pyplot as plt
 
@@ -218,15 +229,27 @@ def plot_series(docs: list[dict[str, Any]], out: Path) -> dict[str, Path]:
             by_kind[series.get("kind") or "series"].append((doc["bench"], series))
     paths = {}
     for kind, items in by_kind.items():
-        benches = sorted({bench for bench, _ in items})
-        fig, axes = plt.subplots(len(benches), 1, figsize=(10, 3.4 * len(benches)), squeeze=False)
-        for ax, bench in zip(axes[:, 0], benches, strict=True):
-            mine = [s for b, s in items if b == bench]
+        # Lag curves: a panel per crawl (their x scales differ); other kinds: a panel per bench.
+        def panel(bench: str, name: str, kind: str = kind) -> str:
+            return panel_of(bench, name) if kind == "lag" else bench
+
+        panels = sorted({panel(bench, s.get("name", "")) for bench, s in items})
+        fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.4 * len(panels)), squeeze=False)
+        for ax, title in zip(axes[:, 0], panels, strict=True):
+            mine = [s for b, s in items if panel(b, s.get("name", "")) == title]
+            ends = set()
             for series in mine:
-                ax.plot(series["x"], series["y"], label=series["name"], linewidth=1.4)
+                ax.plot(series["x"], series["y"], label=series["name"], linewidth=1.4, marker=".")
+                if (end := CRAWL_END.search(series["name"])) is not None:
+                    ends.add(float(end.group(1)))
+            for end in ends:  # where the crawl ended: lag after this line is the catch-up
+                ax.axvline(end, color="black", linestyle="--", linewidth=1)
             ax.set_xlabel(mine[0].get("x_label", ""))
             ax.set_ylabel(mine[0].get("y_label", ""))
-            ax.set_title(bench, fontsize=9)
+            if kind == "cost":  # issue 13: at least 0.8x of the small tables' throughput
+                ax.axhline(0.8, color="black", linestyle=":", linewidth=1, label="target 0.8x")
+                ax.set_ylim(0, max(1.2, *(y for c in mine for y in c["y"])) * 1.05)
+            ax.set_title(title, fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.tight_layout()
@@ -280,6 +303,21 @@ def summary(docs: list[dict[str, Any]], plots: dict[str, Path], headline: Path |
                 f"| {h['floor_name']}: {fmt(h['floor'], h['unit'])} | {ratio:.2f}x | {goal} | {verdict} |"
             )
         lines.append("")
+    targets = [(doc, t) for doc in docs for t in doc.get("targets") or []]
+    if targets:
+        lines += [
+            "## Every target",
+            "",
+            "| bench | target | measured (median) | goal | |",
+            "|---|---|---|---|---|",
+        ]
+        for doc, t in targets:
+            verdict = "met" if t.get("met") else "**not met**"
+            lines.append(
+                f"| [{doc['bench']}](#{doc['bench']}) | {t['name']} | {fmt(t['value'], t.get('unit', ''))} "
+                f"| {t['op']} {fmt(t['target'], t.get('unit', ''))} | {verdict} |"
+            )
+        lines.append("")
     for kind, path in sorted(plots.items()):
         if kind.startswith("series:"):
             lines += [f"![{kind[7:]}]({path.name})", ""]
@@ -309,7 +347,9 @@ def bench_section(doc: dict[str, Any], plot: Path | None) -> list[str]:
     if rows:
         lines += ["| group | row | role | median | ratio | runs |", "|---|---|---|---|---|---|"]
         for row in rows:
-            runs = " ".join(fmt(r) for r in row.get("runs") or [])
+            every = row.get("runs") or []
+            runs = " ".join(fmt(r) for r in every[:12])  # a row of per-page figures stays readable
+            runs += f" ... ({len(every)} values)" if len(every) > 12 else ""
             ratio = "" if row.get("ratio") is None else f"{row['ratio']:.2f}x"
             lines.append(
                 f"| {row.get('group', '')} | {row['name']} | {row.get('role', '')} "

@@ -347,8 +347,12 @@ def write_results(
     params: dict[str, Any] | None = None,
     notes: Sequence[str] = (),
     extra: dict[str, Any] | None = None,
+    headline: Sequence[dict[str, Any]] = (),
+    series: Sequence[dict[str, Any]] = (),
 ) -> Path:
-    """``bench/results/<bench>.json``: through bench/results.py when it exists, else alike."""
+    """``bench/results/<bench>.json``: through bench/results.py when it exists, else alike.
+    ``headline`` and ``series`` are the keyword arguments of bench/results.py's ``Headline`` and
+    ``Series`` (plain dicts: this module also runs where that one is not importable)."""
     try:
         import results as shared  # type: ignore[import-not-found]  # bench/results.py
     except ImportError:
@@ -360,6 +364,8 @@ def write_results(
                 title,
                 [shared.Row(**asdict(r)) for r in rows],
                 targets=[shared.Target(t.name, t.value, t.op, t.target, t.unit) for t in targets],
+                headline=[shared.Headline(**h) for h in headline],
+                series=[shared.Series(**c) for c in series],
                 params=params,
                 notes=notes,
                 extra=extra,
@@ -381,6 +387,8 @@ def write_results(
         "params": params or {},
         "rows": [asdict(r) for r in rows],
         "targets": [{**asdict(t), "met": t.met} for t in targets],
+        "headline": list(headline),
+        "series": list(series),
         "notes": list(notes),
         "extra": extra or {},
     }

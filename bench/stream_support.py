@@ -339,3 +339,185 @@ class LagRecorder:
                 self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - self.started - at)))
         finally:
             offsets.close()
+
+
+# ------------------------------------------------------------------- the sink and CDC stages
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for an isolated worker's /metrics)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def sink_worker(env: dict[str, str], ready_s: float = 120) -> Iterator[tuple[Worker, int]]:
+    """One ``python -m sinks`` (every family, one thread each) of an isolated run: its own consumer
+    groups (``sink.group_id`` = the run's app id) and metrics port; yields it and that port once
+    its /metrics answers and every family has logged its subscription."""
+    import urllib.request
+
+    port = free_port()
+    env = {
+        **env,
+        "CRAWLSTREAM_SINK__GROUP_ID": env["CRAWLSTREAM_STREAMS__APP_ID"] + "-sink",
+        "CRAWLSTREAM_METRICS__SINK_PORT": str(port),
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-sink-") as tmp:
+        log = Path(tmp) / "sink.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "sinks"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        running = Worker(proc, log)
+        deadline = time.monotonic() + ready_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2):
+                    pass
+                if log.read_bytes().count(b"assigned") >= 4:  # one per family (sinks.families)
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                running.stop()
+                raise SystemExit(f"sink worker did not start:\n{running.tail()}")
+            time.sleep(0.2)  # poll interval
+        try:
+            yield running, port
+        finally:
+            running.stop()
+
+
+def sink_rows_changed(port: int) -> float:
+    """``sink_rows_changed_total{family="pages"}`` of the sink worker on ``port``: pages rows
+    inserted or changed, one page event (and one pages change event) each."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "sink_rows_changed_total" and sample.labels.get("family") == "pages":
+                return float(sample.value)
+    return 0.0
+
+
+class CdcReader:
+    """Reads Debezium's two topics from where they ended when it was made, keeping the URLs of one
+    run (those starting with ``prefix``, the run's site): the URLs of page rows created or changed
+    on ``cdc.public.pages`` (op c, u or r; tombstones skipped) and the keys (canonical URLs) of the
+    page events on ``outbox.event.page``. Other writers to ``pages`` meanwhile (other benches, the
+    stack's own workers) do not count."""
+
+    def __init__(self, settings: Settings, prefix: str) -> None:
+        import json
+
+        self._json = json
+        self.prefix = prefix
+        self._prefix_bytes = prefix.encode()
+        t = catalog(settings)
+        self.topics = {"cdc pages": t.cdc_pages.name, "cdc events": t.page_events.name}
+        self.urls: dict[str, set[str]] = {name: set() for name in self.topics}
+        self.consumer = Consumer(
+            settings.kafka.librdkafka(
+                **{"group.id": f"bench-cdc-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}
+            )
+        )
+        assignment = []
+        for topic in self.topics.values():
+            meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
+            for p in sorted(meta.partitions):
+                end = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                assignment.append(TopicPartition(topic, p, end))
+        self.consumer.assign(assignment)
+        self._names = {topic: name for name, topic in self.topics.items()}
+
+    def poll(self) -> None:
+        while messages := self.consumer.consume(1000, timeout=0.05):
+            for msg in messages:
+                if msg.error() is not None:
+                    continue
+                name = self._names[str(msg.topic())]
+                url = self._url(name, msg.key(), msg.value())
+                if url is not None and url.startswith(self.prefix):
+                    self.urls[name].add(url)
+
+    def _url(self, name: str, key: bytes | None, value: bytes | None) -> str | None:
+        if name == "cdc events":
+            return key.decode("utf-8", "replace") if key else None
+        if value is None or self._prefix_bytes not in value:  # a tombstone, another run's row
+            return None
+        try:
+            envelope = self._json.loads(value)
+            if envelope.get("op") in ("c", "u", "r") and envelope.get("after"):
+                return str(envelope["after"]["url"])
+        except (ValueError, TypeError, KeyError, AttributeError):
+            pass
+        return None
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class PipelineLag:
+    """Every stage's lag at a moment, for one isolated run with its stream and sink workers.
+
+    - streams: records of every topic the stream group reads not yet committed (raw topic,
+      repartition and verdict topics: :func:`stage_inputs`);
+    - sink: records of the sink's topics (pages.unique, pages.touches, stats, runs) past the
+      offsets it stored in Postgres with its batches (``sink_offsets``, groups ``<group>*``);
+    - cdc: pages rows the sink inserted or changed (its ``sink_rows_changed_total``; on a crawl
+      of new URLs, one per URL) whose URL is not yet on Debezium's topics: per connector
+      (``cdc.public.pages`` for the table connector, ``outbox.event.page`` for the page events
+      decoded from the sink's transactional messages), read by :class:`CdcReader` for the run's
+      URLs (``prefix``); the larger of the two.
+    """
+
+    def __init__(self, settings: Settings, sink_group: str, sink_port: int, prefix: str) -> None:
+        import psycopg2
+
+        self.settings, self.sink_group, self.sink_port = settings, sink_group, sink_port
+        self.offsets = Offsets(settings, settings.streams.app_id)
+        t = catalog(settings)
+        self.sink_topics = [t.unique_pages.name, t.page_touches.name, t.stats.name, t.runs.name]
+        self.cdc = CdcReader(settings, prefix)
+        self.db = psycopg2.connect(settings.postgres.dsn())
+        self.db.autocommit = True
+
+    def sink_stored(self) -> dict[str, int]:
+        with self.db.cursor() as cur:
+            cur.execute(
+                "SELECT topic, sum(next_offset) FROM sink_offsets WHERE consumer_group LIKE %s "
+                "GROUP BY topic",
+                (self.sink_group + "%",),
+            )
+            return {str(topic): int(n) for topic, n in cur.fetchall()}
+
+    def sample(self) -> dict[str, float]:
+        streams = self.offsets.lag(self.offsets.stage_inputs())
+        stored = self.sink_stored()
+        sink = sum(max(self.offsets.end(t) - stored.get(t, 0), 0) for t in self.sink_topics)
+        # The run's URLs on the CDC topics first, then the rows changed: a row committed in
+        # between counts as lag (never the other way round, which would hide lag).
+        self.cdc.poll()
+        changed = sink_rows_changed(self.sink_port)
+        cdc = {name: max(changed - len(urls), 0.0) for name, urls in self.cdc.urls.items()}
+        return {
+            "streams": float(streams),
+            "sink": float(sink),
+            "cdc": max(cdc.values()),
+            **cdc,
+            "rows_changed": changed,
+        }
+
+    def close(self) -> None:
+        self.offsets.close()
+        self.cdc.close()
+        self.db.close()
