@@ -4,7 +4,7 @@ pyproject.toml holds everything else (metadata, dependencies, package data). The
 here rather than with ``[tool.setuptools.packages.find]`` because a package whose directory is not its
 name (``deploy/`` -> ``crawlstream_deploy``) must be listed beside the found ones, and find cannot list
 it. The repository's ``deploy/`` files are the packaged files: nothing is copied or generated, so the
-two cannot drift; code finds them with ``importlib.resources`` (crawlstream/stack/deploy_data.py), in an
+two cannot drift; code finds them with ``importlib.resources`` (control/stack/deploy_data.py), in an
 editable install (the repository's folder) and in an installed wheel (site-packages) alike.
 """
 
@@ -13,7 +13,9 @@ from setuptools import find_namespace_packages, setup
 # Folders of data (deploy/*, sinks/migrations) are listed as packages too: setuptools installs
 # data only from listed packages, and warns that it will stop guessing them.
 SKIP = ["*__pycache__*", "*.egg-info*"]
-CODE = find_namespace_packages(include=["crawlstream*", "crawlers*", "streams*", "sinks*"], exclude=SKIP)
+CODE = find_namespace_packages(
+    include=["crawlstream*", "crawlers*", "streams*", "sinks*", "control*", "follow*"], exclude=SKIP
+)
 DEPLOY = [f"crawlstream_deploy.{name}" for name in find_namespace_packages(where="deploy", exclude=SKIP)]
 
 setup(

@@ -37,8 +37,8 @@ import psycopg2  # noqa: E402
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
 
-from crawlstream.demosite import generate_demo_site, serve_directory  # noqa: E402
-from crawlstream.pipeline import CrawlArgs, run_pipeline  # noqa: E402
+from control.demosite import generate_demo_site, serve_directory  # noqa: E402
+from control.run.pipeline import CrawlArgs, run_pipeline  # noqa: E402
 from crawlstream.records import PageEvent, PageRecord  # noqa: E402
 from crawlstream.settings import Settings, load_settings  # noqa: E402
 from crawlstream.topics import TopicSpec, catalog, ensure_topics  # noqa: E402

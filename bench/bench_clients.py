@@ -370,9 +370,9 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from crawlstream.cli import migrate
+    from control.cli import migrate
+    from control.stack.supervisor import up
     from crawlstream.settings import load_settings
-    from crawlstream.stack.supervisor import up
 
     settings = load_settings()
     up(settings, migrate=migrate)  # the embedded stack's broker (idempotent, as `make up`)

@@ -1,6 +1,6 @@
 """Crawl throughput: the Kafka-producing crawler vs. plain Scrapy, same site, same run.
 
-A generated site (crawlstream.demosite, ``--pages`` pages) is served by nginx (Debian
+A generated site (control.demosite, ``--pages`` pages) is served by nginx (Debian
 ``nginx-light``; falls back to Python's threaded static server, noted in the output, when nginx
 is missing). Each round crawls it four times, each crawl in a fresh process:
 
@@ -97,7 +97,7 @@ def serve(root: Path, tmp: Path) -> tuple[str, Any, str]:
             proc.wait(10)
 
         return f"http://127.0.0.1:{port}/", stop, "nginx"
-    from crawlstream.demosite import serve_directory
+    from control.demosite import serve_directory
 
     server, base = serve_directory(root)
     return base, server.shutdown, "python http.server (nginx missing: install nginx-light)"
@@ -214,10 +214,10 @@ def main() -> int:
         plain_crawl(args.plain, gc_tuning=args.plain_gc)
         return 0
 
-    from crawlstream.cli import migrate
-    from crawlstream.demosite import generate_demo_site
+    from control.cli import migrate
+    from control.demosite import generate_demo_site
+    from control.stack.supervisor import up
     from crawlstream.settings import load_settings
-    from crawlstream.stack.supervisor import up
     from crawlstream.topics import catalog, ensure_topics
 
     up(load_settings(), migrate=migrate)  # the embedded stack's Kafka (idempotent, as `make up`)

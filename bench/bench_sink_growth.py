@@ -52,9 +52,9 @@ from sink_support import (
     write_results,
 )
 
+from control.stack.kafka import kafka_dir
 from crawlstream.records import PageEvent
 from crawlstream.settings import Settings, load_settings
-from crawlstream.stack.kafka import kafka_dir
 from crawlstream.topics import catalog
 from sinks.base import SinkBatch, SinkRecord
 from sinks.migrate import upgrade

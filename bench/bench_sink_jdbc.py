@@ -51,10 +51,10 @@ from sink_support import (
     write_results,
 )
 
+from control.stack import connect
+from control.stack.processes import ProcessManager
 from crawlstream.records import PageEvent
 from crawlstream.settings import Settings, SinkSettings, load_settings
-from crawlstream.stack import connect
-from crawlstream.stack.processes import ProcessManager
 from sinks.families import FAMILIES
 from sinks.metrics import SinkMetrics
 from sinks.rows import STAGE_COLUMNS, body_hash, decode_page_event, page_row

@@ -55,7 +55,7 @@ from bench.stream_support import (
     topic_bytes,
     worker,
 )
-from crawlstream.demosite import generate_demo_site
+from control.demosite import generate_demo_site
 from crawlstream.settings import Settings
 from crawlstream.topics import catalog
 
@@ -82,10 +82,10 @@ STAGES = ("streams", "sink", "cdc")
 
 
 def serve(root: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Serve ``root`` from its own process (``python -m crawlstream.demosite serve``): in this
+    """Serve ``root`` from its own process (``python -m control.demosite serve``): in this
     one its threads would share the GIL with the lag sampler's decoding, and serve slower."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "crawlstream.demosite", "serve", "--dir", str(root)],
+        [sys.executable, "-m", "control.demosite", "serve", "--dir", str(root)],
         cwd=REPO,
         stdout=subprocess.PIPE,
     )

@@ -54,9 +54,9 @@ def crawlstream(*args: str) -> None:
 
 
 def workers_running() -> bool:
+    from control.stack.processes import ProcessManager
+    from control.workers import worker_specs
     from crawlstream.settings import load_settings
-    from crawlstream.stack.processes import ProcessManager
-    from crawlstream.workers import worker_specs
 
     settings = load_settings()
     manager = ProcessManager(settings.stack.state_dir)

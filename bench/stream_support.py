@@ -219,7 +219,7 @@ def docs_pages() -> list[tuple[str, str]]:
 
 def demo_pages(pages: int) -> list[tuple[str, str]]:
     """(URL, HTML) of each public HTML file of a generated demo site of ``pages`` pages."""
-    from crawlstream.demosite import generate_demo_site
+    from control.demosite import generate_demo_site
 
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
         root = Path(tmp)

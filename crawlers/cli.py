@@ -1,6 +1,6 @@
 """``crawlstream jobs list | validate | run NAME`` and ``crawlstream scheduler``.
 
-Mounted in :mod:`crawlstream.cli`. The jobs file is ``--jobs`` (env ``CRAWLSTREAM_JOBS_FILE``,
+Mounted in :mod:`control.cli`. The jobs file is ``--jobs`` (env ``CRAWLSTREAM_JOBS_FILE``,
 default ``deploy/jobs.toml``). ``jobs run`` crawls in this process (pages to the job's output
 topic, dead letters to ``<prefix>.deadletter``, run events to ``<prefix>.runs``) with a progress
 bar; exit status 0 when clean, 1 on delivery failures, 3 when fetches failed (dead-lettered).
@@ -34,7 +34,7 @@ JobsFile = Annotated[
     Path, typer.Option("--jobs", envvar="CRAWLSTREAM_JOBS_FILE", help="the jobs file (TOML)")
 ]
 DEFAULT_JOBS = Path("deploy/jobs.toml")
-# How a frontier job runs: installed by the composition root (crawlstream.cli), which runs it
+# How a frontier job runs: installed by the composition root (control.cli), which runs it
 # through the whole pipeline and reconciles it; returns the exit status.
 frontier_hook: Callable[[Any, Any, str, Path | None, bool], int] | None = None
 

@@ -1,6 +1,6 @@
 """``crawlstream scheduler``: starts crawl jobs on their cron schedules (UTC), one run per job at a time.
 
-Each due job is started as its own process, ``python -m crawlstream.cli jobs run NAME --run-id ID
+Each due job is started as its own process, ``python -m control.cli jobs run NAME --run-id ID
 --no-progress`` (a Twisted reactor runs once per process), in a new session so it outlives a
 scheduler restart; that process writes the run's ``started``/``finished`` RunEvents to
 ``<prefix>.runs``. Settings used: ``stack.state_dir`` (state, lock and run logs).
@@ -102,7 +102,7 @@ class ProcessLauncher:
         argv = [
             sys.executable,
             "-m",
-            "crawlstream.cli",
+            "control.cli",
             "jobs",
             "run",
             job.name,

@@ -18,9 +18,9 @@ those. The groups come from :func:`consumer_groups`, the group names the stages'
   Connect cluster (Strimzi) also needs its group and storage topics: :func:`connect_cluster_grants`.
 - admin: a super user (creates topics, users and ACLs, resets any group's offsets).
 
-:func:`acl_plan` is pure: the embedded stack applies it (crawlstream/stack/security.py), ``crawlstream
+:func:`acl_plan` is pure: the embedded stack applies it (control/stack/security.py), ``crawlstream
 stack acls`` prints it as ``kafka-acls`` commands, and ``crawlstream topics export --format k8s``
-renders it as Strimzi ``KafkaUser`` resources (crawlstream/ops/manifests.py).
+renders it as Strimzi ``KafkaUser`` resources (control/ops/manifests.py).
 """
 
 from __future__ import annotations

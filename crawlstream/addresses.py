@@ -7,7 +7,7 @@ that embeds an IPv4 address (mapped, compatible, 6to4, Teredo, NAT64) is judged 
 it reaches as well. Resolution failures refuse (fail closed).
 
 Pure functions: :mod:`crawlers.middlewares` applies them to the address Twisted connects to, and
-:mod:`crawlstream.webhooks` to the address a webhook is delivered to.
+:mod:`follow.webhooks` to the address a webhook is delivered to.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ its stop event, so ``stop`` ends a wait at once: :func:`retrying` sleeps through
 
 The backoff is tenacity's exponential wait with "equal jitter" (half the delay fixed, half
 random): many workers that failed together do not retry in step. Used by the sink worker
-(:mod:`sinks.worker`), the follower's dead letters (:mod:`crawlstream.follow`), and for its delays
-by the webhooks (:mod:`crawlstream.webhooks.delivery`, whose loop also honours Retry-After and a
+(:mod:`sinks.worker`), the follower's dead letters (:mod:`follow.follow`), and for its delays
+by the webhooks (:mod:`follow.webhooks.delivery`, whose loop also honours Retry-After and a
 deadline). Reads no settings itself: callers pass their ``*_backoff_*`` values.
 """
 

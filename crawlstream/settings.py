@@ -388,7 +388,7 @@ class SinkSettings(BaseModel):
 class FollowSettings(BaseModel):
     """`crawlstream follow`: the reference consumer of the page events topic (outbox.event.page).
 
-    Webhooks (crawlstream/webhooks): each URL gets its own bounded queue and worker; every
+    Webhooks (follow/webhooks): each URL gets its own bounded queue and worker; every
     notification is signed ``X-Crawlstream-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.body">``.
     """
 

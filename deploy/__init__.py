@@ -3,5 +3,5 @@ compose, k8s, the example jobs file.
 
 This file only makes the folder a package, ``crawlstream_deploy`` (setup.py maps the name onto this
 folder), so these very files ship inside the wheel and code finds them with ``importlib.resources``
-from any directory (crawlstream/stack/deploy_data.py). Put no code here.
+from any directory (control/stack/deploy_data.py). Put no code here.
 """

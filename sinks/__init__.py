@@ -12,5 +12,6 @@ Modules: :mod:`sinks.base` (the contract and an in-memory sink), :mod:`sinks.tab
 shares), :mod:`sinks.sqlstate` (what a failed write means), :mod:`sinks.pages`,
 :mod:`sinks.touches`, :mod:`sinks.upserts` (the sinks), :mod:`sinks.families` (topic -> sink),
 :mod:`sinks.worker` (the consumer loop), :mod:`sinks.deadletters` (producing dead letters),
-:mod:`sinks.migrate` and :mod:`sinks.migration_ops` (alembic, run as the owner role).
+:mod:`sinks.migrate` and :mod:`sinks.migration_ops` (alembic, run as the owner role),
+:mod:`sinks.probe` (what the sink stored, read and rewritten by the ops tools).
 """

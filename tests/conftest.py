@@ -13,10 +13,10 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def stack_settings() -> object:
     """Settings of the running embedded stack, with the schema migrated and the workers running."""
-    from crawlstream.cli import migrate
+    from control.cli import migrate
+    from control.stack.supervisor import up
+    from control.workers import start_workers
     from crawlstream.settings import load_settings
-    from crawlstream.stack.supervisor import up
-    from crawlstream.workers import start_workers
 
     settings = load_settings()
     up(settings, migrate=migrate)

@@ -153,7 +153,7 @@ def main() -> None:
         k: v / (before["at"] - idle_start["at"]) for k, v in delta(before["cpu"], idle_start["cpu"]).items()
     }
     done = subprocess.run(
-        [sys.executable, "-m", "crawlstream.cli", "run", url, "--json", "--job-id", "measure-per-page"],
+        [sys.executable, "-m", "control.cli", "run", url, "--json", "--job-id", "measure-per-page"],
         capture_output=True,
         text=True,
         check=False,

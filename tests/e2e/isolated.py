@@ -21,10 +21,10 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
+from control.stack.processes import ProcessManager, tail, wait_until
+from control.workers import FOLLOWER, worker_specs
 from crawlstream import offsets
 from crawlstream.settings import Settings
-from crawlstream.stack.processes import ProcessManager, tail, wait_until
-from crawlstream.workers import FOLLOWER, worker_specs
 
 DISTRIBUTED = "distributed-crawler"
 WORKERS = ("streams-worker", "sink-worker", FOLLOWER, DISTRIBUTED)
@@ -87,7 +87,7 @@ class IsolatedPipeline:
         for name in ("streams-worker", "sink-worker"):
             self._start(name, specs[name].argv, specs[name].metrics_port)
         commit_end(s, s.follow.group_id, f"{s.connect.outbox_topic_prefix}.event.page")
-        follow_argv = [sys.executable, "-m", "crawlstream.cli", "follow", "--quiet"]
+        follow_argv = [sys.executable, "-m", "control.cli", "follow", "--quiet"]
         self._start(FOLLOWER, follow_argv, s.follow.metrics_port)
         dist_argv = [
             sys.executable, "-m", "crawlers", "requests", "--group-id", self.crawler_group,

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from crawlstream.cli import migrate
+from control.cli import migrate
+from control.stack import supervisor
+from control.workers import start_workers
 from crawlstream.settings import Settings, load_settings
-from crawlstream.stack import supervisor
-from crawlstream.workers import start_workers
 
 REPO = Path(__file__).resolve().parents[2]
 # The stack's ports, as offsets from a base port: node i (0-based) listens on base + 10*i (clients),

@@ -5,11 +5,11 @@ while, one after another, the crawler, the stream worker, the sink worker, the f
 (``crawlstream follow``), the Kafka broker, Kafka Connect and PostgreSQL are killed with SIGKILL
 and restarted the way an operator would: a crawl process is run again for the same run and
 job (it re-fetches what its predecessor had fetched: at-least-once), workers with
-``crawlstream.workers.start_workers`` and services with the stack's ``up``, each of which
+``control.workers.start_workers`` and services with the stack's ``up``, each of which
 starts only what is missing. The next kill waits until the previous victim's stage is making
 progress again (or has nothing left to do), and the time to get there is its recovery time.
 
-Afterwards the run must reconcile on distinct keys (crawlstream.reconcile): every page in
+Afterwards the run must reconcile on distinct keys (control.run.reconcile): every page in
 Postgres exactly once with version 1, one Debezium create event per new row, exactly one
 distinct outbox event id per new row; repeats of the same event are Debezium replays and are
 reported as such. The follower must have consumed every page event, and no process may have
@@ -39,16 +39,16 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
+from control.cli import migrate
+from control.demosite import generate_demo_site, serve_directory
+from control.run.pipeline import CrawlArgs, PipelineProbe, RunReader, crawl_argv, crawl_counts, wait_caught_up
+from control.run.reconcile import reconcile
+from control.stack import supervisor
+from control.stack.processes import ProcessManager, read_cmdline
+from control.workers import FOLLOWER, start_workers
 from crawlstream import offsets
-from crawlstream.cli import migrate
-from crawlstream.demosite import generate_demo_site, serve_directory
 from crawlstream.errors import CrawlstreamError
-from crawlstream.pipeline import CrawlArgs, PipelineProbe, RunReader, crawl_argv, crawl_counts, wait_caught_up
-from crawlstream.reconcile import reconcile
 from crawlstream.settings import Settings
-from crawlstream.stack import supervisor
-from crawlstream.stack.processes import ProcessManager, read_cmdline
-from crawlstream.workers import FOLLOWER, start_workers
 from tests.e2e.isolated import commit_end
 
 pytestmark = pytest.mark.e2e

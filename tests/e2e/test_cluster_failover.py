@@ -37,11 +37,9 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
-from crawlstream import offsets
-from crawlstream.cli import migrate
-from crawlstream.demosite import DemoSiteManifest, generate_demo_site, serve_directory
-from crawlstream.errors import CrawlstreamError
-from crawlstream.pipeline import (
+from control.cli import migrate
+from control.demosite import DemoSiteManifest, generate_demo_site, serve_directory
+from control.run.pipeline import (
     CrawlArgs,
     PipelineProbe,
     RunReader,
@@ -51,11 +49,13 @@ from crawlstream.pipeline import (
     run_pipeline,
     wait_caught_up,
 )
-from crawlstream.reconcile import reconcile
+from control.run.reconcile import reconcile
+from control.stack import kafka, supervisor
+from control.stack.processes import ProcessManager, read_cmdline
+from control.workers import start_workers
+from crawlstream import offsets
+from crawlstream.errors import CrawlstreamError
 from crawlstream.settings import Settings
-from crawlstream.stack import kafka, supervisor
-from crawlstream.stack.processes import ProcessManager, read_cmdline
-from crawlstream.workers import start_workers
 from tests.e2e.ownstack import own_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]

@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 from confluent_kafka import Producer
 
-from crawlstream.pipeline import PipelineProbe
+from control.run.pipeline import PipelineProbe
 from crawlstream.records import DeadLetter, PageRecord
 from crawlstream.settings import Settings
 

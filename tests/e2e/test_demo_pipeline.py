@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from crawlstream.demosite import generate_demo_site, serve_directory
-from crawlstream.pipeline import CrawlArgs, PipelineProbe, RunSummary, run_pipeline
+from control.demosite import generate_demo_site, serve_directory
+from control.run.pipeline import CrawlArgs, PipelineProbe, RunSummary, run_pipeline
 from crawlstream.settings import Settings
 
 pytestmark = pytest.mark.e2e

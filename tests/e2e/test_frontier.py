@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
+from control.run.frontierjob import run_frontier_job
+from control.run.pipeline import RunSummary
 from crawlers.frontierrun import FrontierRun
 from crawlers.jobs import JobSpec
-from crawlstream.frontierjob import run_frontier_job
-from crawlstream.pipeline import RunSummary
 from crawlstream.records import RunEvent
 from crawlstream.settings import Settings
 from crawlstream.topics import catalog
@@ -227,7 +227,7 @@ def test_a_recrawl_sends_validators_and_304s_become_touches(stack_settings: Sett
         web.change(2, [0, 1, 2])
         served_before = len(web.hits)
 
-        # crawlstream.pipeline counts a row whose stored_at moved (a changed page's new version) as
+        # control.run.pipeline counts a row whose stored_at moved (a changed page's new version) as
         # a new row, and expects a create event for every key of the unique topic (changed pages
         # are there too): those checks fail for any recrawl that changes pages, whatever crawled
         # it (reported to the pipeline's owners); every other check must reconcile.
@@ -267,7 +267,7 @@ def test_jobs_stop_ends_the_run_cleanly_and_a_new_run_starts_afresh(
             f'[jobs.{name}]\nsource = "frontier"\nstart_urls = ["{web.url(0, 0)}"]\nfollow = "any"\n'
             "allow_private_addresses = true\ncrawlers = 2\nconcurrency_per_domain = 2\n"
         )
-        cli = [sys.executable, "-m", "crawlstream.cli", "jobs"]
+        cli = [sys.executable, "-m", "control.cli", "jobs"]
         log = (tmp_path / "run.log").open("wb")
         runner = subprocess.Popen(
             [*cli, "run", name, "--jobs", str(jobs)], stdout=log, stderr=subprocess.STDOUT

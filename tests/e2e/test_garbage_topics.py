@@ -40,13 +40,13 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from control.demosite import generate_demo_site, serve_directory
+from control.run.pipeline import CrawlArgs, PipelineProbe, run_pipeline
+from control.stack.processes import wait_until
 from crawlstream import offsets
-from crawlstream.demosite import generate_demo_site, serve_directory
 from crawlstream.errors import CrawlstreamError
-from crawlstream.pipeline import CrawlArgs, PipelineProbe, run_pipeline
 from crawlstream.records import DeadLetter, PageRecord
 from crawlstream.settings import Settings
-from crawlstream.stack.processes import wait_until
 from tests.e2e.isolated import IsolatedPipeline
 
 pytestmark = pytest.mark.e2e

@@ -37,11 +37,11 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
+from control.demosite import generate_demo_site, serve_directory
+from control.run.pipeline import CrawlArgs, PipelineProbe, RunReader, crawl_counts, run_pipeline
+from control.run.reconcile import reconcile
 from crawlstream import offsets
-from crawlstream.demosite import generate_demo_site, serve_directory
 from crawlstream.errors import CrawlstreamError
-from crawlstream.pipeline import CrawlArgs, PipelineProbe, RunReader, crawl_counts, run_pipeline
-from crawlstream.reconcile import reconcile
 from crawlstream.records import LinkRecord
 from crawlstream.settings import Settings
 from crawlstream.urls import canonical_url, host_of
@@ -78,7 +78,7 @@ def run_job(web: HostileWeb, source: str, workdir: Path) -> tuple[int, dict[str,
         f'allow_private_hosts = ["{web.netloc()}"]\ndownload_timeout_s = 5\nretry_times = 1\n'
     )
     report = workdir / f"report-{source}.json"
-    argv = [sys.executable, "-m", "crawlstream.cli", "jobs", "run", f"hostile-{source}", "--jobs", str(jobs)]
+    argv = [sys.executable, "-m", "control.cli", "jobs", "run", f"hostile-{source}", "--jobs", str(jobs)]
     argv += ["--no-progress", "--report", str(report)]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
     output = proc.stdout[-2000:] + proc.stderr[-4000:]

@@ -9,8 +9,8 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 
-from crawlstream.demosite import serve_directory
-from crawlstream.pipeline import CrawlArgs, run_pipeline
+from control.demosite import serve_directory
+from control.run.pipeline import CrawlArgs, run_pipeline
 from crawlstream.settings import Settings
 from crawlstream.urls import canonical_url
 

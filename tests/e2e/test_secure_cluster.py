@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
 
-from crawlstream.demosite import generate_demo_site, serve_directory
+from control.demosite import generate_demo_site, serve_directory
+from control.run.pipeline import CrawlArgs, run_pipeline
+from control.stack import security, supervisor
 from crawlstream.kafka import consumer_config, producer_config
-from crawlstream.pipeline import CrawlArgs, run_pipeline
 from crawlstream.settings import Settings
-from crawlstream.stack import security, supervisor
 from crawlstream.topics import catalog
 from tests.e2e.ownstack import own_stack
 
@@ -106,7 +106,7 @@ def test_the_demo_reconciles_on_the_secured_cluster_with_least_privilege(
     secrets = _secrets(settings)
     assert len(secrets) >= 8, sorted(secrets)
     status_text = subprocess.run(
-        [sys.executable, "-m", "crawlstream.cli", "stack", "status"],
+        [sys.executable, "-m", "control.cli", "stack", "status"],
         capture_output=True,
         text=True,
         check=False,

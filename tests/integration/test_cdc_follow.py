@@ -33,11 +33,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from crawlstream.follow import MAX_URL_BYTES, Follower, FollowMetrics, dead_letter_producer, run
 from crawlstream.records import DeadLetter, PageEvent
 from crawlstream.settings import Settings
 from crawlstream.topics import catalog, ensure_topics
-from crawlstream.webhooks import SIGNATURE_HEADER, verify
+from follow.follow import MAX_URL_BYTES, Follower, FollowMetrics, dead_letter_producer, run
+from follow.webhooks import SIGNATURE_HEADER, verify
 from sinks.base import SinkBatch, SinkRecord
 from sinks.pages import PostgresPageSink
 from tests.integration.sinks_support import REPO, owner, page, settings, tag, wait_for

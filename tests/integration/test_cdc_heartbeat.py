@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from control.stack import connect
 from crawlstream.settings import Settings
-from crawlstream.stack import connect
 from crawlstream.topics import catalog
 from tests.integration.sinks_support import owner, settings, tag, wait_for
 

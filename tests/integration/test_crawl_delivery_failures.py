@@ -52,7 +52,7 @@ def test_failed_deliveries_are_dead_lettered(tmp_path: Path) -> None:
     try:
         (tmp_path / "jobs.toml").write_text(JOBS.format(base=site.base_url, topic=small))
         env = {**os.environ, "CRAWLSTREAM_KAFKA__TOPIC_PREFIX": prefix}
-        argv = [sys.executable, "-m", "crawlstream.cli", "jobs", "run", "small"]
+        argv = [sys.executable, "-m", "control.cli", "jobs", "run", "small"]
         argv += ["--jobs", str(tmp_path / "jobs.toml"), "--no-progress", "--report", str(tmp_path / "r.json")]
         proc = subprocess.run(
             argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False

@@ -104,7 +104,7 @@ retry_times = 1
 """
     )
     report = tmp / f"report-{source}.json"
-    argv = [sys.executable, "-m", "crawlstream.cli", "jobs", "run", "hostile", "--jobs", str(jobs)]
+    argv = [sys.executable, "-m", "control.cli", "jobs", "run", "hostile", "--jobs", str(jobs)]
     return _run([*argv, "--no-progress", "--report", str(report)], tmp, report)
 
 

@@ -82,7 +82,7 @@ def crawl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrawlResult]:
     jobs.write_text(JOBS.format(base=site.base_url))
     run_id = uuid.uuid4().hex
     env = {**os.environ, "CRAWLSTREAM_KAFKA__TOPIC_PREFIX": prefix}
-    argv = [sys.executable, "-m", "crawlstream.cli", "jobs", "run", "testsite", "--jobs", str(jobs)]
+    argv = [sys.executable, "-m", "control.cli", "jobs", "run", "testsite", "--jobs", str(jobs)]
     argv += ["--run-id", run_id, "--no-progress", "--report", str(tmp / "report.json")]
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=False)
     try:

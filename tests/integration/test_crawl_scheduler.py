@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from control.demosite import generate_demo_site, serve_directory
 from crawlers.jobs import load_jobs
 from crawlers.scheduler import ProcessLauncher, Scheduler
-from crawlstream.demosite import generate_demo_site, serve_directory
 from crawlstream.records import PageRecord, RunEvent
 from crawlstream.settings import load_settings
 from crawlstream.topics import catalog, ensure_topics

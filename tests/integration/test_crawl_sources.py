@@ -62,7 +62,7 @@ def _run(tmp: Path, job: str) -> tuple[dict[str, object], list[PageRecord]]:
     topics = catalog(settings)
     ensure_topics(settings, [topics.raw_pages, topics.dead_letter, topics.runs])
     report = tmp / f"{job}.json"
-    argv = [sys.executable, "-m", "crawlstream.cli", "jobs", "run", job, "--jobs", str(tmp / "jobs.toml")]
+    argv = [sys.executable, "-m", "control.cli", "jobs", "run", job, "--jobs", str(tmp / "jobs.toml")]
     argv += ["--no-progress", "--report", str(report)]
     proc = subprocess.run(
         argv, cwd=REPO, env=environ, capture_output=True, text=True, timeout=120, check=False

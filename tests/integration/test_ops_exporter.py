@@ -18,12 +18,12 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from crawlstream.cli import app
-from crawlstream.ops import admin as kadmin
-from crawlstream.ops.exporter import registry_for
-from crawlstream.ops.sink_store import write_stored_offsets
+from control.cli import app
+from control.ops import admin as kadmin
+from control.ops.exporter import registry_for
 from crawlstream.settings import Settings, load_settings
 from crawlstream.topics import catalog, ensure_topics
+from sinks.probe import write_stored_offsets
 
 pytestmark = pytest.mark.integration
 

@@ -20,10 +20,10 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from typer.testing import CliRunner
 
-from crawlstream.ops import admin as kadmin
-from crawlstream.ops.offsets_tool import GroupActiveError, execute_deletion, offsets_app
+from control.ops import admin as kadmin
+from control.ops.offsets_tool import GroupActiveError, execute_deletion, offsets_app
+from control.stack import maven
 from crawlstream.settings import Settings, load_settings
-from crawlstream.stack import maven
 from crawlstream.topics import TopicSpec, ensure_topics
 
 pytestmark = pytest.mark.integration

@@ -106,8 +106,8 @@ def test_version_help_and_packaged_deploy_files(installed: tuple[Path, Path]) ->
     assert "usage: python -m sinks" in run([str(bin_dir / "python"), "-m", "sinks", "--help"], elsewhere, env)
     probe = (
         "import json, crawlstream, sinks; "
-        "from crawlstream.stack import deploy_data, maven, kafka, connect; "
-        "from crawlstream.ops import prom_server; "
+        "from control.stack import deploy_data, maven, kafka, connect; "
+        "from control.ops import prom_server; "
         "print(json.dumps({'package': crawlstream.__file__, 'sinks': sinks.__file__, "
         "'deploy': str(deploy_data.deploy_dir()), 'pom': str(maven.POM), "
         "'kafka': str(kafka.BASE_PROPERTIES), 'connector': str(connect.CONNECTOR_JSON), "

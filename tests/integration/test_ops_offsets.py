@@ -18,11 +18,11 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from typer.testing import CliRunner
 
+from control.ops import admin as kadmin
+from control.ops.offsets_tool import GroupActiveError, build_plan, execute_plan, offsets_app
+from control.ops.reset_plan import ResetTarget
 from crawlstream import offsets
 from crawlstream.errors import CrawlstreamError
-from crawlstream.ops import admin as kadmin
-from crawlstream.ops.offsets_tool import GroupActiveError, build_plan, execute_plan, offsets_app
-from crawlstream.ops.reset_plan import ResetTarget
 from crawlstream.settings import Settings, load_settings
 from crawlstream.topics import TopicSpec, ensure_topics
 

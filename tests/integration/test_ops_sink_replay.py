@@ -23,9 +23,9 @@ from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
-from crawlstream.ops import admin as kadmin
-from crawlstream.ops.offsets_tool import offsets_app
-from crawlstream.pipeline import PipelineProbe
+from control.ops import admin as kadmin
+from control.ops.offsets_tool import offsets_app
+from control.run.pipeline import PipelineProbe
 from crawlstream.records import PageEvent, PageRecord
 from crawlstream.settings import Settings, load_settings
 from crawlstream.topics import catalog, ensure_topics

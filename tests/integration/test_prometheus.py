@@ -1,5 +1,5 @@
 """deploy/prometheus and deploy/grafana against the real Prometheus (Debian's package) and a live
-pipeline (promtool's checks of the config and rules without services: tests/unit/ops): every
+pipeline (promtool's checks of the config and rules without services: tests/unit/control/ops): every
 process's /metrics passes
 ``promtool check metrics``, and a Prometheus started here with our prometheus.yml and rules
 (targets pointed at this test's processes) evaluates every dashboard and rule expression
@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from crawlstream.demosite import generate_demo_site, serve_directory
-from crawlstream.ops.metrics_catalog import PROCESSES, exporter_metrics, metrics_of
+from control.demosite import generate_demo_site, serve_directory
+from control.ops.metrics_catalog import PROCESSES, exporter_metrics, metrics_of
 from crawlstream.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration

@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
+from control.demosite import generate_demo_site, serve_directory
+from control.ops.prom_server import render_config
 from crawlers.jobs import load_jobs
 from crawlers.scheduler import TARGETS_FILE, ProcessLauncher, Scheduler
-from crawlstream.demosite import generate_demo_site, serve_directory
-from crawlstream.ops.prom_server import render_config
 from crawlstream.settings import load_settings
 from crawlstream.topics import catalog, ensure_topics
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from crawlstream.ops import prom_server
+from control.ops import prom_server
+from control.stack.processes import ProcessManager
 from crawlstream.settings import Settings, load_settings
-from crawlstream.stack.processes import ProcessManager
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,9 @@ import pytest
 from pydantic import SecretStr
 from rich.console import Console
 
+from control.stack import postgres, supervisor
+from control.stack.processes import ProcessManager, wait_until
 from crawlstream.settings import Settings
-from crawlstream.stack import postgres, supervisor
-from crawlstream.stack.processes import ProcessManager, wait_until
 from crawlstream.topics import catalog, ensure_topics
 from sinks.migrate import upgrade
 from sinks.pages import PostgresPageSink

@@ -14,8 +14,8 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
+from control.stack import postgres as pg_stack
 from crawlstream.settings import Settings
-from crawlstream.stack import postgres as pg_stack
 from tests.integration.sinks_support import owner, settings, tag
 
 __all__ = ["owner", "settings", "tag"]  # fixtures

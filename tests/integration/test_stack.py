@@ -20,9 +20,9 @@ import pytest
 from confluent_kafka import Consumer
 from rich.console import Console
 
+from control.stack import supervisor
+from control.stack.processes import ProcessManager, read_cmdline
 from crawlstream.settings import Settings, load_settings
-from crawlstream.stack import supervisor
-from crawlstream.stack.processes import ProcessManager, read_cmdline
 from crawlstream.topics import catalog
 
 pytestmark = pytest.mark.integration

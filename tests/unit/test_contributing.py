@@ -16,7 +16,9 @@ TEMPLATES = [
     ROOT / ".github" / "ISSUE_TEMPLATE" / "feature_request.md",
 ]
 # What a backticked name looks like when it is a path of the repository.
-_PATH = re.compile(r"`((?:crawlstream|crawlers|streams|sinks|tests|deploy|bench|docs)/[\w./-]*)`")
+_PATH = re.compile(
+    r"`((?:crawlstream|crawlers|streams|sinks|control|follow|tests|deploy|bench|docs)/[\w./-]*)`"
+)
 
 
 def makefile_targets(makefile: Path) -> set[str]:

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("crawlers", "streams", "sinks", "crawlstream/follow.py", "crawlstream/webhooks")
+STAGES = ("crawlers", "streams", "sinks", "follow/follow.py", "follow/webhooks")
 # A pydantic model validating bytes itself: what decode_record is for.
 _OWN_DECODER = re.compile(r"\.model_validate_json\(")
 # Where a module may still validate bytes itself, and why.

@@ -23,10 +23,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from control.run.reconcile import CrawlCounts, StageCounts, reconcile
 from crawlstream.addresses import AddressPolicy, AddressRefused, forbidden_reason, host_and_port
 from crawlstream.deadletters import MAX_KEY_BYTES, Origin, build_dead_letter, fits
 from crawlstream.errors import RecordError
-from crawlstream.reconcile import CrawlCounts, StageCounts, reconcile
 from crawlstream.records import DeadLetter, decode_links_record, decode_page
 from crawlstream.urls import canonical_url
 

@@ -4,8 +4,8 @@ check counts the rows it found doubled (the number the failure report shows)."""
 
 from __future__ import annotations
 
-from crawlstream.reconcile import Check, CrawlCounts, reconcile
-from tests.unit.test_pipeline_logic import URLS, clean, failed
+from control.run.reconcile import Check, CrawlCounts, reconcile
+from tests.unit.control.run.test_pipeline_logic import URLS, clean, failed
 
 STAGES = ["crawl", "kafka", "streams", "sink", "cdc", "events"]
 

@@ -16,16 +16,16 @@ from crawlstream.settings import Settings
 from crawlstream.topics import catalog
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("crawlstream", "crawlers", "streams", "sinks")
+PACKAGES = ("crawlstream", "crawlers", "streams", "sinks", "control", "follow")
 # Strings that equal a topic's suffix but mean something else, each with where and why.
 NOT_TOPICS = {
-    ("crawlstream/cli.py", "hosts"): "a key of the frontier report",
+    ("control/cli.py", "hosts"): "a key of the frontier report",
     ("crawlers/__main__.py", "requests"): "the distributed mode's subcommand",
     ("crawlers/frontierrun.py", "requests"): "the distributed mode's subcommand",
     ("crawlers/spiders/feed.py", "links"): "feedparser's entry field",
     ("sinks/families.py", "stats"): "the sink family's name",
     ("sinks/families.py", "runs"): "the sink family's name",
-    ("crawlstream/ops/manifests.py", "requests"): "Kubernetes resource requests",
+    ("control/ops/manifests.py", "requests"): "Kubernetes resource requests",
 }
 
 

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from control.demosite import DemoSiteManifest, generate_demo_site, serve_directory
 from crawlers.pipelines import DeliveryCallback, KafkaPagePipeline, ProducerLike
-from crawlstream.demosite import DemoSiteManifest, generate_demo_site, serve_directory
 from crawlstream.records import decode_page
 
 REPO = Path(__file__).resolve().parents[3]

@@ -1,6 +1,6 @@
 """The scheduler's launcher and loop (crawlers/scheduler.py), which test_scheduler.py fakes: the run
 process is started for real, with a stand-in interpreter that records its command line and
-session, so that what the scheduler asks of ``crawlstream.cli jobs run`` and the new session (a
+session, so that what the scheduler asks of ``control.cli jobs run`` and the new session (a
 run outlives a scheduler restart) are checked without crawling anything. Found by `make mutate`.
 """
 
@@ -70,7 +70,7 @@ def test_a_run_is_launched_as_the_jobs_command_in_its_own_session(
     seen = json.loads(record.read_text())
     assert seen["argv"] == [
         "-m",
-        "crawlstream.cli",
+        "control.cli",
         "jobs",
         "run",
         "nightly",

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
-from crawlstream.ops import manifests
+from control.ops import manifests
 from crawlstream.settings import FollowSettings, MetricsSettings, StreamsSettings
 from tests.unit.deploy.support import DEPLOY, REPO, SCHEMAS, by_kind, pod_specs
 
@@ -28,7 +28,7 @@ COMPOSE_ENV = {
     "GRAFANA_ADMIN_PW": "pw-grafana",
 }
 # CRAWLSTREAM_* names that are not Settings fields by design: the jobs file option's variable
-# (crawlers/cli.py) and the connector JSON's ${env:...} placeholders (crawlstream/stack/connect.py).
+# (crawlers/cli.py) and the connector JSON's ${env:...} placeholders (control/stack/connect.py).
 OTHER_NAMES = re.compile(r"^CRAWLSTREAM_(JOBS_FILE|CDC_DB_(HOST|PORT|NAME|USER|PASSWORD))$")
 
 _VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")

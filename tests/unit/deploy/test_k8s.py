@@ -18,11 +18,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from control.cli import app
+from control.ops import manifests
 from crawlers.jobs import load_jobs
 from crawlstream import acls
-from crawlstream.cli import app
 from crawlstream.errors import ConfigError
-from crawlstream.ops import manifests
 from crawlstream.topics import catalog
 from tests.unit.deploy.support import DEPLOY, REPO, SCHEMAS, by_kind, kustomize_build, pod_specs, tool
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from crawlstream.demosite import generate_demo_site
+from control.demosite import generate_demo_site
 from crawlstream.records import PageEvent
 from streams.enrich import MAX_JSONLD_DEPTH, enrich_html, outlinks
 from streams.fingerprints import content_hash, normalise_text

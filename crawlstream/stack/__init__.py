@@ -1,6 +1,0 @@
-"""The embedded stack for local runs and tests: Kafka (KRaft), PostgreSQL, Kafka Connect + Debezium.
-
-Entry points: crawlstream.stack.supervisor (``up``/``down``/``status``), crawlstream.stack.cli
-(the ``stack`` typer sub-app) and crawlstream.stack.processes (managed worker processes).
-Nothing is imported here, so production code that never starts a stack pays nothing for it.
-"""
