@@ -35,19 +35,21 @@ of theirs in flight in this process, no cooldown or backoff running, and at most
 its own queue, never another host's, and a huge host gets its turn like any other.
 
 Frontier jobs (``frontier_run``): only the requests of that run are fetched (others are skipped,
-offsets committed). Each request carries the run's scope; links out of it are left out and
-counted by reason (:func:`crawlstream.scope.link_refusal`), links this process already sent at
-the same or a lower depth are not sent again, and once the request's page and links are
-delivered its :class:`~crawlstream.records.FetchOutcome` goes to ``<prefix>.links`` (its offset
-is committable only once that is delivered too). A request with validators is sent with
-If-None-Match / If-Modified-Since, and a 304 is recorded as a metadata record with status 304
-(the stream stage keeps the page as it was: a touch). Per-host politeness state is the shared
-``<prefix>.hosts`` table (:mod:`crawlers.hoststate`): restored for the partitions assigned before
-any of their requests is dispatched, and after an assignment a host with a delay waits that delay
-first (its former owner may just have fetched it). On revocation the queued requests of the
-revoked partitions are dropped uncommitted (the new owner has them). ``parent_pid``: the spider
-closes when that process (its job's runner) is gone.
-"""
+offsets committed). A crawler of no frontier run (a standing pool, e.g. the Kubernetes crawler
+Deployment) skips the requests of frontier runs (those that carry a scope): each run's own crawlers
+fetch them, so a page is not fetched once by the run and once by the pool. Each request of a run
+carries the run's scope; links out of it are left out and counted by reason
+(:func:`crawlstream.scope.link_refusal`), links this process already sent at the same or a lower
+depth are not sent again, and once the request's page and links are delivered its
+:class:`~crawlstream.records.FetchOutcome` goes to ``<prefix>.links`` (its offset is committable
+only once that is delivered too). A request with validators is sent with If-None-Match /
+If-Modified-Since, and a 304 is recorded as a metadata record with status 304 (the stream stage
+keeps the page as it was: a touch). Per-host politeness state is the shared ``<prefix>.hosts`` table
+(:mod:`crawlers.hoststate`): restored for the partitions assigned before any of their requests is
+dispatched, and after an assignment a host with a delay waits that delay first (its former owner may
+just have fetched it). On revocation the queued requests of the revoked partitions are dropped
+uncommitted (the new owner has them). ``parent_pid``: the spider closes when that process (its job's
+runner) is gone."""
 
 from __future__ import annotations
 
@@ -321,7 +323,7 @@ class DistributedSpider(RecordingMixin, Spider):
             except Exception as exc:  # whatever the record causes: a dead letter, and move on
                 self.dead_letter(exc, raw, origin)
                 continue
-            if self.frontier_run and request.run_id != self.frontier_run:
+            if not self.ours(request):
                 self.crawler.stats.inc_value(STAT_REQUESTS_OTHER_RUNS)
                 self.done(origin)
                 continue
@@ -342,14 +344,21 @@ class DistributedSpider(RecordingMixin, Spider):
             self.consumer.resume(self.consumer.assignment())
             self._paused = False
 
+    def ours(self, request: CrawlRequest) -> bool:
+        """Whether this process fetches ``request``: a frontier run's crawler only its run's
+        requests; any other crawler only requests of no frontier run (they carry no scope)."""
+        if self.frontier_run:
+            return request.run_id == self.frontier_run
+        return request.scope is None
+
     def accept(self, value: bytes | None, now: datetime) -> tuple[CrawlRequest, str | None]:
         """The CrawlRequest of a message and why it is refused (None: it is not); raises for a
         bad record."""
         request = decode_record(CrawlRequest, value or b"", reason="invalid_request")
         if request.not_before is not None and request.not_before.tzinfo is None:
             request = request.model_copy(update={"not_before": request.not_before.replace(tzinfo=UTC)})
-        if self.frontier_run and request.run_id != self.frontier_run:
-            return request, None  # not this run's: skipped, not judged
+        if not self.ours(request):
+            return request, None  # another run's: skipped, not judged
         reason = self.link_scope.refusal(request.url, link=request.scope is None)
         if reason is None and request.scope is None and 0 < self.max_depth < request.depth:
             reason = "depth"

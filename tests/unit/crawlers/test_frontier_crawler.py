@@ -134,3 +134,16 @@ def test_backoff_doubles_after_several_failures_up_to_a_cap() -> None:
     assert [backoff_s(n, 3, 5.0, 300.0) for n in (3, 4, 5)] == [5.0, 10.0, 20.0]
     assert backoff_s(20, 3, 5.0, 300.0) == 300.0
     assert timedelta(seconds=backoff_s(4, 3, 5.0, 300.0)) == timedelta(seconds=10)
+
+
+def test_a_standing_pool_leaves_frontier_runs_requests_to_their_own_crawlers() -> None:
+    """A crawler of no frontier run (the Kubernetes pool) fetches requests of no run and skips a
+    frontier run's (they carry its scope), so a run's page is not fetched by the pool as well."""
+    plain = CrawlRequest(url="http://p.test/", canonical_url="http://p.test/", host="p.test").to_bytes()
+    spider, consumer, engine, _producer = frontier_spider(
+        [_Message(0, request("http://a.test/")), _Message(1, plain)], frontier_run=""
+    )
+    spider.poll()
+    assert [r.url for r in engine.crawled] == ["http://p.test/"]
+    assert spider.crawler.stats.get_value("crawlstream/requests_of_other_runs") == 1
+    assert consumer.stored == [1]  # the run's request is done with at once (skipped, committed)
