@@ -287,6 +287,7 @@ def test_killing_the_raw_leader_then_the_active_controller_loses_and_duplicates_
         if crawl.poll() is None:
             crawl.kill()
         server.shutdown()
+        server.server_close()
 
     assert crawl.returncode == 0, f"the crawl exited with {crawl.returncode}; see {log}"
     crawl_report = json.loads(report.read_text())
@@ -356,6 +357,7 @@ def _demo_run(settings: Settings, root: Path, pages: int) -> tuple[RunSummary, D
         return run_pipeline(settings, args, timeout_s=TIMEOUT_S), manifest
     finally:
         server.shutdown()
+        server.server_close()
 
 
 def _figures(run: RunSummary) -> dict[str, int]:

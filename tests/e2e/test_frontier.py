@@ -268,10 +268,10 @@ def test_jobs_stop_ends_the_run_cleanly_and_a_new_run_starts_afresh(
             "allow_private_addresses = true\ncrawlers = 2\nconcurrency_per_domain = 2\n"
         )
         cli = [sys.executable, "-m", "control.cli", "jobs"]
-        log = (tmp_path / "run.log").open("wb")
-        runner = subprocess.Popen(
-            [*cli, "run", name, "--jobs", str(jobs)], stdout=log, stderr=subprocess.STDOUT
-        )
+        with (tmp_path / "run.log").open("wb") as log:  # the child keeps its own descriptor
+            runner = subprocess.Popen(
+                [*cli, "run", name, "--jobs", str(jobs)], stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + 120
         while len(web.fetched(200)) < 30:
             assert runner.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
@@ -280,7 +280,6 @@ def test_jobs_stop_ends_the_run_cleanly_and_a_new_run_starts_afresh(
         stop = subprocess.run([*cli, "stop", name], capture_output=True, text=True, timeout=60)
         assert stop.returncode == 0, stop.stdout + stop.stderr
         assert runner.wait(timeout=180) == 0, (tmp_path / "run.log").read_text()[-3000:]
-        log.close()
         len(web.fetched(None))
         reachable = web.reachable([web.url(0, 0)])
         assert len(web.fetched(200)) < len(reachable)  # stopped before the end

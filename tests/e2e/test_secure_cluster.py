@@ -97,6 +97,7 @@ def test_the_demo_reconciles_on_the_secured_cluster_with_least_privilege(
         )
     finally:
         server.shutdown()
+        server.server_close()
     assert run.ok, [
         f"{c.stage}: {c.what}: expected {c.expected_text}, got {c.actual}" for c in run.checks if not c.ok
     ]

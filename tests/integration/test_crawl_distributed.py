@@ -111,8 +111,8 @@ def test_two_processes_share_a_crawl_one_host_each(
         argv += ["--run-id", f"proc{n}", "--report", str(tmp_path / f"r{n}.json")]
         for netloc in netlocs:
             argv += ["--allow-private-host", netloc]
-        log = (tmp_path / f"p{n}.log").open("w")
-        procs.append(subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+        with (tmp_path / f"p{n}.log").open("w") as log:  # the child keeps its own descriptor
+            procs.append(subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
     admin = AdminClient(settings.kafka.librdkafka())
     deadline = time.monotonic() + 60
     while True:  # both members joined and every partition assigned
@@ -186,8 +186,8 @@ def test_garbage_and_hostile_requests_are_handled_and_every_offset_committed(tmp
         argv += ["--allow-private-host", web.netloc(), "--allowed-domain", "127.0.10.3", "--report"]
         argv += [str(tmp_path / "r.json"), "--set", "DOWNLOAD_TIMEOUT=3", "--set", "RETRY_TIMES=0"]
         argv += ["--set", "DEPTH_LIMIT=3"]
-        log = (tmp_path / "crawler.log").open("w")
-        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        with (tmp_path / "crawler.log").open("w") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         admin = AdminClient(settings.kafka.librdkafka())
         deadline = time.monotonic() + 60
         while True:  # the member joined and owns every partition

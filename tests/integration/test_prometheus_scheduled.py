@@ -94,22 +94,27 @@ def test_a_scheduled_run_is_scraped_and_fills_the_crawler_dashboard(
         metrics_host="127.0.0.1",
     )
     prom_port = free_port()
-    prometheus = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={render_config(settings, tmp_path / 'prometheus-config')}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "prometheus.log").open("wb"),
-    )
+    with (tmp_path / "prometheus.log").open("wb") as prometheus_log:  # the child keeps its own
+        prometheus = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={render_config(settings, tmp_path / 'prometheus-config')}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=prometheus_log,
+        )
     prom = f"http://127.0.0.1:{prom_port}"
     stop = threading.Event()
     thread = threading.Thread(target=scheduler.run_forever, args=(stop, 0.2), daemon=True)
     thread.start()
     try:
-        wait_for(lambda: urllib.request.urlopen(f"{prom}/-/ready", timeout=2).status == 200, 60, "Prometheus")
+        def ready() -> bool:
+            with urllib.request.urlopen(f"{prom}/-/ready", timeout=2) as answer:
+                return bool(answer.status == 200)
+
+        wait_for(ready, 60, "Prometheus")
         state = wait_for(
             lambda: (st := scheduler.state.get("minutely")) is not None and st.pid is not None and st,
             90,
