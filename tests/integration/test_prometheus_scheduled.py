@@ -110,6 +110,7 @@ def test_a_scheduled_run_is_scraped_and_fills_the_crawler_dashboard(
     thread = threading.Thread(target=scheduler.run_forever, args=(stop, 0.2), daemon=True)
     thread.start()
     try:
+
         def ready() -> bool:
             with urllib.request.urlopen(f"{prom}/-/ready", timeout=2) as answer:
                 return bool(answer.status == 200)
