@@ -42,15 +42,16 @@ STORED_OFFSETS = 'SELECT "partition", next_offset FROM sink_offsets WHERE consum
 # Rows are keyed by url_hash (sha256 of the URL's UTF-8, as the sink computes it): an index
 # lookup per URL, where ``url = ANY`` would scan the table. ``first_seen`` is set when the row
 # is inserted, never updated.
+RUN_ROWS = "SELECT count(*) FROM pages WHERE run_id = %s"
 ROWS_SINCE = (
     "SELECT url, first_seen < %s FROM pages WHERE url_hash = ANY("
     "ARRAY(SELECT sha256(convert_to(u, 'UTF8')) FROM unnest(%s::text[]) AS u))"
 )
 
 
-def _connect(settings: Settings) -> Any:
+def _connect(settings: Settings, timeout_s: int = 10) -> Any:
     try:
-        return psycopg2.connect(settings.postgres.dsn(), connect_timeout=10)
+        return psycopg2.connect(settings.postgres.dsn(), connect_timeout=timeout_s)
     except psycopg2.Error as exc:
         raise StackError(f"cannot connect to Postgres (settings.postgres.url): {exc}") from exc
 
@@ -109,11 +110,13 @@ def write_stored_offsets(settings: Settings, group: str, offsets: dict[TP, int])
 class SinkProbe:
     """The page sink as a pipeline run sees it: stored offsets, lag, the rows of a run's URLs.
 
-    ``connect`` opens a DB-API connection (default: :func:`_connect` on ``settings.postgres``);
-    ``end_offsets`` reads a topic's high watermarks (default: the kernel's)."""
+    ``connect`` opens a DB-API connection (default: :func:`_connect` on ``settings.postgres``,
+    giving up after ``connect_timeout_s``); ``end_offsets`` reads a topic's high watermarks
+    (default: the kernel's)."""
 
     settings: Settings
     connect: Callable[[], Any] | None = None
+    connect_timeout_s: int = 10
     end_offsets: Callable[[Settings, str], Offsets] = field(default=offsets.end_offsets)
 
     @property
@@ -121,7 +124,7 @@ class SinkProbe:
         return catalog(self.settings).unique_pages.name
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        conn = self.connect() if self.connect is not None else _connect(self.settings)
+        conn = self.connect() if self.connect is not None else _connect(self.settings, self.connect_timeout_s)
         try:
             with conn.cursor() as cur:
                 cur.execute(sql, params)
@@ -143,6 +146,11 @@ class SinkProbe:
         """The database's clock: the time ``first_seen`` is compared with."""
         now: datetime = self._query("SELECT now()")[0][0]
         return now
+
+    def run_rows(self, run_id: str) -> int:
+        """Rows of ``pages`` a run wrote last (``run_id``: the run that last stored the row)."""
+        rows = self._query(RUN_ROWS, (run_id,))
+        return int(rows[0][0]) if rows else 0
 
     def rows_of(self, urls: Iterable[str], since: datetime) -> tuple[frozenset[str], frozenset[str]]:
         """(URLs whose row existed before ``since``, URLs whose row was created since), among

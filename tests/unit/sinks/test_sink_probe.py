@@ -10,7 +10,7 @@ import pytest
 
 from crawlstream.offsets import Offsets
 from crawlstream.settings import KafkaSettings, Settings, SinkSettings
-from sinks.probe import ROWS_SINCE, STORED_OFFSETS, SinkProbe
+from sinks.probe import ROWS_SINCE, RUN_ROWS, STORED_OFFSETS, SinkProbe
 
 SETTINGS = Settings(kafka=KafkaSettings(topic_prefix="t"), sink=SinkSettings(group_id="sink-g"))
 START = datetime(2026, 12, 3, tzinfo=UTC)
@@ -92,3 +92,9 @@ def test_the_sql_looks_rows_up_by_the_hash_the_sink_keys_them_by() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     conn = FakeConnection({"SELECT now()": [(now,)]})
     assert probe(conn).now() == now
+
+
+def test_run_rows_counts_the_rows_a_run_wrote_last() -> None:
+    conn = FakeConnection({RUN_ROWS: [(12,)]})
+    assert probe(conn).run_rows("r1") == 12
+    assert conn.executed == [(RUN_ROWS, ("r1",))]
