@@ -45,6 +45,7 @@ from crawlstream.records import PageChangeEvent, decode_record
 from crawlstream.retrying import Stopped, retrying
 from crawlstream.settings import Settings, load_settings
 from crawlstream.topics import catalog
+from follow.probe import EVENT_ID_HEADER, EVENT_TYPE_HEADER
 from follow.webhooks.delivery import Dispatcher, Stopping, check_receivers
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ MAX_URL_BYTES = 65536
 COMMIT_INTERVAL_S = 1.0
 # Header values we forward (eventType, id) must be plain tokens: no CR/LF, no spaces.
 _TOKEN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_USED_HEADERS = ("eventType", "id")
+_USED_HEADERS = (EVENT_TYPE_HEADER, EVENT_ID_HEADER)
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
 follow_app = typer.Typer(help="Follow the page events topic (outbox.event.page).")
 
@@ -284,7 +285,7 @@ def read_notice(msg: Message) -> PageNotice:
     except UnicodeDecodeError:
         raise RecordError("invalid_key", "key is not UTF-8") from None
     origin_id = f"{msg.topic()}:{msg.partition()}:{msg.offset()}"
-    delivery_id = headers.get("id", origin_id)
+    delivery_id = headers.get(EVENT_ID_HEADER, origin_id)
     value = msg.value()
     if value is None:
         if not key:
@@ -295,7 +296,7 @@ def read_notice(msg: Message) -> PageNotice:
         raise RecordError("url_too_long", f"url of {len(event.url)} characters")
     if key is not None and key != event.url:
         raise RecordError("key_mismatch", "the key is not the payload's url")
-    header_type = headers.get("eventType")
+    header_type = headers.get(EVENT_TYPE_HEADER)
     if header_type is not None and header_type != event.type:
         raise RecordError(
             "event_type_mismatch", f"header eventType {header_type!r}, payload type {event.type!r}"

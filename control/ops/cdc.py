@@ -10,13 +10,23 @@ row in ``cdc_heartbeat`` (upserted by the connector's ``heartbeat.action.query``
 beat for 6 heartbeat intervals (at least a minute) is a warning, because without heartbeats a slot
 whose tables are idle retains the WAL other tables write. Exits 1 when a connector is not RUNNING
 or its slot is missing, 0 otherwise (warnings included).
+
+It is also the CDC stage's probe (:class:`CdcProbe`), which a pipeline run
+(:mod:`control.run.pipeline`) composes with the stages' own probes. The CDC stage is no Python
+package beside crawlers/streams/sinks/follow: it is Debezium in Kafka Connect, which the control
+plane runs and registers (:mod:`control.stack.connect`), so its probe sits here, on the control
+plane's side: a connector's failure (Connect's REST status) and the create events of
+``cdc.public.pages`` (Debezium's envelope, :func:`debezium_creates`). The page events Debezium
+routes to ``outbox.event.page`` are read through the follow stage's probe (:mod:`follow.probe`):
+their header contract is that consumer's.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
-from typing import Annotated
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Annotated, Any
 
 import psycopg2
 import typer
@@ -52,6 +62,48 @@ class ConnectorReport:
     problems: list[str]
     warnings: list[str]
     heartbeat_age_s: float | None = None
+
+
+@dataclass(frozen=True)
+class CdcProbe:
+    """The Debezium connectors of the stack as a pipeline run sees them.
+
+    ``status`` reads a connector's REST status document (None: not registered)."""
+
+    settings: Settings
+    status: Callable[[Settings, str], dict[str, Any] | None] = field(default=connect.connector_status)
+
+    def connectors(self) -> tuple[str, ...]:
+        """The raw ``pages`` connector and the outbox connector."""
+        return (self.settings.connect.connector_name, self.settings.connect.outbox_connector_name)
+
+    def connector_failure(self) -> str | None:
+        """``<connector> <state>: <first line of its trace>`` of the first failed connector or
+        task, or None while none has failed."""
+        for name in self.connectors():
+            state, trace = connect.describe(self.status(self.settings, name))
+            if trace is not None:
+                return f"{name} {state}: {trace.splitlines()[0]}"
+        return None
+
+
+def debezium_creates(values: Iterable[bytes | None]) -> list[tuple[str, int]]:
+    """(URL, source LSN) of each Debezium create (``c``) or snapshot-read (``r``) event of
+    ``cdc.public.pages``; tombstones, other operations and what is no envelope are skipped.
+
+    A replayed event carries the LSN it had the first time; a second row insert a new one."""
+    found = []
+    for value in values:
+        if value is None:
+            continue
+        try:
+            envelope = json.loads(value)
+            if envelope.get("op") in ("c", "r") and envelope.get("after"):
+                source = envelope.get("source") or {}
+                found.append((str(envelope["after"]["url"]), int(source.get("lsn") or 0)))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue  # not a Debezium envelope: none of the run's create events
+    return found
 
 
 def assess(

@@ -20,21 +20,20 @@ import psycopg2
 from control.run.pipeline import CrawlArgs, RunSummary, run_pipeline
 from crawlers.frontierrun import FrontierRun, install_stop_handler
 from crawlers.jobs import JobSpec
+from crawlstream.errors import StackError
 from crawlstream.records import RunProgress
 from crawlstream.settings import Settings
+from sinks.probe import SinkProbe
 
 PROGRESS_EVERY_S = 2.0
 
 
 def stored_rows(settings: Settings, run_id: str) -> int | None:
-    """Rows of ``pages`` last written by this run (None when Postgres cannot be asked)."""
+    """Rows of ``pages`` last written by this run (the sink's probe), for a progress line: None
+    when Postgres cannot be asked, soon (a progress line is due every few seconds)."""
     try:
-        with psycopg2.connect(settings.postgres.dsn(), connect_timeout=3) as conn, conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM pages WHERE run_id = %s", (run_id,))
-            row = cur.fetchone()
-        conn.close()
-        return int(row[0]) if row else 0
-    except psycopg2.Error:
+        return SinkProbe(settings, connect_timeout_s=3).run_rows(run_id)
+    except (psycopg2.Error, StackError):
         return None
 
 

@@ -3,12 +3,22 @@
 This is the main job behind ``make run`` (the demo site) and ``crawlstream run URL``. It
 drives no stage itself: the crawl runs in its own process (``python -m crawlers crawl``), the
 faust and sink workers are already running, Debezium runs in Kafka Connect. It only reads
-what each stage left behind, through one probe per stage: the crawl reports, the records in
-the run's window of ``<prefix>.pages.raw``, ``.pages.unique``, ``.pages.touches``,
-``.deadletter``, ``cdc.public.pages`` and ``outbox.event.page`` (a window: the end offsets when
-the run started to the end offsets now), consumer-group and Postgres-stored offsets for "caught
-up", and the rows of ``pages``. Those figures become one :class:`~control.run.reconcile.StageCounts`,
-and :func:`~control.run.reconcile.reconcile` (pure) turns them into checks and replays. Counts
+what each stage left behind, and composes what each stage says of itself through its own probe:
+
+- crawl: :func:`crawlers.probe.crawl_tally` adds up the reports of the crawl processes;
+- streams: :class:`streams.probe.StreamsProbe`, the group's committed offsets and lag on its
+  inputs; :func:`streams.probe.unique_change` reads the kind of a ``pages.unique`` record;
+- sink: :class:`sinks.probe.SinkProbe`, its Postgres-stored offsets, lag, and the rows of the
+  run's URLs (the SQL stays in the sink's package);
+- cdc: :class:`control.ops.cdc.CdcProbe` (connector failures) and
+  :func:`control.ops.cdc.debezium_creates` (create events of ``cdc.public.pages``);
+- events: :func:`follow.probe.page_event_ids` (``outbox.event.page``, as its consumer reads it).
+
+What belongs to no stage stays here: the run's window of each topic (``<prefix>.pages.raw``,
+``.pages.unique``, ``.pages.touches``, ``.deadletter``, ``cdc.public.pages``,
+``outbox.event.page``: the end offsets when the run started to the end offsets now) and the
+records in it. Those figures become one :class:`~control.run.reconcile.StageCounts`, and
+:func:`~control.run.reconcile.reconcile` (pure) turns them into checks and replays. Counts
 are per window, so runs of one pipeline must not overlap.
 """
 
@@ -20,15 +30,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 from confluent_kafka import Consumer, TopicPartition
 
+from control.ops.cdc import CdcProbe, debezium_creates
 from control.run.reconcile import (
     Check,
     CrawlCounts,
@@ -37,12 +47,16 @@ from control.run.reconcile import (
     StageCounts,
     reconcile,
 )
+from crawlers.probe import crawl_tally
 from crawlstream import offsets
 from crawlstream.errors import CrawlstreamError
 from crawlstream.kafka import consumer_config
 from crawlstream.records import DeadLetter
 from crawlstream.settings import Settings
 from crawlstream.topics import catalog
+from follow.probe import page_event_ids
+from sinks.probe import SinkProbe
+from streams.probe import StreamsProbe, unique_change
 
 __all__ = [
     "Check",
@@ -51,7 +65,6 @@ __all__ = [
     "Replay",
     "RunReader",
     "RunSummary",
-    "cdc_created_urls",
     "crawl_counts",
     "run_pipeline",
 ]
@@ -125,52 +138,61 @@ def run_crawl_process(
             time.sleep(0.5)  # the crawl's progress is read while it runs
 
 
-def crawl_counts(reports: Iterable[dict[str, Any]], killed: int = 0) -> CrawlCounts:
-    """The crawl stage's figures from the reports of its processes (``killed``: those without)."""
-    reports = list(reports)
+def crawl_counts(reports: Iterable[Mapping[str, Any]], killed: int = 0) -> CrawlCounts:
+    """The crawl stage's figures (:func:`crawlers.probe.crawl_tally`) as the reconciliation's
+    :class:`~control.run.reconcile.CrawlCounts` (``killed``: processes without a report)."""
+    tally = crawl_tally(reports, killed)
     return CrawlCounts(
-        pages_fetched=sum(int(r.get("pages_fetched", 0)) for r in reports),
-        records_delivered=sum(int(r.get("records_delivered", 0)) for r in reports),
-        delivery_failures=sum(int(r.get("delivery_failures", 0)) for r in reports),
-        urls=frozenset(url for r in reports for url in r.get("canonical_urls", [])),
-        processes=len(reports),
-        killed=killed,
+        pages_fetched=tally.pages_fetched,
+        records_delivered=tally.records_delivered,
+        delivery_failures=tally.delivery_failures,
+        urls=tally.urls,
+        processes=tally.processes,
+        killed=tally.killed,
     )
 
 
 class PipelineProbe:
-    """Reads the state each stage leaves behind (offsets, records, rows, change events)."""
+    """The probes of every stage, composed, and the run's windows of the topics between them.
 
-    def __init__(self, settings: Settings) -> None:
+    Each stage answers for itself: the stream stage its group's committed offsets and lag
+    (:class:`streams.probe.StreamsProbe`), the sink its stored offsets, lag and rows
+    (:class:`sinks.probe.SinkProbe`, whose SQL stays in the sink's package), the CDC stage its
+    connectors (:class:`control.ops.cdc.CdcProbe`). What is left here is what belongs to no stage:
+    the topics' end offsets and the records of a window of them. The methods named after a stage
+    (``streams_lag``, ``sink_stored``, ``rows_of``, ...) hand the question to that stage's probe;
+    the tests and the chaos harness call them by these names."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        streams: StreamsProbe | None = None,
+        sink: SinkProbe | None = None,
+        cdc: CdcProbe | None = None,
+    ) -> None:
         self.settings = settings
         self.topics = catalog(settings)
+        self.streams = streams or StreamsProbe(settings)
+        self.sink = sink or SinkProbe(settings)
+        self.cdc = cdc or CdcProbe(settings)
 
     def end(self, topic: str) -> offsets.Offsets:
         return offsets.end_offsets(self.settings, topic)
 
     def streams_committed(self) -> offsets.Offsets:
-        return offsets.committed_offsets(
-            self.settings, self.settings.streams.app_id, self.topics.raw_pages.name
-        )
-
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with psycopg2.connect(self.settings.postgres.dsn()) as conn, conn.cursor() as cur:
-            cur.execute(sql, params)
-            rows: list[tuple[Any, ...]] = cur.fetchall()
-        conn.close()
-        return rows
+        return self.streams.committed()
 
     def streams_lag(self) -> int:
         """Records of the raw topic and of the stage's repartition topics not yet committed."""
-        lag = offsets.lag(self.end(self.topics.raw_pages.name), self.streams_committed())
-        for spec in (self.topics.pages_by_band, self.topics.dedup_verdicts):
-            committed = offsets.committed_offsets(self.settings, self.settings.streams.app_id, spec.name)
-            lag += offsets.lag(self.end(spec.name), committed)
-        return lag
+        return self.streams.lag()
 
     def sink_lag(self) -> int:
         """Records of the unique topic past the sink's Postgres-stored offsets."""
-        return offsets.lag(self.end(self.topics.unique_pages.name), self.sink_stored())
+        return self.sink.lag()
+
+    def sink_stored(self) -> offsets.Offsets:
+        return self.sink.stored()
 
     def lags(self) -> tuple[int, int]:
         """(streams lag on the raw and its repartition topics, sink lag on the unique topic)."""
@@ -190,42 +212,15 @@ class PipelineProbe:
 
     def connector_failure(self) -> str | None:
         """The first line of a CDC connector's failure trace, or None while they run."""
-        from control.stack.connect import connector_status, describe
-
-        for name in (self.settings.connect.connector_name, self.settings.connect.outbox_connector_name):
-            state, trace = describe(connector_status(self.settings, name))
-            if trace is not None:
-                return f"{name} {state}: {trace.splitlines()[0]}"
-        return None
+        return self.cdc.connector_failure()
 
     def db_now(self) -> datetime:
-        now: datetime = self._query("SELECT now()")[0][0]
-        return now
-
-    def sink_stored(self) -> offsets.Offsets:
-        rows = self._query(
-            "SELECT partition, next_offset FROM sink_offsets WHERE consumer_group = %s AND topic = %s",
-            (self.settings.sink.group_id, self.topics.unique_pages.name),
-        )
-        return {int(p): int(o) for p, o in rows}
+        return self.sink.now()
 
     def rows_of(self, urls: Iterable[str], start: datetime) -> tuple[frozenset[str], frozenset[str]]:
-        """The sink's probe: (URLs whose row existed before ``start``, URLs whose row was created
-        since), among ``urls``. ``first_seen`` is set when the row is inserted, never updated."""
-        wanted = sorted(set(urls))
-        if not wanted:
-            return frozenset(), frozenset()
-        # Rows are keyed by url_hash (sha256 of the URL's UTF-8, as the sink computes it): an index
-        # lookup per URL, where ``url = ANY`` would scan the table.
-        rows = self._query(
-            "SELECT url, first_seen < %s FROM pages WHERE url_hash = ANY("
-            "ARRAY(SELECT sha256(convert_to(u, 'UTF8')) FROM unnest(%s::text[]) AS u))",
-            (start, wanted),
-        )
-        return (
-            frozenset(str(u) for u, before in rows if before),
-            frozenset(str(u) for u, before in rows if not before),
-        )
+        """(URLs whose row existed before ``start``, URLs whose row was created since), among
+        ``urls`` (the sink's probe)."""
+        return self.sink.rows_of(urls, start)
 
     def read_records(
         self, topic: str, start: offsets.Offsets, end: offsets.Offsets, timeout_s: float = 60.0
@@ -279,44 +274,6 @@ class PipelineProbe:
     ) -> list[tuple[bytes | None, bytes | None]]:
         """(key, value) of every record in [start, end) per partition."""
         return [(key, value) for key, value, _headers in self.read_records(topic, start, end, timeout_s)]
-
-
-def cdc_created_urls(events: Iterable[tuple[bytes | None, bytes | None]]) -> list[str]:
-    """URLs of Debezium create (``c``) and snapshot-read (``r``) events; tombstones are skipped."""
-    return [url for url, _lsn in cdc_creates(value for _key, value in events)]
-
-
-def cdc_creates(values: Iterable[bytes | None]) -> list[tuple[str, int]]:
-    """(URL, source LSN) of each Debezium create or snapshot-read event; tombstones are skipped.
-
-    A replayed event carries the LSN it had the first time; a second row insert a new one."""
-    found = []
-    for value in values:
-        if value is None:
-            continue
-        try:
-            envelope = json.loads(value)
-            if envelope.get("op") in ("c", "r") and envelope.get("after"):
-                source = envelope.get("source") or {}
-                found.append((str(envelope["after"]["url"]), int(source.get("lsn") or 0)))
-        except (ValueError, TypeError, KeyError, AttributeError):
-            continue  # not a Debezium envelope: none of the run's create events
-    return found
-
-
-def page_event_ids(records: Iterable[Record], event_type: str = "created") -> list[tuple[str, str]]:
-    """(URL, outbox event id) of each page event of ``event_type`` on outbox.event.page.
-
-    The EventRouter puts the outbox row's id in header ``id`` and its type in ``eventType``."""
-    found = []
-    for key, value, headers in records:
-        if value is None or key is None:
-            continue
-        named = {name: raw for name, raw in headers}
-        if (named.get("eventType") or b"").decode("utf-8", "replace") != event_type:
-            continue
-        found.append((key.decode("utf-8", "replace"), (named.get("id") or b"").decode("utf-8", "replace")))
-    return found
 
 
 def _headers(raw: Any) -> list[tuple[str, bytes | None]]:
@@ -386,12 +343,7 @@ class RunReader:
     def _add_unique(self, records: list[Record]) -> None:
         self.unique_records += len(records)
         for key, value, _h in records:
-            change = "new"  # a bare PageRecord is read by the sink as a new page
-            if value is not None:
-                try:
-                    change = str(json.loads(value).get("change", "new"))
-                except (ValueError, AttributeError):
-                    change = "?"
+            change = unique_change(value)
             if change == "changed":
                 self.unique_changed.add(_key(key))
             elif change == "new":
@@ -411,7 +363,7 @@ class RunReader:
             self.letters.setdefault(stage, []).append(_key(key))
 
     def _add_cdc(self, records: list[Record]) -> None:
-        for url, lsn in cdc_creates(value for _k, value, _h in records):
+        for url, lsn in debezium_creates(value for _k, value, _h in records):
             self.cdc_records[url] = self.cdc_records.get(url, 0) + 1
             self.cdc.setdefault(url, set()).add(lsn)
 

@@ -1,5 +1,7 @@
-"""Pure parts of the pipeline run: the reconciliation (control.run.reconcile), change-event and
-page-event parsing, offsets arithmetic, the catalog, and the run command's failure path."""
+"""Pure parts of the pipeline run: the reconciliation (control.run.reconcile), the composition of
+the stages' probes (their own tests: tests/unit/{streams,sinks,crawlers,follow}/test_*_probe.py,
+tests/unit/control/ops/test_cdc_probe.py), offsets arithmetic, the catalog, and the run
+command's failure path."""
 
 from __future__ import annotations
 
@@ -7,27 +9,12 @@ import json
 
 import pytest
 
-from control.run.pipeline import RunSummary, cdc_created_urls, cdc_creates, crawl_counts, page_event_ids
+from control.run.pipeline import PipelineProbe, RunSummary, crawl_counts
 from control.run.reconcile import Check, CrawlCounts, Reconciliation, StageCounts, reconcile
 from crawlstream import offsets
+from crawlstream.errors import CrawlstreamError
 from crawlstream.settings import load_settings
 from crawlstream.topics import catalog
-
-
-def _event(op: str, url: str | None) -> bytes:
-    after = None if url is None else {"url": url, "status": 200}
-    return json.dumps({"before": None, "after": after, "op": op, "source": {"table": "pages"}}).encode()
-
-
-def test_cdc_created_urls_counts_creates_and_snapshot_reads_only() -> None:
-    events: list[tuple[bytes | None, bytes | None]] = [
-        (b'{"url":"a"}', _event("c", "http://x/a")),
-        (b'{"url":"b"}', _event("r", "http://x/b")),
-        (b'{"url":"a"}', _event("u", "http://x/a")),
-        (b'{"url":"a"}', _event("d", None)),
-        (b'{"url":"a"}', None),  # the tombstone after a delete
-    ]
-    assert cdc_created_urls(events) == ["http://x/a", "http://x/b"]
 
 
 def test_summary_names_the_stages_that_do_not_reconcile() -> None:
@@ -89,29 +76,6 @@ def test_catalog_declares_every_topic_once(monkeypatch: pytest.MonkeyPatch, tmp_
     raw_limit = int(topics.raw_pages.config["max.message.bytes"])
     assert raw_limit >= 8 * 1024 * 1024
     assert int(topics.cdc_pages.config["max.message.bytes"]) > raw_limit
-
-
-def test_cdc_creates_carry_their_lsn_so_a_replay_is_told_from_a_second_insert() -> None:
-    def event(url: str, lsn: int) -> bytes:
-        return json.dumps({"op": "c", "after": {"url": url}, "source": {"lsn": lsn}}).encode()
-
-    garbage = [b"not json", b"[1]", b'{"op": "c", "after": {"no": "url"}}']
-    events = [event("http://x/a", 10), None, *garbage, event("http://x/a", 10), event("http://x/b", 11)]
-    assert cdc_creates(events) == [
-        ("http://x/a", 10),
-        ("http://x/a", 10),
-        ("http://x/b", 11),
-    ]
-
-
-def test_page_event_ids_read_the_event_routers_headers() -> None:
-    records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = [
-        (b"http://x/a", b"{}", [("id", b"e1"), ("eventType", b"created")]),
-        (b"http://x/a", b"{}", [("id", b"e2"), ("eventType", b"changed")]),
-        (b"http://x/b", None, [("id", b"e3"), ("eventType", b"created")]),  # tombstone
-        (b"http://x/c", b"{}", [("eventType", b"created"), ("id", b"e4")]),
-    ]
-    assert page_event_ids(records) == [("http://x/a", "e1"), ("http://x/c", "e4")]
 
 
 # --- the reconciliation -------------------------------------------------------------------------
@@ -393,3 +357,35 @@ def test_the_run_reader_counts_only_the_window_and_survives_garbage() -> None:
     assert dict(counts.page_events) == {a: frozenset({"e1"})}
     result = reconcile(counts)
     assert [(r.stage, r.records) for r in result.replays] == [("streams", 2), ("cdc", 1)]
+
+
+class FakeStageProbe:
+    """A stage's probe reduced to the lag it reports (StreamsProbe and SinkProbe answer lag())."""
+
+    def __init__(self, lags: list[int]) -> None:
+        self.lags = lags
+
+    def lag(self) -> int:
+        return self.lags.pop(0) if len(self.lags) > 1 else self.lags[0]
+
+
+def composed(streams: list[int], sink: list[int]) -> PipelineProbe:
+    return PipelineProbe(
+        load_settings(),
+        streams=FakeStageProbe(streams),  # type: ignore[arg-type]
+        sink=FakeStageProbe(sink),  # type: ignore[arg-type]
+    )
+
+
+def test_the_pipeline_probe_asks_each_stage_its_own_lag() -> None:
+    probe = composed([4], [7])
+    assert probe.lags() == (4, 7)
+    assert (probe.streams_lag(), probe.sink_lag()) == (4, 7)
+
+
+def test_a_drained_pipeline_is_not_waited_for_and_a_backlog_fails_naming_both_lags() -> None:
+    messages: list[str] = []
+    composed([0], [0]).wait_drained(0.0, messages.append)
+    assert messages == []
+    with pytest.raises(CrawlstreamError, match="streams lag 2, sink lag 0"):
+        composed([2], [0]).wait_drained(0.0, messages.append)
