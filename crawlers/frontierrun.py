@@ -305,11 +305,17 @@ class FrontierRun:
         path.write_text(json.dumps({"pid": os.getpid(), "run_id": self.run_id, "job": self.job.name}) + "\n")
         return lock
 
-    def _check_stream_worker(self) -> None:
+    def _check_stream_worker(self, wait_s: float = 60.0) -> None:
+        """A stream worker is a member of the stream group, or one joins within ``wait_s`` (a worker
+        started a moment ago, e.g. by `crawlstream workers up`, joins in seconds)."""
         admin = AdminClient(admin_config(self.settings, "crawler"))
         group = self.settings.streams.app_id
-        description = admin.describe_consumer_groups([group])[group].result(30)
-        if not description.members:
+        deadline = time.monotonic() + wait_s
+        while not admin.describe_consumer_groups([group])[group].result(30).members:
+            if time.monotonic() < deadline:
+                log.info("waiting for a stream worker to join %s", group)
+                time.sleep(1.0)  # poll interval while a worker starts
+                continue
             raise CrawlstreamError(
                 f"no stream worker is running (consumer group {group} has no member): the frontier "
                 "plans the crawl there; start it with `crawlstream workers up`"
