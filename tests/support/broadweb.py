@@ -349,6 +349,8 @@ class BroadWeb:
 
         self._loop.call_soon_threadsafe(stop)
         self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()  # its selector and self-pipe sockets (ResourceWarning otherwise)
 
     def __enter__(self) -> BroadWeb:
         return self
