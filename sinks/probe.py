@@ -56,6 +56,24 @@ def _connect(settings: Settings, timeout_s: int = 10) -> Any:
         raise StackError(f"cannot connect to Postgres (settings.postgres.url): {exc}") from exc
 
 
+def fetch_all(conn: Any, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The rows of one statement on ``conn``, which is closed afterwards."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            rows: list[tuple[Any, ...]] = cur.fetchall()
+            return rows
+    finally:
+        conn.close()
+
+
+def query(
+    settings: Settings, sql: str, params: tuple[Any, ...] = (), timeout_s: int = 10
+) -> list[tuple[Any, ...]]:
+    """The rows of one statement on a connection of its own (the app role)."""
+    return fetch_all(_connect(settings, timeout_s), sql, params)
+
+
 def stored_offsets(settings: Settings, group: str) -> dict[TP, int]:
     """Next offset per partition the sink stored for ``group`` (empty for non-sink groups)."""
     conn = _connect(settings)
@@ -125,13 +143,7 @@ class SinkProbe:
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         conn = self.connect() if self.connect is not None else _connect(self.settings, self.connect_timeout_s)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, params)
-                rows: list[tuple[Any, ...]] = cur.fetchall()
-                return rows
-        finally:
-            conn.close()
+        return fetch_all(conn, sql, params)
 
     def stored(self) -> Offsets:
         """Next offset per partition of ``pages.unique`` the page sink's group stored."""

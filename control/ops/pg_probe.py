@@ -13,8 +13,8 @@ from typing import Any
 
 import psycopg2
 
-from crawlstream.errors import StackError
 from crawlstream.settings import Settings
+from sinks.probe import query
 
 TABLE_ROWS = "SELECT relname, n_live_tup FROM pg_stat_user_tables WHERE schemaname = current_schema()"
 # Over the versions stored in the window; NULLs when none was stored.
@@ -37,17 +37,7 @@ class Latency:
 
 
 def _query(settings: Settings, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    try:
-        conn = psycopg2.connect(settings.postgres.dsn(), connect_timeout=5)
-    except psycopg2.Error as exc:
-        raise StackError(f"cannot connect to Postgres (settings.postgres.url): {exc}") from exc
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            rows: list[tuple[Any, ...]] = cur.fetchall()
-            return rows
-    finally:
-        conn.close()
+    return query(settings, sql, params, timeout_s=5)
 
 
 def table_rows(settings: Settings) -> dict[str, int]:
