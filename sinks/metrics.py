@@ -77,6 +77,13 @@ class SinkMetrics:
             ["family", "reason"],
             registry=registry,
         )
+        self.consumers_replaced = Counter(
+            "sink_consumers_replaced_total",
+            "Kafka consumers replaced after a fatal error (a static member fenced off when the group "
+            "coordinator moved); the new one re-reads from the stored offsets",
+            family,
+            registry=registry,
+        )
         self.last_commit = Gauge(
             "sink_last_commit_timestamp_seconds",
             "Unix time of the last committed batch",

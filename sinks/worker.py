@@ -39,7 +39,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import tenacity
 from confluent_kafka import Consumer as KafkaConsumer
-from confluent_kafka import KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka import Producer as KafkaProducer
 
 from crawlstream.deadletters import DeadLetterMessage, Origin, build_dead_letter, dead_letter_for_exception
@@ -102,6 +102,7 @@ class SinkWorker(Generic[R]):
         producer: Producer,
         metrics: SinkMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        new_consumer: Callable[[], Consumer] | None = None,
     ) -> None:
         topics = catalog(settings)
         self.family = family
@@ -110,6 +111,9 @@ class SinkWorker(Generic[R]):
         self._cfg = settings.sink
         self._sink = sink
         self._consumer = consumer
+        # Makes a consumer like ``consumer`` to replace one that a fatal error has ended (a static
+        # member fenced after a coordinator failover); without it such an error stops the worker.
+        self._new_consumer = new_consumer
         self._dead_letters = DeadLetterProducer(
             producer, topics.dead_letter.name, topics.dead_letter.max_message_bytes
         )
@@ -126,23 +130,24 @@ class SinkWorker(Generic[R]):
     ) -> SinkWorker[R]:
         max_bytes = settings.kafka.max_message_bytes
         fetch_max = max(50 * 1024 * 1024, max_bytes)
-        consumer = KafkaConsumer(
-            consumer_config(
-                settings,
-                "sinks",
-                family.group(settings),
-                **{
-                    "client.id": f"crawlstream-sink-{family.name}",
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                    "session.timeout.ms": round(settings.kafka.consumer_session_timeout_s * 1000),
-                    "max.partition.fetch.bytes": max_bytes,
-                    "fetch.max.bytes": fetch_max,
-                    "receive.message.max.bytes": fetch_max
-                    + 1024 * 1024,  # librdkafka: >= fetch.max.bytes + 512
-                },
-            )
+        config = consumer_config(
+            settings,
+            "sinks",
+            family.group(settings),
+            **{
+                "client.id": f"crawlstream-sink-{family.name}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": round(settings.kafka.consumer_session_timeout_s * 1000),
+                "max.partition.fetch.bytes": max_bytes,
+                "fetch.max.bytes": fetch_max,
+                "receive.message.max.bytes": fetch_max + 1024 * 1024,  # librdkafka: >= fetch.max.bytes + 512
+            },
         )
+
+        def new_consumer() -> Consumer:
+            return KafkaConsumer(config)
+
         producer = KafkaProducer(
             producer_config(
                 settings,
@@ -156,7 +161,8 @@ class SinkWorker(Generic[R]):
                 },
             )
         )
-        return cls(settings, family, family.make_sink(settings), consumer, producer, metrics)
+        sink = family.make_sink(settings)
+        return cls(settings, family, sink, new_consumer(), producer, metrics, new_consumer=new_consumer)
 
     def request_stop(self) -> None:
         """Write the batch being collected and the one in flight, then return from run();
@@ -172,7 +178,11 @@ class SinkWorker(Generic[R]):
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sink-writer-{self.family.name}")
         try:
             while not self._stop.is_set():
-                messages = self._collect()
+                try:
+                    messages = self._collect()
+                except ConsumerEnded as exc:
+                    self._replace_consumer(exc)
+                    continue
                 if messages:
                     decoded = self._decode(messages)
                     if decoded is None:  # stopping while its dead letters could not be delivered
@@ -214,8 +224,12 @@ class SinkWorker(Generic[R]):
                 error = msg.error()
                 if error is None:
                     self._pending.append(msg)
-                elif error.fatal():
-                    raise SinkError(f"fatal Kafka consumer error: {error}")
+                elif error.fatal() or error.code() == KafkaError._FATAL:
+                    # librdkafka reports a fatal error as an event with code _FATAL, whose own
+                    # fatal flag is not set: this consumer instance is finished either way.
+                    if self._new_consumer is None:
+                        raise SinkError(f"fatal Kafka consumer error: {error}")
+                    raise ConsumerEnded(str(error))
                 else:
                     log.warning("Kafka consumer error: %s", error)
             if deadline is None and self._pending:
@@ -224,6 +238,23 @@ class SinkWorker(Generic[R]):
                 break
         batch, self._pending = self._pending, []
         return batch
+
+    def _replace_consumer(self, ended: ConsumerEnded) -> None:
+        """Replace a consumer that a fatal error has ended (a static member fenced off when the
+        group coordinator moved: librdkafka's consumer cannot rejoin after that) with a new one in
+        the same group. The write in flight is seen through first (its rows and offsets are
+        stored); the messages collected but not written are dropped, and the new consumer reads
+        them again from the offsets in the store, as after any rebalance."""
+        log.error("Kafka consumer ended by a fatal error (%s); replacing it", ended)
+        self.metrics.consumers_replaced.labels(self.family.name).inc()
+        self._finish_write()
+        self._pending = []
+        old, self._consumer = self._consumer, self._new_consumer() if self._new_consumer else self._consumer
+        try:
+            old.close()
+        except (KafkaException, RuntimeError) as exc:  # closing a fenced consumer may fail: it is gone
+            log.warning("closing the ended consumer failed: %s", exc)
+        self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
 
     def _decode(self, messages: list[Message]) -> tuple[SinkBatch[R], dict[Position, Message]] | None:
         """The batch to write, prepared, after dead-lettering the messages that cannot be decoded
@@ -447,6 +478,10 @@ class SinkWorker(Generic[R]):
             dropped = len(self._pending) - len(kept)
             log.info("revoked %d partition(s); dropped %d unwritten messages", len(revoked), dropped)
         self._pending = kept
+
+
+class ConsumerEnded(Exception):
+    """The Kafka consumer reported a fatal error: it must be replaced."""
 
 
 def _record_position(record: SinkRecord[Any]) -> Position:

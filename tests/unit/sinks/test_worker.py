@@ -9,11 +9,13 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
 from crawlstream.records import DeadLetter, PageRecord
 from sinks.base import SinkError, SinkUnavailable
-from sinks.worker import IDLE_POLL_S
+from sinks.families import FAMILIES
+from sinks.worker import IDLE_POLL_S, SinkWorker
+from tests.unit.sinks.conftest import FakeConsumer
 
 UNIQUE = "t.pages.unique"
 DEAD = "t.deadletter"
@@ -678,3 +680,69 @@ def test_a_failing_offset_read_in_the_assign_callback_is_retried(rig: Any, make_
     assert sorted(rig.sink.pages) == ["https://a.test/2", "https://a.test/3"]
     assert rig.metric("sink_db_retries_total") == 2
     assert rig.metric("sink_statement_errors_total", sqlstate="42501") == 1
+
+
+class FatalEvent:
+    """What consume() returns when librdkafka ends a consumer: an error event with code _FATAL
+    (its own fatal flag unset), here the fencing of a static member after a coordinator moved."""
+
+    def error(self) -> KafkaError:
+        return KafkaError(KafkaError._FATAL, "Broker: Static consumer fenced by other consumer")
+
+
+def fenced_on_second_consume(consumer: Any) -> None:
+    calls = 0
+
+    def after(out: list[Any]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # one message collected for the next batch, then the consumer is ended
+            out.append(FatalEvent())
+
+    consumer.after_consume = after
+
+
+def test_a_consumer_ended_by_a_fatal_error_is_replaced_and_every_record_is_stored_once(
+    make_rig: Any, make_page: MakePage
+) -> None:
+    rig = make_rig(batch_size=3)
+    urls = [f"https://a.test/{i}" for i in range(7)]
+    fill(rig, make_page, 0, urls)
+    fenced_on_second_consume(rig.consumer)
+    replacement = FakeConsumer(rig.clock)
+    replacement.log = rig.consumer.log  # the same partition, read by the new group member
+    worker = SinkWorker(
+        rig.settings,
+        FAMILIES["pages"],
+        rig.sink,
+        rig.consumer,
+        rig.producer,
+        rig.worker.metrics,
+        clock=rig.clock,
+        new_consumer=lambda: replacement,
+    )
+
+    worker.run(max_idle_s=5)
+
+    assert rig.consumer.closed
+    assert replacement.closed
+    # The replacement starts where the store says: after the first batch, not from the start.
+    assert replacement.assigned_offsets == [(UNIQUE, 0, 3)]
+    written = [r.value.page.url for b in rig.sink.batches for r in b.records]
+    assert sorted(written) == sorted(urls)  # each once: the dropped message was read again
+    assert rig.sink.stored_offsets(GROUP, UNIQUE) == {0: 7}
+    assert rig.metric("sink_consumers_replaced_total") == 1
+
+
+def test_a_fatal_consumer_error_without_a_way_to_replace_the_consumer_stops_the_worker(
+    rig: Any, make_page: MakePage
+) -> None:
+    fill(rig, make_page, 0, [f"https://a.test/{i}" for i in range(7)])
+    fenced_on_second_consume(rig.consumer)
+
+    with pytest.raises(SinkError, match=r"fatal Kafka consumer error.*fenced"):
+        rig.worker.run(max_idle_s=5)
+
+    assert [len(b.records) for b in rig.sink.batches] == [3]  # the write in flight was finished
+    assert rig.sink.stored_offsets(GROUP, UNIQUE) == {0: 3}
+    assert rig.consumer.closed
