@@ -127,6 +127,12 @@ INTERNALS: tuple[Internal, ...] = (
     ),
     Internal(
         faust.transport.consumer.Consumer,
+        "earliest_offsets",
+        ("self", "partitions"),
+        "streams.recoveryguard asks for a changelog partition's log start when it has no position",
+    ),
+    Internal(
+        faust.transport.consumer.Consumer,
         "position",
         ("self", "tp"),
         "streams.recoveryguard compares a changelog partition's position with its highwater",

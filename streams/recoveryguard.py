@@ -20,7 +20,14 @@ its highwater with neither its read offset nor its position moving in between, e
 the highwater was either read or deleted, so the partition counts as read to its highwater and
 faust's own recovery loop ends the recovery at its next idle check (about 5 s). Nothing is
 skipped that still exists: a record still in the queue or the fetch buffer keeps the queue busy or
-the offset moving. Reads the faust internals through :mod:`streams.faustcompat`; no settings.
+the offset moving.
+
+The consumer may also have no position at all for such a partition (aiokafka waits on the offset
+reset after the out-of-range fetch; the 2+2 workers e2e saw a joining worker make no progress on
+``domain_5m-changelog`` and ``domain_1m-changelog`` for 5 minutes): then the broker is asked for
+the partition's log start, and when that is past the highwater every record up to the highwater is
+deleted, and the same two idle checks release it. Reads the faust internals through
+:mod:`streams.faustcompat`; no settings.
 """
 
 from __future__ import annotations
@@ -60,13 +67,17 @@ class DeletedTailGuard:
         for tp, (offset, highwater) in state.behind.items():
             position = await self._position(tp)
             if position is None or position <= highwater:
-                continue  # records up to the highwater may still come
+                # No position past the highwater: the records up to it may still come, unless the
+                # broker has deleted them all (its log start is past the highwater).
+                position = await self._log_start(tp)
+                if position is None or position <= highwater:
+                    continue
             if self._previous.get(tp) == (offset, position):
                 faustcompat.mark_recovered(self.app, tp, highwater)
                 released.append(tp)
                 log.warning(
                     "changelog %s[%d]: records %d..%d were deleted while this worker restored them "
-                    "(position %d is past them); counting the partition as restored",
+                    "(position or log start %d is past them); counting the partition as restored",
                     tp.topic,
                     tp.partition,
                     offset + 1,
@@ -84,6 +95,15 @@ class DeletedTailGuard:
         except Exception as exc:  # not assigned any more, rebalancing, timeout: ask next time
             log.debug("no position for %s: %r", tp, exc)
             return None
+
+    async def _log_start(self, tp: TP) -> int | None:
+        try:
+            earliest = await asyncio.wait_for(self.app.consumer.earliest_offsets(tp), POSITION_TIMEOUT_S)
+        except Exception as exc:  # broker unreachable, timeout: ask next time
+            log.debug("no log start for %s: %r", tp, exc)
+            return None
+        start: int | None = earliest.get(tp)
+        return start
 
 
 def register(app: faust.App) -> DeletedTailGuard:

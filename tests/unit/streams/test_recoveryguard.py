@@ -18,12 +18,17 @@ CHANGELOG = TP("crawlstream-streams-domain_5m-changelog", 0)
 
 @dataclass
 class FakeConsumer:
-    """faust's ``Consumer.position``: the next offset the consumer will return for ``tp``."""
+    """faust's ``Consumer.position``: the next offset the consumer will return for ``tp``; and
+    ``Consumer.earliest_offsets``: the broker's log start of each partition (0 when not set)."""
 
     positions: dict[TP, int | None] = field(default_factory=dict)
+    log_starts: dict[TP, int] = field(default_factory=dict)
 
     async def position(self, tp: TP) -> int | None:
         return self.positions.get(tp)
+
+    async def earliest_offsets(self, *partitions: TP) -> dict[TP, int]:
+        return {tp: self.log_starts.get(tp, 0) for tp in partitions}
 
 
 @dataclass
@@ -87,3 +92,26 @@ def test_a_queued_changelog_record_or_no_recovery_means_no_release(worker: Worke
     recovery.in_recovery = False
     assert checks(guard, 3) == [[], [], []]
     assert recovery.active_offsets[CHANGELOG] == 16962
+
+
+def test_without_a_position_a_log_start_past_the_highwater_ends_the_recovery(worker: Worker) -> None:
+    recovery = worker.tables.recovery
+    # The fetch was out of range and the consumer waits on its offset reset: no position. The
+    # broker deleted every record up to the highwater (its log start is past it).
+    worker.consumer.positions[CHANGELOG] = None
+    worker.consumer.log_starts[CHANGELOG] = 18700
+    guard = DeletedTailGuard(worker)
+    assert checks(guard, 2) == [[], [CHANGELOG]]
+    assert recovery.active_offsets[CHANGELOG] == 18692
+    assert not recovery.need_recovery()
+
+
+def test_without_a_position_records_the_broker_still_has_are_waited_for(worker: Worker) -> None:
+    guard = DeletedTailGuard(worker)
+    worker.consumer.positions[CHANGELOG] = None
+    worker.consumer.log_starts[CHANGELOG] = 18692  # the record at the highwater still exists
+    assert checks(guard, 3) == [[], [], []]
+    worker.consumer.positions[CHANGELOG] = 17000  # a position before the highwater: also not
+    worker.consumer.log_starts[CHANGELOG] = 16000
+    assert checks(guard, 3) == [[], [], []]
+    assert worker.tables.recovery.active_offsets[CHANGELOG] == 16962
