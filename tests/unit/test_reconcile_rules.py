@@ -82,3 +82,47 @@ def test_every_failing_check_names_one_of_the_stages() -> None:
     stages = {c.stage for c in failing(broken)}
     assert stages == set(STAGES)
     assert failed(broken) == sorted(STAGES)
+
+
+def _described(checks: list[Check]) -> None:
+    for check in checks:
+        assert isinstance(check.what, str), check
+        assert check.what.strip(), check
+    # Within a stage each check says something else: a failed one is told apart in the report.
+    pairs = [(c.stage, c.what) for c in checks]
+    assert len(pairs) == len(set(pairs)), pairs
+
+
+def test_every_check_says_what_it_checks() -> None:
+    clean_run = reconcile(clean()).checks
+    crawl = CrawlCounts(pages_fetched=13, records_delivered=13, urls=frozenset(URLS), killed=1)
+    killed_run = reconcile(clean(crawl=crawl)).checks
+    # A known site, one crawl process: every check the reconciliation has, the killed branch too.
+    assert len(clean_run) == 20
+    assert len(killed_run) == 19
+    _described(clean_run)
+    _described(killed_run)
+
+
+def test_every_replay_says_why_the_stage_repeated() -> None:
+    creates = {u: frozenset({i}) for i, u in enumerate(URLS)}
+    events = {u: frozenset({f"id-{i}"}) for i, u in enumerate(URLS)}
+    result = reconcile(
+        clean(
+            touch_records=3 + 36,
+            cdc_creates=creates,
+            cdc_create_records=12,
+            page_events=events,
+            page_event_records=11,
+        )
+    )
+    assert result.ok, failing(clean(touch_records=39))
+    assert {r.stage: r.records for r in result.replays} == {"streams": 36, "cdc": 2, "events": 1}
+    for replay in result.replays:
+        assert isinstance(replay.what, str)
+        assert replay.what.strip()
+        assert replay.line().endswith(f"(at-least-once; {replay.what})")
+    # The line the README quotes for a stream worker killed before its commit.
+    (streams,) = [r for r in result.replays if r.stage == "streams"]
+    readme = "streams: replayed: 36 records (at-least-once; outputs sent again after a restart)"
+    assert streams.line() == readme
