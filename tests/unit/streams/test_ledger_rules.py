@@ -22,7 +22,7 @@ from crawlstream.deadletters import RECORD_OVERHEAD
 from crawlstream.records import Budgets, CrawlRequest, DeadLetter, LedgerEntry, RunProgress, Scope
 from crawlstream.settings import FrontierSettings, KafkaSettings, Settings, StreamsSettings
 from crawlstream.topics import catalog
-from streams import ledger
+from streams import ledger, metrics
 from streams import outputs as streams_outputs
 from tests.unit.streams.harness import Harness, sample
 
@@ -438,6 +438,10 @@ def test_an_entry_keyed_by_another_run_is_dead_lettered_naming_the_key() -> None
 
 
 def test_the_ledgers_tables_report_their_sizes_by_name() -> None:
+    names = ("ledger_runs", "ledger_urls", "ledger_hosts")
+    for name in names:  # the gauges are process-wide: no value left by an earlier test may pass
+        metrics.TABLE_KEYS.labels(name).set(-1)
+
     async def scenario(h: Harness, agent: Any) -> None:
         await feed(agent, start(), candidate("http://a.test/1"), candidate("http://a.test/2"))
         for timer in h.app._app_tasks:  # what the app's timers run, as the worker would
@@ -445,8 +449,5 @@ def test_the_ledgers_tables_report_their_sizes_by_name() -> None:
                 await inspect.unwrap(timer)()
 
     run_ledger(scenario)
-    sizes = {
-        name: sample("streams_table_keys", table=name)
-        for name in ("ledger_runs", "ledger_urls", "ledger_hosts")
-    }
+    sizes = {name: sample("streams_table_keys", table=name) for name in names}
     assert sizes == {"ledger_runs": 1, "ledger_urls": 2, "ledger_hosts": 1}
