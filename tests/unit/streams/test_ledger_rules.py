@@ -14,6 +14,7 @@ import base64
 import inspect
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,11 +32,12 @@ MIB = 1024 * 1024
 SCOPE = Scope(follow="same-domain", max_depth=3)
 
 
-def settings(interval_s: float = 0) -> Settings:
+def settings(interval_s: float = 0, rocksdb_in: Path | None = None) -> Settings:
+    store = {"store": "rocksdb://", "data_dir": rocksdb_in} if rocksdb_in else {"store": "memory://"}
     return Settings(
         _env_file=None,
         kafka=KafkaSettings(topic_prefix="unit", partitions=3, max_message_bytes=MIB),
-        streams=StreamsSettings(app_id="unit-streams", store="memory://"),
+        streams=StreamsSettings(app_id="unit-streams", **store),
         frontier=FrontierSettings(progress_interval_s=interval_s),
     )
 
@@ -43,9 +45,9 @@ def settings(interval_s: float = 0) -> Settings:
 Scenario = Callable[[Harness, Any], Awaitable[None]]
 
 
-def run_ledger(scenario: Scenario, interval_s: float = 0) -> Harness:
+def run_ledger(scenario: Scenario, interval_s: float = 0, rocksdb_in: Path | None = None) -> Harness:
     async def main() -> Harness:
-        h = Harness(settings(interval_s))
+        h = Harness(settings(interval_s, rocksdb_in))
         channel = h.app.channel(key_type=bytes, value_type=bytes)
         async with h.ledger.agent.test_context(channel=channel) as agent:
             await scenario(h, agent)
@@ -402,6 +404,25 @@ def test_stop_purges_a_chunk_per_record_on_the_runs_partition_until_none_is_left
     assert {partition for partition, _ in tombstones(h)} == {2}
     leftover = [k for t in (h.ledger.urls, h.ledger.hosts) for k in t.data if str(k).startswith(f"{RUN}|")]
     assert leftover == []
+
+
+def test_stop_purges_the_runs_entries_from_the_store_of_its_partition(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With RocksDB (a store per partition; the memory store keeps every partition in one dict):
+    the purge scans the stop's own partition, where the run's entries are, and deletes them all."""
+    monkeypatch.setattr(ledger, "PURGE_CHUNK", 4)
+    urls = [f"http://a.test/{n}" for n in range(5)]  # 5 URL entries and one host entry
+
+    async def scenario(h: Harness, agent: Any) -> None:
+        await feed(agent, start(), *(candidate(url) for url in urls), partition=2)
+        await feed(agent, LedgerEntry(type="stop", run_id=RUN), partition=2)
+        for key, value in list(h.on("ledger")):  # the continuation, as the broker delivers it
+            await agent.put(value, key=key, partition=2)
+
+    h = run_ledger(scenario, rocksdb_in=tmp_path)
+    assert len(tombstones(h)) == 6
+    assert {partition for partition, _ in tombstones(h)} == {2}
 
 
 def tombstones(h: Harness) -> list[tuple[int, bytes]]:
