@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -388,15 +389,23 @@ def test_releasing_a_lock_not_held_or_already_released_is_harmless(tmp_path: Pat
     other.release_lock()
 
 
-def test_every_series_of_a_scheduled_job_starts_at_zero(tmp_path: Path) -> None:
-    # A job name no other test uses: its series exist only because the scheduler made them.
-    jobs = parse_jobs({"jobs": {"zero-series": {"start_urls": ["http://a/"], "schedule": "0 3 * * *"}}})
-    Scheduler(jobs, tmp_path, FakeLauncher())
-    for name in ("started", "skipped", "missed", "lost"):
-        assert REGISTRY.get_sample_value(f"scheduler_runs_{name}_total", {"crawl_job": "zero-series"}) == 0
+def test_every_series_of_a_job_starts_at_zero_and_its_next_due_time_is_shown(tmp_path: Path) -> None:
+    # A job name never used before (the registry is global, and mutmut forks from a process that
+    # ran the tests): its series exist only because this scheduler made them.
+    name = f"fresh-{uuid.uuid4().hex}"
+    launcher = FakeLauncher()
+    jobs = parse_jobs({"jobs": {name: {"start_urls": ["http://a/"], "schedule": "0 3 * * *"}}})
+    scheduler = Scheduler(jobs, tmp_path, launcher, clock=launcher.clock)
+    for counter in ("started", "skipped", "missed", "lost"):
+        assert REGISTRY.get_sample_value(f"scheduler_runs_{counter}_total", {"crawl_job": name}) == 0
     for outcome in ("succeeded", "failed"):
-        labels = {"crawl_job": "zero-series", "outcome": outcome}
+        labels = {"crawl_job": name, "outcome": outcome}
         assert REGISTRY.get_sample_value("scheduler_runs_finished_total", labels) == 0
+    scheduler.tick()
+    launcher.clock.now = T0 + timedelta(minutes=1)
+    scheduler.tick()  # not due: the next due time is tomorrow at 03:00
+    next_due = datetime(2026, 11, 26, 3, 0, tzinfo=UTC).timestamp()
+    assert REGISTRY.get_sample_value("scheduler_next_run_timestamp_seconds", {"crawl_job": name}) == next_due
 
 
 def test_a_started_run_is_counted_for_its_job_and_as_running(tmp_path: Path) -> None:
