@@ -101,3 +101,39 @@ def test_deprecated_ipv6_site_local_addresses_are_forbidden(address: str) -> Non
 def test_an_ipv4_address_has_no_site_local_kind() -> None:
     assert forbidden_reason("10.0.0.1") == "private"
     assert forbidden_reason("8.8.8.8") is None
+
+
+# A refused URL is named in the refusal (shown in dead letters and configuration errors), cut at
+# 200 characters so that a huge URL does not flood them.
+LONG_PATH = "/" + "p" * 300
+
+
+@pytest.mark.parametrize(
+    ("url", "reason", "after"),
+    [
+        ("http://a.example:99999" + LONG_PATH, "invalid_url", ": "),  # then urllib's words
+        ("ftp://a.example" + LONG_PATH, "scheme", ": only http and https"),
+        ("http://" + LONG_PATH, "no_host", " has no host"),
+    ],
+)
+def test_a_refused_url_is_named_cut_at_200_characters(url: str, reason: str, after: str) -> None:
+    with pytest.raises(AddressRefused) as refused:
+        AddressPolicy().check_url(url)
+    assert refused.value.reason == reason
+    assert f"{url[:200]!r}{after}" in refused.value.detail
+    assert url[:201] not in refused.value.detail
+
+
+@pytest.mark.parametrize(
+    ("url", "detail"),
+    [
+        ("ftp://a.example/", "ftp scheme in 'ftp://a.example/': only http and https"),
+        ("a.example/path", "no scheme in 'a.example/path': only http and https"),
+        ("http://a.example:x/", "'http://a.example:x/': "),  # then urllib's words
+        ("http:///path", "'http:///path' has no host"),
+    ],
+)
+def test_a_refused_url_says_what_is_wrong_with_it(url: str, detail: str) -> None:
+    with pytest.raises(AddressRefused) as refused:
+        AddressPolicy().check_url(url)
+    assert refused.value.detail.startswith(detail)

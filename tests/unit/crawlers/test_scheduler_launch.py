@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -366,3 +367,99 @@ def test_a_job_not_due_does_not_hold_back_one_that_is(tmp_path: Path) -> None:
     launcher.clock.now = T0 + timedelta(minutes=1)
     (started,) = scheduler.tick()
     assert started == scheduler.state["minutely"].run_id
+
+
+# The state directory, the lock and the metrics the scheduler keeps (issue 14, second pass).
+
+
+def test_a_scheduler_makes_its_state_directory_with_its_parents(tmp_path: Path) -> None:
+    state_dir = tmp_path / "not" / "made" / "yet"
+    Scheduler(two_jobs(), state_dir, FakeLauncher())
+    assert (state_dir / "scheduler").is_dir()
+
+
+def test_releasing_a_lock_not_held_or_already_released_is_harmless(tmp_path: Path) -> None:
+    scheduler = Scheduler(two_jobs(), tmp_path, FakeLauncher())
+    scheduler.release_lock()  # never taken
+    scheduler.acquire_lock()
+    scheduler.release_lock()
+    scheduler.release_lock()  # already released
+    other = Scheduler(two_jobs(), tmp_path, FakeLauncher())
+    other.acquire_lock()  # free again
+    other.release_lock()
+
+
+def test_every_series_of_a_job_starts_at_zero_and_its_next_due_time_is_shown(tmp_path: Path) -> None:
+    # A job name never used before (the registry is global, and mutmut forks from a process that
+    # ran the tests): its series exist only because this scheduler made them.
+    name = f"fresh-{uuid.uuid4().hex}"
+    launcher = FakeLauncher()
+    jobs = parse_jobs({"jobs": {name: {"start_urls": ["http://a/"], "schedule": "0 3 * * *"}}})
+    scheduler = Scheduler(jobs, tmp_path, launcher, clock=launcher.clock)
+    for counter in ("started", "skipped", "missed", "lost"):
+        assert REGISTRY.get_sample_value(f"scheduler_runs_{counter}_total", {"crawl_job": name}) == 0
+    for outcome in ("succeeded", "failed"):
+        labels = {"crawl_job": name, "outcome": outcome}
+        assert REGISTRY.get_sample_value("scheduler_runs_finished_total", labels) == 0
+    scheduler.tick()
+    launcher.clock.now = T0 + timedelta(minutes=1)
+    scheduler.tick()  # not due: the next due time is tomorrow at 03:00
+    next_due = datetime(2026, 11, 26, 3, 0, tzinfo=UTC).timestamp()
+    assert REGISTRY.get_sample_value("scheduler_next_run_timestamp_seconds", {"crawl_job": name}) == next_due
+
+
+def test_a_started_run_is_counted_for_its_job_and_as_running(tmp_path: Path) -> None:
+    def value(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, labels)
+
+    launcher = FakeLauncher()
+    scheduler = Scheduler(two_jobs(), tmp_path, launcher, clock=launcher.clock)
+    scheduler.tick()
+    before = value("scheduler_runs_started_total", crawl_job="first") or 0.0
+    launcher.clock.now = T0 + timedelta(minutes=1)
+    assert len(scheduler.tick()) == 2
+    assert value("scheduler_runs_started_total", crawl_job="first") == before + 1
+    assert value("scheduler_runs_running") == 2
+    launcher.running.discard(scheduler.state["second"].pid or 0)
+    launcher.clock.now += timedelta(seconds=5)  # not due again yet: only the end is seen
+    assert scheduler.tick() == []
+    assert value("scheduler_runs_running") == 1
+
+
+# Where Prometheus finds a run's /metrics (the file_sd targets).
+
+
+def run_targets(tmp_path: Path, metrics_host: str | None) -> list[str]:
+    """The targets announced for one run started with ``metrics_host``."""
+    launcher = FakeLauncher()
+    scheduler = Scheduler(two_jobs(), tmp_path, launcher, clock=launcher.clock, metrics_host=metrics_host)
+    scheduler.tick()
+    launcher.clock.now = T0 + timedelta(minutes=1)
+    scheduler.tick()
+    text = (tmp_path / "scheduler" / "targets" / scheduler_module.TARGETS_FILE).read_text()
+    return [target for group in json.loads(text) for target in group["targets"]]
+
+
+@pytest.mark.parametrize("everywhere", ["0.0.0.0", "::"])  # runs listening everywhere
+def test_runs_listening_everywhere_are_announced_by_the_machines_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, everywhere: str
+) -> None:
+    monkeypatch.setattr(scheduler_module.socket, "getfqdn", lambda name="": "crawler-7.example")
+    found = run_targets(tmp_path, everywhere)
+    assert len(found) == 2
+    assert all(target.startswith("crawler-7.example:") for target in found)
+
+
+def test_runs_on_an_ipv6_host_are_announced_in_brackets(tmp_path: Path) -> None:
+    found = run_targets(tmp_path, "::1")
+    assert len(found) == 2
+    assert all(target.startswith("[::1]:") for target in found)
+
+
+def test_a_run_alive_from_before_a_restart_without_metrics_stays_a_local_target(tmp_path: Path) -> None:
+    run_targets(tmp_path, "127.0.0.1")  # two runs started, alive, serving /metrics
+    port = json.loads((tmp_path / "scheduler" / "state.json").read_text())["first"]["metrics_port"]
+    (tmp_path / "scheduler" / "targets" / scheduler_module.TARGETS_FILE).unlink()
+    Scheduler(two_jobs(), tmp_path, FakeLauncher(), metrics_host=None)  # restarted without a metrics host
+    text = (tmp_path / "scheduler" / "targets" / scheduler_module.TARGETS_FILE).read_text()
+    assert f"127.0.0.1:{port}" in [target for group in json.loads(text) for target in group["targets"]]

@@ -324,6 +324,37 @@ def test_store_offsets_uses_execute_values_with_one_page(monkeypatch: pytest.Mon
     assert len(call["rows"]) == 150
 
 
+class RenderingCursor:
+    """What execute_values needs of a cursor: ``connection.encoding``, ``mogrify`` (psycopg2's
+    adaptation of each argument merged into the template, as a connection-less cursor would) and
+    ``execute``, which keeps the statement that PostgreSQL would receive."""
+
+    class connection:  # the attribute psycopg2 reads
+        encoding = "UTF8"
+
+    def __init__(self) -> None:
+        self.executed: list[str] = []
+
+    def mogrify(self, template: str | bytes, args: Sequence[Any]) -> bytes:
+        if isinstance(template, str):  # psycopg2 takes either
+            template = template.encode()
+        return template % tuple(psycopg2.extensions.adapt(a).getquoted() for a in args)
+
+    def execute(self, sql: bytes) -> None:
+        self.executed.append(sql.decode())
+
+
+def test_the_offsets_statement_sends_every_partitions_row_typed() -> None:
+    """The VALUES rows as PostgreSQL gets them: the group and topic, then the partition as an
+    integer and the next offset as a bigint (as the sink_offsets columns are), whatever size the
+    numbers are; a broken template would fail every batch's offsets at the database."""
+    cur = RenderingCursor()
+    offsets = {(TOPIC, 1): 5_000_000_000, (TOPIC, 0): 7}
+    PostgresSink[str]("host=/nonexistent")._store_offsets(cur, SinkBatch("g", [], offsets))  # type: ignore[arg-type]
+    values = f"('g', '{TOPIC}', 0::integer, 7::bigint),('g', '{TOPIC}', 1::integer, 5000000000::bigint)"
+    assert cur.executed == [STORE_OFFSETS % values]
+
+
 def test_a_statement_failure_says_how_many_records_failed_and_why() -> None:
     record = SinkRecord("a", TOPIC, 0, 0)
     rejected = [
