@@ -167,6 +167,9 @@ class DistributedSpider(RecordingMixin, Spider):
         self.held: list[tuple[datetime, tuple[CrawlRequest, OriginKey, Raw]]] = []
         self.offsets = InFlightOffsets()
         self.loop: task.LoopingCall | None = None
+        # Set before the consumer closes: the rebalance callbacks close() runs make no call to a
+        # Kafka client of their own (see _assigned).
+        self._closing = False
         self.max_depth = 0
         self._pending: dict[int, _Pending] = {}
         self._settling: deque[tuple[int, OriginKey, CrawlRequest | None]] = deque()
@@ -249,6 +252,15 @@ class DistributedSpider(RecordingMixin, Spider):
     # Assignment (called inside consume(), on the reactor thread).
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         mine = [tp.partition for tp in partitions]
+        if self._closing:
+            # A rebalance while close() leaves the group: the partitions go to the next owner at
+            # once. No restore here: a call to a Kafka client inside a callback of close() ends
+            # confluent-kafka's record of the close call on this thread, and its next callback
+            # aborts the process (CallState_get: `cs != NULL` failed), losing the crawl report.
+            self.logger.info(
+                "assigned partitions %s of %s while closing: left to the next owner", mine, self.topic
+            )
+            return
         self.logger.info("assigned partitions %s of %s", mine, self.topic)
         now = time.time()
         for partition in mine:
@@ -285,7 +297,7 @@ class DistributedSpider(RecordingMixin, Spider):
             self._assigned_at.pop(partition, None)
         for origin in [o for o in self._frontier if o[1] in gone and o not in self._dispatched]:
             self._frontier.pop(origin, None)
-        if self.host_states is not None:
+        if self.host_states is not None and not self._closing:  # closing: no client call (_assigned)
             self.host_states.revoke(sorted(gone))
 
     # Consuming: one boundary per record.
@@ -605,6 +617,7 @@ class DistributedSpider(RecordingMixin, Spider):
             self.loop.stop()
         self.release()  # the pipeline flushed at close: store what is now settled
         if self.consumer is not None:
+            self._closing = True
             self.consumer.close()  # commits stored offsets and leaves the group
         if self.host_states is not None:
             self.host_states.close()

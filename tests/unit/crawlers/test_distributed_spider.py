@@ -5,8 +5,10 @@ once everything its request produced is delivered (at least once)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
+from confluent_kafka import TopicPartition
 from scrapy import Request
 from scrapy.crawler import Crawler
 from scrapy.http import HtmlResponse
@@ -196,3 +198,68 @@ def test_an_error_while_handling_a_response_is_the_records_dead_letter() -> None
     assert (letter.letter.reason, letter.letter.error_class) == ("unprocessable", "RuntimeError")
     assert (letter.letter.source_topic, letter.letter.source_offset) == (TOPIC, 0)
     assert letter.letter.original_value() == request.meta["kafka_record"][1]
+
+
+class _LeavingConsumer(_Consumer):
+    """close() runs the rebalance callbacks librdkafka runs while the consumer leaves its group:
+    a partition assigned by a cooperative rebalance (another crawler left first), then every
+    partition revoked. A Kafka client call made from inside them is recorded: confluent-kafka
+    aborts the process on the next callback after one (CallState_get: `cs != NULL`)."""
+
+    def __init__(self, spider: DistributedSpider) -> None:
+        super().__init__([])
+        self.spider = spider
+        self.closing = False
+        self.closed = False
+        self.calls_while_closing: list[str] = []
+
+    def _call(self, name: str) -> None:
+        if self.closing:
+            self.calls_while_closing.append(name)
+
+    def list_topics(self, topic: str, timeout: float) -> Any:
+        self._call("list_topics")
+        return SimpleNamespace(topics={})
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+        self._call("get_watermark_offsets")
+        return 0, 0
+
+    def close(self) -> None:
+        self.closing = True
+        topic = self.spider.topic
+        self.spider._assigned(self, [TopicPartition(topic, 5)])  # type: ignore[arg-type]
+        self.spider._revoked(self, [TopicPartition(topic, 0), TopicPartition(topic, 5)])  # type: ignore[arg-type]
+        self.closed = True
+
+
+class _HostStates:
+    def __init__(self, consumer: _LeavingConsumer) -> None:
+        self.consumer = consumer
+        self.calls: list[tuple[str, list[int] | None, bool]] = []
+
+    def restore(self, partitions: list[int]) -> None:
+        self.calls.append(("restore", partitions, self.consumer.closing))
+
+    def revoke(self, partitions: list[int]) -> None:
+        self.calls.append(("revoke", partitions, self.consumer.closing))
+
+    def close(self) -> None:
+        self.calls.append(("close", None, self.consumer.closing))
+
+
+def test_the_rebalance_callbacks_of_close_make_no_kafka_client_call() -> None:
+    spider, _consumer, _engine, _producer = _setup([])
+    spider.topic, spider.links_topic = "t.requests", "t.links"  # what start() sets
+    leaving = _LeavingConsumer(spider)
+    host_states = _HostStates(leaving)
+    spider.consumer = leaving  # type: ignore[assignment]
+    spider.host_states = host_states  # type: ignore[assignment]
+    spider._assigned(leaving, [TopicPartition(spider.topic, 0)])  # type: ignore[arg-type]
+    assert host_states.calls == [("restore", [0], False)]  # while running: the host states restored
+
+    spider.on_closed()
+
+    assert leaving.closed
+    assert leaving.calls_while_closing == []
+    assert host_states.calls == [("restore", [0], False), ("close", None, True)]
