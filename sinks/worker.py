@@ -181,7 +181,9 @@ class SinkWorker(Generic[R]):
                 try:
                     messages = self._collect()
                 except ConsumerEnded as exc:
-                    self._replace_consumer(exc)
+                    if self._new_consumer is None:
+                        raise SinkError(f"fatal Kafka consumer error: {exc}") from None
+                    self._replace_consumer(self._new_consumer, exc)
                     continue
                 if messages:
                     decoded = self._decode(messages)
@@ -227,8 +229,6 @@ class SinkWorker(Generic[R]):
                 elif error.fatal() or error.code() == KafkaError._FATAL:
                     # librdkafka reports a fatal error as an event with code _FATAL, whose own
                     # fatal flag is not set: this consumer instance is finished either way.
-                    if self._new_consumer is None:
-                        raise SinkError(f"fatal Kafka consumer error: {error}")
                     raise ConsumerEnded(str(error))
                 else:
                     log.warning("Kafka consumer error: %s", error)
@@ -239,7 +239,7 @@ class SinkWorker(Generic[R]):
         batch, self._pending = self._pending, []
         return batch
 
-    def _replace_consumer(self, ended: ConsumerEnded) -> None:
+    def _replace_consumer(self, new_consumer: Callable[[], Consumer], ended: ConsumerEnded) -> None:
         """Replace a consumer that a fatal error has ended (a static member fenced off when the
         group coordinator moved: librdkafka's consumer cannot rejoin after that) with a new one in
         the same group. The write in flight is seen through first (its rows and offsets are
@@ -249,7 +249,7 @@ class SinkWorker(Generic[R]):
         self.metrics.consumers_replaced.labels(self.family.name).inc()
         self._finish_write()
         self._pending = []
-        old, self._consumer = self._consumer, self._new_consumer() if self._new_consumer else self._consumer
+        old, self._consumer = self._consumer, new_consumer()
         try:
             old.close()
         except (KafkaException, RuntimeError) as exc:  # closing a fenced consumer may fail: it is gone
